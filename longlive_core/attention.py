@@ -1,0 +1,84 @@
+"""Attention backends: PyTorch SDPA, FlashAttention-3 and FlashAttention-2, all on [B, S, H, D]."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import BackendUnavailableError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "sdpa", "flash-attn 3", "flash-attn 2")
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # q: [B, Sq, H, D], k/v: [B, Sk, H, D] -> [B, Sq, H, D]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def _sdpa_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # cuDNN's fused attention is the fastest SDPA kernel on Hopper; the others stay as fallbacks.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        return _sdpa(q, k, v)
+
+
+def _flash_module(name: str):
+    modules = {"flash-attn 3": ("flash_attn_interface", "fa3_fwd_interface"), "flash-attn 2": ("flash_attn",)}[name]
+    for module in modules:
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            continue
+    return None
+
+
+def _flash(module) -> AttentionFn:
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = module.flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+
+    return run
+
+
+def _is_hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+
+
+@functools.lru_cache(maxsize=None)
+def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[str, AttentionFn]:
+    """Maps a backend name to (resolved name, function); `auto` picks the fastest importable one."""
+    if name not in BACKENDS:
+        raise BackendUnavailableError(f"attention backend '{name}' is unknown; choose one of {', '.join(BACKENDS)}")
+    if name == "sdpa" or (name == "auto" and device_type != "cuda"):
+        return "sdpa", _sdpa_hopper if hopper else _sdpa
+    if name == "auto":
+        for candidate in ("flash-attn 3", "flash-attn 2") if hopper else ("flash-attn 2",):
+            module = _flash_module(candidate)
+            if module is not None:
+                return candidate, _flash(module)
+        return "sdpa", _sdpa_hopper if hopper else _sdpa
+    if device_type != "cuda":
+        raise BackendUnavailableError(f"attention backend '{name}' needs a CUDA GPU; use 'sdpa' on {device_type}")
+    module = _flash_module(name)
+    if module is None:
+        pkg = "fa3-fwd (PyPI) or flash-attn 3" if name == "flash-attn 3" else "flash-attn"
+        raise BackendUnavailableError(f"attention backend '{name}' is not installed; pip install {pkg}, or use 'auto'")
+    return name, _flash(module)
+
+
+def for_device(name: str, device: torch.device) -> tuple[str, AttentionFn]:
+    """Resolves a backend for the device the model runs on, and logs the choice."""
+    resolved, fn = resolve(name, device.type, _is_hopper(device))
+    log.info("attention backend: %s (asked for %s)", resolved, name)
+    return resolved, fn

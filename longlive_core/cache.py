@@ -1,0 +1,84 @@
+"""Fixed-size caches: self-attention K/V (sink + rolling window as a ring) and text K/V.
+
+Keys are stored after RoPE, so attention does not depend on where a frame sits in the
+buffer: a ring with stable addresses is equivalent to upstream's clone-roll-insert, with
+no copies. Frame f lives in slot f while f < sink, else in sink + (f - sink) % (window - sink).
+While the video is shorter than the window, frame f sits in slot f, so the valid keys are
+always a prefix of the buffer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .errors import ConfigError
+
+FRAMES_PER_BLOCK = 3
+
+
+def check_window(local_attn_size: int, sink_size: int) -> None:
+    """Raises ConfigError unless the window can hold the sink frames and one block beside them."""
+    if sink_size < 0:
+        raise ConfigError(f"sink_size={sink_size} must be >= 0")
+    if local_attn_size - sink_size < FRAMES_PER_BLOCK:
+        raise ConfigError(
+            f"local_attn_size={local_attn_size} must exceed sink_size={sink_size} by at least "
+            f"{FRAMES_PER_BLOCK} frames (one block); raise local_attn_size or lower sink_size"
+        )
+
+
+@dataclasses.dataclass
+class KVCache:
+    """Self-attention K/V of every layer. k, v: [layers, B, window * frame_tokens, H, D]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    window: int
+    sink: int
+    frame_tokens: int
+
+    @classmethod
+    def allocate(cls, layers: int, batch: int, window: int, sink: int, frame_tokens: int,
+                 heads: int, head_dim: int, device, dtype) -> "KVCache":
+        check_window(window, sink)
+        shape = (layers, batch, window * frame_tokens, heads, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+                   window, sink, frame_tokens)
+
+    def slot(self, frame: int) -> int:
+        if frame < self.sink:
+            return frame
+        return self.sink + (frame - self.sink) % (self.window - self.sink)
+
+    def token_index(self, start_frame: int, num_frames: int, device=None) -> torch.Tensor:
+        """Token slots of frames [start_frame, start_frame + num_frames): [num_frames * frame_tokens]."""
+        slots = torch.tensor([self.slot(f) for f in range(start_frame, start_frame + num_frames)])
+        tokens = slots[:, None] * self.frame_tokens + torch.arange(self.frame_tokens)
+        return tokens.flatten().to(device or self.k.device)
+
+    def kv_len(self, end_frame: int) -> int:
+        """Number of valid key tokens once frames [0, end_frame) are written."""
+        return min(end_frame, self.window) * self.frame_tokens
+
+    def zero_(self) -> None:
+        self.k.zero_()
+        self.v.zero_()
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+@dataclasses.dataclass
+class TextCache:
+    """Cross-attention K/V of the current prompt. k, v: [layers, B, text_len, H, D]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def allocate(cls, layers: int, batch: int, text_len: int, heads: int, head_dim: int, device, dtype) -> "TextCache":
+        shape = (layers, batch, text_len, heads, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))

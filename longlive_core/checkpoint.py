@@ -1,0 +1,183 @@
+"""Every checkpoint format users have, mapped to canonical Wan keys in this one module.
+
+- LongLive `longlive_base.pt`: {"generator" | "generator_ema": {"model.<wan key>": tensor}}
+- LongLive `lora.pt` (PEFT): {"generator_lora": {"base_model.model.<module>.lora_A.weight": ...}}
+- Wan / ComfyUI `.safetensors`, keys optionally behind `model.diffusion_model.` or `model.`
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from typing import Mapping
+
+import torch
+
+from .config import WanConfig
+from .errors import CheckpointError
+from .model import CausalWan
+
+log = logging.getLogger(__name__)
+
+WAN_ROOTS = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module", "_orig_mod", "module", "model", "diffusion_model", "base_model", "generator")
+GENERATOR_KEYS = ("generator", "generator_ema", "state_dict", "model")
+
+
+def canonical_key(key: str) -> str:
+    """Strips wrapper prefixes (FSDP, compile, LongLive, ComfyUI) down to the Wan module name."""
+    parts = [p for p in key.split(".") if p != "_fsdp_wrapped_module"]
+    while parts and parts[0] in WRAPPER_PREFIXES and parts[0] not in WAN_ROOTS:
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+# --- Reading files -------------------------------------------------------------------------------
+
+
+def read_tensors(path: str, prefer: str = "generator") -> dict[str, torch.Tensor]:
+    """Reads a .safetensors or .pt/.pth file into a flat {key: tensor} dict (keys as stored)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
+    obj = _torch_load(path)
+    return _unwrap(obj, path, prefer)
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); the download may be "
+                              f"truncated or corrupt, download it again") from exc
+
+
+def _torch_load(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: this pickle holds more than tensors and needs unsafe loading, which "
+                              f"we refuse; export it to .safetensors from trusted code first ({exc})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; the file may be truncated or "
+                              f"corrupt, download it again ({exc})") from exc
+
+
+def _unwrap(obj, path: str, prefer: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj)
+    for key in (prefer, *GENERATOR_KEYS, "generator_lora"):
+        if isinstance(obj.get(key), Mapping):
+            return dict(obj[key])
+    raise CheckpointError(f"{path}: found no weights; top-level keys are {sorted(obj)[:10]}, expected one of "
+                          f"{GENERATOR_KEYS} or a flat state dict")
+
+
+# --- Base weights -----------------------------------------------------------------------------------
+
+
+def canonical_state_dict(raw: Mapping[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """Renames keys to Wan names and checks that the file is a Wan2.1 text-to-video model."""
+    sd = {canonical_key(k): v for k, v in raw.items()}
+    _check_family(sd, path)
+    return sd
+
+
+def _check_family(sd: Mapping[str, torch.Tensor], path: str) -> None:
+    if "head.modulation" not in sd or "patch_embedding.weight" not in sd:
+        sample = ", ".join(sorted(sd)[:5])
+        raise CheckpointError(f"{path}: not a Wan diffusion model (no head.modulation / patch_embedding; keys "
+                              f"start with {sample}); pick a LongLive or Wan2.1 T2V 1.3B file")
+    dim, in_dim = sd["patch_embedding.weight"].shape[:2]
+    if any(k.startswith("img_emb.") for k in sd) or in_dim == 36:
+        raise CheckpointError(f"{path}: this is a Wan image-to-video model; LongLive needs the Wan2.1 T2V model")
+    if in_dim == 48:
+        raise CheckpointError(f"{path}: this is a Wan 2.2 5B model (48 latent channels); LongLive is built on Wan2.1 T2V 1.3B")
+    if dim == 5120:
+        raise CheckpointError(f"{path}: this is a Wan 14B model; LongLive-1.3B needs the Wan2.1 T2V 1.3B weights")
+
+
+def check_keys(model: CausalWan, sd: Mapping[str, torch.Tensor], path: str) -> None:
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: keys do not match the Wan2.1 T2V network: missing {missing[:10]}"
+                              f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                              f"{' ...' if len(unexpected) > 10 else ''}")
+    for key, value in model.state_dict().items():
+        if tuple(sd[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{path}: {key} has shape {list(sd[key].shape)}, the config expects {list(value.shape)}")
+
+
+# --- LoRA -------------------------------------------------------------------------------------------
+
+
+def lora_pairs(raw: Mapping[str, torch.Tensor], path: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """PEFT keys -> {wan module: (A [r, in], B [out, r])}; adapter names like `.default` allowed."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in raw.items():
+        parts = key.split(".")
+        which = next((p for p in parts if p in ("lora_A", "lora_B")), None)
+        if which is None:
+            raise CheckpointError(f"{path}: {key} is not a LoRA weight (expected PEFT lora_A / lora_B keys)")
+        module = canonical_key(".".join(parts[:parts.index(which)]))
+        pairs.setdefault(module, {})[which] = value
+    broken = [m for m, p in pairs.items() if len(p) != 2]
+    if broken:
+        raise CheckpointError(f"{path}: LoRA modules without both lora_A and lora_B: {broken[:5]}")
+    return {m: (p["lora_A"], p["lora_B"]) for m, p in pairs.items()}
+
+
+def merge_lora(sd: dict[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: str,
+               alpha: float | None = None, strength: float = 1.0) -> None:
+    """W += strength * (alpha / rank) * B @ A for every LoRA module (alpha defaults to the rank)."""
+    for module, (a, b) in lora.items():
+        key = f"{module}.weight"
+        if key not in sd:
+            raise CheckpointError(f"{path}: LoRA targets {module}, which the model does not have")
+        weight = sd[key]
+        if (b.shape[0], a.shape[1]) != tuple(weight.shape):
+            raise CheckpointError(f"{path}: LoRA for {module} is {b.shape[0]}x{a.shape[1]} but the weight is "
+                                  f"{list(weight.shape)}; the LoRA belongs to another model")
+        rank = a.shape[0]
+        scale = strength * (rank if alpha is None else alpha) / rank
+        sd[key] = (weight.float() + scale * (b.float() @ a.float())).to(weight.dtype)
+
+
+# --- Building the model ---------------------------------------------------------------------------
+
+
+def load_model(path: str, *, lora_path: str | None = None, lora_strength: float = 1.0,
+               lora_alpha: float | None = None, num_heads: int | None = None, device="cpu",
+               dtype: torch.dtype = torch.bfloat16, prefer: str = "generator") -> CausalWan:
+    """Loads a LongLive / Wan2.1 checkpoint (+ optional LoRA merged at load) into a CausalWan."""
+    sd = canonical_state_dict(read_tensors(path, prefer), path)
+    cfg = WanConfig.from_state_dict(sd, num_heads=num_heads)
+    if lora_path:
+        merge_lora(sd, lora_pairs(read_tensors(lora_path, "generator_lora"), lora_path), lora_path,
+                   lora_alpha, lora_strength)
+    with torch.device("meta"):
+        model = CausalWan(cfg)
+    check_keys(model, sd, path)
+    model.load_state_dict(sd, assign=True)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model.set_attention("sdpa")
+    log.info("loaded %s (%d layers, dim %d, %d heads)%s", os.path.basename(path), cfg.num_layers, cfg.dim,
+             cfg.num_heads, f" + LoRA {os.path.basename(lora_path)} x{lora_strength}" if lora_path else "")
+    return model
+
+
+def export_safetensors(model: CausalWan, path: str) -> None:
+    """Writes the (merged) weights with canonical Wan keys, loadable by load_model and ComfyUI."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, path, metadata={"format": "pt", "longlive_num_heads": str(model.cfg.num_heads)})

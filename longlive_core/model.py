@@ -1,0 +1,276 @@
+"""The causal Wan2.1 transformer that LongLive generates with.
+
+Files read in data-flow order: RoPE tables -> pass plan -> norms -> attention layers ->
+block -> model. Latents cross this module as [B, F, C, H, W] (normalized latent space).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import AttentionFn, for_device
+from .cache import KVCache, TextCache
+from .config import PATCH, ROPE_POSITIONS, WanConfig
+
+# --- RoPE ---------------------------------------------------------------------------------
+
+
+def _rope_angles(positions: int, pairs: int, theta: float = 10000.0) -> torch.Tensor:
+    """Angles [positions, pairs] in float64, as upstream's rope_params (dim = 2 * pairs)."""
+    inv = 1.0 / theta ** (torch.arange(0, 2 * pairs, 2, dtype=torch.float64) / (2 * pairs))
+    return torch.outer(torch.arange(positions, dtype=torch.float64), inv)
+
+
+class RopeTable:
+    """Per-axis RoPE angles; head_dim / 2 pairs split between time, height and width."""
+
+    def __init__(self, head_dim: int, device=None):
+        pairs = head_dim // 2
+        hw = pairs // 3
+        self.time = _rope_angles(ROPE_POSITIONS, pairs - 2 * hw).to(device)
+        self.height = _rope_angles(ROPE_POSITIONS, hw).to(device)
+        self.width = _rope_angles(ROPE_POSITIONS, hw).to(device)
+
+    def cos_sin(self, start_frame: int, num_frames: int, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [num_frames * grid_h * grid_w, head_dim / 2] for tokens in (f, h, w) order."""
+        f, h, w = num_frames, grid_h, grid_w
+        angles = torch.cat([
+            self.time[start_frame:start_frame + f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            self.height[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            self.width[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ], dim=-1).reshape(f * h * w, -1)
+        return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates adjacent pairs of x [B, S, H, D] by per-token angles (cos/sin [S, D/2])."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None], sin[None, :, None]
+    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).type_as(x)
+
+
+# --- Where a pass sits in the video --------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PassPlan:
+    """Positions of one forward pass, held as tensors so a captured graph can replay it.
+
+    rope_cos/rope_sin: [tokens, head_dim / 2]; write_index: [tokens] cache slots of the pass's
+    tokens; kv_len: how many cache tokens the queries attend to (a prefix of the buffer).
+    """
+
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+    write_index: torch.Tensor
+    kv_len: int
+
+    def copy_(self, other: "PassPlan") -> None:
+        """Writes another plan of the same shape into this one's buffers (graph inputs)."""
+        self.rope_cos.copy_(other.rope_cos)
+        self.rope_sin.copy_(other.rope_sin)
+        self.write_index.copy_(other.write_index)
+
+
+# --- Norms -------------------------------------------------------------------------------
+
+
+def layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class AffineLayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.eps, self.weight, self.bias).type_as(x)
+
+
+# --- Attention layers ------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Attention of a pass's tokens to the cached sink + window keys (its own included)."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+
+    def forward(self, x, plan: PassPlan, cache_k, cache_v, attend: AttentionFn):
+        # x: [B, S, dim]; cache_k/v: [B, window tokens, H, D], written in place at plan.write_index
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
+        k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
+        v = self.v(x).unflatten(-1, (self.heads, -1))
+        cache_k.index_copy_(1, plan.write_index, apply_rope(k, plan.rope_cos, plan.rope_sin))
+        cache_v.index_copy_(1, plan.write_index, v)
+        q = apply_rope(q, plan.rope_cos, plan.rope_sin)
+        out = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len])
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Attention to the prompt's 512 text tokens; text K/V come from the TextCache."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # context: [B, L, dim] -> k, v: [B, L, H, D]
+        k = self.norm_k(self.k(context)).unflatten(-1, (self.heads, -1))
+        return k, self.v(context).unflatten(-1, (self.heads, -1))
+
+    def forward(self, x, text_k, text_v, attend: AttentionFn):
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
+        return self.o(attend(q, text_k, text_v).flatten(2))
+
+
+# --- Transformer block -------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = SelfAttention(cfg)
+        self.norm3 = AffineLayerNorm(cfg.dim, cfg.eps)
+        self.cross_attn = CrossAttention(cfg)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
+
+    def forward(self, x, e0, plan, cache_k, cache_v, text_k, text_v, attend):
+        # x: [B, S, dim]; e0: [B, 6, dim] float32, shared by every frame of the pass
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unsqueeze(2).unbind(1)
+        h = (layer_norm(x, self.eps) * (1 + scale1) + shift1).type_as(x)
+        x = (x.float() + self.self_attn(h, plan, cache_k, cache_v, attend).float() * gate1).type_as(x)
+        x = x + self.cross_attn(self.norm3(x), text_k, text_v, attend)
+        h = (layer_norm(x, self.eps) * (1 + scale2) + shift2).type_as(x)
+        return (x.float() + self.ffn(h).float() * gate2).type_as(x)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(PATCH))
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+
+    def forward(self, x, e):
+        # x: [B, S, dim]; e: [B, dim] float32 time embedding
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)
+        return self.head((layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x))
+
+
+# --- Time embedding ------------------------------------------------------------------------------
+
+
+def sinusoid(freq_dim: int, t: torch.Tensor) -> torch.Tensor:
+    """[N] timesteps -> [N, freq_dim] cos|sin embedding, computed in float64 as upstream."""
+    half = freq_dim // 2
+    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64), freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+@dataclasses.dataclass
+class TimeEmbedding:
+    """e: [B, dim] for the head, e0: [B, 6, dim] for the blocks; float32."""
+
+    e: torch.Tensor
+    e0: torch.Tensor
+
+
+# --- The model ----------------------------------------------------------------------------------
+
+
+class CausalWan(nn.Module):
+    """Wan2.1 text-to-video made block-causal, attending through a KVCache."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=PATCH, stride=PATCH)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self.attention_backend, self.attend = "sdpa", for_device("sdpa", torch.device("cpu"))[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.head.weight.dtype
+
+    def set_attention(self, backend: str) -> str:
+        """Chooses the attention kernel; float32 always uses SDPA (flash kernels need 16-bit)."""
+        name = backend if self.dtype in (torch.bfloat16, torch.float16) else "sdpa"
+        self.attention_backend, self.attend = for_device(name, self.device)
+        return self.attention_backend
+
+    @torch.no_grad()
+    def time_embed(self, t: torch.Tensor) -> TimeEmbedding:
+        """t: [B] timesteps (floats) -> TimeEmbedding."""
+        e = self.time_embedding(sinusoid(self.cfg.freq_dim, t).to(self.dtype))
+        e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim))
+        return TimeEmbedding(e.float(), e0.float())
+
+    @torch.no_grad()
+    def fill_text_cache(self, embeds: torch.Tensor, text: TextCache) -> None:
+        """embeds: [B, 512, text_dim] -> every layer's cross-attention K/V, written in place."""
+        context = self.text_embedding(embeds.to(self.device, self.dtype))
+        for i, block in enumerate(self.blocks):
+            k, v = block.cross_attn.text_kv(context)
+            text.k[i].copy_(k)
+            text.v[i].copy_(v)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, F, C, H, W] -> tokens [B, F * H/2 * W/2, dim] in (f, h, w) order
+        return self.patch_embedding(x.transpose(1, 2)).flatten(2).transpose(1, 2)
+
+    def unpatchify(self, x: torch.Tensor, frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
+        # x: [B, S, C * 4] with (p_h, p_w, c) fastest-last -> [B, F, C, H, W]
+        b, c = x.shape[0], self.cfg.out_dim
+        x = x.view(b, frames, grid_h, grid_w, PATCH[1], PATCH[2], c).permute(0, 1, 6, 2, 4, 3, 5)
+        return x.reshape(b, frames, c, grid_h * PATCH[1], grid_w * PATCH[2])
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
+        """x: [B, F, C, H, W] noisy latents -> flow velocity [B, F, C, H, W] (model dtype)."""
+        frames, grid_h, grid_w = x.shape[1], x.shape[3] // PATCH[1], x.shape[4] // PATCH[2]
+        h = self.patchify(x.to(self.dtype))
+        for i, block in enumerate(self.blocks):
+            h = block(h, time.e0, plan, cache.k[i], cache.v[i], text.k[i], text.v[i], self.attend)
+        return self.unpatchify(self.head(h, time.e), frames, grid_h, grid_w)

@@ -1,0 +1,205 @@
+"""Streaming sessions: prompt -> blocks -> switch -> continue -> reset, exactly as LongLive v1."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .cache import FRAMES_PER_BLOCK, KVCache, TextCache, check_window
+from .config import ROPE_POSITIONS, TEXT_LEN
+from .errors import ConfigError, PromptError
+from .model import CausalWan, PassPlan, RopeTable, TimeEmbedding
+from .schedule import NoiseSource, Schedule, SeededNoise
+
+log = logging.getLogger(__name__)
+
+SWITCH_POLICIES = ("recache", "reset", "keep")
+VAE_STRIDE = 8
+Runner = Callable[[torch.Tensor, TimeEmbedding, PassPlan, KVCache, TextCache], torch.Tensor]
+
+
+def prepare_embeds(embeds: torch.Tensor, batch: int, text_dim: int, field: str = "embeds") -> torch.Tensor:
+    """Checks prompt embeddings and brings them to [batch, 512, text_dim] (pad / truncate like Wan)."""
+    if embeds.dim() == 2:
+        embeds = embeds[None]
+    if embeds.dim() != 3 or embeds.shape[-1] != text_dim:
+        raise PromptError(f"{field} must be [batch, tokens, {text_dim}], got {list(embeds.shape)}; "
+                          f"use the umt5-xxl text encoder of Wan 2.1")
+    if embeds.shape[0] not in (1, batch):
+        raise PromptError(f"{field} has batch {embeds.shape[0]} but the session has batch {batch}; "
+                          f"give one embedding or one per sample")
+    if embeds.shape[1] > TEXT_LEN:
+        log.warning("%s has %d tokens; truncating to %d as Wan does", field, embeds.shape[1], TEXT_LEN)
+        embeds = embeds[:, :TEXT_LEN]
+    if embeds.shape[1] < TEXT_LEN:
+        embeds = torch.nn.functional.pad(embeds, (0, 0, 0, TEXT_LEN - embeds.shape[1]))
+    return embeds.expand(batch, -1, -1)
+
+
+class StreamSession:
+    """One video being generated block by block, with its KV cache, prompt and noise.
+
+    Latents come out as [B, 3, 16, H/8, W/8] per block, in the model's normalized latent space.
+    """
+
+    def __init__(self, model: CausalWan, *, batch: int = 1, height: int = 480, width: int = 832,
+                 local_attn_size: int = 12, sink_size: int = 3, seed: int = 0,
+                 noise: NoiseSource | None = None, switch_policy: str = "recache", runner: Runner | None = None):
+        _check_size(batch, height, width)
+        check_window(local_attn_size, sink_size)
+        if switch_policy not in SWITCH_POLICIES:
+            raise ConfigError(f"switch_policy '{switch_policy}' is unknown; choose one of {', '.join(SWITCH_POLICIES)}")
+        self.model, self.cfg = model, model.cfg
+        self.batch, self.switch_policy, self.seed = batch, switch_policy, seed
+        self.latent_hw = (height // VAE_STRIDE, width // VAE_STRIDE)
+        self.grid = (self.latent_hw[0] // 2, self.latent_hw[1] // 2)
+        self.frame_tokens = self.grid[0] * self.grid[1]
+        self._noise_arg = noise
+        self.runner: Runner = runner or model
+        self._allocate(local_attn_size, sink_size)
+        self.reset()
+
+    def _allocate(self, window: int, sink: int) -> None:
+        cfg, dev, dt = self.cfg, self.model.device, self.model.dtype
+        self.cache = KVCache.allocate(cfg.num_layers, self.batch, window, sink, self.frame_tokens,
+                                      cfg.num_heads, cfg.head_dim, dev, dt)
+        self.text = TextCache.allocate(cfg.num_layers, self.batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, dt)
+        self.rope = RopeTable(cfg.head_dim, dev)
+        self.schedule = Schedule.warped()
+        times = list(self.schedule.timesteps) + [0.0]
+        self.times = [self.model.time_embed(torch.full((self.batch,), t, device=dev)) for t in times]
+
+    # --- state --------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Starts a new video: empty caches, no prompt, frame 0, noise from the seed again."""
+        self.cache.zero_()
+        self.text.k.zero_()
+        self.text.v.zero_()
+        self.noise = self._noise_arg or SeededNoise(self.seed, self.model.device)
+        self.frame = 0  # frames generated
+        self.pos = 0  # RoPE / cache position of the next frame (restarts on a `reset` switch)
+        self.block = 0
+        self.prompt: torch.Tensor | None = None
+        self.pending: dict[int, torch.Tensor] = {}
+        self.recent: list[torch.Tensor] = []
+
+    @property
+    def window(self) -> int:
+        return self.cache.window
+
+    @property
+    def sink(self) -> int:
+        return self.cache.sink
+
+    # --- prompts --------------------------------------------------------------------------------
+
+    def set_prompt(self, embeds: torch.Tensor, at_frame: int | None = None) -> None:
+        """Schedules a prompt for the block starting at `at_frame` (default: the next block)."""
+        at = self.frame if at_frame is None else at_frame
+        if at % FRAMES_PER_BLOCK:
+            raise PromptError(f"a prompt must start on a block boundary (a multiple of {FRAMES_PER_BLOCK} "
+                              f"latent frames); got frame {at}")
+        if at < self.frame:
+            raise PromptError(f"a prompt cannot start at frame {at}: frames up to {self.frame} are generated")
+        self.pending[at] = prepare_embeds(embeds, self.batch, self.cfg.text_dim).to(self.model.device)
+
+    def set_schedule(self, segments: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """A list of (start frame, embeddings); starts must increase."""
+        starts = [s for s, _ in segments]
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            raise PromptError(f"prompt starts must increase; got {starts}")
+        for start, embeds in segments:
+            self.set_prompt(embeds, at_frame=start)
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generate(self, num_frames: int) -> Iterator[torch.Tensor]:
+        """Yields num_frames / 3 blocks of latents [B, 3, C, h, w] (float32, normalized)."""
+        if num_frames % FRAMES_PER_BLOCK or num_frames < 0:
+            raise ConfigError(f"num_frames={num_frames} must be a non-negative multiple of {FRAMES_PER_BLOCK}")
+        for _ in range(num_frames // FRAMES_PER_BLOCK):
+            yield self.step_block()
+
+    def step_block(self) -> torch.Tensor:
+        """Generates the next block, applying a prompt switch scheduled for it first."""
+        if self.frame in self.pending:
+            self._switch(self.pending.pop(self.frame))
+        if self.prompt is None:
+            raise PromptError("no prompt is set for this session; call set_prompt before generating")
+        if self.pos + FRAMES_PER_BLOCK > ROPE_POSITIONS:
+            raise ConfigError(f"frame position {self.pos + FRAMES_PER_BLOCK} exceeds the {ROPE_POSITIONS}-position "
+                              f"RoPE table; reset the session or switch with policy 'reset'")
+        plan = self.plan(self.pos, FRAMES_PER_BLOCK)
+        x0 = self._denoise(plan)
+        if not self._clean_pass_overwritten():
+            self.runner(x0, self.times[-1], plan, self.cache, self.text)
+        self._remember(x0)
+        return x0
+
+    def _denoise(self, plan: PassPlan) -> torch.Tensor:
+        c, (h, w) = self.cfg.in_dim, self.latent_hw
+        shape = (len(self.schedule), self.batch, FRAMES_PER_BLOCK, c, h, w)
+        noise = self.noise.block_noise(self.block, shape, self.model.device, torch.float32)
+        x = noise[0]
+        sigmas = self.schedule.sigmas
+        for i, sigma in enumerate(sigmas):
+            x0 = x - sigma * self.runner(x, self.times[i], plan, self.cache, self.text).float()
+            if i + 1 < len(sigmas):
+                x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise[i + 1]
+        return x0
+
+    def _clean_pass_overwritten(self) -> bool:
+        """A recache right after this block rewrites every frame the clean pass would write."""
+        return self.switch_policy == "recache" and self.frame + FRAMES_PER_BLOCK in self.pending
+
+    def _remember(self, x0: torch.Tensor) -> None:
+        self.recent.append(x0)
+        keep = -(-self.window // FRAMES_PER_BLOCK)
+        del self.recent[:-keep]
+        self.frame += FRAMES_PER_BLOCK
+        self.pos += FRAMES_PER_BLOCK
+        self.block += 1
+
+    def plan(self, start: int, frames: int) -> PassPlan:
+        """Positions of a pass over frames [start, start + frames) at cache position `start`."""
+        cos, sin = self.rope.cos_sin(start, frames, *self.grid)
+        return PassPlan(cos, sin, self.cache.token_index(start, frames), self.cache.kv_len(start + frames))
+
+    # --- prompt switches --------------------------------------------------------------------------
+
+    def _switch(self, embeds: torch.Tensor) -> None:
+        first = self.prompt is None
+        self.prompt = embeds
+        if not first and self.switch_policy == "reset":
+            self.cache.zero_()
+            self.pos = 0
+            self.recent.clear()
+        self.model.fill_text_cache(embeds, self.text)
+        if not first and self.switch_policy == "recache":
+            self._recache()
+
+    def _recache(self) -> None:
+        """Re-runs the last min(window, pos) frames at t=0 under the new prompt.
+
+        As upstream: while the video is no longer than the window, the re-run chunk starts at
+        frame 0 and rewrites every frame, sinks included. Later, the sink frames keep their
+        K/V and only the last window - sink frames are rewritten (frames whose K/V would be
+        dropped influence nothing that is kept, so they are not run).
+        """
+        c = self.pos
+        start = 0 if c <= self.window else max(self.sink, c - (self.window - self.sink))
+        if start >= c:
+            return
+        frames = torch.cat(self.recent, dim=1)[:, start - c:]
+        self.runner(frames, self.times[-1], self.plan(start, c - start), self.cache, self.text)
+
+
+def _check_size(batch: int, height: int, width: int) -> None:
+    if batch < 1:
+        raise ConfigError(f"batch={batch} must be >= 1")
+    for name, value in (("height", height), ("width", width)):
+        if value < 16 or value % 16:
+            raise ConfigError(f"{name}={value} must be a positive multiple of 16 (the VAE stride 8 x patch 2)")
