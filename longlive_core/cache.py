@@ -55,8 +55,11 @@ class KVCache:
     def token_index(self, start_frame: int, num_frames: int, device=None) -> torch.Tensor:
         """Token slots of frames [start_frame, start_frame + num_frames): [num_frames * frame_tokens]."""
         slots = torch.tensor([self.slot(f) for f in range(start_frame, start_frame + num_frames)])
-        tokens = slots[:, None] * self.frame_tokens + torch.arange(self.frame_tokens)
-        return tokens.flatten().to(device or self.k.device)
+        tokens = (slots[:, None] * self.frame_tokens + torch.arange(self.frame_tokens)).flatten()
+        device = device or self.k.device
+        if device.type == "cuda":  # pinned + non-blocking: no wait on the GPU queue
+            return tokens.pin_memory().to(device, non_blocking=True)
+        return tokens.to(device)
 
     def kv_len(self, end_frame: int) -> int:
         """Number of valid key tokens once frames [0, end_frame) are written."""

@@ -155,12 +155,23 @@ def merge_lora(sd: dict[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tenso
 # --- Building the model ---------------------------------------------------------------------------
 
 
+def stored_num_heads(path: str) -> int | None:
+    """Head count written by export_safetensors (shapes cannot tell it), if any."""
+    if not path.endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        heads = (f.metadata() or {}).get("longlive_num_heads")
+    return int(heads) if heads else None
+
+
 def load_model(path: str, *, lora_path: str | None = None, lora_strength: float = 1.0,
                lora_alpha: float | None = None, num_heads: int | None = None, device="cpu",
                dtype: torch.dtype = torch.bfloat16, prefer: str = "generator") -> CausalWan:
     """Loads a LongLive / Wan2.1 checkpoint (+ optional LoRA merged at load) into a CausalWan."""
     sd = canonical_state_dict(read_tensors(path, prefer), path)
-    cfg = WanConfig.from_state_dict(sd, num_heads=num_heads)
+    cfg = WanConfig.from_state_dict(sd, num_heads=num_heads or stored_num_heads(path))
     if lora_path:
         merge_lora(sd, lora_pairs(read_tensors(lora_path, "generator_lora"), lora_path), lora_path,
                    lora_alpha, lora_strength)

@@ -112,8 +112,8 @@ class AffineLayerNorm(nn.Module):
 # --- Attention layers ------------------------------------------------------------------------
 
 
-class SelfAttention(nn.Module):
-    """Attention of a pass's tokens to the cached sink + window keys (its own included)."""
+class Attention(nn.Module):
+    """q/k/v/o projections with RMSNorm on q and k; the attention itself runs in Block."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -121,59 +121,65 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
 
-    def forward(self, x, plan: PassPlan, cache_k, cache_v, attend: AttentionFn):
-        # x: [B, S, dim]; cache_k/v: [B, window tokens, H, D], written in place at plan.write_index
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
-        v = self.v(x).unflatten(-1, (self.heads, -1))
-        cache_k.index_copy_(1, plan.write_index, apply_rope(k, plan.rope_cos, plan.rope_sin))
-        cache_v.index_copy_(1, plan.write_index, v)
-        q = apply_rope(q, plan.rope_cos, plan.rope_sin)
-        out = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len])
-        return self.o(out.flatten(2))
-
-
-class CrossAttention(nn.Module):
-    """Attention to the prompt's 512 text tokens; text K/V come from the TextCache."""
-
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        self.heads = cfg.num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
-        self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1))
 
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # context: [B, L, dim] -> k, v: [B, L, H, D]
-        k = self.norm_k(self.k(context)).unflatten(-1, (self.heads, -1))
-        return k, self.v(context).unflatten(-1, (self.heads, -1))
-
-    def forward(self, x, text_k, text_v, attend: AttentionFn):
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
-        return self.o(attend(q, text_k, text_v).flatten(2))
+        return self.split(self.norm_k(self.k(context))), self.split(self.v(context))
 
 
 # --- Transformer block -------------------------------------------------------------------------
 
 
 class Block(nn.Module):
+    """One Wan layer. The three dense stages around the two attentions are separate methods so
+    that the fast path can compile them; cache writes and attention stay between them."""
+
     def __init__(self, cfg: WanConfig):
         super().__init__()
         self.eps = cfg.eps
-        self.self_attn = SelfAttention(cfg)
+        self.self_attn = Attention(cfg)
         self.norm3 = AffineLayerNorm(cfg.dim, cfg.eps)
-        self.cross_attn = CrossAttention(cfg)
+        self.cross_attn = Attention(cfg)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
 
-    def forward(self, x, e0, plan, cache_k, cache_v, text_k, text_v, attend):
-        # x: [B, S, dim]; e0: [B, 6, dim] float32, shared by every frame of the pass
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unsqueeze(2).unbind(1)
-        h = (layer_norm(x, self.eps) * (1 + scale1) + shift1).type_as(x)
-        x = (x.float() + self.self_attn(h, plan, cache_k, cache_v, attend).float() * gate1).type_as(x)
-        x = x + self.cross_attn(self.norm3(x), text_k, text_v, attend)
-        h = (layer_norm(x, self.eps) * (1 + scale2) + shift2).type_as(x)
-        return (x.float() + self.ffn(h).float() * gate2).type_as(x)
+    def forward(self, x, e0, plan: PassPlan, cache_k, cache_v, text_k, text_v, attend: AttentionFn):
+        # x: [B, S, dim]; e0: [B, 6, dim] float32, shared by every frame of the pass;
+        # cache_k/v: [B, window tokens, H, D], written in place at plan.write_index.
+        q, k, v = self.self_qkv(x, e0, plan.rope_cos, plan.rope_sin)
+        cache_k.index_copy_(1, plan.write_index, k)
+        cache_v.index_copy_(1, plan.write_index, v)
+        y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len])
+        x, q = self.self_out_cross_q(x, y, e0)
+        y = attend(q, text_k, text_v)
+        return self.cross_out_ffn(x, y, e0)
+
+    def _mod(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # shift, scale, gate of attention, then of the FFN: each [B, 1, dim]
+        return (self.modulation.float() + e0).unsqueeze(2).unbind(1)
+
+    def self_qkv(self, x, e0, cos, sin):
+        shift, scale = self._mod(e0)[:2]
+        h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
+        a = self.self_attn
+        q = apply_rope(a.split(a.norm_q(a.q(h))), cos, sin)
+        k = apply_rope(a.split(a.norm_k(a.k(h))), cos, sin)
+        return q, k, a.split(a.v(h))
+
+    def self_out_cross_q(self, x, y, e0):
+        gate = self._mod(e0)[2]
+        x = (x.float() + self.self_attn.o(y.flatten(2)).float() * gate).type_as(x)
+        c = self.cross_attn
+        return x, c.split(c.norm_q(c.q(self.norm3(x))))
+
+    def cross_out_ffn(self, x, y, e0):
+        _, _, _, shift, scale, gate = self._mod(e0)
+        x = x + self.cross_attn.o(y.flatten(2))
+        h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
+        return (x.float() + self.ffn(h).float() * gate).type_as(x)
 
 
 class Head(nn.Module):

@@ -44,6 +44,7 @@ class StreamSession:
     Latents come out as [B, 3, 16, H/8, W/8] per block, in the model's normalized latent space.
     """
 
+    @torch.inference_mode()
     def __init__(self, model: CausalWan, *, batch: int = 1, height: int = 480, width: int = 832,
                  local_attn_size: int = 12, sink_size: int = 3, seed: int = 0,
                  noise: NoiseSource | None = None, switch_policy: str = "recache", runner: Runner | None = None):
@@ -73,6 +74,7 @@ class StreamSession:
 
     # --- state --------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def reset(self) -> None:
         """Starts a new video: empty caches, no prompt, frame 0, noise from the seed again."""
         self.cache.zero_()
@@ -96,6 +98,7 @@ class StreamSession:
 
     # --- prompts --------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def set_prompt(self, embeds: torch.Tensor, at_frame: int | None = None) -> None:
         """Schedules a prompt for the block starting at `at_frame` (default: the next block)."""
         at = self.frame if at_frame is None else at_frame
@@ -123,6 +126,7 @@ class StreamSession:
         for _ in range(num_frames // FRAMES_PER_BLOCK):
             yield self.step_block()
 
+    @torch.inference_mode()
     def step_block(self) -> torch.Tensor:
         """Generates the next block, applying a prompt switch scheduled for it first."""
         if self.frame in self.pending:

@@ -23,7 +23,8 @@ from .session import StreamSession
 TOLERANCE = 2e-5
 
 
-def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
+def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+             lora_strength: float = 1.0) -> tuple[torch.Tensor, dict]:
     """Generates a recorded case; returns (latents [B, F, C, h, w], meta)."""
     from safetensors.torch import load_file
 
@@ -31,7 +32,7 @@ def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.floa
         meta = json.load(f)
     io = load_file(os.path.join(case_dir, "io.safetensors"))
     model = load_model(os.path.join(case_dir, "longlive_base.pt"), lora_path=os.path.join(case_dir, "lora.pt"),
-                       lora_alpha=meta["lora_alpha"], num_heads=meta["model"]["num_heads"], device=device, dtype=dtype)
+                       lora_alpha=meta["lora_alpha"], lora_strength=lora_strength, num_heads=meta["model"]["num_heads"], device=device, dtype=dtype)
     h, w = meta["latent_hw"]
     session = StreamSession(model, batch=meta["batch"], height=h * 8, width=w * 8,
                             local_attn_size=meta["local_attn_size"], sink_size=meta["sink_size"],

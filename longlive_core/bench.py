@@ -1,0 +1,191 @@
+"""GPU benchmark: the eager reference path against the fast path, on random full-size weights.
+
+    python -m longlive_core.bench [--rows main,window9,batch,fp8,int8] [--profile] [--json PATH]
+
+Every row generates the same schedule (24 blocks, prompt switches at frames 24, 42 and 60) and
+reports ms per block and per latent frame in steady state, the extra stream time of each switch,
+the first block, peak GPU memory, frames per second, and the max relative difference of the
+latents from the eager bf16 path (same seed, same prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+
+import torch
+
+from .config import WanConfig
+from .fast import GraphRunner, make_fast
+from .quantize import apply_precision
+from .session import StreamSession
+from .synthetic import random_model
+
+log = logging.getLogger("longlive_core.bench")
+
+BLOCKS = 24
+SWITCH_BLOCKS = (8, 14, 20)
+HEIGHT, WIDTH = 480, 832
+ROWS = ("main", "window9", "batch", "fp8", "int8")
+
+
+def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(1234)
+    out = []
+    for _ in range(count):
+        e = torch.randn(batch, 512, text_dim, generator=gen, device=device) * 0.1
+        e[:, 40:] = 0  # a 40-token prompt, zeros after its tokens like umt5
+        out.append(e)
+    return out
+
+
+def run_stream(model, runner, *, batch=1, window=12, sink=3, blocks=BLOCKS, seed=0) -> dict:
+    """Generates `blocks` blocks with the standard schedule; block times from CUDA events."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    session = StreamSession(model, batch=batch, height=HEIGHT, width=WIDTH, local_attn_size=window,
+                            sink_size=sink, seed=seed, runner=runner(model) if runner else None)
+    embeds = prompts(batch, model.cfg.text_dim, len(SWITCH_BLOCKS) + 1, model.device)
+    session.set_schedule([(0, embeds[0])] + [(3 * b, e) for b, e in zip(SWITCH_BLOCKS, embeds[1:])])
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(blocks + 1)]
+    events[0].record()
+    latents, first_ms = [], None
+    for i in range(blocks):
+        latents.append(session.step_block())
+        events[i + 1].record()
+        if i == 0:
+            torch.cuda.synchronize()
+            first_ms = (time.perf_counter() - t0) * 1e3
+    torch.cuda.synchronize()
+    ms = [events[i].elapsed_time(events[i + 1]) for i in range(blocks)]
+    return {"block_ms": ms, "first_block_ms": first_ms, "latents": torch.cat(latents, 1).float(),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def summarize(name: str, run: dict, reference: torch.Tensor | None, batch: int) -> dict:
+    ms = run["block_ms"]
+    near_switch = {b + d for b in SWITCH_BLOCKS for d in (-1, 0)}
+    steady = statistics.median(m for i, m in enumerate(ms) if i >= 6 and i not in near_switch)
+    switches = [ms[b - 1] + ms[b] - 2 * steady for b in SWITCH_BLOCKS]
+    row = {"row": name, "batch": batch, "ms_per_block": steady, "ms_per_latent_frame": steady / 3,
+           "switch_extra_ms": switches, "first_block_ms": run["first_block_ms"], "peak_gib": run["peak_gib"],
+           "latent_fps": 3 * batch * 1e3 / steady, "pixel_fps": 12 * batch * 1e3 / steady, "block_ms_all": ms}
+    if reference is not None and reference.shape == run["latents"].shape:
+        ref, got = reference, run["latents"]
+        errs = [((got[:, f:f + 3] - ref[:, f:f + 3]).norm() / ref[:, f:f + 3].norm()).item()
+                for f in range(0, ref.shape[1], 3)]
+        row["max_rel_diff_vs_eager"] = max(errs)
+    return row
+
+
+def profile_block(model, runner, out_path: str | None) -> dict:
+    """Kernel-time breakdown of one steady block, per layer per pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    session = StreamSession(model, height=HEIGHT, width=WIDTH, runner=runner(model) if runner else None)
+    session.set_prompt(prompts(1, model.cfg.text_dim, 1, model.device)[0])
+    for _ in range(7):
+        session.step_block()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        session.step_block()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1e3
+    if out_path:
+        prof.export_chrome_trace(out_path)
+    return breakdown(prof, wall, passes=5 * model.cfg.num_layers)
+
+
+def _category(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("flash", "fmha", "attention", "cudnn", "sdpa")):
+        return "attention"
+    if any(s in n for s in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "_mm", "wgmma")):
+        return "gemm"
+    if any(s in n for s in ("index_copy", "index_put", "scatter", "indexing")):
+        return "cache_write"
+    return "norm_mod_other"
+
+
+def breakdown(prof, wall_ms: float, passes: int) -> dict:
+    totals: dict[str, float] = {}
+    for evt in prof.key_averages():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        cat = _category(evt.key)
+        totals[cat] = totals.get(cat, 0.0) + evt.self_device_time_total / 1e3
+    kernel = sum(totals.values())
+    totals["gaps"] = max(0.0, wall_ms - kernel)
+    return {"block_wall_ms": wall_ms, "per_layer_pass_ms": {k: v / passes for k, v in totals.items()}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="main,window9,batch", help=f"comma list of {ROWS}")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--profile", action="store_true", help="kernel breakdown of one steady block")
+    parser.add_argument("--trace-dir", default=None, help="where --profile writes chrome traces")
+    parser.add_argument("--json", default="bench.json")
+    parser.add_argument("--layers", type=int, default=30, help="fewer layers for a quick look")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not torch.cuda.is_available():
+        log.error("the benchmark needs a CUDA GPU")
+        return 2
+    rows = args.rows.split(",")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": [], "profile": {}}
+    cfg = WanConfig(num_layers=args.layers)
+    model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
+    model.set_attention("sdpa")
+    eager = run_stream(model, None)
+    result["rows"].append(summarize("eager bf16 w12 s3 (sdpa)", eager, None, 1))
+    if args.profile:
+        result["profile"]["eager"] = profile_block(model, None, args.trace_dir and f"{args.trace_dir}/eager.json")
+    result["attention"] = make_fast(model, attention=args.attention)
+    result["rows"].append(summarize(f"fast bf16 w12 s3 ({result['attention']})", run_stream(model, GraphRunner),
+                                    eager["latents"], 1))
+    if args.profile:
+        result["profile"]["fast"] = profile_block(model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
+    if "window9" in rows:
+        result["rows"].append(summarize("fast bf16 w9 s3", run_stream(model, GraphRunner, window=9), None, 1))
+    if "batch" in rows:
+        for b in (2, 4):
+            result["rows"].append(summarize(f"fast bf16 w12 s3 batch {b}", run_stream(model, GraphRunner, batch=b), None, b))
+    for precision in ("fp8", "int8 dynamic", "int8 weight-only"):
+        if precision.split()[0] in rows:
+            del model
+            torch.cuda.empty_cache()
+            model = apply_precision(random_model(cfg, device="cuda", dtype=torch.bfloat16), precision)
+            make_fast(model, attention=args.attention)
+            result["rows"].append(summarize(f"fast {precision} w12 s3", run_stream(model, GraphRunner),
+                                            eager["latents"], 1))
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print_table(result)
+    return 0
+
+
+def print_table(result: dict) -> None:
+    base = result["rows"][0]["ms_per_block"]
+    sys.stdout.write(f"\n{result['device']}, torch {result['torch']}, {HEIGHT}x{WIDTH}, 4 steps, 3 frames/block\n")
+    sys.stdout.write("| row | ms/block | ms/latent frame | switch extra ms | first block ms | peak GiB | "
+                     "pixel fps | speedup | max rel diff |\n|---|---|---|---|---|---|---|---|---|\n")
+    for r in result["rows"]:
+        sw = "/".join(f"{s:.0f}" for s in r["switch_extra_ms"])
+        diff = r.get("max_rel_diff_vs_eager")
+        sys.stdout.write(f"| {r['row']} | {r['ms_per_block']:.1f} | {r['ms_per_latent_frame']:.1f} | {sw} | "
+                         f"{r['first_block_ms']:.0f} | {r['peak_gib']:.2f} | {r['pixel_fps']:.1f} | "
+                         f"{base / r['ms_per_block'] * r['batch']:.2f}x | {'' if diff is None else f'{diff:.2e}'} |\n")
+    for name, prof in result["profile"].items():
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in prof["per_layer_pass_ms"].items())
+        sys.stdout.write(f"profile {name}: block {prof['block_wall_ms']:.1f} ms; per layer per pass (ms): {parts}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The real-time path: compiled dense stages and CUDA graphs of the passes that repeat.
+
+One owner of CUDA graphs: GraphRunner. torch.compile only fuses (no cudagraphs mode), and only
+the three dense stages of a layer; cache writes and attention stay outside compiled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import torch
+
+from .cache import KVCache, TextCache
+from .model import Block, CausalWan, PassPlan, TimeEmbedding
+
+log = logging.getLogger(__name__)
+
+STAGES = ("self_qkv", "self_out_cross_q", "cross_out_ffn")
+
+
+def compile_blocks(model: CausalWan, mode: str = "max-autotune-no-cudagraphs") -> None:
+    """Compiles the dense stages once; all layers share the compiled code (modules are inputs)."""
+    for name in STAGES:
+        fn = torch.compile(getattr(Block, name), mode=mode, fullgraph=True, dynamic=False)
+        for block in model.blocks:
+            setattr(block, name, functools.partial(fn, block))
+    log.info("compiled the dense stages of %d layers (%s)", len(model.blocks), mode)
+
+
+@dataclasses.dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    x: torch.Tensor
+    plan: PassPlan
+    out: torch.Tensor
+
+    def replay(self, x: torch.Tensor, plan: PassPlan) -> torch.Tensor:
+        self.x.copy_(x)
+        self.plan.copy_(plan)
+        self.graph.replay()
+        return self.out
+
+
+class GraphRunner:
+    """Runs passes for one session: a pass shape seen for the first time runs eagerly, the second
+    time it is captured, and from then on it replays. Steady blocks, their clean passes and
+    the steady recache repeat; the blocks that fill the window run once and never capture.
+
+    A pass is idempotent (it rewrites its own cache slots from its own input), so the extra
+    warm-up run before capture changes nothing.
+    """
+
+    def __init__(self, model: CausalWan):
+        self.model = model
+        self.seen: set = set()
+        self.graphs: dict = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def __call__(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
+        key = (id(time), tuple(x.shape), plan.kv_len, id(cache))
+        graph = self.graphs.get(key)
+        if graph is not None:
+            return graph.replay(x, plan)
+        if key not in self.seen:
+            self.seen.add(key)
+            return self.model(x, time, plan, cache, text)
+        self.graphs[key] = graph = self._capture(x, time, plan, cache, text)
+        return graph.replay(x, plan)
+
+    def _capture(self, x, time, plan, cache, text) -> _Graph:
+        static_x = x.clone()
+        static_plan = PassPlan(plan.rope_cos.clone(), plan.rope_sin.clone(), plan.write_index.clone(), plan.kv_len)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.model(static_x, time, static_plan, cache, text)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.model(static_x, time, static_plan, cache, text)
+        log.debug("captured a pass graph: %s frames, %d keys", tuple(x.shape), plan.kv_len)
+        return _Graph(graph, static_x, static_plan, out)
+
+    def clear(self) -> None:
+        """Drops every graph (after the session's caches were reallocated)."""
+        self.seen.clear()
+        self.graphs.clear()
+
+
+def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True) -> str:
+    """Explicit setup of the fast path: attention backend and compiled stages. Returns the backend."""
+    backend = model.set_attention(attention)
+    if compile:
+        compile_blocks(model)
+    return backend

@@ -1,0 +1,52 @@
+"""Random-weight models in the real file formats, for tests, demos and benchmarks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import WanConfig
+from .model import CausalWan
+
+TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32)
+
+
+def random_model(cfg: WanConfig = WanConfig(), seed: int = 0, device="cpu", dtype=torch.bfloat16,
+                 std: float = 0.02) -> CausalWan:
+    """A CausalWan with random weights: N(0, std) (drawn in fp32, then cast), norm weights at 1."""
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.device("meta"):
+        model = CausalWan(cfg)
+    model = model.to_empty(device=device).float()
+    for name, p in model.named_parameters():
+        if "norm" in name and name.endswith("weight"):
+            p.data.fill_(1.0)
+        elif name.endswith("bias"):
+            p.data.zero_()
+        else:
+            p.data.normal_(0.0, std, generator=gen)
+    model = model.to(dtype=dtype).eval().requires_grad_(False)
+    model.set_attention("sdpa")
+    return model
+
+
+def write_longlive_checkpoint(model: CausalWan, path: str, key: str = "generator") -> None:
+    """Saves weights as LongLive's longlive_base.pt: {key: {"model.<wan key>": tensor}}."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sd = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({key: sd}, path)
+
+
+def write_lora(model: CausalWan, path: str, rank: int = 4, seed: int = 1) -> None:
+    """Saves a random PEFT LoRA on every linear inside the blocks, as LongLive's lora.pt."""
+    gen = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, module in model.blocks.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            out_f, in_f = module.weight.shape
+            prefix = f"base_model.model.blocks.{name}"
+            lora[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * 0.1
+            lora[f"{prefix}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * 0.1
+    torch.save({"generator_lora": lora}, path)

@@ -1,0 +1,32 @@
+"""Shared fixtures: the recorded reference runs and tiny random models."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+import torch
+
+from longlive_core.synthetic import TINY, random_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = pathlib.Path(os.environ.get("LONGLIVE_GOLDEN", REPO.parent / "shared" / "golden"))
+
+
+def golden_cases() -> list[pathlib.Path]:
+    cases = sorted(p for p in GOLDEN.glob("*") if (p / "meta.json").exists())
+    if not cases:
+        raise FileNotFoundError(f"no reference runs under {GOLDEN}; set LONGLIVE_GOLDEN to the golden/ folder")
+    return cases
+
+
+@pytest.fixture
+def tiny_model():
+    return random_model(TINY, seed=0, dtype=torch.float32, std=0.3)
+
+
+@pytest.fixture
+def prompt():
+    gen = torch.Generator().manual_seed(7)
+    return torch.randn(1, 12, TINY.text_dim, generator=gen)

@@ -1,0 +1,55 @@
+"""The recorded upstream runs, reproduced through the public session API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from longlive_core.verify import TOLERANCE, as_recorded, block_errors, run_case
+from conftest import REPO, golden_cases
+
+
+@pytest.mark.parametrize("case", golden_cases(), ids=lambda p: p.name)
+def test_golden_case_matches_every_block(case):
+    ours, meta = run_case(str(case))
+    ref = load_file(str(case / "io.safetensors"))["output"]
+    errs = block_errors(as_recorded(ours), ref)
+    assert len(errs) == meta["num_output_frames"] // 3
+    assert max(errs) <= TOLERANCE, errs
+
+
+def test_verify_command_passes_on_golden_and_fails_on_a_changed_case(tmp_path):
+    cases = [str(c) for c in golden_cases()]
+    ok = subprocess.run([sys.executable, "-m", "longlive_core.verify", *cases], cwd=REPO,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    lines = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert [line["passed"] for line in lines] == [True] * len(cases)
+
+    broken = tmp_path / "case"
+    broken.mkdir()
+    src = golden_cases()[0]
+    for name in ("meta.json", "longlive_base.pt", "lora.pt"):
+        (broken / name).write_bytes((src / name).read_bytes())
+    io = load_file(str(src / "io.safetensors"))
+    io["output"] = io["output"].clone()
+    io["output"][:, -3:] = 1 - io["output"][:, -3:]  # the last block is wrong
+    save_file(io, str(broken / "io.safetensors"))
+    bad = subprocess.run([sys.executable, "-m", "longlive_core.verify", str(broken)], cwd=REPO,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    result = json.loads(bad.stdout)
+    assert result["passed"] is False and result["block_rel_errors"][-1] > 0.1 > result["block_rel_errors"][0]
+
+
+def test_golden_fails_with_a_wrong_lora_strength():
+    """The reference is sensitive to the LoRA merge: a check that the check can fail."""
+    case = golden_cases()[0]
+    ours, _ = run_case(str(case), lora_strength=0.5)
+    ref = load_file(str(case / "io.safetensors"))["output"]
+    assert max(block_errors(as_recorded(ours), ref)) > 1e-3

@@ -1,0 +1,171 @@
+"""Session API: continuing, schedules, switch policies, batch, and every bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from longlive_core import (BackendUnavailableError, ConfigError, PromptError, RecordedNoise, StreamSession,
+                           WanConfig)
+from longlive_core.attention import resolve
+from longlive_core.synthetic import random_model
+
+
+def session(model, **kw):
+    kw.setdefault("height", 64)
+    kw.setdefault("width", 96)
+    return StreamSession(model, **kw)
+
+
+def fixed_noise(batch=1, blocks=12, seed=11):
+    gen = torch.Generator().manual_seed(seed)
+    return RecordedNoise(torch.randn(batch, 3 * blocks, 16, 8, 12, generator=gen),
+                         torch.randn(3 * blocks, batch, 3, 16, 8, 12, generator=gen))
+
+
+def run(s, frames):
+    return torch.cat(list(s.generate(frames)), 1)
+
+
+def test_continuing_equals_one_long_run(tiny_model, prompt):
+    a = session(tiny_model, seed=1)
+    a.set_prompt(prompt)
+    first, second = run(a, 6), run(a, 9)
+    b = session(tiny_model, seed=1)
+    b.set_prompt(prompt)
+    assert torch.equal(torch.cat([first, second], 1), run(b, 15))
+    assert a.frame == 15
+
+
+def test_set_prompt_between_runs_equals_a_schedule(tiny_model, prompt):
+    other = prompt.flip(1)
+    a = session(tiny_model, seed=2)
+    a.set_prompt(prompt)
+    part1 = run(a, 15)
+    a.set_prompt(other)
+    part2 = run(a, 9)
+    b = session(tiny_model, seed=2)
+    b.set_schedule([(0, prompt), (15, other)])
+    whole = run(b, 24)
+    # the scheduled run skips the clean pass before the switch; the recache rewrites it anyway
+    torch.testing.assert_close(torch.cat([part1, part2], 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_reset_policy_restarts_the_video_at_the_switch(tiny_model, prompt):
+    other = prompt.flip(1)
+    a = session(tiny_model, switch_policy="reset", noise=fixed_noise())
+    a.set_schedule([(0, prompt), (9, other)])
+    out = run(a, 12)
+    # a fresh session on `other` whose first block gets the noise of block 3
+    noise = fixed_noise()
+    shifted = RecordedNoise(noise.noise[:, 9:], noise.renoise[9:])
+    b = session(tiny_model, noise=shifted)
+    b.set_prompt(other)
+    torch.testing.assert_close(out[:, 9:12], run(b, 3), rtol=1e-5, atol=1e-6)
+
+
+def test_policies_give_different_videos(tiny_model, prompt):
+    outs = {}
+    for policy in ("recache", "keep", "reset"):
+        s = session(tiny_model, switch_policy=policy, noise=fixed_noise())
+        s.set_schedule([(0, prompt), (15, prompt.flip(1))])
+        outs[policy] = run(s, 21)
+    for a, b in (("recache", "keep"), ("recache", "reset"), ("keep", "reset")):
+        assert not torch.allclose(outs[a][:, 15:], outs[b][:, 15:])
+        assert torch.equal(outs[a][:, :12], outs[b][:, :12])
+
+
+def test_batch_samples_are_independent(tiny_model, prompt):
+    noise = fixed_noise(batch=2)
+    prompts = torch.cat([prompt, prompt.flip(1)])
+    pair = session(tiny_model, batch=2, noise=noise)
+    pair.set_prompt(prompts)
+    both = run(pair, 9)
+    one = session(tiny_model, noise=RecordedNoise(noise.noise[1:], noise.renoise[:, 1:]))
+    one.set_prompt(prompts[1:])
+    torch.testing.assert_close(both[1:], run(one, 9), rtol=1e-4, atol=1e-4)
+
+
+def test_reset_starts_over(tiny_model, prompt):
+    s = session(tiny_model, seed=4)
+    s.set_prompt(prompt)
+    first = run(s, 6)
+    s.reset()
+    with pytest.raises(PromptError, match="no prompt is set"):
+        run(s, 3)
+    s.set_prompt(prompt)
+    assert torch.equal(run(s, 6), first)
+
+
+def test_long_prompts_are_truncated_with_a_warning(tiny_model, caplog):
+    long = torch.randn(1, 600, 32)
+    a = session(tiny_model, seed=0)
+    with caplog.at_level(logging.WARNING):
+        a.set_prompt(long)
+    assert "truncating to 512" in caplog.text
+    b = session(tiny_model, seed=0)
+    b.set_prompt(long[:, :512])
+    assert torch.equal(run(a, 3), run(b, 3))
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_bad_prompts(tiny_model, prompt):
+    s = session(tiny_model, batch=2)
+    with pytest.raises(PromptError, match=r"embeds must be \[batch, tokens, 32\], got \[1, 12, 4096\]"):
+        s.set_prompt(torch.zeros(1, 12, 4096))
+    with pytest.raises(PromptError, match="batch 3 but the session has batch 2"):
+        s.set_prompt(torch.zeros(3, 12, 32))
+    with pytest.raises(PromptError, match="block boundary.*got frame 4"):
+        s.set_prompt(prompt, at_frame=4)
+    with pytest.raises(PromptError, match="must increase"):
+        s.set_schedule([(0, prompt), (6, prompt), (6, prompt)])
+    s.set_prompt(prompt)
+    run(s, 6)
+    with pytest.raises(PromptError, match="frames up to 6 are generated"):
+        s.set_prompt(prompt, at_frame=3)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"height": 72}, "height=72 must be a positive multiple of 16"),
+    ({"width": 0}, "width=0"),
+    ({"batch": 0}, "batch=0"),
+    ({"local_attn_size": 4}, "local_attn_size=4 must exceed sink_size=3"),
+    ({"switch_policy": "blend"}, "switch_policy 'blend' is unknown"),
+])
+def test_bad_session_settings(tiny_model, kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        session(tiny_model, **kw)
+
+
+def test_frames_must_come_in_blocks(tiny_model, prompt):
+    s = session(tiny_model)
+    s.set_prompt(prompt)
+    with pytest.raises(ConfigError, match="num_frames=4 must be a non-negative multiple of 3"):
+        run(s, 4)
+
+
+def test_frames_beyond_the_rope_table_are_refused():
+    model = random_model(WanConfig(dim=8, ffn_dim=8, num_heads=1, num_layers=1, text_dim=8), dtype=torch.float32)
+    s = StreamSession(model, height=16, width=16, local_attn_size=6, sink_size=0)
+    s.set_prompt(torch.zeros(1, 4, 8))
+    run(s, 1023)
+    with pytest.raises(ConfigError, match="frame position 1026 exceeds the 1024-position RoPE table"):
+        run(s, 3)
+    s.set_prompt(torch.ones(1, 4, 8))  # still usable after the error: it can switch on
+    with pytest.raises(ConfigError):
+        run(s, 3)
+    s.reset()
+    s.set_prompt(torch.zeros(1, 4, 8))
+    assert run(s, 3).shape == (1, 3, 16, 2, 2)
+
+
+def test_attention_backends():
+    assert resolve("auto", "cpu")[0] == "sdpa"
+    with pytest.raises(BackendUnavailableError, match="'flash-attn 3' needs a CUDA GPU"):
+        resolve("flash-attn 3", "cpu")
+    with pytest.raises(BackendUnavailableError, match="'xformers' is unknown"):
+        resolve("xformers", "cpu")
