@@ -1,0 +1,96 @@
+"""Sessions kept between queue runs: a registry with a memory cap and least-recently-used eviction."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .errors import LongLiveError
+
+log = logging.getLogger(__name__)
+
+
+class SessionEvictedError(LongLiveError, KeyError):
+    """The session was dropped to make room; its video cannot continue."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class UnknownSessionError(LongLiveError, KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclasses.dataclass
+class Entry:
+    value: Any
+    nbytes: int
+    created: float = dataclasses.field(default_factory=time.time)
+    used: float = dataclasses.field(default_factory=time.time)
+
+
+class SessionRegistry:
+    """Named live objects with a total byte cap; the least recently used go first."""
+
+    def __init__(self, cap_bytes: int):
+        self.cap = cap_bytes
+        self._items: "collections.OrderedDict[str, Entry]" = collections.OrderedDict()
+        self._evicted: set[str] = set()
+        self._lock = threading.RLock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            if key in self._items:
+                entry = self._items[key]
+                entry.used = time.time()
+                self._items.move_to_end(key)
+                return entry.value
+            if key in self._evicted:
+                raise SessionEvictedError(f"session '{key}' was evicted to stay under the memory cap; its video "
+                                          f"cannot continue: reset it (or use a new session id) to start again")
+            raise UnknownSessionError(f"no session '{key}'; run the LongLive sampler with this session id first")
+
+    def get_or_create(self, key: str, make: Callable[[], Any], nbytes: Callable[[Any], int]) -> tuple[Any, bool]:
+        """Returns (value, created). A key that was evicted raises SessionEvictedError."""
+        with self._lock:
+            try:
+                return self.get(key), False
+            except UnknownSessionError:
+                pass
+            value = make()
+            self.put(key, value, nbytes(value))
+            return value, True
+
+    def put(self, key: str, value: Any, nbytes: int) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+            self._evicted.discard(key)
+            self._items[key] = Entry(value, nbytes)
+            self._evict(keep=key)
+
+    def _evict(self, keep: str) -> None:
+        while sum(e.nbytes for e in self._items.values()) > self.cap and len(self._items) > 1:
+            oldest = next(k for k in self._items if k != keep)
+            self._items.pop(oldest)
+            self._evicted.add(oldest)
+            log.warning("evicted LongLive session '%s' (memory cap %.1f GiB)", oldest, self.cap / 2**30)
+
+    def delete(self, key: str) -> bool:
+        """Frees a session; a later run with the same id starts a new video."""
+        with self._lock:
+            self._evicted.discard(key)
+            return self._items.pop(key, None) is not None
+
+    def items(self) -> list[tuple[str, Entry]]:
+        with self._lock:
+            return list(self._items.items())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._evicted.clear()

@@ -1,0 +1,88 @@
+"""LongLive VAE Decode: ComfyUI's Wan 2.1 VAE, decoding chunk by chunk with the causal cache kept.
+
+Decoding a video in pieces over several queue runs gives exactly the frames of one full decode:
+the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
+"""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import torch
+from comfy.ldm.wan.vae import count_conv3d
+from comfy_api.latest import io
+
+from .state import SESSIONS
+
+
+def check_wan_vae(vae) -> None:
+    fsm = getattr(vae, "first_stage_model", None)
+    if not (hasattr(fsm, "decoder") and hasattr(fsm, "conv2") and getattr(vae, "latent_channels", 0) == 16):
+        raise ValueError("LongLive VAE Decode needs the Wan 2.1 VAE (wan_2.1_vae.safetensors in models/vae, "
+                         "loaded with VAELoader); this VAE is another kind")
+
+
+@torch.inference_mode()
+def stream_decode(vae, samples: torch.Tensor, cache: list) -> torch.Tensor:
+    """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; `cache` carries on."""
+    mm.load_models_gpu([vae.patcher])
+    fsm = vae.first_stage_model
+    x = fsm.conv2(samples.to(vae.device, vae.vae_dtype))
+    frames = [fsm.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0]) for i in range(x.shape[2])]
+    video = vae.process_output(torch.cat(frames, dim=2).to(vae.output_device).float())
+    return video.movedim(1, -1).flatten(0, 1)
+
+
+def new_cache(vae) -> list:
+    return [None] * count_conv3d(vae.first_stage_model.decoder)
+
+
+class VAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LongLive_VAEDecode", display_name="LongLive VAE Decode", category="LongLive",
+            description="Decodes Wan 2.1 latents. With the sampler's session id, each run's new frames continue "
+                        "the previous decode seamlessly.",
+            inputs=[io.Vae.Input("vae"), io.Latent.Input("samples"),
+                    io.String.Input("session_id", default="", tooltip="Same id as the sampler: keep the decoder's "
+                                    "causal cache between runs. Empty: decode these latents alone")],
+            outputs=[io.Image.Output(display_name="IMAGE")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, session_id="", **_):
+        return float("nan") if session_id else None
+
+    @classmethod
+    def execute(cls, vae, samples, session_id) -> io.NodeOutput:
+        check_wan_vae(vae)
+        z = samples["samples"]
+        if z.dim() != 5 or z.shape[1] != 16:
+            raise ValueError(f"samples must be Wan 2.1 video latents [B, 16, T, h, w]; got {list(z.shape)}")
+        if not session_id.strip():
+            return io.NodeOutput(stream_decode(vae, z, new_cache(vae)))
+        state = SESSIONS.get(session_id.strip())
+        cache = state.decoders.setdefault(id(vae.first_stage_model), new_cache(vae))
+        return io.NodeOutput(stream_decode(vae, z, cache))
+
+
+class SessionReset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LongLive_SessionReset", display_name="LongLive Session Reset", category="LongLive",
+            description="Frees a LongLive session: its KV cache, history and decoder cache. The next run with "
+                        "that id starts a new video.",
+            inputs=[io.String.Input("session_id", default="")],
+            outputs=[], is_output_node=True, not_idempotent=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **_):
+        return float("nan")
+
+    @classmethod
+    def execute(cls, session_id) -> io.NodeOutput:
+        freed = SESSIONS.delete(session_id.strip())
+        text = f"session '{session_id}' {'freed' if freed else 'was not open'}"
+        return io.NodeOutput(ui={"text": [text]})

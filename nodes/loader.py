@@ -1,0 +1,79 @@
+"""LongLive Model Loader: a LongLive / Wan2.1 T2V 1.3B file (+ LoRA) -> LONGLIVE_MODEL."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+import torch
+from comfy.patcher_extension import CallbacksMP
+from comfy_api.latest import io
+
+from longlive_core import load_model
+from longlive_core.attention import BACKENDS
+from longlive_core.fast import make_fast
+from longlive_core.quantize import PRECISIONS, apply_precision, check_precision, compute_dtype
+
+from .state import LongLiveModel
+
+log = logging.getLogger("longlive")
+ModelType = io.Custom("LONGLIVE_MODEL")
+NO_LORA = "none"
+
+
+class ModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LongLive_ModelLoader", display_name="LongLive Model Loader", category="LongLive",
+            description="Loads LongLive-1.3B (longlive_base.pt, a merged .safetensors, or a Wan2.1 T2V 1.3B file) "
+                        "for streaming generation.",
+            inputs=[
+                io.Combo.Input("model_name", options=folder_paths.get_filename_list("diffusion_models"),
+                               tooltip="From models/diffusion_models: longlive_base.pt or a merged .safetensors"),
+                io.Combo.Input("lora_name", options=[NO_LORA, *folder_paths.get_filename_list("loras")],
+                               default=NO_LORA, tooltip="LongLive's lora.pt from models/loras, merged at load"),
+                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="bf16",
+                               tooltip="fp8 needs an Ada/Hopper GPU (compute capability 8.9+); int8 via torchao"),
+                io.Combo.Input("attention", options=list(BACKENDS), default="auto",
+                               tooltip="auto: FlashAttention-3 on Hopper if installed, else FA2, else PyTorch SDPA"),
+                io.Boolean.Input("fast", default=True, tooltip="On CUDA: compile the dense layers and capture "
+                                 "CUDA graphs of repeating blocks (first blocks are slower)"),
+            ],
+            outputs=[ModelType.Output(display_name="LONGLIVE_MODEL")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, lora_name, lora_strength, precision, attention, fast) -> io.NodeOutput:
+        device = mm.get_torch_device()
+        check_precision(precision, device)
+        path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
+        lora = None if lora_name == NO_LORA else folder_paths.get_full_path_or_raise("loras", lora_name)
+        model = load_model(path, lora_path=lora, lora_strength=lora_strength, device=device,
+                           dtype=compute_dtype(precision))
+        model = apply_precision(model, precision)
+        wrapper = LongLiveModel(model, model_name, precision, fast and device.type == "cuda")
+        if wrapper.fast:
+            make_fast(model, attention=attention)
+        else:
+            model.set_attention(attention)
+        wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,
+                                                           offload_device=mm.unet_offload_device(),
+                                                           size=_nbytes(model))
+        wrapper.patcher.add_callback(CallbacksMP.ON_DETACH, wrapper.drop_graphs)
+        return io.NodeOutput(wrapper)
+
+
+class Holder(torch.nn.Module):
+    """What ComfyUI's model management moves and counts; it sets its own attributes on this."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+
+def _nbytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())

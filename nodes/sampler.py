@@ -1,0 +1,172 @@
+"""LongLive Streaming Sampler: a stateful session that continues the same video across queue runs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from longlive_core import SWITCH_POLICIES, LongLiveError, PromptError, StreamSession
+from longlive_core.cache import FRAMES_PER_BLOCK
+from longlive_core.fast import GraphRunner
+from longlive_core.prompt_text import FPS, check_starts
+
+from .loader import ModelType
+from .schedule import ScheduleType
+from .state import SESSIONS, LongLiveModel, NodeSession, Segment, hashed_embeds
+
+log = logging.getLogger("longlive")
+LENGTH_UNITS = ("seconds", "pixel frames", "latent frames")
+WAN21 = comfy.latent_formats.Wan21()
+
+
+def latent_frames(length: float, unit: str) -> int:
+    """Latent frames for a length, rounded up to whole blocks (each latent frame is 4 pixel frames)."""
+    if unit == "latent frames":
+        frames = math.ceil(length)
+    else:
+        pixels = length * FPS if unit == "seconds" else length
+        frames = math.ceil(pixels / 4)
+    return max(FRAMES_PER_BLOCK, FRAMES_PER_BLOCK * math.ceil(frames / FRAMES_PER_BLOCK))
+
+
+class StreamingSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LongLive_StreamingSampler", display_name="LongLive Streaming Sampler", category="LongLive",
+            description="Generates video block by block (3 latent frames, 4 steps each). With a session id the "
+                        "KV cache stays on the server and every run continues the same video.",
+            inputs=[
+                ModelType.Input("model"), ScheduleType.Input("schedule"),
+                io.Int.Input("width", default=832, min=16, max=2048, step=16, tooltip="Multiple of 16; trained at 832"),
+                io.Int.Input("height", default=480, min=16, max=2048, step=16, tooltip="Multiple of 16; trained at 480"),
+                io.Float.Input("length", default=5.0, min=0.1, max=4096.0, step=0.1,
+                               tooltip="How much new video this run makes; rounded up to whole blocks"),
+                io.Combo.Input("length_unit", options=list(LENGTH_UNITS), default="seconds"),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False),
+                io.Int.Input("local_attn_size", default=12, min=6, max=64,
+                             tooltip="Latent frames of KV cache (sink included); at least sink + 3"),
+                io.Int.Input("sink_size", default=3, min=0, max=30, tooltip="First frames kept forever"),
+                io.Combo.Input("switch_policy", options=list(SWITCH_POLICIES), default="recache",
+                               tooltip="At a prompt change: recache (rebuild the cache under the new prompt), "
+                                       "reset (start fresh), keep (follow slowly)"),
+                io.String.Input("session_id", default="", tooltip="Empty: every run is a new video. A name: runs "
+                                "continue the same video until reset"),
+                io.Boolean.Input("reset", default=False, tooltip="Start the named session over"),
+                io.Int.Input("batch_size", default=1, min=1, max=16),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, session_id="", **_):
+        # a named session changes with every run: never serve it from the cache
+        return float("nan") if session_id else None
+
+    @classmethod
+    def execute(cls, model: LongLiveModel, schedule, width, height, length, length_unit, seed, local_attn_size,
+                sink_size, switch_policy, session_id, reset, batch_size) -> io.NodeOutput:
+        frames = latent_frames(length, length_unit)
+        settings = {"model": model.name, "precision": model.precision, "batch": batch_size, "width": width,
+                    "height": height, "local_attn_size": local_attn_size, "sink_size": sink_size,
+                    "switch_policy": switch_policy, "seed": seed}
+        mm.load_models_gpu([model.patcher], force_full_load=True)
+        state = open_session(model, settings, session_id.strip(), reset)
+        schedule_run(state, model, schedule, frames)
+        latents = run_blocks(state, frames, cls.hidden.unique_id if cls.hidden else None)
+        raw = WAN21.process_out(latents.permute(0, 2, 1, 3, 4).contiguous())  # [B, C, T, h, w]
+        return io.NodeOutput({"samples": raw.to(mm.intermediate_device())})
+
+
+def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: bool) -> NodeSession:
+    def make() -> NodeSession:
+        runner = GraphRunner(model.model) if model.fast else None
+        if runner:
+            model.runners.append(runner)
+        session = StreamSession(model.model, batch=settings["batch"], height=settings["height"],
+                                width=settings["width"], local_attn_size=settings["local_attn_size"],
+                                sink_size=settings["sink_size"], seed=settings["seed"],
+                                switch_policy=settings["switch_policy"], runner=runner)
+        return NodeSession(session, settings)
+
+    if not session_id:
+        return make()
+    if reset:
+        SESSIONS.delete(session_id)
+    state, created = SESSIONS.get_or_create(session_id, make, lambda s: s.nbytes)
+    changed = {k: (state.settings[k], v) for k, v in settings.items() if k != "seed" and state.settings[k] != v}
+    if changed:
+        raise PromptError(f"session '{session_id}' was made with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
+                          f"turn on reset to start it over with these, or use another session id")
+    log.info("%s LongLive session '%s' at frame %d", "new" if created else "continuing", session_id, state.session.frame)
+    return state
+
+
+def schedule_run(state: NodeSession, model: LongLiveModel, segments: list[Segment], frames: int) -> None:
+    """Schedules this run's prompts relative to its first frame; an unchanged first prompt is no switch."""
+    check_starts([s.start for s in segments], frames)
+    base = state.session.frame
+    for i, seg in enumerate(segments):
+        if i == 0 and seg.key() == state.prompt_key:
+            continue
+        state.session.set_prompt(embeddings(seg, model), at_frame=base + seg.start)
+    state.prompt_key = segments[-1].key()
+
+
+def embeddings(seg: Segment, model: LongLiveModel) -> torch.Tensor:
+    if seg.embeds is not None:
+        return seg.embeds
+    if not model.synthetic:
+        raise PromptError("the prompt schedule has no text encoder: connect a CLIP (umt5-xxl, CLIPLoader type "
+                          "wan) to the LongLive Prompt Schedule node")
+    log.warning("tiny test model: prompt '%s' becomes hashed random embeddings (the video is noise)", seg.text[:40])
+    return hashed_embeds(seg.text, model.model.cfg.text_dim)
+
+
+def run_blocks(state: NodeSession, frames: int, node_id) -> torch.Tensor:
+    """Generates this run's blocks with progress + previews; an interrupt keeps finished blocks for the next run."""
+    blocks = frames // FRAMES_PER_BLOCK
+    bar = comfy.utils.ProgressBar(blocks, node_id=node_id)
+    for i in range(blocks):
+        start = time.perf_counter()
+        try:
+            block = state.session.step_block()
+        except LongLiveError:
+            raise  # refused before any work: the session is unchanged
+        except Exception:
+            reset_state(state)
+            log.exception("LongLive block failed; the session was reset")
+            raise
+        state.undelivered.append(block.float())
+        state.stats.update(last_block_ms=round((time.perf_counter() - start) * 1e3, 1))
+        bar.update_absolute(i + 1, blocks, ("JPEG", preview(block), 512))
+    latents = torch.cat(state.undelivered, dim=1)
+    state.undelivered.clear()
+    return latents
+
+
+def reset_state(state: NodeSession) -> None:
+    """A block that failed half way may have written part of the cache: start the video over."""
+    state.session.reset()
+    state.prompt_key = None
+    state.undelivered.clear()
+    state.decoders.clear()
+
+
+def preview(block: torch.Tensor):
+    """Latent-to-RGB picture of a block's middle frame (model space, sample 0)."""
+    from PIL import Image
+
+    factors = torch.tensor(WAN21.latent_rgb_factors, device=block.device, dtype=torch.float32)
+    bias = torch.tensor(WAN21.latent_rgb_factors_bias, device=block.device, dtype=torch.float32)
+    rgb = torch.nn.functional.linear(block[0, block.shape[1] // 2].float().movedim(0, -1), factors.T, bias)
+    img = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().cpu().numpy()
+    return Image.fromarray(img)

@@ -1,0 +1,84 @@
+"""LongLive Prompt Schedule: prompts and when each starts -> LONGLIVE_SCHEDULE."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from longlive_core import PromptError
+from longlive_core.prompt_text import check_starts, parse_schedule_text, round_to_block, seconds_to_latent
+
+from .state import Segment
+
+ScheduleType = io.Custom("LONGLIVE_SCHEDULE")
+MAX_CONDITIONINGS = 6
+EXAMPLE = "0: a boy plays on a sunny lawn\n10s: he starts to run towards the camera\nframe 81: the sun sets behind him"
+
+
+def encode(clip, text: str):
+    """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them."""
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return cond[0][0]
+
+
+class PromptSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LongLive_PromptSchedule", display_name="LongLive Prompt Schedule", category="LongLive",
+            description="One 'start: prompt' line per prompt. Starts: seconds ('10s', or a bare number) at 16 fps, "
+                        "or latent frames ('frame 42'); rounded to blocks of 3 latent frames.",
+            inputs=[
+                io.String.Input("schedule", multiline=True, default=EXAMPLE,
+                                tooltip="The first prompt starts at 0; starts must increase"),
+                io.Clip.Input("clip", optional=True, tooltip="umt5-xxl (CLIPLoader, type wan). Without it only "
+                              "the tiny test model runs (prompts become hashed random embeddings)"),
+            ],
+            outputs=[ScheduleType.Output(display_name="LONGLIVE_SCHEDULE")],
+        )
+
+    @classmethod
+    def execute(cls, schedule, clip=None) -> io.NodeOutput:
+        segments = parse_schedule_text(schedule)
+        out = [Segment(s.start, s.text, None if clip is None else encode(clip, s.text)) for s in segments]
+        notes = [s.note for s in segments if s.note]
+        text = [f"{s.start:>4}: {s.text}" for s in segments] + notes
+        return io.NodeOutput(out, ui={"text": ["\n".join(text)]})
+
+
+class ConditioningSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        conds = []
+        for i in range(1, MAX_CONDITIONINGS + 1):
+            conds.append(io.Conditioning.Input(f"conditioning_{i}", optional=i > 1,
+                                               tooltip="From CLIPTextEncode with umt5-xxl"))
+        return io.Schema(
+            node_id="LongLive_ConditioningSchedule", display_name="LongLive Prompt Schedule (Conditioning)",
+            category="LongLive",
+            description="Prompts from CLIPTextEncode nodes; `starts` gives when each begins.",
+            inputs=[io.String.Input("starts", default="0, 10s, 20s",
+                                    tooltip="Comma-separated, one per connected conditioning: seconds ('10s') "
+                                            "or latent frames ('frame 42')"), *conds],
+            outputs=[ScheduleType.Output(display_name="LONGLIVE_SCHEDULE")],
+        )
+
+    @classmethod
+    def execute(cls, starts, conditioning_1, **more) -> io.NodeOutput:
+        conds = [conditioning_1] + [more.get(f"conditioning_{i}") for i in range(2, MAX_CONDITIONINGS + 1)]
+        conds = [c for c in conds if c is not None]
+        frames = [parse_start(s) for s in starts.split(",") if s.strip()]
+        if len(frames) != len(conds):
+            raise PromptError(f"starts lists {len(frames)} start(s) for {len(conds)} connected conditioning "
+                              f"input(s); give exactly one start per conditioning")
+        check_starts(frames)
+        return io.NodeOutput([Segment(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))])
+
+
+def parse_start(text: str) -> int:
+    t = text.strip().lower()
+    try:
+        if t.startswith("frame"):
+            return round_to_block(int(t[5:]))
+        return round_to_block(seconds_to_latent(float(t.rstrip("s"))))
+    except ValueError:
+        raise PromptError(f"start '{text.strip()}' is neither seconds ('10s') nor a latent frame ('frame 42')") from None

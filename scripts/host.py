@@ -1,0 +1,175 @@
+"""A real ComfyUI server with this pack installed, for the main job and the tests.
+
+    with ComfyHost(base_dir) as host:
+        history = host.run(api_graph)
+
+The server is the ComfyUI 0.3.75 tree that scripts/setup_env.sh installs into the venv; the pack
+is linked into BASE/custom_nodes; models come from BASE/models (see make_tiny_models).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VENV = pathlib.Path(os.environ.get("LONGLIVE_VENV", REPO / ".venv"))
+log = logging.getLogger("longlive.host")
+
+
+def comfy_dir() -> pathlib.Path:
+    marker = VENV / "comfyui_dir.txt"
+    if not marker.exists():
+        raise FileNotFoundError(f"{marker} is missing: run scripts/setup_env.sh first")
+    return pathlib.Path(marker.read_text().strip())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyHost:
+    """Starts `main.py --cpu` on 127.0.0.1 with BASE as its base directory; stops it on exit."""
+
+    def __init__(self, base: pathlib.Path, extra_args=(), port: int | None = None):
+        self.base, self.extra_args = pathlib.Path(base), list(extra_args)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client_id = uuid.uuid4().hex
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ComfyHost":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 180) -> None:
+        for sub in ("custom_nodes", "models", "output", "input", "empty_frontend"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        link = self.base / "custom_nodes" / "ComfyUI-LongLive"
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+        cmd = [str(VENV / "bin" / "python"), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--front-end-root", str(self.base / "empty_frontend"), "--disable-api-nodes",
+               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", *self.extra_args]
+        self.log_path = self.base / "comfy.log"
+        self.proc = subprocess.Popen(cmd, cwd=comfy_dir(), stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log:\n{self.log()}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"ComfyUI did not answer within {timeout} s; log:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body=None) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    def get(self, path: str) -> dict:
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise RuntimeError(f"GET {path} -> {status}: {body}")
+        return body
+
+    def queue(self, graph: dict) -> str:
+        status, body = self.request("POST", "/prompt", {"prompt": graph, "client_id": self.client_id})
+        if status != 200 or body.get("node_errors"):
+            raise RuntimeError(f"POST /prompt -> {status}: {json.dumps(body)[:2000]}")
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 900) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            time.sleep(0.3)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def run(self, graph: dict, timeout: float = 900) -> dict:
+        return self.wait(self.queue(graph), timeout)
+
+
+def error_of(entry: dict) -> dict | None:
+    """The execution_error message of a history entry, if the run failed."""
+    for name, data in entry.get("status", {}).get("messages", []):
+        if name in ("execution_error", "execution_interrupted"):
+            return {"event": name, **data}
+    return None
+
+
+def output_files(entry: dict) -> list[dict]:
+    files = []
+    for out in entry.get("outputs", {}).values():
+        files += out.get("images", [])
+    return files
+
+
+def make_tiny_models(models: pathlib.Path) -> dict:
+    """Tiny random-weight files in the real formats: LongLive .pt + lora.pt, a Wan 2.1 VAE."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from longlive_core.config import WanConfig
+    from longlive_core.synthetic import random_model, write_longlive_checkpoint, write_lora
+
+    paths = {"model": models / "diffusion_models" / "longlive_tiny_random.pt",
+             "lora": models / "loras" / "longlive_tiny_random_lora.pt",
+             "vae": models / "vae" / "wan_2.1_vae_tiny_random.safetensors"}
+    for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    model = random_model(WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=2, text_dim=32),
+                         dtype=torch.float32, std=0.1)
+    write_longlive_checkpoint(model, str(paths["model"]))
+    write_lora(model, str(paths["lora"]), rank=4)
+    write_tiny_wan_vae(paths["vae"])
+    return {k: p.name for k, p in paths.items()}
+
+
+def write_tiny_wan_vae(path: pathlib.Path, dim: int = 4) -> None:
+    """A random Wan 2.1 VAE of width `dim`, built from ComfyUI's own WanVAE class (in a child process,
+    so that importing comfy does not touch the caller)."""
+    subprocess.run([str(VENV / "bin" / "python"), str(REPO / "scripts" / "tiny_vae.py"), str(path), str(dim)],
+                   check=True, cwd=comfy_dir())

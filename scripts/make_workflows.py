@@ -1,0 +1,71 @@
+"""Writes the shipped workflows: workflows/NAME.json (UI format) and workflows/api/NAME.json (API format).
+
+    .venv/bin/python scripts/make_workflows.py
+
+The graphs are defined once here, in API format; the UI format is derived from a running
+ComfyUI's /object_info so that widget order matches the real nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from host import REPO, ComfyHost  # noqa: E402
+from workflow_format import api_to_ui  # noqa: E402
+
+MODEL, LORA, VAE = "longlive_base.pt", "lora.pt", "wan_2.1_vae.safetensors"
+UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+# six prompts, switching where upstream's interactive example switches (frames 42, 81, 120, 162, 201)
+ONE_MINUTE_SCHEDULE = """0: a wide shot of a girl in a red coat walking through a snowy pine forest at dawn
+frame 42: she stops and looks up as snow starts to fall heavily around her
+frame 81: she runs through the forest, the camera tracking her from the side
+frame 120: she reaches a frozen lake and slides across the ice, laughing
+frame 162: the clouds part and golden sunlight spreads over the lake
+frame 201: the camera slowly pulls back to show the whole valley in the evening light"""
+
+
+def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix: str) -> dict:
+    return {
+        "1": {"class_type": "LongLive_ModelLoader", "inputs": {
+            "model_name": MODEL, "lora_name": LORA, "lora_strength": 1.0, "precision": "bf16",
+            "attention": "auto", "fast": True}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": UMT5, "type": "wan", "device": "default"}},
+        "3": {"class_type": "LongLive_PromptSchedule", "inputs": {"schedule": schedule, "clip": ["2", 0]}},
+        "4": {"class_type": "LongLive_StreamingSampler", "inputs": {
+            "model": ["1", 0], "schedule": ["3", 0], "width": 832, "height": 480, "length": length,
+            "length_unit": unit, "seed": 0, "local_attn_size": 12, "sink_size": 3, "switch_policy": "recache",
+            "session_id": session_id, "reset": False, "batch_size": 1}},
+        "5": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
+        "6": {"class_type": "LongLive_VAEDecode", "inputs": {"vae": ["5", 0], "samples": ["4", 0],
+                                                               "session_id": session_id}},
+        "7": {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 16.0}},
+        "8": {"class_type": "SaveVideo", "inputs": {"video": ["7", 0], "filename_prefix": prefix,
+                                                     "format": "auto", "codec": "auto"}},
+    }
+
+
+WORKFLOWS = {
+    "longlive_one_minute": base_graph(ONE_MINUTE_SCHEDULE, 240, "latent frames", "", "longlive/one_minute"),
+    "longlive_interactive": base_graph("0: a corgi runs along a sunny beach, waves rolling in", 5.0, "seconds",
+                                       "interactive", "longlive/interactive"),
+}
+
+
+def main() -> None:
+    out = REPO / "workflows"
+    (out / "api").mkdir(parents=True, exist_ok=True)
+    with ComfyHost(pathlib.Path(tempfile.mkdtemp())) as host:
+        info = host.get("/object_info")
+    for name, graph in WORKFLOWS.items():
+        (out / "api" / f"{name}.json").write_text(json.dumps(graph, indent=1) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(api_to_ui(graph, info), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+
+
+if __name__ == "__main__":
+    main()
