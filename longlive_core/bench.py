@@ -140,30 +140,37 @@ def main(argv=None) -> int:
         return 2
     rows = args.rows.split(",")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": [], "profile": {}}
+
+    def record(row: dict) -> None:  # keep partial results if a later row fails or runs out of time
+        result["rows"].append(row)
+        log.info("row: %s", json.dumps({k: v for k, v in row.items() if k != "block_ms_all"}))
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
     cfg = WanConfig(num_layers=args.layers)
     model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
     model.set_attention("sdpa")
     eager = run_stream(model, None)
-    result["rows"].append(summarize("eager bf16 w12 s3 (sdpa)", eager, None, 1))
+    record(summarize("eager bf16 w12 s3 (sdpa)", eager, None, 1))
     if args.profile:
         result["profile"]["eager"] = profile_block(model, None, args.trace_dir and f"{args.trace_dir}/eager.json")
     result["attention"] = make_fast(model, attention=args.attention)
-    result["rows"].append(summarize(f"fast bf16 w12 s3 ({result['attention']})", run_stream(model, GraphRunner),
+    record(summarize(f"fast bf16 w12 s3 ({result['attention']})", run_stream(model, GraphRunner),
                                     eager["latents"], 1))
     if args.profile:
         result["profile"]["fast"] = profile_block(model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
     if "window9" in rows:
-        result["rows"].append(summarize("fast bf16 w9 s3", run_stream(model, GraphRunner, window=9), None, 1))
+        record(summarize("fast bf16 w9 s3", run_stream(model, GraphRunner, window=9), None, 1))
     if "batch" in rows:
         for b in (2, 4):
-            result["rows"].append(summarize(f"fast bf16 w12 s3 batch {b}", run_stream(model, GraphRunner, batch=b), None, b))
+            record(summarize(f"fast bf16 w12 s3 batch {b}", run_stream(model, GraphRunner, batch=b), None, b))
     for precision in ("fp8", "int8 dynamic", "int8 weight-only"):
         if precision.split()[0] in rows:
             del model
             torch.cuda.empty_cache()
             model = apply_precision(random_model(cfg, device="cuda", dtype=torch.bfloat16), precision)
             make_fast(model, attention=args.attention)
-            result["rows"].append(summarize(f"fast {precision} w12 s3", run_stream(model, GraphRunner),
+            record(summarize(f"fast {precision} w12 s3", run_stream(model, GraphRunner),
                                             eager["latents"], 1))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)

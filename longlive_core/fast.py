@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 STAGES = ("self_qkv", "self_out_cross_q", "cross_out_ffn")
 
 
-def compile_blocks(model: CausalWan, mode: str = "max-autotune-no-cudagraphs") -> None:
-    """Compiles the dense stages once; all layers share the compiled code (modules are inputs)."""
+def compile_blocks(model: CausalWan, mode: str = "default") -> None:
+    """Compiles the dense stages once; all layers share the compiled code (modules are inputs).
+
+    The default mode keeps cuBLAS for the GEMMs and fuses the norms, modulation, RoPE and gated
+    residuals around them; max-autotune costs minutes per shape for little gain at these sizes.
+    """
     for name in STAGES:
         fn = torch.compile(getattr(Block, name), mode=mode, fullgraph=True, dynamic=False)
         for block in model.blocks:

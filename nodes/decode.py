@@ -62,8 +62,13 @@ class VAEDecode(io.ComfyNode):
         if not session_id.strip():
             return io.NodeOutput(stream_decode(vae, z, new_cache(vae)))
         state = SESSIONS.get(session_id.strip())
-        cache = state.decoders.setdefault(id(vae.first_stage_model), new_cache(vae))
-        return io.NodeOutput(stream_decode(vae, z, cache))
+        shape = (z.shape[0], *z.shape[3:])
+        entry = state.decoders.setdefault(id(vae.first_stage_model), {"shape": shape, "cache": new_cache(vae)})
+        if entry["shape"] != shape:
+            raise ValueError(f"session '{session_id}' has been decoding latents of batch x height x width "
+                             f"{entry['shape']}, these are {shape}; decode them without a session id, or reset "
+                             f"the session")
+        return io.NodeOutput(stream_decode(vae, z, entry["cache"]))
 
 
 class SessionReset(io.ComfyNode):

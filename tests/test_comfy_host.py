@@ -1,0 +1,198 @@
+"""The pack inside a real ComfyUI 0.3.75 server on the CPU, driven through its HTTP API.
+
+Tiny random-weight files in the real formats stand in for LongLive-1.3B, its LoRA and the Wan VAE.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import shutil
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "examples"))
+from api_client import continuation_graphs  # noqa: E402
+from host import ComfyHost, error_of, make_tiny_models, output_files  # noqa: E402
+from run_main import tiny_graph  # noqa: E402
+from workflow_format import ui_to_api  # noqa: E402
+
+WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    names = make_tiny_models(base / "models")
+    shutil.copy(base / "models" / "vae" / names["vae"], base / "models" / "diffusion_models" / "not_a_model.safetensors")
+    with ComfyHost(base) as server:
+        server.names = names
+        yield server
+
+
+def graph_of(host, name: str, **sampler) -> dict:
+    graph = tiny_graph(json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text()), host.names)
+    graph["4"]["inputs"].update(sampler)
+    graph["6"]["inputs"]["session_id"] = graph["4"]["inputs"]["session_id"]
+    return graph
+
+
+def with_latent_output(graph: dict, prefix: str) -> dict:
+    graph = copy.deepcopy(graph)
+    graph["99"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": prefix}}
+    return graph
+
+
+def run_ok(host, graph: dict) -> dict:
+    entry = host.run(graph, timeout=600)
+    assert error_of(entry) is None, error_of(entry)
+    return entry
+
+
+def latents_of(host, entry) -> torch.Tensor:
+    files = [f for out in entry["outputs"].values() for f in out.get("latents", [])]
+    assert len(files) == 1
+    f = files[0]
+    return load_file(str(host.base / "output" / f["subfolder"] / f["filename"]))["latent_tensor"]
+
+
+def video_of(host, entry) -> tuple[int, int, int]:
+    import av
+
+    (f,) = [f for f in output_files(entry) if f["filename"].endswith(".mp4")]
+    with av.open(str(host.base / "output" / f["subfolder"] / f["filename"])) as container:
+        stream = container.streams.video[0]
+        return sum(1 for _ in container.decode(video=0)), stream.width, stream.height
+
+
+def failure(host, graph: dict) -> str:
+    entry = host.run(graph, timeout=300)
+    error = error_of(entry)
+    assert error is not None and error["event"] == "execution_error", entry["status"]
+    assert host.get("/system_stats")  # the server keeps serving
+    return error["exception_message"]
+
+
+# --- shipped workflows ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_makes_a_video(host, path):
+    graph = graph_of(host, path.stem, reset=True)
+    frames, width, height = video_of(host, run_ok(host, graph))
+    sampler = graph["4"]["inputs"]
+    latent = sampler["length"] if sampler["length_unit"] == "latent frames" else -(-sampler["length"] * 16 // 4)
+    latent = 3 * -(-int(latent) // 3)
+    assert (frames, width, height) == (4 * latent - 3, 96, 64)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "workflows").glob("*.json")), ids=lambda p: p.stem)
+def test_ui_workflows_are_the_api_workflows(host, path):
+    info = host.get("/object_info")
+    ui = json.loads(path.read_text())
+    assert all(node["type"] in info for node in ui["nodes"])
+    assert ui_to_api(ui, info) == json.loads((REPO / "workflows" / "api" / path.name).read_text())
+
+
+# --- sessions across queue runs ------------------------------------------------------------------
+
+
+def test_three_runs_with_one_session_make_one_continuous_video(host):
+    base = graph_of(host, "longlive_interactive")
+    prompts = ["a corgi on a beach", "the corgi jumps into the waves", "the sun sets over the sea"]
+    pieces, counts = [], []
+    for i, graph in enumerate(continuation_graphs(base, prompts, "continuity")):
+        entry = run_ok(host, with_latent_output(graph, f"test/continuity_{i}"))
+        pieces.append(latents_of(host, entry))
+        counts.append(video_of(host, entry)[0])
+    assert counts == [81, 84, 84]  # 21 latent frames a run; the decoder continues its cache
+
+    schedule = "\n".join(f"frame {21 * i}: {p}" for i, p in enumerate(prompts))
+    whole = graph_of(host, "longlive_interactive", session_id="", length=63, length_unit="latent frames")
+    whole["3"]["inputs"]["schedule"] = schedule
+    entry = run_ok(host, with_latent_output(whole, "test/whole"))
+    ref, ours = latents_of(host, entry), torch.cat(pieces, dim=2)
+    assert ours.shape == ref.shape == (1, 16, 63, 8, 12)
+    assert ((ours - ref).norm() / ref.norm()).item() < 1e-4
+    assert video_of(host, entry)[0] == sum(counts)
+
+
+def test_interrupt_mid_run_leaves_the_session_usable(host):
+    graph = graph_of(host, "longlive_interactive", session_id="interrupt", reset=True, length=900,
+                     length_unit="latent frames")
+    prompt_id = host.queue(with_latent_output(graph, "test/interrupt"))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        session = host.get("/longlive/sessions")["sessions"].get("interrupt")
+        if session and session["frames"] >= 6:
+            break
+        time.sleep(0.05)
+    host.request("POST", "/interrupt", {})
+    entry = host.wait(prompt_id)
+    assert error_of(entry)["event"] == "execution_interrupted"
+    state = host.get("/longlive/sessions")["sessions"]["interrupt"]
+    done = state["frames"]
+    assert 0 < done < 900 and done % 3 == 0 and state["undelivered_frames"] == done
+
+    graph = graph_of(host, "longlive_interactive", session_id="interrupt", length=3, length_unit="latent frames")
+    entry = run_ok(host, with_latent_output(graph, "test/after_interrupt"))
+    assert latents_of(host, entry).shape[2] == done + 3  # nothing generated is lost
+    assert host.get("/longlive/sessions")["sessions"]["interrupt"]["undelivered_frames"] == 0
+
+
+def test_session_routes(host):
+    run_ok(host, graph_of(host, "longlive_interactive", session_id="routes", reset=True, length=3,
+                          length_unit="latent frames"))
+    listed = host.get("/longlive/sessions")["sessions"]["routes"]
+    assert listed["frames"] == 3 and listed["settings"]["local_attn_size"] == 12
+    assert host.request("DELETE", "/longlive/sessions/nope")[0] == 404
+    assert host.request("DELETE", "/api/longlive/sessions/routes") == (200, {"deleted": "routes"})
+    assert "routes" not in host.get("/longlive/sessions")["sessions"]
+
+
+# --- bad input comes back as readable node errors --------------------------------------------------
+
+
+def test_unknown_session_in_the_decoder(host):
+    graph = graph_of(host, "longlive_interactive", length=3, length_unit="latent frames")
+    graph["6"]["inputs"]["session_id"] = "nope"
+    assert "no session 'nope'; run the LongLive sampler with this session id first" in failure(host, graph)
+
+
+def test_bad_schedule_text(host):
+    graph = graph_of(host, "longlive_interactive")
+    graph["3"]["inputs"]["schedule"] = "0: a dog\nlater: a cat"
+    assert "schedule line 2 ('later: a cat') is not 'start: prompt'" in failure(host, graph)
+    graph["3"]["inputs"]["schedule"] = "0: a dog\nframe 300: a cat"
+    assert "starts at latent frame 300, but the video has only 21 latent frames" in failure(host, graph)
+
+
+def test_wrong_model_file(host):
+    graph = graph_of(host, "longlive_interactive")
+    graph["1"]["inputs"]["model_name"] = "not_a_model.safetensors"
+    message = failure(host, graph)
+    assert "not_a_model.safetensors: not a Wan diffusion model" in message
+
+
+def test_fp8_on_the_cpu_is_refused(host):
+    graph = graph_of(host, "longlive_interactive")
+    graph["1"]["inputs"]["precision"] = "fp8"
+    assert "precision 'fp8' needs an NVIDIA GPU of compute capability 8.9" in failure(host, graph)
+
+
+def test_changed_settings_of_a_session(host):
+    run_ok(host, graph_of(host, "longlive_interactive", session_id="sizes", reset=True, length=3,
+                          length_unit="latent frames"))
+    graph = graph_of(host, "longlive_interactive", session_id="sizes", width=128, length=3,
+                     length_unit="latent frames")
+    assert "session 'sizes' was made with other settings (width: 96 -> 128)" in failure(host, graph)
+    graph["4"]["inputs"]["reset"] = True
+    run_ok(host, graph)

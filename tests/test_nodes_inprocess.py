@@ -1,0 +1,114 @@
+"""Node code inside this process, against ComfyUI's real modules (VAE, latent formats, V3 API)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from longlive_core import PromptError
+from longlive_core.prompt_text import parse_schedule_text, seconds_to_latent
+
+sys.path.insert(0, str(REPO / "scripts"))
+from host import VENV, comfy_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    """Imports ComfyUI the way its own tests do: --cpu, args parsing, `utils` claimed before `nodes`."""
+    path = str(comfy_dir())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import utils.extra_config  # noqa: F401
+    import comfy.sd
+    import comfy.utils
+
+    sys.argv = argv
+    import nodes as pack_nodes_root  # noqa: F401  (ComfyUI's own nodes module)
+    sys.path.insert(0, str(REPO))
+    import importlib
+
+    pack = importlib.import_module("nodes_pack_alias") if False else None  # noqa: F841
+    return comfy
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(comfy, tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae") / "tiny.safetensors"
+    subprocess.run([str(VENV / "bin" / "python"), str(REPO / "scripts" / "tiny_vae.py"), str(path)], check=True,
+                   cwd=comfy_dir())
+    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+
+
+def load_pack():
+    """The pack's node modules, imported as ComfyUI imports a custom node package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("longlive_pack", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["longlive_pack"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("longlive_pack.nodes")
+
+
+def test_streaming_decode_in_chunks_equals_comfys_full_decode(tiny_vae):
+    pack = load_pack()
+    from longlive_pack.nodes.decode import new_cache, stream_decode
+
+    z = torch.randn(1, 16, 9, 8, 12, generator=torch.Generator().manual_seed(0))
+    full = tiny_vae.decode(z).reshape(-1, 64, 96, 3)  # what ComfyUI's VAEDecode returns
+    cache = new_cache(tiny_vae)
+    chunks = [stream_decode(tiny_vae, part, cache) for part in z.split(3, dim=2)]
+    assert [c.shape[0] for c in chunks] == [9, 12, 12]  # 4T - 3, then 4T
+    assert torch.equal(torch.cat(chunks), full)
+    assert pack is not None
+
+
+def test_conditioning_schedule(comfy):
+    load_pack()
+    from longlive_pack.nodes.schedule import ConditioningSchedule
+
+    conds = [[[torch.full((1, 20, 4096), float(i)), {"pooled_output": None}]] for i in range(3)]
+    out = ConditioningSchedule.execute(starts="0, 5s, frame 45", conditioning_1=conds[0], conditioning_2=conds[1],
+                                       conditioning_3=conds[2])
+    segments = out.result[0]
+    assert [s.start for s in segments] == [0, 21, 45]
+    assert [s.embeds[0, 0, 0].item() for s in segments] == [0.0, 1.0, 2.0]
+    with pytest.raises(PromptError, match="lists 2 start"):
+        ConditioningSchedule.execute(starts="0, 5s", conditioning_1=conds[0], conditioning_2=conds[1],
+                                     conditioning_3=conds[2])
+    with pytest.raises(PromptError, match="neither seconds"):
+        ConditioningSchedule.execute(starts="0, soon", conditioning_1=conds[0], conditioning_2=conds[1])
+
+
+def test_sampler_output_is_raw_vae_latent_space(comfy):
+    load_pack()
+    import comfy.latent_formats
+    from longlive_pack.nodes.sampler import WAN21, latent_frames
+
+    x = torch.randn(1, 16, 3, 4, 4)
+    torch.testing.assert_close(comfy.latent_formats.Wan21().process_in(WAN21.process_out(x)), x)
+    assert [latent_frames(5, "seconds"), latent_frames(81, "pixel frames"), latent_frames(40, "latent frames")] == [21, 21, 42]
+
+
+def test_schedule_text_parsing():
+    segs = parse_schedule_text("0: a boy on a lawn\n# a comment\n\n10s: he starts to run\nframe 81: sunset\nf100: night")
+    assert [(s.start, s.text) for s in segs] == [(0, "a boy on a lawn"), (39, "he starts to run"), (81, "sunset"),
+                                                 (99, "night")]
+    assert segs[1].note == "line 4: 10s is latent frame 40, rounded to 39 (block boundary)"
+    assert segs[2].note == ""
+    assert seconds_to_latent(0) == 0 and seconds_to_latent(1) == 4
+    with pytest.raises(PromptError, match="first prompt must start at 0"):
+        parse_schedule_text("5s: late start")
+    with pytest.raises(PromptError, match="latent frame 39 follows 39"):
+        parse_schedule_text("0: a\n10s: b\nframe 40: c")
+    with pytest.raises(PromptError, match="schedule is empty"):
+        parse_schedule_text("\n# nothing\n")
