@@ -93,9 +93,15 @@ class GraphRunner:
         self.graphs.clear()
 
 
+RECOMPILE_LIMIT = 64  # every (batch, frames) shape of every loaded model is one compiled variant
+
+
 def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True) -> str:
     """Explicit setup of the fast path: attention backend and compiled stages. Returns the backend."""
     backend = model.set_attention(attention)
     if compile:
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         compile_blocks(model)
     return backend
