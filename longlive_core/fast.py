@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .cache import KVCache, TextCache
+from .cache import FRAMES_PER_BLOCK, KVCache, TextCache
 from .model import Block, CausalWan, PassPlan, TimeEmbedding
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,11 @@ def compile_blocks(model: CausalWan, mode: str = "default") -> None:
 
     The default mode keeps cuBLAS for the GEMMs and fuses the norms, modulation, RoPE and gated
     residuals around them; max-autotune costs minutes per shape for little gain at these sizes.
+    The first shape compiles static (the steady block); a second one makes dynamo compile a
+    dynamic variant that serves every later shape (recache chunks, other batch sizes).
     """
     for name in STAGES:
-        fn = torch.compile(getattr(Block, name), mode=mode, fullgraph=True, dynamic=False)
+        fn = torch.compile(getattr(Block, name), mode=mode, fullgraph=True)
         for block in model.blocks:
             setattr(block, name, functools.partial(fn, block))
     log.info("compiled the dense stages of %d layers (%s)", len(model.blocks), mode)
@@ -91,6 +93,32 @@ class GraphRunner:
         """Drops every graph (after the session's caches were reallocated)."""
         self.seen.clear()
         self.graphs.clear()
+
+
+def warm_up(session) -> None:
+    """Compiles and captures every steady-state pass (the 4 steps, the clean pass, the recache)
+    before the first block, so that no later block or switch pays for it.
+
+    The dummy passes write garbage K/V at steady positions; the cache is zeroed afterwards, and
+    while the window fills a block only reads slots that earlier blocks wrote.
+    """
+    runner = session.runner
+    if not isinstance(runner, GraphRunner):
+        return
+    window, sink, dims = session.window, session.sink, (session.cfg.in_dim, *session.latent_hw)
+    end = window + FRAMES_PER_BLOCK  # any position where the window is full
+    block = session.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK)
+    kept = window - sink
+    recache = session.plan(end - kept, kept)
+    x = torch.zeros(session.batch, FRAMES_PER_BLOCK, *dims, device=session.model.device)
+    chunk = torch.zeros(session.batch, kept, *dims, device=session.model.device)
+    with torch.inference_mode():
+        for _ in range(2):  # first call runs (and compiles), second captures
+            for time in session.times:
+                runner(x, time, block, session.cache, session.text)
+            runner(chunk, session.times[-1], recache, session.cache, session.text)
+        session.cache.zero_()
+    log.info("captured %d pass graphs for a %dx%d session", len(runner.graphs), *session.latent_hw)
 
 
 RECOMPILE_LIMIT = 64  # every (batch, frames) shape of every loaded model is one compiled variant

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from longlive_core import SWITCH_POLICIES, LongLiveError, PromptError, StreamSession
 from longlive_core.cache import FRAMES_PER_BLOCK
-from longlive_core.fast import GraphRunner
+from longlive_core.fast import GraphRunner, warm_up
 from longlive_core.prompt_text import FPS, check_starts
 
 from .loader import ModelType
@@ -95,6 +95,7 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
                                 width=settings["width"], local_attn_size=settings["local_attn_size"],
                                 sink_size=settings["sink_size"], seed=settings["seed"],
                                 switch_policy=settings["switch_policy"], runner=runner)
+        warm_up(session)  # compile + capture now: no later block or switch pays for it
         return NodeSession(session, settings)
 
     if not session_id:
