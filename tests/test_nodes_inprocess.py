@@ -63,12 +63,15 @@ def test_streaming_decode_in_chunks_equals_comfys_full_decode(tiny_vae):
     pack = load_pack()
     from longlive_pack.nodes.decode import new_cache, stream_decode
 
-    z = torch.randn(1, 16, 9, 8, 12, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(1, 16, 11, 8, 12, generator=torch.Generator().manual_seed(0))
     full = tiny_vae.decode(z).reshape(-1, 64, 96, 3)  # what ComfyUI's VAEDecode returns
     cache = new_cache(tiny_vae)
-    chunks = [stream_decode(tiny_vae, part, cache) for part in z.split(3, dim=2)]
-    assert [c.shape[0] for c in chunks] == [9, 12, 12]  # 4T - 3, then 4T
-    assert torch.equal(torch.cat(chunks), full)
+    chunks = [stream_decode(tiny_vae, part, cache) for part in z.split([3, 6, 1, 1], dim=2)]
+    assert [c.shape[0] for c in chunks] == [9, 24, 4, 4]  # 4T - 3, then 4T
+    torch.testing.assert_close(torch.cat(chunks), full, rtol=1e-5, atol=1e-5)
+    # without the kept cache the second piece would be another video
+    alone = stream_decode(tiny_vae, z[:, :, 3:9], new_cache(tiny_vae))
+    assert alone.shape[0] == 21 and not torch.allclose(alone[-20:], full[9:33][-20:], atol=1e-3)
     assert pack is not None
 
 
