@@ -12,6 +12,7 @@ from comfy.ldm.wan.vae import count_conv3d
 from comfy_api.latest import io
 
 from .state import SESSIONS
+from .vae_stream import decode_latents
 
 
 def check_wan_vae(vae) -> None:
@@ -21,27 +22,12 @@ def check_wan_vae(vae) -> None:
                          "loaded with VAELoader); this VAE is another kind")
 
 
-FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
-
-
 @torch.inference_mode()
 def stream_decode(vae, samples: torch.Tensor, cache: list) -> torch.Tensor:
-    """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; `cache` carries on.
-
-    Every causal conv keeps the last 2 frames of its input in `cache`, so several latent frames can go
-    through the decoder in one call and give the frames of a frame-by-frame decode. The very first
-    frame must go alone: the temporal upsamplers treat it specially (it gives 1 frame, not 4).
-    """
+    """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; `cache` carries on."""
     mm.load_models_gpu([vae.patcher])
-    fsm = vae.first_stage_model
-    x = fsm.conv2(samples.to(vae.device, vae.vae_dtype))
-    bounds = list(range(1 if cache[0] is None else 0, x.shape[2], FRAMES_PER_CALL))
-    starts = sorted({0, *bounds})
-    with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-        pieces = [fsm.decoder(x[:, :, a:b], feat_cache=cache, feat_idx=[0])
-                  for a, b in zip(starts, starts[1:] + [x.shape[2]])]
-    video = vae.process_output(torch.cat(pieces, dim=2).to(vae.output_device).float())
-    return video.movedim(1, -1).flatten(0, 1)
+    out = decode_latents(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), cache)
+    return vae.process_output(out.to(vae.output_device).float()).movedim(1, -1).flatten(0, 1)
 
 
 def new_cache(vae) -> list:

@@ -1,0 +1,83 @@
+"""GPU benchmark of Wan 2.1 VAE decoding at 480x832 (random weights, ComfyUI's decoder module).
+
+    PYTHONPATH=<ComfyUI dir> python scripts/bench_vae.py [--json PATH]
+
+Rows: frame-by-frame decoding (how ComfyUI's WanVAE.decode and upstream work) and our chunked
+decoding (a block of 3 latent frames per call), each with and without channels-last 3D; ms for
+the first chunk (1 + 2 latent frames -> 9 pixel frames) and per steady chunk (3 -> 12), and the
+max abs difference of the pixels from frame-by-frame decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+
+import torch
+
+sys.argv, ARGS = [sys.argv[0], "--disable-cuda-malloc"], sys.argv[1:]
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+from comfy.ldm.wan.vae import WanVAE, count_conv3d  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
+from vae_stream import decode_latents  # noqa: E402
+
+CHUNKS = 8
+
+
+def model(dtype) -> WanVAE:
+    vae = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True]).to("cuda", dtype)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            p.copy_(torch.ones_like(p) if name.endswith("gamma") else torch.randn_like(p) * (1 / max(1, p[0].numel())) ** 0.5)
+    return vae.eval()
+
+
+def run(vae, z, frames_per_call) -> tuple[list[float], torch.Tensor]:
+    cache, times, outs = [None] * count_conv3d(vae.decoder), [], []
+    for chunk in z.split(3, dim=2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        outs.append(decode_latents(vae, chunk, cache, frames_per_call))
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return times, torch.cat(outs, dim=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", default="bench_vae.json")
+    args = parser.parse_args(ARGS)
+    torch.manual_seed(0)
+    vae = model(torch.bfloat16)
+    z = torch.randn(1, 16, 3 * CHUNKS, 60, 104, device="cuda", dtype=torch.bfloat16)
+    rows, reference = [], None
+    with torch.inference_mode():
+        for layout in ("contiguous", "channels_last_3d"):
+            if layout == "channels_last_3d":
+                vae = vae.to(memory_format=torch.channels_last_3d)
+            for name, per_call in (("frame by frame", 1), ("chunked (3 latent frames a call)", 3)):
+                run(vae, z[:, :, :6], per_call)  # warm-up: cuDNN autotuning
+                times, pixels = run(vae, z, per_call)
+                reference = pixels if reference is None else reference
+                rows.append({"row": f"{name}, {layout}", "first_chunk_ms": times[0],
+                             "steady_chunk_ms": statistics.median(times[1:]),
+                             "max_abs_diff": (pixels.float() - reference.float()).abs().max().item()})
+                print(json.dumps(rows[-1]), flush=True)
+    pathlib.Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                                   "rows": rows}, indent=1))
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, 480x832, 12 pixel frames per steady chunk")
+    print("| decoder | first chunk ms (9 frames) | steady chunk ms (12 frames) | max abs diff |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['row']} | {r['first_chunk_ms']:.1f} | {r['steady_chunk_ms']:.1f} | {r['max_abs_diff']:.2e} |")
+
+
+if __name__ == "__main__":
+    main()
