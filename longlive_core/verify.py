@@ -17,6 +17,7 @@ import sys
 import torch
 
 from .checkpoint import load_model
+from .fast import compile_blocks
 from .schedule import RecordedNoise
 from .session import StreamSession
 
@@ -24,8 +25,9 @@ TOLERANCE = 2e-5
 
 
 def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-             lora_strength: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """Generates a recorded case; returns (latents [B, F, C, h, w], meta)."""
+             lora_strength: float = 1.0, compiled: bool = False) -> tuple[torch.Tensor, dict]:
+    """Generates a recorded case (with the fast path's compiled stages if asked); returns
+    (latents [B, F, C, h, w], meta)."""
     from safetensors.torch import load_file
 
     with open(os.path.join(case_dir, "meta.json")) as f:
@@ -33,6 +35,8 @@ def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     io = load_file(os.path.join(case_dir, "io.safetensors"))
     model = load_model(os.path.join(case_dir, "longlive_base.pt"), lora_path=os.path.join(case_dir, "lora.pt"),
                        lora_alpha=meta["lora_alpha"], lora_strength=lora_strength, num_heads=meta["model"]["num_heads"], device=device, dtype=dtype)
+    if compiled:
+        compile_blocks(model)
     h, w = meta["latent_hw"]
     session = StreamSession(model, batch=meta["batch"], height=h * 8, width=w * 8,
                             local_attn_size=meta["local_attn_size"], sink_size=meta["sink_size"],

@@ -53,3 +53,11 @@ def test_golden_fails_with_a_wrong_lora_strength():
     ours, _ = run_case(str(case), lora_strength=0.5)
     ref = load_file(str(case / "io.safetensors"))["output"]
     assert max(block_errors(as_recorded(ours), ref)) > 1e-3
+
+
+def test_compiled_stages_match_the_golden_runs():
+    """The fast path's compiled dense stages, in float32 on the CPU, against a recorded run."""
+    case = golden_cases()[0]
+    ours, _ = run_case(str(case), compiled=True)
+    ref = load_file(str(case / "io.safetensors"))["output"]
+    assert max(block_errors(as_recorded(ours), ref)) <= TOLERANCE
