@@ -21,7 +21,7 @@ import torch
 
 from .config import WanConfig
 from .fast import GraphRunner, make_fast, warm_up
-from .quantize import apply_precision
+from .quantize import CAPTURABLE, apply_precision
 from .session import StreamSession
 from .synthetic import random_model
 
@@ -30,7 +30,7 @@ log = logging.getLogger("longlive_core.bench")
 BLOCKS = 20
 SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
-ROWS = ("main", "window9", "batch", "fp8", "int8")
+ROWS = ("main", "window9", "batch", "fp8", "int8-weight-only", "int8-dynamic")
 
 
 def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]:
@@ -128,6 +128,46 @@ def breakdown(prof, wall_ms: float, passes: int) -> dict:
     return {"block_wall_ms": wall_ms, "per_layer_pass_ms": {k: v / passes for k, v in totals.items()}}
 
 
+def main_rows(args, cfg, rows, record, result) -> dict:
+    """Eager reference, eager with the fast attention, fast path; window 9 and batch rows.
+    Returns the latents of the eager and the fast bf16 rows."""
+    model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
+    model.set_attention("sdpa")
+    eager = run_stream(model, None)
+    record(summarize("eager bf16 w12 s3 (sdpa)", eager, None, 1))
+    if args.profile:
+        result["profile"]["eager"] = profile_block(model, None, args.trace_dir and f"{args.trace_dir}/eager.json")
+    attention = model.set_attention(args.attention)
+    same_kernels = run_stream(model, None)
+    record(summarize(f"eager bf16 w12 s3 ({attention})", same_kernels, eager["latents"], 1))
+    result["attention"] = make_fast(model, attention=args.attention)
+    fast = run_stream(model, GraphRunner)
+    row = summarize(f"fast bf16 w12 s3 ({attention})", fast, eager["latents"], 1)
+    row["max_rel_diff_vs_eager_same_attention"] = summarize("", fast, same_kernels["latents"], 1)["max_rel_diff_vs_eager"]
+    record(row)
+    if args.profile:
+        result["profile"]["fast"] = profile_block(model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
+    if "window9" in rows:
+        record(summarize("fast bf16 w9 s3", run_stream(model, GraphRunner, window=9), None, 1))
+    if "batch" in rows:
+        for b in (2, 4):
+            record(summarize(f"fast bf16 w12 s3 batch {b}", run_stream(model, GraphRunner, batch=b), None, b))
+    return {"eager": eager["latents"], "fast": fast["latents"]}
+
+
+def quantized_row(args, cfg, precision, reference) -> dict:
+    """torchao linears under CUDA graphs (int8 dynamic cannot be captured: eager)."""
+    model = apply_precision(random_model(cfg, device="cuda", dtype=torch.bfloat16), precision)
+    make_fast(model, attention=args.attention, compile=args.compile_quantized)
+    graphs = precision in CAPTURABLE
+    run = run_stream(model, GraphRunner if graphs else None)
+    label = ("compiled, " if args.compile_quantized else "") + ("graphs" if graphs else "eager, no graphs")
+    row = summarize(f"fast {precision} w12 s3 ({label})", run, reference and reference["eager"], 1)
+    if reference is not None:
+        row["max_rel_diff_vs_fast_bf16"] = summarize("", run, reference["fast"], 1)["max_rel_diff_vs_eager"]
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="main,window9,batch", help=f"comma list of {ROWS}")
@@ -136,6 +176,8 @@ def main(argv=None) -> int:
     parser.add_argument("--trace-dir", default=None, help="where --profile writes chrome traces")
     parser.add_argument("--json", default="bench.json")
     parser.add_argument("--layers", type=int, default=30, help="fewer layers for a quick look")
+    parser.add_argument("--reference", default=None, help="file of the bf16 latents: written by a run with "
+                        "'main', read by runs of precision rows alone (each precision can run in its own process)")
     parser.add_argument("--compile-quantized", action="store_true",
                         help="also torch.compile the quantized rows (slow to compile with torchao tensors)")
     args = parser.parse_args(argv)
@@ -153,38 +195,16 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=1)
 
     cfg = WanConfig(num_layers=args.layers)
-    model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
-    model.set_attention("sdpa")
-    eager = run_stream(model, None)
-    record(summarize("eager bf16 w12 s3 (sdpa)", eager, None, 1))
-    if args.profile:
-        result["profile"]["eager"] = profile_block(model, None, args.trace_dir and f"{args.trace_dir}/eager.json")
-    attention = model.set_attention(args.attention)
-    same_kernels = run_stream(model, None)
-    record(summarize(f"eager bf16 w12 s3 ({attention})", same_kernels, eager["latents"], 1))
-    result["attention"] = make_fast(model, attention=args.attention)
-    fast = run_stream(model, GraphRunner)
-    record(summarize(f"fast bf16 w12 s3 ({attention})", fast, eager["latents"], 1))
-    bf16_fast = fast["latents"]
-    result["rows"][-1]["max_rel_diff_vs_eager_same_attention"] = summarize("", fast, same_kernels["latents"], 1)[
-        "max_rel_diff_vs_eager"]
-    if args.profile:
-        result["profile"]["fast"] = profile_block(model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
-    if "window9" in rows:
-        record(summarize("fast bf16 w9 s3", run_stream(model, GraphRunner, window=9), None, 1))
-    if "batch" in rows:
-        for b in (2, 4):
-            record(summarize(f"fast bf16 w12 s3 batch {b}", run_stream(model, GraphRunner, batch=b), None, b))
-    for precision in ("int8 dynamic", "fp8", "int8 weight-only"):
-        if precision.split()[0] in rows:
-            del model
+    if "main" in rows:
+        reference = main_rows(args, cfg, rows, record, result)
+        if args.reference:
+            torch.save(reference, args.reference)
+    else:
+        reference = torch.load(args.reference) if args.reference else None
+    for precision in ("fp8", "int8 weight-only", "int8 dynamic"):
+        if precision.replace(" ", "-") in rows:
             torch.cuda.empty_cache()
-            model = apply_precision(random_model(cfg, device="cuda", dtype=torch.bfloat16), precision)
-            make_fast(model, attention=args.attention, compile=args.compile_quantized)
-            run = run_stream(model, GraphRunner)
-            label = "" if args.compile_quantized else ", graphs, not compiled"
-            record(summarize(f"fast {precision} w12 s3{label}", run, eager["latents"], 1))
-            result["rows"][-1]["max_rel_diff_vs_fast_bf16"] = summarize("", run, bf16_fast, 1)["max_rel_diff_vs_eager"]
+            record(quantized_row(args, cfg, precision, reference))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print_table(result)

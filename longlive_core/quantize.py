@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("bf16", "fp16", "fp8", "int8 weight-only", "int8 dynamic")
 QUANTIZED = ("fp8", "int8 weight-only", "int8 dynamic")
+# torchao's int8 dynamic path does work that a CUDA graph capture refuses (seen on the H100)
+CAPTURABLE = ("bf16", "fp16", "fp8", "int8 weight-only")
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -9,12 +9,14 @@ import time
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
+import latent_preview
 import torch
 from comfy_api.latest import io
 
 from longlive_core import SWITCH_POLICIES, LongLiveError, PromptError, StreamSession
 from longlive_core.cache import FRAMES_PER_BLOCK
 from longlive_core.fast import GraphRunner, warm_up
+from longlive_core.quantize import CAPTURABLE
 from longlive_core.prompt_text import FPS, check_starts
 
 from .loader import ModelType
@@ -88,7 +90,7 @@ class StreamingSampler(io.ComfyNode):
 
 def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: bool) -> NodeSession:
     def make() -> NodeSession:
-        runner = GraphRunner(model.model) if model.fast else None
+        runner = GraphRunner(model.model) if model.fast and model.precision in CAPTURABLE else None
         if runner:
             model.runners.append(runner)
         session = StreamSession(model.model, batch=settings["batch"], height=settings["height"],
@@ -136,6 +138,9 @@ def run_blocks(state: NodeSession, frames: int, node_id) -> torch.Tensor:
     """Generates this run's blocks with progress + previews; an interrupt keeps finished blocks for the next run."""
     blocks = frames // FRAMES_PER_BLOCK
     bar = comfy.utils.ProgressBar(blocks, node_id=node_id)
+    # ComfyUI's own previewer: latent-to-RGB, or the tiny video decoder (models/vae_approx/lighttaew2_1*)
+    # with --preview-method taesd
+    previewer = latent_preview.get_previewer(state.session.model.device, WAN21)
     for i in range(blocks):
         start = time.perf_counter()
         try:
@@ -148,7 +153,8 @@ def run_blocks(state: NodeSession, frames: int, node_id) -> torch.Tensor:
             raise
         state.undelivered.append(block.float())
         state.stats.update(last_block_ms=round((time.perf_counter() - start) * 1e3, 1))
-        bar.update_absolute(i + 1, blocks, ("JPEG", preview(block), 512))
+        shown = previewer.decode_latent_to_preview_image("JPEG", block.transpose(1, 2)) if previewer else None
+        bar.update_absolute(i + 1, blocks, shown)
     latents = torch.cat(state.undelivered, dim=1)
     state.undelivered.clear()
     return latents
@@ -160,14 +166,3 @@ def reset_state(state: NodeSession) -> None:
     state.prompt_key = None
     state.undelivered.clear()
     state.decoders.clear()
-
-
-def preview(block: torch.Tensor):
-    """Latent-to-RGB picture of a block's middle frame (model space, sample 0)."""
-    from PIL import Image
-
-    factors = torch.tensor(WAN21.latent_rgb_factors, device=block.device, dtype=torch.float32)
-    bias = torch.tensor(WAN21.latent_rgb_factors_bias, device=block.device, dtype=torch.float32)
-    rgb = torch.nn.functional.linear(block[0, block.shape[1] // 2].float().movedim(0, -1), factors.T, bias)
-    img = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().cpu().numpy()
-    return Image.fromarray(img)

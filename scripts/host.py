@@ -131,6 +131,31 @@ class ComfyHost:
     def run(self, graph: dict, timeout: float = 900) -> dict:
         return self.wait(self.queue(graph), timeout)
 
+    def run_listening(self, graph: dict, timeout: float = 300) -> tuple[dict, list]:
+        """Queues a graph while listening on /ws; returns (history entry, [(event, data)]).
+        Binary messages (previews) come as ("binary", bytes)."""
+        import asyncio
+
+        import aiohttp
+
+        async def listen():
+            events = []
+            async with aiohttp.ClientSession() as http, http.ws_connect(f"{self.url}/ws?clientId={self.client_id}") as ws:
+                prompt_id = await asyncio.to_thread(self.queue, graph)
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        events.append(("binary", msg.data))
+                        continue
+                    data = json.loads(msg.data)
+                    events.append((data["type"], data.get("data", {})))
+                    done = data["type"] == "executing" and data["data"].get("node") is None
+                    if done and data["data"].get("prompt_id") == prompt_id:
+                        return prompt_id, events
+            return prompt_id, events
+
+        prompt_id, events = asyncio.run(asyncio.wait_for(listen(), timeout))
+        return self.wait(prompt_id, timeout), events
+
 
 def error_of(entry: dict) -> dict | None:
     """The execution_error message of a history entry, if the run failed."""

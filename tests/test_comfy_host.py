@@ -33,7 +33,7 @@ def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy")
     names = make_tiny_models(base / "models")
     shutil.copy(base / "models" / "vae" / names["vae"], base / "models" / "diffusion_models" / "not_a_model.safetensors")
-    with ComfyHost(base) as server:
+    with ComfyHost(base, extra_args=["--preview-method", "auto"]) as server:
         server.names = names
         yield server
 
@@ -100,6 +100,16 @@ def test_ui_workflows_are_the_api_workflows(host, path):
     ui = json.loads(path.read_text())
     assert all(node["type"] in info for node in ui["nodes"])
     assert ui_to_api(ui, info) == json.loads((REPO / "workflows" / "api" / path.name).read_text())
+
+
+def test_a_preview_and_a_progress_step_for_every_block(host):
+    graph = graph_of(host, "longlive_interactive", session_id="", length=15, length_unit="latent frames")
+    entry, events = host.run_listening(graph)
+    assert error_of(entry) is None
+    previews = [data for kind, data in events if kind == "binary" and b"\xff\xd8\xff" in data[:64]]
+    progress = [data["value"] for kind, data in events if kind == "progress" and data.get("node") == "4"]
+    assert progress == [1, 2, 3, 4, 5]
+    assert len(previews) == 5
 
 
 # --- sessions across queue runs ------------------------------------------------------------------
