@@ -21,7 +21,7 @@ import torch
 
 from .config import WanConfig
 from .fast import GraphRunner, make_fast, warm_up
-from .quantize import CAPTURABLE, apply_precision
+from .quantize import CAPTURABLE, COMPILABLE, apply_precision
 from .session import StreamSession
 from .synthetic import random_model
 
@@ -156,13 +156,19 @@ def main_rows(args, cfg, rows, record, result) -> dict:
 
 
 def quantized_row(args, cfg, precision, reference) -> dict:
-    """torchao linears under CUDA graphs (int8 dynamic cannot be captured: eager)."""
+    """Quantized linears under CUDA graphs (torchao's int8 dynamic cannot be captured: eager). FP8 is
+    plain torch and compiles like bf16; torchao's int8 tensors compile only with --compile-quantized."""
+    start = time.perf_counter()
     model = apply_precision(random_model(cfg, device="cuda", dtype=torch.bfloat16), precision)
-    make_fast(model, attention=args.attention, compile=args.compile_quantized)
+    torch.cuda.synchronize()
+    quantize_s = time.perf_counter() - start
+    compiled = precision in COMPILABLE or args.compile_quantized
+    make_fast(model, attention=args.attention, compile=compiled)
     graphs = precision in CAPTURABLE
     run = run_stream(model, GraphRunner if graphs else None)
-    label = ("compiled, " if args.compile_quantized else "") + ("graphs" if graphs else "eager, no graphs")
+    label = ("compiled, " if compiled else "") + ("graphs" if graphs else "eager, no graphs")
     row = summarize(f"fast {precision} w12 s3 ({label})", run, reference and reference["eager"], 1)
+    row["load_and_quantize_s"] = quantize_s
     if reference is not None:
         row["max_rel_diff_vs_fast_bf16"] = summarize("", run, reference["fast"], 1)["max_rel_diff_vs_eager"]
     return row

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from longlive_core import load_model
 from longlive_core.attention import BACKENDS
 from longlive_core.fast import make_fast
-from longlive_core.quantize import PRECISIONS, QUANTIZED, apply_precision, check_precision, compute_dtype
+from longlive_core.quantize import COMPILABLE, PRECISIONS, apply_precision, check_precision, compute_dtype
 
 from .state import LongLiveModel
 
@@ -57,8 +57,7 @@ class ModelLoader(io.ComfyNode):
         model = apply_precision(model, precision)
         wrapper = LongLiveModel(model, model_name, precision, fast and device.type == "cuda")
         if wrapper.fast:
-            # torch.compile of torchao's quantized tensors takes minutes: quantized models get graphs only
-            make_fast(model, attention=attention, compile=precision not in QUANTIZED)
+            make_fast(model, attention=attention, compile=precision in COMPILABLE)
         else:
             model.set_attention(attention)
         wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,

@@ -1,12 +1,18 @@
-"""HTTP routes: GET /longlive/sessions lists sessions, DELETE frees one or all (also under /api)."""
+"""HTTP routes (also under /api): GET /longlive/sessions lists sessions, DELETE frees one or all,
+POST /longlive/sessions/{id}/prompt and .../stop steer a live session."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 
+from longlive_core.registry import SessionEvictedError, UnknownSessionError
+
 from .state import SESSIONS
+
+MAX_PROMPT_CHARS = 2000
 
 log = logging.getLogger("longlive")
 
@@ -28,6 +34,46 @@ async def delete_all(_request: web.Request) -> web.Response:
     return web.json_response({"deleted": count})
 
 
+def _live_session(request: web.Request):
+    """The named session, or an error response: 404 unknown, 409 not live."""
+    key = request.match_info["session_id"]
+    try:
+        state = SESSIONS.get(key)
+    except (UnknownSessionError, SessionEvictedError) as err:
+        return None, web.json_response({"error": str(err)}, status=404)
+    if not state.live:
+        return None, web.json_response({"error": f"session '{key}' is not generating live; queue the LongLive "
+                                                 f"sampler with live on"}, status=409)
+    return state, None
+
+
+async def post_prompt(request: web.Request) -> web.Response:
+    """{"text": "..."}: the live session switches to it at its next block (recache)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return web.json_response({"error": "the body must be JSON: {\"text\": \"a new prompt\"}"}, status=400)
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return web.json_response({"error": "text: a non-empty string is required"}, status=400)
+    if len(text) > MAX_PROMPT_CHARS:
+        return web.json_response({"error": f"text has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}"},
+                                 status=400)
+    state, error = _live_session(request)
+    if error:
+        return error
+    state.inbox.put((text.strip(), time.time()))
+    return web.json_response({"queued": text.strip(), "at_frame": state.session.frame}, status=202)
+
+
+async def post_stop(request: web.Request) -> web.Response:
+    state, error = _live_session(request)
+    if error:
+        return error
+    state.stop.set()
+    return web.json_response({"stopping": request.match_info["session_id"], "at_frame": state.session.frame})
+
+
 def register() -> None:
     """Adds the routes to the running ComfyUI server (none exists in unit tests)."""
     from server import PromptServer
@@ -39,3 +85,5 @@ def register() -> None:
     server.routes.get("/longlive/sessions")(list_sessions)
     server.routes.delete("/longlive/sessions")(delete_all)
     server.routes.delete("/longlive/sessions/{session_id}")(delete_session)
+    server.routes.post("/longlive/sessions/{session_id}/prompt")(post_prompt)
+    server.routes.post("/longlive/sessions/{session_id}/stop")(post_stop)

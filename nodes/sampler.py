@@ -13,8 +13,9 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from longlive_core import SWITCH_POLICIES, LongLiveError, PromptError, StreamSession
+from longlive_core import SWITCH_POLICIES, ConfigError, LongLiveError, PromptError, StreamSession
 from longlive_core.cache import FRAMES_PER_BLOCK
+from longlive_core.config import ROPE_POSITIONS
 from longlive_core.fast import GraphRunner, warm_up
 from longlive_core.quantize import CAPTURABLE
 from longlive_core.prompt_text import FPS, check_starts
@@ -63,6 +64,9 @@ class StreamingSampler(io.ComfyNode):
                                 "continue the same video until reset"),
                 io.Boolean.Input("reset", default=False, tooltip="Start the named session over"),
                 io.Int.Input("batch_size", default=1, min=1, max=16),
+                io.Boolean.Input("live", default=False, tooltip="Keep generating until stopped (LongLive panel, or "
+                                 "POST /longlive/sessions/{id}/stop) or until `length`; prompts typed in the panel "
+                                 "(POST .../prompt) switch at the next block. Needs a session id"),
             ],
             outputs=[io.Latent.Output(display_name="LATENT")],
             hidden=[io.Hidden.unique_id],
@@ -75,20 +79,26 @@ class StreamingSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: LongLiveModel, schedule, width, height, length, length_unit, seed, local_attn_size,
-                sink_size, switch_policy, session_id, reset, batch_size) -> io.NodeOutput:
+                sink_size, switch_policy, session_id, reset, batch_size, live=False) -> io.NodeOutput:
+        if live and not session_id.strip():
+            raise PromptError("live needs a session_id: the panel and the routes find the session by it")
         frames = latent_frames(length, length_unit)
         settings = {"model": model.name, "precision": model.precision, "batch": batch_size, "width": width,
                     "height": height, "local_attn_size": local_attn_size, "sink_size": sink_size,
                     "switch_policy": switch_policy, "seed": seed}
         mm.load_models_gpu([model.patcher], force_full_load=True)
         state = open_session(model, settings, session_id.strip(), reset)
-        schedule_run(state, model, schedule, frames)
-        latents = run_blocks(state, frames, cls.hidden.unique_id if cls.hidden else None)
+        frames = fit_to_rope(state, frames, live)
+        schedule_run(state, model, schedule.segments, frames)
+        state.encoder = schedule.encoder
+        latents = run_blocks(state, model, frames, cls.hidden.unique_id if cls.hidden else None, live)
         raw = WAN21.process_out(latents.permute(0, 2, 1, 3, 4).contiguous())  # [B, C, T, h, w]
         return io.NodeOutput({"samples": raw.to(mm.intermediate_device())})
 
 
 def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: bool) -> NodeSession:
+    settings = {**settings, "session_id": session_id}
+
     def make() -> NodeSession:
         runner = GraphRunner(model.model) if model.fast and model.precision in CAPTURABLE else None
         if runner:
@@ -113,6 +123,19 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
     return state
 
 
+def fit_to_rope(state: NodeSession, frames: int, live: bool) -> int:
+    """A video can run to latent frame 1024 (Wan's RoPE table); a live run stops there, others are refused."""
+    room = (ROPE_POSITIONS - state.session.pos) // FRAMES_PER_BLOCK * FRAMES_PER_BLOCK
+    if frames <= room:
+        return frames
+    if live and room > 0:
+        log.info("live run limited to %d latent frames (RoPE table ends at %d)", room, ROPE_POSITIONS)
+        return room
+    raise ConfigError(f"length: this run needs {frames} latent frames but the session has room for {room} more "
+                      f"(the model's RoPE table ends at latent frame {ROPE_POSITIONS}, about 4 minutes); shorten "
+                      f"the run or reset the session")
+
+
 def schedule_run(state: NodeSession, model: LongLiveModel, segments: list[Segment], frames: int) -> None:
     """Schedules this run's prompts relative to its first frame; an unchanged first prompt is no switch."""
     check_starts([s.start for s in segments], frames)
@@ -125,39 +148,91 @@ def schedule_run(state: NodeSession, model: LongLiveModel, segments: list[Segmen
 
 
 def embeddings(seg: Segment, model: LongLiveModel) -> torch.Tensor:
-    if seg.embeds is not None:
-        return seg.embeds
+    return seg.embeds if seg.embeds is not None else text_embeddings(seg.text, model, None)
+
+
+def text_embeddings(text: str, model: LongLiveModel, encoder) -> torch.Tensor:
+    if encoder is not None:
+        return encoder(text)
     if not model.synthetic:
         raise PromptError("the prompt schedule has no text encoder: connect a CLIP (umt5-xxl, CLIPLoader type "
                           "wan) to the LongLive Prompt Schedule node")
-    log.warning("tiny test model: prompt '%s' becomes hashed random embeddings (the video is noise)", seg.text[:40])
-    return hashed_embeds(seg.text, model.model.cfg.text_dim)
+    log.warning("tiny test model: prompt '%s' becomes hashed random embeddings (the video is noise)", text[:40])
+    return hashed_embeds(text, model.model.cfg.text_dim)
 
 
-def run_blocks(state: NodeSession, frames: int, node_id) -> torch.Tensor:
-    """Generates this run's blocks with progress + previews; an interrupt keeps finished blocks for the next run."""
+def run_blocks(state: NodeSession, model: LongLiveModel, frames: int, node_id, live: bool) -> torch.Tensor:
+    """Generates this run's blocks with progress + previews; an interrupt keeps finished blocks for the
+    next run. A live run also takes prompt changes between blocks and ends early on stop."""
     blocks = frames // FRAMES_PER_BLOCK
     bar = comfy.utils.ProgressBar(blocks, node_id=node_id)
     # ComfyUI's own previewer: latent-to-RGB, or the tiny video decoder (models/vae_approx/lighttaew2_1*)
     # with --preview-method taesd
     previewer = latent_preview.get_previewer(state.session.model.device, WAN21)
-    for i in range(blocks):
-        start = time.perf_counter()
-        try:
-            block = state.session.step_block()
-        except LongLiveError:
-            raise  # refused before any work: the session is unchanged
-        except Exception:
-            reset_state(state)
-            log.exception("LongLive block failed; the session was reset")
-            raise
-        state.undelivered.append(block.float())
-        state.stats.update(last_block_ms=round((time.perf_counter() - start) * 1e3, 1))
-        shown = previewer.decode_latent_to_preview_image("JPEG", block.transpose(1, 2)) if previewer else None
-        bar.update_absolute(i + 1, blocks, shown)
+    state.stop.clear()
+    state.live = live
+    try:
+        for i in range(blocks):
+            if live and state.stop.is_set():
+                break
+            posted = take_prompts(state, model) if live else None
+            block, ms = timed_block(state)
+            state.undelivered.append(block.float())
+            report_block(state, ms, posted)
+            shown = previewer.decode_latent_to_preview_image("JPEG", block.transpose(1, 2)) if previewer else None
+            bar.update_absolute(i + 1, blocks, shown)
+    finally:
+        state.live = False
     latents = torch.cat(state.undelivered, dim=1)
     state.undelivered.clear()
     return latents
+
+
+def take_prompts(state: NodeSession, model: LongLiveModel) -> tuple[str, float] | None:
+    """Applies the newest prompt posted since the last block (older ones are superseded)."""
+    posted = None
+    while not state.inbox.empty():
+        posted = state.inbox.get_nowait()
+    if posted is not None:
+        state.session.set_prompt(text_embeddings(posted[0], model, state.encoder))
+        state.prompt_key = "text:" + posted[0]
+    return posted
+
+
+def timed_block(state: NodeSession) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    try:
+        block = state.session.step_block()
+    except LongLiveError:
+        raise  # refused before any work: the session is unchanged
+    except Exception:
+        reset_state(state)
+        log.exception("LongLive block failed; the session was reset")
+        raise
+    if block.is_cuda:  # the preview needs the block anyway; this makes the stats wall time
+        torch.cuda.current_stream().synchronize()
+    return block, (time.perf_counter() - start) * 1e3
+
+
+def report_block(state: NodeSession, ms: float, posted: tuple[str, float] | None) -> None:
+    """Session stats for GET /longlive/sessions, and a `longlive.block` event for the page."""
+    frame = state.session.frame
+    state.stats.update(last_block_ms=round(ms, 1), fps=round(4 * FRAMES_PER_BLOCK * 1e3 / max(ms, 1e-3), 1))
+    if posted is not None:
+        latency = (time.time() - posted[1]) * 1e3
+        state.switches.append({"frame": frame - FRAMES_PER_BLOCK, "text": posted[0][:200],
+                               "prompt_to_block_ms": round(latency, 1)})
+        state.stats.update(last_switch_ms=round(latency, 1))
+    send_event("longlive.block", {"session": state.settings.get("session_id", ""), "frame": frame, **state.stats,
+                                  "switched": posted is not None, "live": state.live})
+
+
+def send_event(event: str, data: dict) -> None:
+    from server import PromptServer
+
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.send_sync(event, data)
 
 
 def reset_state(state: NodeSession) -> None:

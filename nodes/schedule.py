@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from longlive_core import PromptError
 from longlive_core.prompt_text import check_starts, parse_schedule_text, round_to_block, seconds_to_latent
 
-from .state import Segment
+from .state import EMBEDDINGS, Schedule, Segment
 
 ScheduleType = io.Custom("LONGLIVE_SCHEDULE")
 MAX_CONDITIONINGS = 6
@@ -18,6 +18,11 @@ def encode(clip, text: str):
     """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them."""
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
     return cond[0][0]
+
+
+def cached_encoder(clip):
+    """text -> embeddings with this CLIP, each text encoded once (schedule and live prompts share it)."""
+    return lambda text: EMBEDDINGS.get(clip.cond_stage_model, text, lambda t: encode(clip, t))
 
 
 class PromptSchedule(io.ComfyNode):
@@ -39,10 +44,11 @@ class PromptSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, schedule, clip=None) -> io.NodeOutput:
         segments = parse_schedule_text(schedule)
-        out = [Segment(s.start, s.text, None if clip is None else encode(clip, s.text)) for s in segments]
+        encoder = None if clip is None else cached_encoder(clip)
+        out = [Segment(s.start, s.text, None if encoder is None else encoder(s.text)) for s in segments]
         notes = [s.note for s in segments if s.note]
         text = [f"{s.start:>4}: {s.text}" for s in segments] + notes
-        return io.NodeOutput(out, ui={"text": ["\n".join(text)]})
+        return io.NodeOutput(Schedule(out, encoder), ui={"text": ["\n".join(text)]})
 
 
 class ConditioningSchedule(io.ComfyNode):
@@ -71,7 +77,8 @@ class ConditioningSchedule(io.ComfyNode):
             raise PromptError(f"starts lists {len(frames)} start(s) for {len(conds)} connected conditioning "
                               f"input(s); give exactly one start per conditioning")
         check_starts(frames)
-        return io.NodeOutput([Segment(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))])
+        segments = [Segment(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))]
+        return io.NodeOutput(Schedule(segments))
 
 
 def parse_start(text: str) -> int:

@@ -5,11 +5,15 @@ Module-level objects live as long as the ComfyUI server; V3 node classes hold no
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
 import os
-from typing import Any
+import queue
+import threading
+import weakref
+from typing import Any, Callable
 
 import torch
 
@@ -66,6 +70,42 @@ def hashed_embeds(text: str, text_dim: int, tokens: int = 16) -> torch.Tensor:
     return torch.randn(1, tokens, text_dim, generator=torch.Generator().manual_seed(seed))
 
 
+Encoder = Callable[[str], torch.Tensor]
+
+
+@dataclasses.dataclass
+class Schedule:
+    """LONGLIVE_SCHEDULE: the prompts, and the text encoder that live prompt changes will use."""
+
+    segments: list[Segment]
+    encoder: Encoder | None = None
+
+
+class EmbeddingCache:
+    """Text embeddings per encoder: encoding the same prompt twice costs nothing."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._by_encoder: "weakref.WeakKeyDictionary[Any, collections.OrderedDict]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, owner: Any, text: str, encode: Encoder) -> torch.Tensor:
+        with self._lock:
+            cache = self._by_encoder.setdefault(owner, collections.OrderedDict())
+            if text in cache:
+                cache.move_to_end(text)
+                return cache[text]
+        embeds = encode(text)
+        with self._lock:
+            cache[text] = embeds
+            while len(cache) > self.size:
+                cache.popitem(last=False)
+        return embeds
+
+
+EMBEDDINGS = EmbeddingCache()
+
+
 @dataclasses.dataclass
 class NodeSession:
     """A streaming session as the nodes keep it between queue runs."""
@@ -76,6 +116,11 @@ class NodeSession:
     undelivered: list = dataclasses.field(default_factory=list)  # blocks of an interrupted run
     decoders: dict = dataclasses.field(default_factory=dict)  # VAE id -> streaming decode cache
     stats: dict = dataclasses.field(default_factory=dict)
+    live: bool = False  # a live run is generating: prompt changes are accepted
+    inbox: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # (text, time posted)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    encoder: Encoder | None = None
+    switches: list = dataclasses.field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -84,6 +129,7 @@ class NodeSession:
     def describe(self) -> dict:
         s = self.session
         return {"frames": s.frame, "blocks": s.frame // FRAMES_PER_BLOCK, "settings": self.settings,
+                "state": "live" if self.live else "idle", "switches": self.switches[-20:],
                 "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
                 "cache_gib": round(self.nbytes / 2**30, 4), **self.stats}
 

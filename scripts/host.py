@@ -95,8 +95,8 @@ class ComfyHost:
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body=None) -> tuple[int, dict]:
-        data = None if body is None else json.dumps(body).encode()
+    def request(self, method: str, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:

@@ -82,7 +82,7 @@ def test_conditioning_schedule(comfy):
     conds = [[[torch.full((1, 20, 4096), float(i)), {"pooled_output": None}]] for i in range(3)]
     out = ConditioningSchedule.execute(starts="0, 5s, frame 45", conditioning_1=conds[0], conditioning_2=conds[1],
                                        conditioning_3=conds[2])
-    segments = out.result[0]
+    segments = out.result[0].segments
     assert [s.start for s in segments] == [0, 21, 45]
     assert [s.embeds[0, 0, 0].item() for s in segments] == [0.0, 1.0, 2.0]
     with pytest.raises(PromptError, match="lists 2 start"):
