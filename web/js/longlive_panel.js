@@ -1,0 +1,102 @@
+// LongLive panel: live preview, a prompt box (Enter switches at the next block), stop, stats and a
+// timeline of the switch points of the session that is generating.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+const state = { session: "", frames: 0, switches: [], previews: 0 };
+
+function el(tag, attrs = {}, children = []) {
+  const node = Object.assign(document.createElement(tag), attrs);
+  node.append(...children);
+  return node;
+}
+
+function buildPanel() {
+  const preview = el("img", { id: "longlive-preview", alt: "LongLive preview" });
+  const prompt = el("input", { id: "longlive-prompt", type: "text", placeholder: "New prompt, Enter to switch" });
+  const stop = el("button", { id: "longlive-stop", textContent: "Stop" });
+  const stats = el("div", { id: "longlive-stats", textContent: "no live session" });
+  const timeline = el("div", { id: "longlive-timeline" });
+  const message = el("div", { id: "longlive-message" });
+  const panel = el("div", { id: "longlive-panel" }, [
+    el("div", { className: "longlive-title", textContent: "LongLive" }), preview, prompt, stop, stats, timeline, message,
+  ]);
+  Object.assign(panel.style, {
+    position: "fixed", right: "12px", bottom: "12px", width: "320px", zIndex: 1000, padding: "8px",
+    background: "var(--comfy-menu-bg, #222)", color: "var(--fg-color, #ddd)", border: "1px solid #555",
+    borderRadius: "6px", font: "12px sans-serif", display: "flex", flexDirection: "column", gap: "4px",
+  });
+  Object.assign(preview.style, { width: "100%", minHeight: "40px", background: "#000", imageRendering: "pixelated" });
+  Object.assign(timeline.style, { position: "relative", height: "10px", background: "#444", borderRadius: "3px" });
+  prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && prompt.value.trim()) {
+      send("prompt", { text: prompt.value.trim() }).then((ok) => ok && (prompt.value = ""));
+    }
+  });
+  stop.addEventListener("click", () => send("stop", {}));
+  document.body.append(panel);
+  return { panel, preview, stats, timeline, message };
+}
+
+async function send(action, body) {
+  const ui = state.ui;
+  if (!state.session) {
+    ui.message.textContent = "no session is generating live";
+    return false;
+  }
+  const response = await api.fetchApi(`/longlive/sessions/${encodeURIComponent(state.session)}/${action}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const answer = await response.json();
+  ui.message.textContent = response.ok ? `${action}: frame ${answer.at_frame}` : answer.error;
+  return response.ok;
+}
+
+function drawTimeline() {
+  const { timeline } = state.ui;
+  timeline.replaceChildren(...state.switches.map((s) => {
+    const tick = el("div", { className: "longlive-switch", title: `${s.frame}: ${s.text}` });
+    const left = state.frames ? (100 * s.frame) / state.frames : 0;
+    Object.assign(tick.style, { position: "absolute", left: `${left}%`, width: "2px", height: "100%", background: "#4af" });
+    tick.dataset.frame = s.frame;
+    return tick;
+  }));
+}
+
+async function refreshSwitches() {
+  const response = await api.fetchApi("/longlive/sessions");
+  const sessions = (await response.json()).sessions || {};
+  state.switches = sessions[state.session]?.switches || [];
+  drawTimeline();
+}
+
+function onBlock(event) {
+  const d = event.detail;
+  state.session = d.session || state.session;
+  state.frames = d.frame;
+  const seconds = (4 * d.frame / 16).toFixed(1);
+  const sw = d.last_switch_ms ? `, switch ${d.last_switch_ms} ms` : "";
+  state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${seconds} s), ` +
+    `${d.last_block_ms} ms/block, ${d.fps} fps${sw}`;
+  state.ui.panel.dataset.frames = d.frame;
+  if (d.switched || state.switches.length) refreshSwitches();
+}
+
+function onPreview(event) {
+  const blob = event.detail?.blob || event.detail;
+  if (!(blob instanceof Blob)) return;
+  const { preview, panel } = state.ui;
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(blob);
+  panel.dataset.previews = ++state.previews;
+}
+
+app.registerExtension({
+  name: "longlive.panel",
+  setup() {
+    state.ui = buildPanel();
+    api.addEventListener("longlive.block", onBlock);
+    api.addEventListener("b_preview", onPreview);
+    api.addEventListener("b_preview_with_metadata", onPreview);
+  },
+});
