@@ -85,3 +85,12 @@ def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
     history = ui_host.get("/history")
     assert history and all(e["status"]["status_str"] == "success" for e in history.values())
     assert live_session(ui_host)["frames"] < 900
+
+
+def test_schedule_node_shows_its_prompts_on_a_timeline(ui_host, page):
+    graph = tiny_graph(json.loads((REPO / "workflows" / "api" / "longlive_one_minute.json").read_text()), ui_host.names)
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", api_to_ui(graph, ui_host.get("/object_info")))
+    page.wait_for_function("window.app.graph._nodes.some((n) => n.longliveSegments?.length)", timeout=30_000)
+    starts = page.evaluate("window.app.graph._nodes.find((n) => n.type === 'LongLive_PromptSchedule')"
+                           ".longliveSegments.map((s) => s.start)")
+    assert starts == [0, 42, 81, 120, 162, 201]  # the same starts the sampler uses
