@@ -140,11 +140,13 @@ def schedule_run(state: NodeSession, model: LongLiveModel, segments: list[Segmen
     """Schedules this run's prompts relative to its first frame; an unchanged first prompt is no switch."""
     check_starts([s.start for s in segments], frames)
     base = state.session.frame
+    state.session.pending.clear()  # prompts of an earlier run that stopped early do not carry over
+    state.upcoming.clear()
     for i, seg in enumerate(segments):
+        state.upcoming[base + seg.start] = seg.key()
         if i == 0 and seg.key() == state.prompt_key:
             continue
         state.session.set_prompt(embeddings(seg, model), at_frame=base + seg.start)
-    state.prompt_key = segments[-1].key()
 
 
 def embeddings(seg: Segment, model: LongLiveModel) -> torch.Tensor:
@@ -176,7 +178,9 @@ def run_blocks(state: NodeSession, model: LongLiveModel, frames: int, node_id, l
             if live and state.stop.is_set():
                 break
             posted = take_prompts(state, model) if live else None
+            started_at = state.session.frame
             block, ms = timed_block(state)
+            state.prompt_key = state.upcoming.pop(started_at, state.prompt_key)  # the prompt now in force
             state.undelivered.append(block.float())
             report_block(state, ms, posted)
             shown = previewer.decode_latent_to_preview_image("JPEG", block.transpose(1, 2)) if previewer else None
@@ -195,7 +199,7 @@ def take_prompts(state: NodeSession, model: LongLiveModel) -> tuple[str, float] 
         posted = state.inbox.get_nowait()
     if posted is not None:
         state.session.set_prompt(text_embeddings(posted[0], model, state.encoder))
-        state.prompt_key = "text:" + posted[0]
+        state.upcoming[state.session.frame] = "text:" + posted[0]
     return posted
 
 
@@ -239,5 +243,6 @@ def reset_state(state: NodeSession) -> None:
     """A block that failed half way may have written part of the cache: start the video over."""
     state.session.reset()
     state.prompt_key = None
+    state.upcoming.clear()
     state.undelivered.clear()
     state.decoders.clear()

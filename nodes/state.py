@@ -112,7 +112,8 @@ class NodeSession:
 
     session: StreamSession
     settings: dict
-    prompt_key: str | None = None
+    prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
+    upcoming: dict = dataclasses.field(default_factory=dict)  # frame -> key of the prompt starting there
     undelivered: list = dataclasses.field(default_factory=list)  # blocks of an interrupted run
     decoders: dict = dataclasses.field(default_factory=dict)  # VAE id -> streaming decode cache
     stats: dict = dataclasses.field(default_factory=dict)
