@@ -60,13 +60,20 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
 
 def _torch_load(path: str):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return _load_mapped(path)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: this pickle holds more than tensors and needs unsafe loading, which "
                               f"we refuse; export it to .safetensors from trusted code first ({exc})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; the file may be truncated or "
                               f"corrupt, download it again ({exc})") from exc
+
+
+def _load_mapped(path: str):
+    """mmap keeps a 5 GB checkpoint out of RAM; files in the legacy (pre-zip) format cannot be mapped."""
+    if zipfile.is_zipfile(path):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _unwrap(obj, path: str, prefer: str) -> dict[str, torch.Tensor]:

@@ -50,7 +50,8 @@ class _Graph:
 
 
 class GraphRunner:
-    """Runs passes for one session: a pass shape seen for the first time runs eagerly, the second
+    """Runs passes for one session (give each session its own runner): a pass shape seen for the
+    first time runs eagerly, the second
     time it is captured, and from then on it replays. Steady blocks, their clean passes and
     the steady recache repeat; the blocks that fill the window run once and never capture.
 
@@ -65,7 +66,8 @@ class GraphRunner:
         self.pool = torch.cuda.graph_pool_handle()
 
     def __call__(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
-        key = (id(time), tuple(x.shape), plan.kv_len, id(cache))
+        # addresses, not ids: a pass is defined by the buffers it reads and writes
+        key = (time.e0.data_ptr(), tuple(x.shape), plan.kv_len, cache.k.data_ptr(), text.k.data_ptr())
         graph = self.graphs.get(key)
         if graph is not None:
             return graph.replay(x, plan)
@@ -121,11 +123,13 @@ def warm_up(session) -> None:
     log.info("captured %d pass graphs for a %dx%d session", len(runner.graphs), *session.latent_hw)
 
 
-RECOMPILE_LIMIT = 64  # every (batch, frames) shape of every loaded model is one compiled variant
+RECOMPILE_LIMIT = 64  # each loaded model (module types differ: fp8, bf16) and batch size adds variants
 
 
 def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True) -> str:
-    """Explicit setup of the fast path: attention backend and compiled stages. Returns the backend."""
+    """Explicit setup of the fast path: attention backend and compiled stages. Returns the backend.
+    Raises dynamo's recompile limit for the process (a server-wide setting): each loaded model and
+    batch size needs its own compiled variants, and past the limit dynamo silently runs eagerly."""
     backend = model.set_attention(attention)
     if compile:
         import torch._dynamo

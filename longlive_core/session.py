@@ -87,6 +87,7 @@ class StreamSession:
         self.prompt: torch.Tensor | None = None
         self.pending: dict[int, torch.Tensor] = {}
         self.recent: list[torch.Tensor] = []
+        self._skipped_clean: tuple[torch.Tensor, PassPlan] | None = None
 
     @property
     def window(self) -> int:
@@ -126,22 +127,44 @@ class StreamSession:
         for _ in range(num_frames // FRAMES_PER_BLOCK):
             yield self.step_block()
 
+    def clear_pending(self) -> None:
+        """Drops the prompts scheduled for later blocks."""
+        self.pending.clear()
+
     @torch.inference_mode()
     def step_block(self) -> torch.Tensor:
         """Generates the next block, applying a prompt switch scheduled for it first."""
-        if self.frame in self.pending:
+        switch = self.pending.get(self.frame)
+        self._check_can_generate(switch)
+        self._settle_skipped_clean_pass(recache_follows=switch is not None and self.switch_policy == "recache")
+        if switch is not None:
             self._switch(self.pending.pop(self.frame))
-        if self.prompt is None:
-            raise PromptError("no prompt is set for this session; call set_prompt before generating")
-        if self.pos + FRAMES_PER_BLOCK > ROPE_POSITIONS:
-            raise ConfigError(f"frame position {self.pos + FRAMES_PER_BLOCK} exceeds the {ROPE_POSITIONS}-position "
-                              f"RoPE table; reset the session or switch with policy 'reset'")
         plan = self.plan(self.pos, FRAMES_PER_BLOCK)
         x0 = self._denoise(plan)
-        if not self._clean_pass_overwritten():
+        if self._clean_pass_overwritten():
+            self._skipped_clean = (x0, plan)
+        else:
             self.runner(x0, self.times[-1], plan, self.cache, self.text)
         self._remember(x0)
         return x0
+
+    def _check_can_generate(self, switch: torch.Tensor | None) -> None:
+        """Refuses before any work, so that a refused block leaves the session as it was."""
+        if self.prompt is None and switch is None:
+            raise PromptError("no prompt is set for this session; call set_prompt before generating")
+        restarts = switch is not None and self.prompt is not None and self.switch_policy == "reset"
+        pos = 0 if restarts else self.pos
+        if pos + FRAMES_PER_BLOCK > ROPE_POSITIONS:
+            raise ConfigError(f"frame position {pos + FRAMES_PER_BLOCK} exceeds the {ROPE_POSITIONS}-position "
+                              f"RoPE table; reset the session or switch with policy 'reset'")
+
+    def _settle_skipped_clean_pass(self, recache_follows: bool) -> None:
+        """The last block skipped its clean pass for a recache; if that recache is not coming (the
+        schedule changed, or the run stopped), the clean pass runs now, under the prompt it belongs to."""
+        if self._skipped_clean is not None and not recache_follows:
+            x0, plan = self._skipped_clean
+            self.runner(x0, self.times[-1], plan, self.cache, self.text)
+        self._skipped_clean = None
 
     def _denoise(self, plan: PassPlan) -> torch.Tensor:
         c, (h, w) = self.cfg.in_dim, self.latent_hw

@@ -11,6 +11,8 @@ import torch
 from comfy.ldm.wan.vae import count_conv3d
 from comfy_api.latest import io
 
+from longlive_core import ConfigError
+
 from .state import SESSIONS
 from .vae_stream import decode_latents
 
@@ -18,7 +20,7 @@ from .vae_stream import decode_latents
 def check_wan_vae(vae) -> None:
     fsm = getattr(vae, "first_stage_model", None)
     if not (hasattr(fsm, "decoder") and hasattr(fsm, "conv2") and getattr(vae, "latent_channels", 0) == 16):
-        raise ValueError("LongLive VAE Decode needs the Wan 2.1 VAE (wan_2.1_vae.safetensors in models/vae, "
+        raise ConfigError("LongLive VAE Decode needs the Wan 2.1 VAE (wan_2.1_vae.safetensors in models/vae, "
                          "loaded with VAELoader); this VAE is another kind")
 
 
@@ -56,14 +58,14 @@ class VAEDecode(io.ComfyNode):
         check_wan_vae(vae)
         z = samples["samples"]
         if z.dim() != 5 or z.shape[1] != 16:
-            raise ValueError(f"samples must be Wan 2.1 video latents [B, 16, T, h, w]; got {list(z.shape)}")
+            raise ConfigError(f"samples must be Wan 2.1 video latents [B, 16, T, h, w]; got {list(z.shape)}")
         if not session_id.strip():
             return io.NodeOutput(stream_decode(vae, z, new_cache(vae)))
         state = SESSIONS.get(session_id.strip())
         shape = (z.shape[0], *z.shape[3:])
         entry = state.decoders.setdefault(id(vae.first_stage_model), {"shape": shape, "cache": new_cache(vae)})
         if entry["shape"] != shape:
-            raise ValueError(f"session '{session_id}' has been decoding latents of batch x height x width "
+            raise ConfigError(f"session '{session_id}' has been decoding latents of batch x height x width "
                              f"{entry['shape']}, these are {shape}; decode them without a session id, or reset "
                              f"the session")
         return io.NodeOutput(stream_decode(vae, z, entry["cache"]))

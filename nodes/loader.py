@@ -8,7 +8,6 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 import torch
-from comfy.patcher_extension import CallbacksMP
 from comfy_api.latest import io
 
 from longlive_core import load_model
@@ -63,7 +62,6 @@ class ModelLoader(io.ComfyNode):
         wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,
                                                            offload_device=mm.unet_offload_device(),
                                                            size=_nbytes(model))
-        wrapper.patcher.add_callback(CallbacksMP.ON_DETACH, wrapper.drop_graphs)
         return io.NodeOutput(wrapper)
 
 

@@ -23,6 +23,9 @@ async def list_sessions(_request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     key = request.match_info["session_id"]
+    live = [k for k, entry in SESSIONS.items() if k == key and entry.value.live]
+    if live:
+        return web.json_response({"error": f"session '{key}' is generating live; stop it first"}, status=409)
     if not SESSIONS.delete(key):
         return web.json_response({"error": f"no session '{key}'"}, status=404)
     return web.json_response({"deleted": key})

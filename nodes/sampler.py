@@ -86,7 +86,7 @@ class StreamingSampler(io.ComfyNode):
         settings = {"model": model.name, "precision": model.precision, "batch": batch_size, "width": width,
                     "height": height, "local_attn_size": local_attn_size, "sink_size": sink_size,
                     "switch_policy": switch_policy, "seed": seed}
-        mm.load_models_gpu([model.patcher], force_full_load=True)
+        load(model)
         state = open_session(model, settings, session_id.strip(), reset)
         frames = fit_to_rope(state, frames, live)
         schedule_run(state, model, schedule.segments, frames)
@@ -96,13 +96,19 @@ class StreamingSampler(io.ComfyNode):
         return io.NodeOutput({"samples": raw.to(mm.intermediate_device())})
 
 
+def load(model: LongLiveModel) -> None:
+    """Makes sure the weights are on the GPU (ComfyUI may have moved them) and the graphs still fit."""
+    mm.load_models_gpu([model.patcher], force_full_load=True)
+    model.refresh_graphs()
+
+
 def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: bool) -> NodeSession:
     settings = {**settings, "session_id": session_id}
 
     def make() -> NodeSession:
         runner = GraphRunner(model.model) if model.fast and model.precision in CAPTURABLE else None
         if runner:
-            model.runners.append(runner)
+            model.runners.add(runner)
         session = StreamSession(model.model, batch=settings["batch"], height=settings["height"],
                                 width=settings["width"], local_attn_size=settings["local_attn_size"],
                                 sink_size=settings["sink_size"], seed=settings["seed"],
@@ -115,6 +121,9 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
     if reset:
         SESSIONS.delete(session_id)
     state, created = SESSIONS.get_or_create(session_id, make, lambda s: s.nbytes)
+    if state.session.model is not model.model:
+        raise ConfigError(f"session '{session_id}' was made with another load of the model (the LoRA, precision, "
+                          f"attention or fast setting changed); turn on reset to start it over with this one")
     changed = {k: (state.settings[k], v) for k, v in settings.items() if k != "seed" and state.settings[k] != v}
     if changed:
         raise PromptError(f"session '{session_id}' was made with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
@@ -140,7 +149,7 @@ def schedule_run(state: NodeSession, model: LongLiveModel, segments: list[Segmen
     """Schedules this run's prompts relative to its first frame; an unchanged first prompt is no switch."""
     check_starts([s.start for s in segments], frames)
     base = state.session.frame
-    state.session.pending.clear()  # prompts of an earlier run that stopped early do not carry over
+    state.session.clear_pending()  # prompts of an earlier run that stopped early do not carry over
     state.upcoming.clear()
     for i, seg in enumerate(segments):
         state.upcoming[base + seg.start] = seg.key()
@@ -171,11 +180,12 @@ def run_blocks(state: NodeSession, model: LongLiveModel, frames: int, node_id, l
     # ComfyUI's own previewer: latent-to-RGB, or the tiny video decoder (models/vae_approx/lighttaew2_1*)
     # with --preview-method taesd
     previewer = latent_preview.get_previewer(state.session.model.device, WAN21)
+    drain(state.inbox)
     state.stop.clear()
     state.live = live
     try:
         for i in range(blocks):
-            if live and state.stop.is_set():
+            if live and i > 0 and state.stop.is_set():  # a live run makes at least one block
                 break
             posted = take_prompts(state, model) if live else None
             started_at = state.session.frame
@@ -187,19 +197,29 @@ def run_blocks(state: NodeSession, model: LongLiveModel, frames: int, node_id, l
             bar.update_absolute(i + 1, blocks, shown)
     finally:
         state.live = False
+        drain(state.inbox)  # a prompt posted as the run ended belongs to no run
     latents = torch.cat(state.undelivered, dim=1)
     state.undelivered.clear()
     return latents
 
 
+def drain(inbox) -> tuple[str, float] | None:
+    """Empties the inbox; returns the newest entry (older prompts are superseded)."""
+    newest = None
+    while not inbox.empty():
+        newest = inbox.get_nowait()
+    return newest
+
+
 def take_prompts(state: NodeSession, model: LongLiveModel) -> tuple[str, float] | None:
-    """Applies the newest prompt posted since the last block (older ones are superseded)."""
-    posted = None
-    while not state.inbox.empty():
-        posted = state.inbox.get_nowait()
+    """Applies the newest prompt posted since the last block, with the session's switch policy."""
+    posted = drain(state.inbox)
     if posted is not None:
-        state.session.set_prompt(text_embeddings(posted[0], model, state.encoder))
-        state.upcoming[state.session.frame] = "text:" + posted[0]
+        segment = Segment(state.session.frame, posted[0], state.encoder(posted[0]) if state.encoder else None)
+        if state.encoder:
+            load(model)  # encoding may have made ComfyUI move our weights out
+        state.session.set_prompt(embeddings(segment, model))
+        state.upcoming[state.session.frame] = segment.key()
     return posted
 
 

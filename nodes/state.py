@@ -17,14 +17,22 @@ from typing import Any, Callable
 
 import torch
 
-from longlive_core import StreamSession
+from longlive_core import ConfigError, StreamSession
 from longlive_core.cache import FRAMES_PER_BLOCK
 from longlive_core.registry import SessionRegistry
 
 log = logging.getLogger("longlive")
 
 UMT5_DIM = 4096
-SESSION_CAP_BYTES = int(float(os.environ.get("LONGLIVE_SESSION_CAP_GB", "24")) * 2**30)
+def _session_cap() -> int:
+    value = os.environ.get("LONGLIVE_SESSION_CAP_GB", "24")
+    try:
+        return int(float(value) * 2**30)
+    except ValueError:
+        raise ConfigError(f"LONGLIVE_SESSION_CAP_GB={value!r} is not a number of GiB; unset it or write e.g. 24") from None
+
+
+SESSION_CAP_BYTES = _session_cap()
 
 
 @dataclasses.dataclass
@@ -36,16 +44,30 @@ class LongLiveModel:
     precision: str
     fast: bool
     patcher: Any = None  # comfy ModelPatcher, so ComfyUI can unload us when memory is short
-    runners: list = dataclasses.field(default_factory=list)  # graph runners to drop when weights move
+    runners: weakref.WeakSet = dataclasses.field(default_factory=weakref.WeakSet)  # of the live sessions
+    weights_at: tuple | None = None
 
     @property
     def synthetic(self) -> bool:
         """Models whose text width is not umt5-xxl's can only be driven by hashed test embeddings."""
         return self.model.cfg.text_dim != UMT5_DIM
 
-    def drop_graphs(self, *_args) -> None:
-        for runner in self.runners:
-            runner.clear()
+    def refresh_graphs(self) -> None:
+        """CUDA graphs hold weight addresses: once ComfyUI has moved the weights (a full or partial unload,
+        then a load), every session's graphs are dropped and captured again."""
+        where = tuple(_address(p) for p in self.model.parameters())
+        if self.weights_at is not None and where != self.weights_at:
+            log.info("LongLive weights moved: dropping %d sessions' CUDA graphs", len(self.runners))
+            for runner in list(self.runners):
+                runner.clear()
+        self.weights_at = where
+
+
+def _address(p: torch.Tensor) -> int:
+    try:
+        return p.data_ptr()
+    except RuntimeError:  # a torchao tensor subclass has no storage of its own; its bias still tells
+        return -1
 
 
 @dataclasses.dataclass(frozen=True)

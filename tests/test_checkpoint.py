@@ -155,3 +155,10 @@ def test_missing_file_and_lora_for_another_model(tmp_path, tiny_model):
     write_lora(big, str(lora))
     with pytest.raises(CheckpointError, match="lora.pt: LoRA for blocks.0.self_attn.q is 128x128"):
         load_model(str(base), lora_path=str(lora), num_heads=2)
+
+
+def test_legacy_non_zip_pt_files_load(tmp_path, tiny_model):
+    path = tmp_path / "old.pt"
+    torch.save({"generator": {f"model.{k}": v for k, v in tiny_model.state_dict().items()}}, path,
+               _use_new_zipfile_serialization=False)
+    assert _same_weights(load_model(str(path), num_heads=2, dtype=torch.float32), tiny_model)

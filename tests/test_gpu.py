@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longlive_core import StreamSession, WanConfig
-from longlive_core.fast import GraphRunner, make_fast
+from longlive_core.fast import GraphRunner, make_fast, warm_up
 from longlive_core.synthetic import random_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -14,10 +14,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CFG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, text_dim=64)
 
 
-def stream(model, runner, blocks=20, switches=(8, 14)):
+def stream(model, runner, blocks=20, switches=(8, 14), prepare=False):
     gen = torch.Generator(device="cuda").manual_seed(0)
     prompts = [torch.randn(1, 30, CFG.text_dim, device="cuda", generator=gen) for _ in range(len(switches) + 1)]
     session = StreamSession(model, height=128, width=192, seed=3, runner=runner(model) if runner else None)
+    if prepare:
+        warm_up(session)
     session.set_schedule([(0, prompts[0])] + [(3 * b, p) for b, p in zip(switches, prompts[1:])])
     return torch.cat(list(session.generate(3 * blocks)), 1).float(), session
 
@@ -36,9 +38,11 @@ def test_graphs_replay_the_eager_path_through_two_switches():
     assert rel(fast, eager) < 1e-2
 
 
-def test_compiled_fast_path_with_the_best_attention():
+def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
     eager, _ = stream(model, None)
     make_fast(model, attention="auto")
-    fast, _ = stream(model, GraphRunner)
-    assert rel(fast, eager) < 1e-2
+    fast, session = stream(model, GraphRunner, prepare=True)
+    assert len(session.runner.graphs) == 6  # captured before the first block: 4 steps, clean pass, recache
+    assert rel(fast, eager) < 2e-2
+

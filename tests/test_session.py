@@ -169,3 +169,27 @@ def test_attention_backends():
         resolve("flash-attn 3", "cpu")
     with pytest.raises(BackendUnavailableError, match="'xformers' is unknown"):
         resolve("xformers", "cpu")
+
+
+def test_a_switch_that_no_longer_comes_gets_its_clean_pass_back(tiny_model, prompt):
+    """The block before a scheduled recache skips its clean pass; dropping the switch must not leave
+    that block's noisy K/V in the cache."""
+    a = session(tiny_model, seed=6)
+    a.set_schedule([(0, prompt), (6, prompt.flip(1))])
+    first = run(a, 6)
+    a.clear_pending()
+    rest = run(a, 9)
+    b = session(tiny_model, seed=6)
+    b.set_prompt(prompt)
+    torch.testing.assert_close(torch.cat([first, rest], 1), run(b, 15), rtol=1e-5, atol=1e-5)
+
+
+def test_a_refused_block_changes_nothing(tiny_model, prompt):
+    s = session(tiny_model)
+    s.set_prompt(prompt)
+    run(s, 3)
+    s.pos = 1023  # as if the video had reached the end of the RoPE table
+    s.set_prompt(prompt.flip(1))
+    with pytest.raises(ConfigError, match="RoPE table"):
+        run(s, 3)
+    assert 3 in s.pending and s.frame == 3  # the switch is still waiting, nothing ran

@@ -79,12 +79,15 @@ function onBlock(event) {
   state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${seconds} s), ` +
     `${d.last_block_ms} ms/block, ${d.fps} fps${sw}`;
   state.ui.panel.dataset.frames = d.frame;
-  if (d.switched || state.switches.length) refreshSwitches();
+  if (d.switched) refreshSwitches();
+  else drawTimeline();
 }
 
 function onPreview(event) {
   const blob = event.detail?.blob || event.detail;
   if (!(blob instanceof Blob)) return;
+  const nodeId = event.detail?.nodeId ?? event.detail?.displayNodeId;
+  if (nodeId !== undefined && app.graph?.getNodeById(Number(nodeId))?.type !== "LongLive_StreamingSampler") return;
   const { preview, panel } = state.ui;
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(blob);
