@@ -51,9 +51,9 @@ class _Graph:
 
 class GraphRunner:
     """Runs passes for one session (give each session its own runner): a pass shape seen for the
-    first time runs eagerly, the second
-    time it is captured, and from then on it replays. Steady blocks, their clean passes and
-    the steady recache repeat; the blocks that fill the window run once and never capture.
+    first time runs eagerly, the second time it is captured, and from then on it replays. Steady
+    blocks, their clean passes and the steady recache repeat (warm_up captures them up front);
+    the blocks that fill the window run once and never capture.
 
     A pass is idempotent (it rewrites its own cache slots from its own input), so the extra
     warm-up run before capture changes nothing.

@@ -124,10 +124,11 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
     if state.session.model is not model.model:
         raise ConfigError(f"session '{session_id}' was made with another load of the model (the LoRA, precision, "
                           f"attention or fast setting changed); turn on reset to start it over with this one")
-    changed = {k: (state.settings[k], v) for k, v in settings.items() if k != "seed" and state.settings[k] != v}
+    changed = [f"{k}: {state.settings[k]} -> {v}" for k, v in settings.items()
+               if k != "seed" and state.settings[k] != v]
     if changed:
-        raise PromptError(f"session '{session_id}' was made with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
-                          f"turn on reset to start it over with these, or use another session id")
+        raise ConfigError(f"session '{session_id}' was made with other settings ({', '.join(changed)}); turn on "
+                          f"reset to start it over with these, or use another session id")
     log.info("%s LongLive session '%s' at frame %d", "new" if created else "continuing", session_id, state.session.frame)
     return state
 
