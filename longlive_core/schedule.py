@@ -39,13 +39,15 @@ class NoiseSource(Protocol):
 
 
 class SeededNoise:
-    """Draws from one seeded generator, block after block, so a session continues reproducibly."""
+    """Each block's draws come from (seed, block index) alone: a session continues reproducibly, and a
+    block that is retried (after an error) gets the noise it would have had."""
 
     def __init__(self, seed: int, device: torch.device):
+        self.seed = seed
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
 
     def block_noise(self, block: int, shape, device, dtype) -> torch.Tensor:
+        self.generator.manual_seed((self.seed * 1_000_003 + block) % 2**63)
         return torch.randn(shape, generator=self.generator, device=device, dtype=torch.float32)
 
 

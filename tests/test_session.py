@@ -193,3 +193,17 @@ def test_a_refused_block_changes_nothing(tiny_model, prompt):
     with pytest.raises(ConfigError, match="RoPE table"):
         run(s, 3)
     assert 3 in s.pending and s.frame == 3  # the switch is still waiting, nothing ran
+
+
+def test_noise_depends_on_seed_and_block_only(tiny_model, prompt):
+    a = session(tiny_model, seed=9)
+    a.set_prompt(prompt)
+    first = run(a, 9)
+    b = session(tiny_model, seed=9)
+    b.set_prompt(prompt)
+    run(b, 3)
+    b.noise.block_noise(0, (4, 1, 3, 16, 8, 12), "cpu", torch.float32)  # a stray draw changes nothing
+    assert torch.equal(torch.cat([first[:, :3], run(b, 6)], 1), first)
+    c = session(tiny_model, seed=10)
+    c.set_prompt(prompt)
+    assert not torch.allclose(run(c, 3), first[:, :3])
