@@ -89,6 +89,13 @@ class StreamSession:
         self.recent: list[torch.Tensor] = []
         self._skipped_clean: tuple[torch.Tensor, PassPlan] | None = None
 
+    def use_model(self, model: CausalWan, runner: Runner | None = None) -> None:
+        """Continues the video with another load of the same weights (a host that reloaded them)."""
+        if model.cfg != self.cfg or (model.device, model.dtype) != (self.model.device, self.model.dtype):
+            raise ConfigError(f"use_model needs the same network on {self.model.device} in {self.model.dtype}; got "
+                              f"{model.cfg} on {model.device} in {model.dtype}: start a new session for it")
+        self.model, self.runner = model, runner or model
+
     @property
     def window(self) -> int:
         return self.cache.window

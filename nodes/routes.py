@@ -32,9 +32,12 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def delete_all(_request: web.Request) -> web.Response:
-    count = len(SESSIONS.items())
-    SESSIONS.clear()
-    return web.json_response({"deleted": count})
+    """Frees every idle session; live ones keep running (stop them first)."""
+    live = [key for key, entry in SESSIONS.items() if entry.value.live]
+    idle = [key for key, entry in SESSIONS.items() if not entry.value.live]
+    for key in idle:
+        SESSIONS.delete(key)
+    return web.json_response({"deleted": len(idle), "kept_live": live})
 
 
 def _live_session(request: web.Request):

@@ -83,7 +83,7 @@ class StreamingSampler(io.ComfyNode):
         if live and not session_id.strip():
             raise PromptError("live needs a session_id: the panel and the routes find the session by it")
         frames = latent_frames(length, length_unit)
-        settings = {"model": model.name, "precision": model.precision, "batch": batch_size, "width": width,
+        settings = {"model": list(model.signature), "batch": batch_size, "width": width,
                     "height": height, "local_attn_size": local_attn_size, "sink_size": sink_size,
                     "switch_policy": switch_policy, "seed": seed}
         load(model)
@@ -106,9 +106,7 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
     settings = {**settings, "session_id": session_id}
 
     def make() -> NodeSession:
-        runner = GraphRunner(model.model) if model.fast and model.precision in CAPTURABLE else None
-        if runner:
-            model.runners.add(runner)
+        runner = new_runner(model)
         session = StreamSession(model.model, batch=settings["batch"], height=settings["height"],
                                 width=settings["width"], local_attn_size=settings["local_attn_size"],
                                 sink_size=settings["sink_size"], seed=settings["seed"],
@@ -121,16 +119,24 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
     if reset:
         SESSIONS.delete(session_id)
     state, created = SESSIONS.get_or_create(session_id, make, lambda s: s.nbytes)
-    if state.session.model is not model.model:
-        raise ConfigError(f"session '{session_id}' was made with another load of the model (the LoRA, precision, "
-                          f"attention or fast setting changed); turn on reset to start it over with this one")
     changed = [f"{k}: {state.settings[k]} -> {v}" for k, v in settings.items()
                if k != "seed" and state.settings[k] != v]
     if changed:
         raise ConfigError(f"session '{session_id}' was made with other settings ({', '.join(changed)}); turn on "
                           f"reset to start it over with these, or use another session id")
+    if state.session.model is not model.model:  # ComfyUI loaded the same file again (its cache was freed)
+        log.info("LongLive session '%s' continues with the model loaded again", session_id)
+        state.session.use_model(model.model, new_runner(model))
     log.info("%s LongLive session '%s' at frame %d", "new" if created else "continuing", session_id, state.session.frame)
     return state
+
+
+def new_runner(model: LongLiveModel) -> GraphRunner | None:
+    if not (model.fast and model.precision in CAPTURABLE):
+        return None
+    runner = GraphRunner(model.model)
+    model.runners.add(runner)
+    return runner
 
 
 def fit_to_rope(state: NodeSession, frames: int, live: bool) -> int:

@@ -43,6 +43,7 @@ class LongLiveModel:
     name: str
     precision: str
     fast: bool
+    signature: tuple = ()  # what the loader was asked for: the same signature means the same weights
     patcher: Any = None  # comfy ModelPatcher, so ComfyUI can unload us when memory is short
     runners: weakref.WeakSet = dataclasses.field(default_factory=weakref.WeakSet)  # of the live sessions
     weights_at: tuple | None = None
@@ -54,20 +55,15 @@ class LongLiveModel:
 
     def refresh_graphs(self) -> None:
         """CUDA graphs hold weight addresses: once ComfyUI has moved the weights (a full or partial unload,
-        then a load), every session's graphs are dropped and captured again."""
-        where = tuple(_address(p) for p in self.model.parameters())
+        then a load), every session's graphs are dropped and captured again. (torchao's int8 tensors
+        report address 0; the biases and norms beside them still tell.)"""
+        where = tuple(t.data_ptr() for t in [*self.model.parameters(), *self.model.buffers()])
         if self.weights_at is not None and where != self.weights_at:
             log.info("LongLive weights moved: dropping %d sessions' CUDA graphs", len(self.runners))
             for runner in list(self.runners):
                 runner.clear()
         self.weights_at = where
 
-
-def _address(p: torch.Tensor) -> int:
-    try:
-        return p.data_ptr()
-    except RuntimeError:  # a torchao tensor subclass has no storage of its own; its bias still tells
-        return -1
 
 
 @dataclasses.dataclass(frozen=True)

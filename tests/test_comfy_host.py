@@ -163,6 +163,7 @@ def test_session_routes(host):
                           length_unit="latent frames"))
     listed = host.get("/longlive/sessions")["sessions"]["routes"]
     assert listed["frames"] == 3 and listed["settings"]["local_attn_size"] == 12
+    assert listed["settings"]["model"][:2] == [host.names["model"], host.names["lora"]]
     assert host.request("DELETE", "/longlive/sessions/nope")[0] == 404
     assert host.request("DELETE", "/api/longlive/sessions/routes") == (200, {"deleted": "routes"})
     assert "routes" not in host.get("/longlive/sessions")["sessions"]
@@ -196,6 +197,18 @@ def test_fp8_on_the_cpu_is_refused(host):
     graph = graph_of(host, "longlive_interactive")
     graph["1"]["inputs"]["precision"] = "fp8"
     assert "precision 'fp8' needs an NVIDIA GPU of compute capability 8.9" in failure(host, graph)
+
+
+def test_a_reloaded_model_continues_the_session_and_a_changed_one_is_refused(host):
+    first = graph_of(host, "longlive_interactive", session_id="reload", reset=True, length=3, length_unit="latent frames")
+    run_ok(host, first)
+    assert host.request("POST", "/free", {"free_memory": True, "unload_models": True})[0] == 200  # ComfyUI drops its caches
+    again = graph_of(host, "longlive_interactive", session_id="reload", length=3, length_unit="latent frames")
+    run_ok(host, again)
+    assert "LongLive session 'reload' continues with the model loaded again" in host.log()
+    assert host.get("/longlive/sessions")["sessions"]["reload"]["frames"] == 6
+    again["1"]["inputs"]["lora_strength"] = 0.5
+    assert "session 'reload' was made with other settings (model:" in failure(host, again)
 
 
 def test_changed_settings_of_a_session(host):
@@ -234,6 +247,8 @@ def test_live_session_switches_at_the_next_block_and_stops(host):
     switch = wait_for(lambda: live_state(host)["switches"])[0]
     assert switch["text"] == "the boat sails out to sea"
     assert switch["frame"] in (body["at_frame"], body["at_frame"] + 3)  # the next block boundary
+    assert host.request("DELETE", "/longlive/sessions/live")[0] == 409  # stop it first
+    assert "live" in host.request("DELETE", "/longlive/sessions")[1]["kept_live"]
     assert host.request("POST", "/api/longlive/sessions/live/stop")[0] == 200
     entry = host.wait(prompt_id)
     assert error_of(entry) is None

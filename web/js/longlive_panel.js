@@ -3,7 +3,7 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
-const state = { session: "", frames: 0, switches: [], previews: 0 };
+const state = { session: "", frames: 0, switches: [], previews: 0, metadata: false };
 
 function el(tag, attrs = {}, children = []) {
   const node = Object.assign(document.createElement(tag), attrs);
@@ -72,8 +72,10 @@ async function refreshSwitches() {
 
 function onBlock(event) {
   const d = event.detail;
+  const newVideo = (d.session && d.session !== state.session) || d.frame < state.frames;
   state.session = d.session || state.session;
   state.frames = d.frame;
+  if (newVideo) state.switches = [];
   const seconds = (4 * d.frame / 16).toFixed(1);
   const sw = d.last_switch_ms ? `, switch ${d.last_switch_ms} ms` : "";
   state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${seconds} s), ` +
@@ -83,11 +85,24 @@ function onBlock(event) {
   else drawTimeline();
 }
 
+// The frontend sends each preview twice: with metadata (which node), then as a bare blob. Use the first
+// kind when it exists, so that previews of other nodes stay out and each block counts once.
+function isLongLive(detail) {
+  const id = String(detail.displayNodeId ?? detail.nodeId ?? "");
+  if (!id || id.includes(":")) return true; // inside a subgraph: no cheap way to tell, show it
+  return app.graph?.getNodeById(Number(id))?.type === "LongLive_StreamingSampler";
+}
+
+function onPreviewWithMetadata(event) {
+  state.metadata = true;
+  if (event.detail?.blob instanceof Blob && isLongLive(event.detail)) show(event.detail.blob);
+}
+
 function onPreview(event) {
-  const blob = event.detail?.blob || event.detail;
-  if (!(blob instanceof Blob)) return;
-  const nodeId = event.detail?.nodeId ?? event.detail?.displayNodeId;
-  if (nodeId !== undefined && app.graph?.getNodeById(Number(nodeId))?.type !== "LongLive_StreamingSampler") return;
+  if (!state.metadata && event.detail instanceof Blob) show(event.detail);
+}
+
+function show(blob) {
   const { preview, panel } = state.ui;
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(blob);
@@ -100,6 +115,6 @@ app.registerExtension({
     state.ui = buildPanel();
     api.addEventListener("longlive.block", onBlock);
     api.addEventListener("b_preview", onPreview);
-    api.addEventListener("b_preview_with_metadata", onPreview);
+    api.addEventListener("b_preview_with_metadata", onPreviewWithMetadata);
   },
 });
