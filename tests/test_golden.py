@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from longlive_core.verify import TOLERANCE, as_recorded, block_errors, run_case
