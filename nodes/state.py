@@ -24,6 +24,8 @@ from longlive_core.registry import SessionRegistry
 log = logging.getLogger("longlive")
 
 UMT5_DIM = 4096
+
+
 def _session_cap() -> int:
     value = os.environ.get("LONGLIVE_SESSION_CAP_GB", "24")
     try:
@@ -63,7 +65,6 @@ class LongLiveModel:
             for runner in list(self.runners):
                 runner.clear()
         self.weights_at = where
-
 
 
 @dataclasses.dataclass(frozen=True)
