@@ -20,6 +20,7 @@ from longlive_core.fast import GraphRunner, warm_up
 from longlive_core.quantize import CAPTURABLE
 from longlive_core.prompt_text import FPS, check_starts
 
+from .decode import check_wan_vae, new_cache, stream_decode
 from .loader import ModelType
 from .schedule import ScheduleType
 from .state import SESSIONS, LongLiveModel, NodeSession, Segment, hashed_embeds
@@ -67,8 +68,11 @@ class StreamingSampler(io.ComfyNode):
                 io.Boolean.Input("live", default=False, tooltip="Keep generating until stopped (LongLive panel, or "
                                  "POST /longlive/sessions/{id}/stop) or until `length`; prompts typed in the panel "
                                  "(POST .../prompt) switch at the next block. Needs a session id"),
+                io.Vae.Input("vae", optional=True, tooltip="Wan 2.1 VAE: decode each block as soon as it is made "
+                             "(the preview shows real frames, IMAGE gets this run's frames, continuing the session's "
+                             "video seamlessly). Without it IMAGE is empty: decode LATENT with LongLive VAE Decode"),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT")],
+            outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="IMAGE")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -79,7 +83,7 @@ class StreamingSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: LongLiveModel, schedule, width, height, length, length_unit, seed, local_attn_size,
-                sink_size, switch_policy, session_id, reset, batch_size, live=False) -> io.NodeOutput:
+                sink_size, switch_policy, session_id, reset, batch_size, live=False, vae=None) -> io.NodeOutput:
         if live and not session_id.strip():
             raise PromptError("live needs a session_id: the panel and the routes find the session by it")
         frames = latent_frames(length, length_unit)
@@ -91,9 +95,35 @@ class StreamingSampler(io.ComfyNode):
         frames = fit_to_rope(state, frames, live)
         schedule_run(state, model, schedule.segments, frames)
         state.encoder = schedule.encoder
-        latents = run_blocks(state, model, frames, cls.hidden.unique_id if cls.hidden else None, live)
-        raw = WAN21.process_out(latents.permute(0, 2, 1, 3, 4).contiguous())  # [B, C, T, h, w]
-        return io.NodeOutput({"samples": raw.to(mm.intermediate_device())})
+        decoder = BlockDecoder(state, model, vae) if vae is not None else None
+        latents, images = run_blocks(state, model, frames, cls.hidden.unique_id if cls.hidden else None, live, decoder)
+        return io.NodeOutput({"samples": raw_latents(latents).to(mm.intermediate_device())}, images)
+
+
+def raw_latents(latents: torch.Tensor) -> torch.Tensor:
+    """Engine blocks [B, T, C, h, w] (normalized) -> ComfyUI's LATENT [B, C, T, h, w] (raw VAE space)."""
+    return WAN21.process_out(latents.transpose(1, 2).contiguous())
+
+
+class BlockDecoder:
+    """Decodes each block right after it is made, continuing the session's own decoder cache."""
+
+    def __init__(self, state: NodeSession, model: LongLiveModel, vae):
+        check_wan_vae(vae)
+        self.vae, self.model = vae, model
+        key = ("sampler", id(vae.first_stage_model))  # apart from LongLive VAE Decode's caches
+        self.cache = state.decoders.setdefault(key, new_cache(vae))
+
+    def __call__(self, block: torch.Tensor) -> torch.Tensor:
+        images = stream_decode(self.vae, raw_latents(block), self.cache)  # [B * frames, H, W, 3]
+        load(self.model)  # the VAE may have made ComfyUI move our weights out
+        return images
+
+    @staticmethod
+    def preview(images: torch.Tensor):
+        from PIL import Image
+
+        return "JPEG", Image.fromarray(images[-1].mul(255).round().byte().cpu().numpy()), 512
 
 
 def load(model: LongLiveModel) -> None:
@@ -179,9 +209,11 @@ def text_embeddings(text: str, model: LongLiveModel, encoder) -> torch.Tensor:
     return hashed_embeds(text, model.model.cfg.text_dim)
 
 
-def run_blocks(state: NodeSession, model: LongLiveModel, frames: int, node_id, live: bool) -> torch.Tensor:
-    """Generates this run's blocks with progress + previews; an interrupt keeps finished blocks for the
-    next run. A live run also takes prompt changes between blocks and ends early on stop."""
+def run_blocks(state: NodeSession, model: LongLiveModel, frames: int, node_id, live: bool,
+               decoder: BlockDecoder | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Generates this run's blocks with progress + previews; an interrupt keeps finished blocks (and their
+    decoded frames) for the next run. A live run also takes prompt changes between blocks and ends early
+    on stop. Returns (latents [B, T, C, h, w], decoded images or None)."""
     blocks = frames // FRAMES_PER_BLOCK
     bar = comfy.utils.ProgressBar(blocks, node_id=node_id)
     # ComfyUI's own previewer: latent-to-RGB, or the tiny video decoder (models/vae_approx/lighttaew2_1*)
@@ -200,14 +232,24 @@ def run_blocks(state: NodeSession, model: LongLiveModel, frames: int, node_id, l
             state.prompt_key = state.upcoming.pop(started_at, state.prompt_key)  # the prompt now in force
             state.undelivered.append(block.float())
             report_block(state, ms, posted)
-            shown = previewer.decode_latent_to_preview_image("JPEG", block.transpose(1, 2)) if previewer else None
-            bar.update_absolute(i + 1, blocks, shown)
+            bar.update_absolute(i + 1, blocks, show(block, decoder, state, previewer))
     finally:
         state.live = False
         drain(state.inbox)  # a prompt posted as the run ended belongs to no run
-    latents = torch.cat(state.undelivered, dim=1)
-    state.undelivered.clear()
-    return latents
+    latents, images = torch.cat(state.undelivered, dim=1), state.undelivered_images
+    state.undelivered, state.undelivered_images = [], []
+    if decoder is None or not images:
+        return latents, None
+    return latents, torch.cat(images, dim=1).flatten(0, 1)  # [B * frames, H, W, 3], sample after sample
+
+
+def show(block: torch.Tensor, decoder: BlockDecoder | None, state: NodeSession, previewer):
+    """The block's preview: its last decoded frame with a VAE, else ComfyUI's latent preview."""
+    if decoder is not None:
+        images = decoder(block)
+        state.undelivered_images.append(images.view(block.shape[0], -1, *images.shape[1:]).to(mm.intermediate_device()))
+        return decoder.preview(images)
+    return previewer.decode_latent_to_preview_image("JPEG", block.transpose(1, 2)) if previewer else None
 
 
 def drain(inbox) -> tuple[str, float] | None:
@@ -272,4 +314,5 @@ def reset_state(state: NodeSession) -> None:
     state.prompt_key = None
     state.upcoming.clear()
     state.undelivered.clear()
+    state.undelivered_images.clear()
     state.decoders.clear()

@@ -134,6 +134,7 @@ class NodeSession:
     prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
     upcoming: dict = dataclasses.field(default_factory=dict)  # frame -> key of the prompt starting there
     undelivered: list = dataclasses.field(default_factory=list)  # blocks of an interrupted run
+    undelivered_images: list = dataclasses.field(default_factory=list)  # and their decoded frames
     decoders: dict = dataclasses.field(default_factory=dict)  # VAE id -> streaming decode cache
     stats: dict = dataclasses.field(default_factory=dict)
     live: bool = False  # a live run is generating: prompt changes are accepted

@@ -30,7 +30,9 @@ frame 201: the camera slowly pulls back to show the whole valley in the evening 
 
 
 def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix: str, live: bool = False) -> dict:
-    return {
+    """Loader, schedule (umt5), sampler, VAE decode, video. A live graph decodes inside the sampler, block by
+    block, so the page shows decoded frames while it runs."""
+    graph = {
         "1": {"class_type": "LongLive_ModelLoader", "inputs": {
             "model_name": MODEL, "lora_name": LORA, "lora_strength": 1.0, "precision": "bf16",
             "attention": "auto", "fast": True}},
@@ -47,6 +49,11 @@ def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix:
         "8": {"class_type": "SaveVideo", "inputs": {"video": ["7", 0], "filename_prefix": prefix,
                                                      "format": "auto", "codec": "auto"}},
     }
+    if live:
+        del graph["6"]
+        graph["4"]["inputs"]["vae"] = ["5", 0]
+        graph["7"]["inputs"]["images"] = ["4", 1]
+    return graph
 
 
 WORKFLOWS = {
