@@ -20,6 +20,26 @@ VAE_STRIDE = 8
 Runner = Callable[[torch.Tensor, TimeEmbedding, PassPlan, KVCache, TextCache], torch.Tensor]
 
 
+BLENDS = ("linear", "slerp")
+MAX_BLEND_BLOCKS = 64
+
+
+def mix(old: torch.Tensor, new: torch.Tensor, t: float, how: str) -> torch.Tensor:
+    """Embeddings between two prompts: lerp, or slerp of each token vector (lerp where a token is zero
+    or the two are parallel)."""
+    lerp = old + (new - old) * t
+    if how == "linear":
+        return lerp
+    a, b = old.float(), new.float()
+    na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    cos = ((a * b).sum(-1, keepdim=True) / (na * nb).clamp(min=1e-12)).clamp(-1, 1)
+    omega = torch.acos(cos)
+    sin = torch.sin(omega)
+    slerp = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / sin.clamp(min=1e-12)
+    usable = (sin > 1e-4) & (na > 0) & (nb > 0)
+    return torch.where(usable, slerp, lerp.float()).to(old.dtype)
+
+
 def prepare_embeds(embeds: torch.Tensor, batch: int, text_dim: int, field: str = "embeds") -> torch.Tensor:
     """Checks prompt embeddings and brings them to [batch, 512, text_dim] (pad / truncate like Wan)."""
     if embeds.dim() == 2:
@@ -107,15 +127,34 @@ class StreamSession:
     # --- prompts --------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def set_prompt(self, embeds: torch.Tensor, at_frame: int | None = None) -> None:
-        """Schedules a prompt for the block starting at `at_frame` (default: the next block)."""
+    def set_prompt(self, embeds: torch.Tensor, at_frame: int | None = None, blend_blocks: int = 1,
+                   blend: str = "linear") -> None:
+        """Schedules a prompt for the block starting at `at_frame` (default: the next block).
+
+        blend_blocks > 1 moves from the prompt in force there to the new one over that many blocks
+        (`linear` or `slerp` per token), one switch a block; the last block gets the new prompt.
+        """
         at = self.frame if at_frame is None else at_frame
         if at % FRAMES_PER_BLOCK:
             raise PromptError(f"a prompt must start on a block boundary (a multiple of {FRAMES_PER_BLOCK} "
                               f"latent frames); got frame {at}")
         if at < self.frame:
             raise PromptError(f"a prompt cannot start at frame {at}: frames up to {self.frame} are generated")
-        self.pending[at] = prepare_embeds(embeds, self.batch, self.cfg.text_dim).to(self.model.device)
+        if blend not in BLENDS or not 1 <= blend_blocks <= MAX_BLEND_BLOCKS:
+            raise PromptError(f"blend must be one of {', '.join(BLENDS)} over 1 to {MAX_BLEND_BLOCKS} blocks; got "
+                              f"{blend!r} over {blend_blocks}")
+        new = prepare_embeds(embeds, self.batch, self.cfg.text_dim).to(self.model.device)
+        old = self._prompt_at(at)
+        if old is None or blend_blocks == 1:
+            self.pending[at] = new
+            return
+        for k in range(1, blend_blocks + 1):
+            self.pending[at + FRAMES_PER_BLOCK * (k - 1)] = mix(old, new, k / blend_blocks, blend)
+
+    def _prompt_at(self, frame: int) -> torch.Tensor | None:
+        """The prompt that would be in force at `frame` without a new one."""
+        earlier = [f for f in self.pending if f <= frame]
+        return self.pending[max(earlier)] if earlier else self.prompt
 
     def set_schedule(self, segments: Sequence[tuple[int, torch.Tensor]]) -> None:
         """A list of (start frame, embeddings); starts must increase."""

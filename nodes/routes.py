@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from longlive_core.registry import SessionEvictedError, UnknownSessionError
+from longlive_core.session import BLENDS, MAX_BLEND_BLOCKS
 
 from .state import SESSIONS
 
@@ -54,7 +55,8 @@ def _live_session(request: web.Request):
 
 
 async def post_prompt(request: web.Request) -> web.Response:
-    """{"text": "..."}: the live session switches to it at its next block (recache)."""
+    """{"text": "...", "blend_blocks": 1, "blend": "linear"}: the live session switches to the text at its
+    next block (with its switch policy), or blends into it over blend_blocks blocks (linear or slerp)."""
     try:
         body = await request.json()
     except ValueError:
@@ -65,10 +67,14 @@ async def post_prompt(request: web.Request) -> web.Response:
     if len(text) > MAX_PROMPT_CHARS:
         return web.json_response({"error": f"text has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}"},
                                  status=400)
+    blocks, blend = body.get("blend_blocks", 1), body.get("blend", "linear")
+    if type(blocks) is not int or not 1 <= blocks <= MAX_BLEND_BLOCKS or blend not in BLENDS:
+        return web.json_response({"error": f"blend_blocks must be an integer from 1 to {MAX_BLEND_BLOCKS} and blend "
+                                           f"one of {', '.join(BLENDS)}"}, status=400)
     state, error = _live_session(request)
     if error:
         return error
-    state.inbox.put((text.strip(), time.time()))
+    state.inbox.put((text.strip(), time.time(), blocks, blend))
     return web.json_response({"queued": text.strip(), "at_frame": state.session.frame}, status=202)
 
 

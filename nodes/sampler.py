@@ -252,7 +252,7 @@ def show(block: torch.Tensor, decoder: BlockDecoder | None, state: NodeSession, 
     return previewer.decode_latent_to_preview_image("JPEG", block.transpose(1, 2)) if previewer else None
 
 
-def drain(inbox) -> tuple[str, float] | None:
+def drain(inbox) -> tuple | None:
     """Empties the inbox; returns the newest entry (older prompts are superseded)."""
     newest = None
     while not inbox.empty():
@@ -260,15 +260,16 @@ def drain(inbox) -> tuple[str, float] | None:
     return newest
 
 
-def take_prompts(state: NodeSession, model: LongLiveModel) -> tuple[str, float] | None:
+def take_prompts(state: NodeSession, model: LongLiveModel) -> tuple | None:
     """Applies the newest prompt posted since the last block, with the session's switch policy."""
     posted = drain(state.inbox)
     if posted is not None:
-        segment = Segment(state.session.frame, posted[0], state.encoder(posted[0]) if state.encoder else None)
+        text, _, blocks, blend = posted
+        segment = Segment(state.session.frame, text, state.encoder(text) if state.encoder else None)
         if state.encoder:
             load(model)  # encoding may have made ComfyUI move our weights out
-        state.session.set_prompt(embeddings(segment, model))
-        state.upcoming[state.session.frame] = segment.key()
+        state.session.set_prompt(embeddings(segment, model), blend_blocks=blocks, blend=blend)
+        state.upcoming[state.session.frame + FRAMES_PER_BLOCK * (blocks - 1)] = segment.key()
     return posted
 
 
@@ -287,7 +288,7 @@ def timed_block(state: NodeSession) -> tuple[torch.Tensor, float]:
     return block, (time.perf_counter() - start) * 1e3
 
 
-def report_block(state: NodeSession, ms: float, posted: tuple[str, float] | None) -> None:
+def report_block(state: NodeSession, ms: float, posted: tuple | None) -> None:
     """Session stats for GET /longlive/sessions, and a `longlive.block` event for the page."""
     frame = state.session.frame
     state.stats.update(last_block_ms=round(ms, 1), fps=round(4 * FRAMES_PER_BLOCK * 1e3 / max(ms, 1e-3), 1))

@@ -138,7 +138,7 @@ class NodeSession:
     decoders: dict = dataclasses.field(default_factory=dict)  # VAE id -> streaming decode cache
     stats: dict = dataclasses.field(default_factory=dict)
     live: bool = False  # a live run is generating: prompt changes are accepted
-    inbox: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # (text, time posted)
+    inbox: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # (text, time posted, blend blocks, blend)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     encoder: Encoder | None = None
     switches: list = dataclasses.field(default_factory=list)

@@ -242,7 +242,8 @@ def test_live_session_switches_at_the_next_block_and_stops(host):
     graph = graph_of(host, "longlive_live", reset=True, length=900, length_unit="latent frames")
     prompt_id = host.queue(with_latent_output(graph, "test/live"))
     wait_for(lambda: (s := live_state(host)) and s["state"] == "live" and s["frames"] >= 6)
-    status, body = host.request("POST", "/longlive/sessions/live/prompt", {"text": "the boat sails out to sea"})
+    status, body = host.request("POST", "/longlive/sessions/live/prompt",
+                                {"text": "the boat sails out to sea", "blend_blocks": 2, "blend": "slerp"})
     assert status == 202
     switch = wait_for(lambda: live_state(host)["switches"])[0]
     assert switch["text"] == "the boat sails out to sea"
@@ -268,6 +269,9 @@ def test_live_routes_refuse_bad_requests(host):
         ("/longlive/sessions/idle/prompt", {"text": "  "}, None, 400, "non-empty string"),
         ("/longlive/sessions/idle/prompt", {"text": 5}, None, 400, "non-empty string"),
         ("/longlive/sessions/idle/prompt", {"text": "x" * 2001}, None, 400, "2001 characters; the limit is 2000"),
+        ("/longlive/sessions/idle/prompt", {"text": "x", "blend_blocks": 0}, None, 400, "blend_blocks must be"),
+        ("/longlive/sessions/idle/prompt", {"text": "x", "blend_blocks": "2"}, None, 400, "blend_blocks must be"),
+        ("/longlive/sessions/idle/prompt", {"text": "x", "blend": "cubic"}, None, 400, "one of linear, slerp"),
         ("/longlive/sessions/idle/prompt", {"text": "a dog"}, None, 409, "not generating live"),
         ("/longlive/sessions/idle/stop", None, None, 409, "not generating live"),
         ("/longlive/sessions/nope/stop", None, None, 404, "no session 'nope'"),

@@ -207,3 +207,35 @@ def test_noise_depends_on_seed_and_block_only(tiny_model, prompt):
     c = session(tiny_model, seed=10)
     c.set_prompt(prompt)
     assert not torch.allclose(run(c, 3), first[:, :3])
+
+
+@pytest.mark.parametrize("how", ["linear", "slerp"])
+def test_blended_switch_moves_to_the_new_prompt_over_n_blocks(tiny_model, prompt, how):
+    from longlive_core.session import prepare_embeds
+
+    new = prompt.flip(1) * 2
+    s = session(tiny_model, seed=1)
+    s.set_prompt(prompt)
+    run(s, 6)
+    s.set_prompt(new, blend_blocks=3, blend=how)
+    old_full, new_full = prepare_embeds(prompt, 1, 32), prepare_embeds(new, 1, 32)
+    assert sorted(s.pending) == [6, 9, 12]
+    assert torch.allclose(s.pending[12], new_full)  # the last block has the new prompt itself
+    middle = s.pending[9]
+    if how == "linear":
+        torch.testing.assert_close(middle, (old_full + new_full * 2) / 3)
+    else:  # slerp keeps each token's norm between the two norms
+        norms = middle[0, :12].norm(dim=-1)
+        lo = torch.minimum(old_full[0, :12].norm(dim=-1), new_full[0, :12].norm(dim=-1))
+        hi = torch.maximum(old_full[0, :12].norm(dim=-1), new_full[0, :12].norm(dim=-1))
+        assert ((norms >= lo - 1e-4) & (norms <= hi + 1e-4)).all() and torch.equal(middle[0, 12:], old_full[0, 12:])
+    out = run(s, 9)
+    assert out.shape[1] == 9 and torch.isfinite(out).all()
+
+
+def test_bad_blends_are_refused(tiny_model, prompt):
+    s = session(tiny_model)
+    with pytest.raises(PromptError, match="blend must be one of linear, slerp over 1 to 64 blocks; got 'cubic' over 2"):
+        s.set_prompt(prompt, blend_blocks=2, blend="cubic")
+    with pytest.raises(PromptError, match="over 0"):
+        s.set_prompt(prompt, blend_blocks=0)

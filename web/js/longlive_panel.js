@@ -14,12 +14,15 @@ function el(tag, attrs = {}, children = []) {
 function buildPanel() {
   const preview = el("img", { id: "longlive-preview", alt: "LongLive preview" });
   const prompt = el("input", { id: "longlive-prompt", type: "text", placeholder: "New prompt, Enter to switch" });
+  const blend = el("input", { id: "longlive-blend", type: "number", min: 1, max: 64, value: 1,
+    title: "blend into the new prompt over this many blocks (1: switch at once)" });
   const stop = el("button", { id: "longlive-stop", textContent: "Stop" });
   const stats = el("div", { id: "longlive-stats", textContent: "no live session" });
   const timeline = el("div", { id: "longlive-timeline" });
   const message = el("div", { id: "longlive-message" });
   const panel = el("div", { id: "longlive-panel" }, [
-    el("div", { className: "longlive-title", textContent: "LongLive" }), preview, prompt, stop, stats, timeline, message,
+    el("div", { className: "longlive-title", textContent: "LongLive" }), preview, prompt,
+    el("label", { textContent: "blend over blocks " }, [blend]), stop, stats, timeline, message,
   ]);
   Object.assign(panel.style, {
     position: "fixed", right: "12px", bottom: "12px", width: "320px", zIndex: 1000, padding: "8px",
@@ -30,7 +33,9 @@ function buildPanel() {
   Object.assign(timeline.style, { position: "relative", height: "10px", background: "#444", borderRadius: "3px" });
   prompt.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && prompt.value.trim()) {
-      send("prompt", { text: prompt.value.trim() }).then((ok) => ok && (prompt.value = ""));
+      const blocks = Math.max(1, Math.min(64, Number(blend.value) || 1));
+      send("prompt", { text: prompt.value.trim(), blend_blocks: blocks, blend: "slerp" })
+        .then((ok) => ok && (prompt.value = ""));
     }
   });
   stop.addEventListener("click", () => send("stop", {}));
