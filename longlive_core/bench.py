@@ -30,7 +30,7 @@ log = logging.getLogger("longlive_core.bench")
 BLOCKS = 20
 SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
-ROWS = ("main", "window9", "batch", "fp8", "int8-weight-only", "int8-dynamic")
+ROWS = ("main", "cross-sdpa", "window9", "batch", "fp8", "int8-weight-only", "int8-dynamic")
 
 
 def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]:
@@ -147,6 +147,12 @@ def main_rows(args, cfg, rows, record, result) -> dict:
     record(row)
     if args.profile:
         result["profile"]["fast"] = profile_block(model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
+    if "cross-sdpa" in rows:  # the text cross-attention (512 keys) through cuDNN instead
+        make_fast(model, attention=args.attention, compile=False, cross="sdpa")
+        row = summarize(f"fast bf16 w12 s3 ({attention}, sdpa cross-attention)", run_stream(model, GraphRunner),
+                        eager["latents"], 1)
+        record(row)
+        model.set_attention(args.attention)
     if "window9" in rows:
         record(summarize("fast bf16 w9 s3", run_stream(model, GraphRunner, window=9), None, 1))
     if "batch" in rows:

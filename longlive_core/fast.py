@@ -126,11 +126,11 @@ def warm_up(session) -> None:
 RECOMPILE_LIMIT = 64  # each loaded model (module types differ: fp8, bf16) and batch size adds variants
 
 
-def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True) -> str:
+def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True, cross: str | None = None) -> str:
     """Explicit setup of the fast path: attention backend and compiled stages. Returns the backend.
     Raises dynamo's recompile limit for the process (a server-wide setting): each loaded model and
     batch size needs its own compiled variants, and past the limit dynamo silently runs eagerly."""
-    backend = model.set_attention(attention)
+    backend = model.set_attention(attention, cross)
     if compile:
         import torch._dynamo
 

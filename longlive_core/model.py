@@ -146,7 +146,8 @@ class Block(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
 
-    def forward(self, x, e0, plan: PassPlan, cache_k, cache_v, text_k, text_v, attend: AttentionFn):
+    def forward(self, x, e0, plan: PassPlan, cache_k, cache_v, text_k, text_v, attend: AttentionFn,
+                cross_attend: AttentionFn):
         # x: [B, S, dim]; e0: [B, 6, dim] float32, shared by every frame of the pass;
         # cache_k/v: [B, window tokens, H, D], written in place at plan.write_index.
         q, k, v = self.self_qkv(x, e0, plan.rope_cos, plan.rope_sin)
@@ -154,7 +155,7 @@ class Block(nn.Module):
         cache_v.index_copy_(1, plan.write_index, v)
         y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len])
         x, q = self.self_out_cross_q(x, y, e0)
-        y = attend(q, text_k, text_v)
+        y = cross_attend(q, text_k, text_v)
         return self.cross_out_ffn(x, y, e0)
 
     def _mod(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -231,6 +232,7 @@ class CausalWan(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.attention_backend, self.attend = "sdpa", for_device("sdpa", torch.device("cpu"))[1]
+        self.cross_attend = self.attend
 
     @property
     def device(self) -> torch.device:
@@ -240,10 +242,12 @@ class CausalWan(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.head.head.weight.dtype
 
-    def set_attention(self, backend: str) -> str:
-        """Chooses the attention kernel; float32 always uses SDPA (flash kernels need 16-bit)."""
+    def set_attention(self, backend: str, cross: str | None = None) -> str:
+        """Chooses the attention kernels (cross-attention: the same unless given); float32 always uses
+        SDPA (flash kernels need 16-bit)."""
         name = backend if self.dtype in (torch.bfloat16, torch.float16) else "sdpa"
         self.attention_backend, self.attend = for_device(name, self.device)
+        self.cross_attend = self.attend if cross is None else for_device(cross, self.device)[1]
         return self.attention_backend
 
     @torch.no_grad()
@@ -278,5 +282,5 @@ class CausalWan(nn.Module):
         frames, grid_h, grid_w = x.shape[1], x.shape[3] // PATCH[1], x.shape[4] // PATCH[2]
         h = self.patchify(x.to(self.dtype))
         for i, block in enumerate(self.blocks):
-            h = block(h, time.e0, plan, cache.k[i], cache.v[i], text.k[i], text.v[i], self.attend)
+            h = block(h, time.e0, plan, cache.k[i], cache.v[i], text.k[i], text.v[i], self.attend, self.cross_attend)
         return self.unpatchify(self.head(h, time.e), frames, grid_h, grid_w)
