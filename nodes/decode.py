@@ -25,10 +25,10 @@ def check_wan_vae(vae) -> None:
 
 
 @torch.inference_mode()
-def stream_decode(vae, samples: torch.Tensor, cache: list) -> torch.Tensor:
+def stream_decode(vae, samples: torch.Tensor, cache: list, fast: bool = False) -> torch.Tensor:
     """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; `cache` carries on."""
     mm.load_models_gpu([vae.patcher])
-    out = decode_latents(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), cache)
+    out = decode_latents(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), cache, fast=fast)
     return vae.process_output(out.to(vae.output_device).float()).movedim(1, -1).flatten(0, 1)
 
 
@@ -45,7 +45,10 @@ class VAEDecode(io.ComfyNode):
                         "the previous decode seamlessly.",
             inputs=[io.Vae.Input("vae"), io.Latent.Input("samples"),
                     io.String.Input("session_id", default="", tooltip="Same id as the sampler: keep the decoder's "
-                                    "causal cache between runs. Empty: decode these latents alone")],
+                                    "causal cache between runs. Empty: decode these latents alone"),
+                    io.Boolean.Input("compile", default=False, tooltip="torch.compile the decoder: on an H100 a "
+                                     "12-frame chunk takes 131 ms instead of 202, after a one-time compile of "
+                                     "about 100 s per server and size; worth it for long or live sessions")],
             outputs=[io.Image.Output(display_name="IMAGE")],
         )
 
@@ -54,13 +57,13 @@ class VAEDecode(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
-    def execute(cls, vae, samples, session_id) -> io.NodeOutput:
+    def execute(cls, vae, samples, session_id, compile=False) -> io.NodeOutput:
         check_wan_vae(vae)
         z = samples["samples"]
         if z.dim() != 5 or z.shape[1] != 16:
             raise ConfigError(f"samples must be Wan 2.1 video latents [B, 16, T, h, w]; got {list(z.shape)}")
         if not session_id.strip():
-            return io.NodeOutput(stream_decode(vae, z, new_cache(vae)))
+            return io.NodeOutput(stream_decode(vae, z, new_cache(vae), compile))
         state = SESSIONS.get(session_id.strip())
         shape = (z.shape[0], *z.shape[3:])
         entry = state.decoders.setdefault(id(vae.first_stage_model), {"shape": shape, "cache": new_cache(vae)})
@@ -68,7 +71,7 @@ class VAEDecode(io.ComfyNode):
             raise ConfigError(f"session '{session_id}' has been decoding latents of batch x height x width "
                              f"{entry['shape']}, these are {shape}; decode them without a session id, or reset "
                              f"the session")
-        return io.NodeOutput(stream_decode(vae, z, entry["cache"]))
+        return io.NodeOutput(stream_decode(vae, z, entry["cache"], compile))
 
 
 class SessionReset(io.ComfyNode):

@@ -7,16 +7,37 @@ frame must go alone: the temporal upsamplers treat it specially (it gives 1 fram
 
 from __future__ import annotations
 
+import logging
+import weakref
+
 import torch
 
+log = logging.getLogger("longlive")
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder module -> compiled decoder
 
 
-def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int = FRAMES_PER_CALL) -> torch.Tensor:
+def compiled_decoder(vae_model):
+    """The decoder under torch.compile, made once per VAE: channels-last weights, fused norms, SiLU and pads.
+    On the H100 a steady chunk takes 131 ms instead of 202 (after a one-time compile of about 100 s)."""
+    decoder = vae_model.decoder
+    if decoder not in _COMPILED:
+        for p in decoder.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        log.info("compiling the Wan VAE decoder (one time, about 100 s on an H100)")
+        _COMPILED[decoder] = torch.compile(decoder, dynamic=False)
+    return _COMPILED[decoder]
+
+
+def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int = FRAMES_PER_CALL,
+                   fast: bool = False) -> torch.Tensor:
     """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1]."""
     x = vae_model.conv2(z)
+    decoder = compiled_decoder(vae_model) if fast else vae_model.decoder
+    if fast:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     starts = sorted({0, *range(1 if cache[0] is None else 0, x.shape[2], frames_per_call)})
     with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-        pieces = [vae_model.decoder(x[:, :, a:b], feat_cache=cache, feat_idx=[0])
-                  for a, b in zip(starts, starts[1:] + [x.shape[2]])]
+        pieces = [decoder(x[:, :, a:b], feat_cache=cache, feat_idx=[0]) for a, b in zip(starts, starts[1:] + [x.shape[2]])]
     return torch.cat(pieces, dim=2)

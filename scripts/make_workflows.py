@@ -44,7 +44,7 @@ def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix:
             "session_id": session_id, "reset": False, "batch_size": 1, "live": live}},
         "5": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
         "6": {"class_type": "LongLive_VAEDecode", "inputs": {"vae": ["5", 0], "samples": ["4", 0],
-                                                               "session_id": session_id}},
+                                                               "session_id": session_id, "compile": False}},
         "7": {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 16.0}},
         "8": {"class_type": "SaveVideo", "inputs": {"video": ["7", 0], "filename_prefix": prefix,
                                                      "format": "auto", "codec": "auto"}},

@@ -69,6 +69,17 @@ def test_streaming_decode_in_chunks_equals_comfys_full_decode(tiny_vae):
     assert alone.shape[0] == 21 and not torch.allclose(alone[-20:], full[9:33][-20:], atol=1e-3)
 
 
+def test_compiled_streaming_decode_gives_the_same_frames(tiny_vae):
+    load_pack()
+    from longlive_pack.nodes.decode import new_cache, stream_decode
+
+    z = torch.randn(1, 16, 6, 8, 12, generator=torch.Generator().manual_seed(1))
+    plain, fast = new_cache(tiny_vae), new_cache(tiny_vae)
+    for part in z.split(3, dim=2):
+        torch.testing.assert_close(stream_decode(tiny_vae, part, fast, fast=True), stream_decode(tiny_vae, part, plain),
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_conditioning_schedule(comfy):
     load_pack()
     from longlive_pack.nodes.schedule import ConditioningSchedule
