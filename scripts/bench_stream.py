@@ -1,6 +1,6 @@
 """GPU benchmark of the whole stream: the fast generator and the Wan 2.1 VAE decode, block by block.
 
-    PYTHONPATH=<ComfyUI dir>:. python scripts/bench_stream.py [--json PATH]
+    PYTHONPATH=<ComfyUI dir>:. python scripts/bench_stream.py [--json PATH] [--compiled-vae]
 
 Random full-size weights, bf16, 480x832, window 12, sink 3. Rows: sequential (each block generated,
 then decoded) and overlapped (a block decodes on a second CUDA stream while the next one generates):
@@ -39,7 +39,8 @@ BLOCKS = 12
 class Decoder:
     """Normalized latent blocks -> pixels, with the causal cache kept (channels-last, chunked)."""
 
-    def __init__(self):
+    def __init__(self, fast: bool = False):
+        self.fast = fast
         self.vae = random_vae(torch.bfloat16)
         to_channels_last(self.vae)
         fmt = Wan21()
@@ -50,7 +51,7 @@ class Decoder:
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         raw = block.transpose(1, 2) * self.std + self.mean  # [B, 16, 3, h, w] raw VAE space
         raw = raw.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
-        return decode_latents(self.vae, raw, self.cache)
+        return decode_latents(self.vae, raw, self.cache, fast=self.fast)
 
 
 def steady_ms(session, decoder, overlap: bool) -> float:
@@ -99,6 +100,11 @@ def main() -> None:
         rows = {"sequential_ms_per_block": steady_ms(session, decoder, overlap=False),
                 "overlapped_ms_per_block": steady_ms(session, decoder, overlap=True)}
         latencies = prompt_to_pixel_ms(session, decoder, prompts[1:])
+        if "--compiled-vae" in ARGV:  # the decoder under torch.compile (LongLive VAE Decode's `compile`)
+            decoder = Decoder(fast=True)
+            for _ in range(3):
+                decoder(session.step_block())
+            rows["compiled_vae_sequential_ms_per_block"] = steady_ms(session, decoder, overlap=False)
     rows.update({f"{k.split('_ms')[0]}_pixel_fps": 12e3 / v for k, v in list(rows.items())})
     rows["prompt_to_pixel_ms"] = latencies
     rows["prompt_to_pixel_ms_median"] = statistics.median(latencies)
