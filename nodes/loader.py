@@ -54,7 +54,7 @@ class ModelLoader(io.ComfyNode):
         model = load_model(path, lora_path=lora, lora_strength=lora_strength, device=device,
                            dtype=compute_dtype(precision))
         model = apply_precision(model, precision)
-        wrapper = LongLiveModel(model, model_name, precision, fast and device.type == "cuda",
+        wrapper = LongLiveModel(model, precision, fast and device.type == "cuda",
                                 signature=(model_name, lora_name, lora_strength, precision, attention, fast))
         if wrapper.fast:
             make_fast(model, attention=attention, compile=precision in COMPILABLE)

@@ -42,7 +42,6 @@ class LongLiveModel:
     """What the loader hands to the sampler (type LONGLIVE_MODEL)."""
 
     model: Any  # longlive_core.CausalWan
-    name: str
     precision: str
     fast: bool
     signature: tuple = ()  # what the loader was asked for: the same signature means the same weights

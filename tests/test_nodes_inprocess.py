@@ -137,7 +137,7 @@ def test_graphs_are_dropped_when_comfy_moves_the_weights(comfy):
     from longlive_pack.nodes.state import LongLiveModel
     from longlive_core.synthetic import TINY, random_model
 
-    wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), "tiny", "bf16", fast=True)
+    wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), "bf16", fast=True)
     runner = Runner()
     wrapper.runners.add(runner)
     wrapper.refresh_graphs()
