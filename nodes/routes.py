@@ -24,8 +24,8 @@ async def list_sessions(_request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     key = request.match_info["session_id"]
-    live = [k for k, entry in SESSIONS.items() if k == key and entry.value.live]
-    if live:
+    entry = dict(SESSIONS.items()).get(key)
+    if entry is not None and entry.value.live:
         return web.json_response({"error": f"session '{key}' is generating live; stop it first"}, status=409)
     if not SESSIONS.delete(key):
         return web.json_response({"error": f"no session '{key}'"}, status=404)
@@ -34,11 +34,13 @@ async def delete_session(request: web.Request) -> web.Response:
 
 async def delete_all(_request: web.Request) -> web.Response:
     """Frees every idle session; live ones keep running (stop them first)."""
-    live = [key for key, entry in SESSIONS.items() if entry.value.live]
-    idle = [key for key, entry in SESSIONS.items() if not entry.value.live]
-    for key in idle:
-        SESSIONS.delete(key)
-    return web.json_response({"deleted": len(idle), "kept_live": live})
+    deleted, kept_live = 0, []
+    for key, entry in SESSIONS.items():
+        if entry.value.live:
+            kept_live.append(key)
+        else:
+            deleted += SESSIONS.delete(key)
+    return web.json_response({"deleted": deleted, "kept_live": kept_live})
 
 
 def _live_session(request: web.Request):

@@ -38,10 +38,11 @@ def compiled_decoder(vae_model):
 
 
 def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int = FRAMES_PER_CALL,
-                   fast: bool = False) -> torch.Tensor:
-    """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1]."""
+                   fast: bool = False, channels_last_3d: bool | None = None) -> torch.Tensor:
+    """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
+    channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off to measure without)."""
     x = vae_model.conv2(z)
-    if x.is_cuda or fast:
+    if channels_last_3d if channels_last_3d is not None else (x.is_cuda or fast):
         channels_last(vae_model.decoder)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     decoder = compiled_decoder(vae_model) if fast else vae_model.decoder
