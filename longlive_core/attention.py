@@ -1,4 +1,9 @@
-"""Attention backends: PyTorch SDPA, FlashAttention-3 and FlashAttention-2, all on [B, S, H, D]."""
+"""Attention backends: PyTorch SDPA, FlashAttention-3 and FlashAttention-2, all on [B, S, H, D].
+
+Text cross-attention takes one layer's TextCache. With a flash backend it attends only to the prompt's keys
+(the kernel reads a device-side length, so graphs stay valid across prompts) and adds the zero-padding
+keys, which are all one key, in closed form: exact, and most of the 512 keys are never read.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .cache import TextCache
 from .errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "sdpa", "flash-attn 3", "flash-attn 2")
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+TextAttentionFn = Callable[[torch.Tensor, TextCache], torch.Tensor]  # one layer's TextCache
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -82,3 +89,42 @@ def for_device(name: str, device: torch.device) -> tuple[str, AttentionFn]:
     resolved, fn = resolve(name, device.type, _is_hopper(device))
     log.info("attention backend: %s (asked for %s)", resolved, name)
     return resolved, fn
+
+
+# --- Text cross-attention ---------------------------------------------------------------------
+
+
+def merge_pad(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, pad_k: torch.Tensor, pad_v: torch.Tensor,
+              log_pad: torch.Tensor) -> torch.Tensor:
+    """Adds the padding key to an attention over the first `used` text keys: out [B, S, H, D] and its
+    log-sum-exp lse [B, H, S] (float32) -> attention over all keys. The padding key pad_k [B, 1, H, D]
+    repeats n = exp(log_pad) times, so it weighs n * exp(q.pad_k * scale) against exp(lse)."""
+    scale = q.shape[-1] ** -0.5
+    pad = (q.float() * pad_k.float()).sum(-1) * scale + log_pad[:, None, None]  # [B, S, H]
+    seen = lse.transpose(1, 2)
+    top = torch.maximum(seen, pad)
+    a, b = torch.exp(seen - top)[..., None], torch.exp(pad - top)[..., None]
+    return ((a * out.float() + b * pad_v.float()) / (a + b)).type_as(out)
+
+
+_merge_pad_compiled = torch.compile(merge_pad, fullgraph=True)
+
+
+def _prefix_text(module, merge) -> TextAttentionFn:
+    def run(q: torch.Tensor, text: TextCache) -> torch.Tensor:
+        res = module.flash_attn_with_kvcache(q, text.k, text.v, cache_seqlens=text.used, num_splits=1,
+                                             return_softmax_lse=True)
+        return merge(res[0], res[1], q, text.pad_k, text.pad_v, text.log_pad)
+
+    return run
+
+
+def text_attention(name: str, device: torch.device, compiled: bool = False) -> TextAttentionFn:
+    """The cross-attention for a backend name: the prefix shortcut where the flash module has a
+    length-aware kernel (its merge compiled into one kernel if asked: the fast path, where graphs hide
+    the compiled call's overhead), else plain attention over every key."""
+    resolved, fn = resolve(name, device.type, _is_hopper(device))
+    module = _flash_module(resolved) if resolved.startswith("flash") else None
+    if module is not None and hasattr(module, "flash_attn_with_kvcache"):
+        return _prefix_text(module, _merge_pad_compiled if compiled else merge_pad)
+    return lambda q, text: fn(q, text.k, text.v)

@@ -2,8 +2,8 @@
 
     python -m longlive_core.bench [--rows main,window9,batch,fp8,int8] [--profile] [--json PATH]
 
-Every row generates the same schedule (20 blocks, prompt switches at frames 24 and 42) and
-reports ms per block and per latent frame in steady state, the extra stream time of each switch,
+Every row generates the same schedule (20 blocks, prompt switches at frames 24 and 42, prompts of
+128 tokens) and reports ms per block and per latent frame in steady state, the extra stream time of each switch,
 the first block, peak GPU memory, frames per second, and the max relative difference of the
 latents from the eager bf16 path (same seed, same prompts).
 """
@@ -31,6 +31,7 @@ log = logging.getLogger("longlive_core.bench")
 BLOCKS = 20
 SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
+PROMPT_TOKENS = 128  # LongLive's prompts are a paragraph: about 100-200 umt5 tokens
 ROWS = ("main", "cross-sdpa", "window9", "batch", "fp8", "int8-weight-only", "int8-dynamic")
 
 
@@ -39,7 +40,7 @@ def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]
     out = []
     for _ in range(count):
         e = torch.randn(batch, 512, text_dim, generator=gen, device=device) * 0.1
-        e[:, 40:] = 0  # a 40-token prompt, zeros after its tokens like umt5
+        e[:, PROMPT_TOKENS:] = 0  # zeros after the prompt's tokens, as umt5 embeddings come padded
         out.append(e)
     return out
 

@@ -76,12 +76,46 @@ class KVCache:
 
 @dataclasses.dataclass
 class TextCache:
-    """Cross-attention K/V of the current prompt. k, v: [layers, B, text_len, H, D]."""
+    """Cross-attention K/V of the current prompt. k, v: [layers, B, text_len, H, D].
+
+    The text is zero-padded to text_len, so every key and value after the prompt's last token is the
+    same pair (the projection of a zero row). used: [B] int32, how many leading keys to attend to (the
+    prompt, at least 1); pad_k, pad_v: [layers, B, 1, H, D], that pair; log_pad: [B] float32, the log
+    of how often it repeats after `used` (-inf: never). Attention over all text_len keys equals
+    attention over the first `used` plus the pair weighted by its count: the flash backends' shortcut.
+    """
 
     k: torch.Tensor
     v: torch.Tensor
+    used: torch.Tensor
+    pad_k: torch.Tensor
+    pad_v: torch.Tensor
+    log_pad: torch.Tensor
 
     @classmethod
     def allocate(cls, layers: int, batch: int, text_len: int, heads: int, head_dim: int, device, dtype) -> "TextCache":
-        shape = (layers, batch, text_len, heads, head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        shape, pad = (layers, batch, text_len, heads, head_dim), (layers, batch, 1, heads, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+                   torch.full((batch,), text_len, device=device, dtype=torch.int32),
+                   torch.zeros(pad, device=device, dtype=dtype), torch.zeros(pad, device=device, dtype=dtype),
+                   torch.full((batch,), -torch.inf, device=device))
+
+    def layer(self, i: int) -> "TextCache":
+        """Layer i's view: k, v [B, text_len, H, D], pad_k/pad_v [B, 1, H, D], the shared used / log_pad."""
+        return dataclasses.replace(self, k=self.k[i], v=self.v[i], pad_k=self.pad_k[i], pad_v=self.pad_v[i])
+
+    def set_used(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Records how much of each sample's embeddings [B, text_len, C] precedes its zero padding;
+        returns the index of one padding row per sample (any: they are all the same)."""
+        text_len = embeds.shape[1]
+        last = ((embeds.abs().amax(-1) > 0) * torch.arange(1, text_len + 1, device=embeds.device)).amax(-1)
+        used = last.clamp(min=1)
+        self.used.copy_(used)
+        self.log_pad.copy_(torch.log((text_len - used).float()))
+        return used.clamp(max=text_len - 1)
+
+    def zero_(self) -> None:
+        for t in (self.k, self.v, self.pad_k, self.pad_v):
+            t.zero_()
+        self.used.fill_(self.k.shape[2])
+        self.log_pad.fill_(-torch.inf)

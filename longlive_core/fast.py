@@ -6,14 +6,17 @@ the three dense stages of a layer; cache writes and attention stay outside compi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
 
 import torch
+import torch._dynamo
 
 from .cache import FRAMES_PER_BLOCK, KVCache, TextCache
 from .model import Block, CausalWan, PassPlan, TimeEmbedding
+from .quantize import Float8Linear
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class GraphRunner:
 
     def __call__(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
         # addresses, not ids: a pass is defined by the buffers it reads and writes
-        key = (time.e0.data_ptr(), tuple(x.shape), plan.kv_len, cache.k.data_ptr(), text.k.data_ptr())
+        key = (time.e0.data_ptr(), tuple(x.shape), plan.kv_len, plan.cache_only, cache.k.data_ptr(), text.k.data_ptr())
         graph = self.graphs.get(key)
         if graph is not None:
             return graph.replay(x, plan)
@@ -79,7 +82,8 @@ class GraphRunner:
 
     def _capture(self, x, time, plan, cache, text) -> _Graph:
         static_x = x.clone()
-        static_plan = PassPlan(plan.rope_cos.clone(), plan.rope_sin.clone(), plan.write_index.clone(), plan.kv_len)
+        static_plan = dataclasses.replace(plan, rope_cos=plan.rope_cos.clone(), rope_sin=plan.rope_sin.clone(),
+                                          write_index=plan.write_index.clone())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -110,30 +114,53 @@ def warm_up(session) -> None:
     window, sink, dims = session.window, session.sink, (session.cfg.in_dim, *session.latent_hw)
     end = window + FRAMES_PER_BLOCK  # any position where the window is full
     block = session.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK)
+    clean = session.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK, cache_only=True)
     kept = window - sink
-    recache = session.plan(end - kept, kept)
+    recache = session.plan(end - kept, kept, cache_only=True)
     x = torch.zeros(session.batch, FRAMES_PER_BLOCK, *dims, device=session.model.device)
     chunk = torch.zeros(session.batch, kept, *dims, device=session.model.device)
     with torch.inference_mode():
         for _ in range(2):  # first call runs (and compiles), second captures
-            for time in session.times:
+            for time in session.times[:-1]:
                 runner(x, time, block, session.cache, session.text)
+            runner(x, session.times[-1], clean, session.cache, session.text)
             runner(chunk, session.times[-1], recache, session.cache, session.text)
         session.cache.zero_()
     log.info("captured %d pass graphs for a %dx%d session", len(runner.graphs), *session.latent_hw)
+
+
+@torch.no_grad()
+def fuse_qkv(attn) -> None:
+    """Gives a self-attention one q|k|v linear whose weights the three linears then view (no extra
+    memory while they share it). Plain and FP8 linears fuse; torchao's quantized ones stay apart."""
+    parts = (attn.q, attn.k, attn.v)
+    kind = type(attn.q)
+    if attn.qkv is not None or kind not in (torch.nn.Linear, Float8Linear) or any(type(m) is not kind or m.bias is None
+                                                                                 for m in parts):
+        return
+    fused = copy.copy(attn.q)  # same class and settings; every tensor is replaced below
+    fused._parameters, fused._buffers = dict(fused._parameters), dict(fused._buffers)
+    for name, dim in (("weight", 0), ("bias", 0)) + ((("weight_scale", 1),) if kind is Float8Linear else ()):
+        whole = torch.cat([getattr(m, name) for m in parts], dim=dim)  # weight_scale: [1, out]
+        setattr(fused, name, whole if name == "weight_scale" else torch.nn.Parameter(whole, requires_grad=False))
+        for m, piece in zip(parts, whole.chunk(3, dim=dim)):
+            getattr(m, name).data = piece
+    attn.qkv = fused
 
 
 RECOMPILE_LIMIT = 64  # each loaded model (module types differ: fp8, bf16) and batch size adds variants
 
 
 def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True, cross: str | None = None) -> str:
-    """Explicit setup of the fast path: attention backend and compiled stages. Returns the backend.
+    """Explicit setup of the fast path: attention backend, the FFN's GELU as a GEMM epilogue, compiled
+    stages. Returns the backend.
     Raises dynamo's recompile limit for the process (a server-wide setting): each loaded model and
     batch size needs its own compiled variants, and past the limit dynamo silently runs eagerly."""
-    backend = model.set_attention(attention, cross)
+    backend = model.set_attention(attention, cross, compiled=compile)
+    for block in model.blocks:  # quantized FFNs keep their own linear
+        block.fused_gelu = type(block.ffn[0]) is torch.nn.Linear
+        fuse_qkv(block.self_attn)
     if compile:
-        import torch._dynamo
-
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         compile_blocks(model)
     return backend

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionFn, for_device
+from .attention import AttentionFn, TextAttentionFn, for_device, text_attention
 from .cache import KVCache, TextCache
 from .config import PATCH, ROPE_POSITIONS, WanConfig
 
@@ -63,19 +63,43 @@ class PassPlan:
     """Positions of one forward pass, held as tensors so a captured graph can replay it.
 
     rope_cos/rope_sin: [tokens, head_dim / 2]; write_index: [tokens] cache slots of the pass's
-    tokens; kv_len: how many cache tokens the queries attend to (a prefix of the buffer).
+    tokens; kv_len: how many cache tokens the queries attend to (a prefix of the buffer);
+    cache_only: the pass only writes the cache (a clean pass, a recache), so the last layer stops
+    once its K/V are written and the model returns nothing.
     """
 
     rope_cos: torch.Tensor
     rope_sin: torch.Tensor
     write_index: torch.Tensor
     kv_len: int
+    cache_only: bool = False
 
     def copy_(self, other: "PassPlan") -> None:
         """Writes another plan of the same shape into this one's buffers (graph inputs)."""
         self.rope_cos.copy_(other.rope_cos)
         self.rope_sin.copy_(other.rope_sin)
         self.write_index.copy_(other.write_index)
+
+
+# --- The FFN's first GEMM with its GELU as an epilogue -------------------------------------------
+
+
+@torch.library.custom_op("longlive::linear_gelu", mutates_args=())
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(x @ weight.T + bias), x: [..., in]. On CUDA one cuBLASLt GEMM applies the GELU to the
+    float32 accumulator (Wan's GELU is the tanh form, which is what that epilogue computes); the
+    [tokens, ffn_dim] product is never written and read back. Elsewhere: the two ops."""
+    flat = x.reshape(-1, x.shape[-1])
+    if x.is_cuda:
+        out = torch._addmm_activation(bias, flat, weight.t(), use_gelu=True)
+    else:
+        out = F.gelu(F.linear(flat, weight, bias), approximate="tanh")
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@linear_gelu.register_fake
+def _(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 # --- Norms -------------------------------------------------------------------------------
@@ -113,20 +137,36 @@ class AffineLayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """q/k/v/o projections with RMSNorm on q and k; the attention itself runs in Block."""
+    """q/k/v/o projections with RMSNorm on q and k; the attention itself runs in Block.
+
+    `qkv`, when the fast path sets it, is one linear holding q, k and v (their weights are views
+    of its weights): one GEMM instead of three. It is not part of the state dict.
+    """
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
         self.heads = cfg.num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+        self.qkv: nn.Module | None = None
+        self.register_state_dict_post_hook(_drop_fused_keys)
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1))
 
+    def project_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv is None:
+            return self.q(h), self.k(h), self.v(h)
+        return self.qkv(h).chunk(3, dim=-1)
+
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # context: [B, L, dim] -> k, v: [B, L, H, D]
         return self.split(self.norm_k(self.k(context))), self.split(self.v(context))
+
+
+def _drop_fused_keys(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "qkv.")]:
+        del state_dict[key]
 
 
 # --- Transformer block -------------------------------------------------------------------------
@@ -134,7 +174,8 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     """One Wan layer. The three dense stages around the two attentions are separate methods so
-    that the fast path can compile them; cache writes and attention stay between them."""
+    that the fast path can compile them (the first one also writes the cache); attention stays
+    between them. fused_gelu (set by the fast path on CUDA) runs the FFN through linear_gelu."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -145,30 +186,31 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
+        self.fused_gelu = False
 
-    def forward(self, x, e0, plan: PassPlan, cache_k, cache_v, text_k, text_v, attend: AttentionFn,
-                cross_attend: AttentionFn):
+    def forward(self, x, e0, plan: PassPlan, cache_k, cache_v, text: TextCache, attend: AttentionFn,
+                cross_attend: TextAttentionFn):
         # x: [B, S, dim]; e0: [B, 6, dim] float32, shared by every frame of the pass;
         # cache_k/v: [B, window tokens, H, D], written in place at plan.write_index.
-        q, k, v = self.self_qkv(x, e0, plan.rope_cos, plan.rope_sin)
-        cache_k.index_copy_(1, plan.write_index, k)
-        cache_v.index_copy_(1, plan.write_index, v)
+        q = self.self_qkv(x, e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
         y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len])
         x, q = self.self_out_cross_q(x, y, e0)
-        y = cross_attend(q, text_k, text_v)
+        y = cross_attend(q, text)
         return self.cross_out_ffn(x, y, e0)
 
     def _mod(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # shift, scale, gate of attention, then of the FFN: each [B, 1, dim]
         return (self.modulation.float() + e0).unsqueeze(2).unbind(1)
 
-    def self_qkv(self, x, e0, cos, sin):
+    def self_qkv(self, x, e0, cos, sin, write_index, cache_k, cache_v):
+        """Returns q; k (after RoPE) and v go straight into their cache slots."""
         shift, scale = self._mod(e0)[:2]
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
         a = self.self_attn
-        q = apply_rope(a.split(a.norm_q(a.q(h))), cos, sin)
-        k = apply_rope(a.split(a.norm_k(a.k(h))), cos, sin)
-        return q, k, a.split(a.v(h))
+        q, k, v = a.project_qkv(h)
+        cache_k.index_copy_(1, write_index, apply_rope(a.split(a.norm_k(k)), cos, sin))
+        cache_v.index_copy_(1, write_index, a.split(v))
+        return apply_rope(a.split(a.norm_q(q)), cos, sin)
 
     def self_out_cross_q(self, x, y, e0):
         gate = self._mod(e0)[2]
@@ -180,7 +222,13 @@ class Block(nn.Module):
         _, _, _, shift, scale, gate = self._mod(e0)
         x = x + self.cross_attn.o(y.flatten(2))
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
-        return (x.float() + self.ffn(h).float() * gate).type_as(x)
+        return (x.float() + self._ffn(h).float() * gate).type_as(x)
+
+    def _ffn(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.fused_gelu:
+            return self.ffn(h)
+        up, down = self.ffn[0], self.ffn[2]
+        return down(linear_gelu(h, up.weight, up.bias))
 
 
 class Head(nn.Module):
@@ -232,7 +280,7 @@ class CausalWan(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.attention_backend, self.attend = "sdpa", for_device("sdpa", torch.device("cpu"))[1]
-        self.cross_attend = self.attend
+        self.cross_attend = text_attention("sdpa", torch.device("cpu"))
 
     @property
     def device(self) -> torch.device:
@@ -242,12 +290,12 @@ class CausalWan(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.head.head.weight.dtype
 
-    def set_attention(self, backend: str, cross: str | None = None) -> str:
-        """Chooses the attention kernels (cross-attention: the same unless given); float32 always uses
-        SDPA (flash kernels need 16-bit)."""
-        name = backend if self.dtype in (torch.bfloat16, torch.float16) else "sdpa"
-        self.attention_backend, self.attend = for_device(name, self.device)
-        self.cross_attend = self.attend if cross is None else for_device(cross, self.device)[1]
+    def set_attention(self, backend: str, cross: str | None = None, compiled: bool = False) -> str:
+        """Chooses the attention kernels (cross-attention: the same unless given; `compiled`: see
+        text_attention); float32 always uses SDPA (flash kernels need 16-bit)."""
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        self.attention_backend, self.attend = for_device(backend if half else "sdpa", self.device)
+        self.cross_attend = text_attention((cross or backend) if half else "sdpa", self.device, compiled)
         return self.attention_backend
 
     @torch.no_grad()
@@ -260,11 +308,16 @@ class CausalWan(nn.Module):
     @torch.no_grad()
     def fill_text_cache(self, embeds: torch.Tensor, text: TextCache) -> None:
         """embeds: [B, 512, text_dim] -> every layer's cross-attention K/V, written in place."""
-        context = self.text_embedding(embeds.to(self.device, self.dtype))
+        embeds = embeds.to(self.device, self.dtype)
+        pad_row = text.set_used(embeds)
+        context = self.text_embedding(embeds)
+        samples = torch.arange(embeds.shape[0], device=self.device)
         for i, block in enumerate(self.blocks):
             k, v = block.cross_attn.text_kv(context)
             text.k[i].copy_(k)
             text.v[i].copy_(v)
+            text.pad_k[i].copy_(k[samples, pad_row].unsqueeze(1))
+            text.pad_v[i].copy_(v[samples, pad_row].unsqueeze(1))
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, F, C, H, W] -> tokens [B, F * H/2 * W/2, dim] in (f, h, w) order
@@ -278,9 +331,14 @@ class CausalWan(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
-        """x: [B, F, C, H, W] noisy latents -> flow velocity [B, F, C, H, W] (model dtype)."""
+        """x: [B, F, C, H, W] noisy latents -> flow velocity [B, F, C, H, W] (model dtype), or None for a
+        cache_only plan: then the last layer writes its K/V and stops (nothing reads its output)."""
         frames, grid_h, grid_w = x.shape[1], x.shape[3] // PATCH[1], x.shape[4] // PATCH[2]
         h = self.patchify(x.to(self.dtype))
-        for i, block in enumerate(self.blocks):
-            h = block(h, time.e0, plan, cache.k[i], cache.v[i], text.k[i], text.v[i], self.attend, self.cross_attend)
+        full = len(self.blocks) - 1 if plan.cache_only else len(self.blocks)
+        for i, block in enumerate(self.blocks[:full]):
+            h = block(h, time.e0, plan, cache.k[i], cache.v[i], text.layer(i), self.attend, self.cross_attend)
+        if plan.cache_only:
+            self.blocks[-1].self_qkv(h, time.e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache.k[-1], cache.v[-1])
+            return None
         return self.unpatchify(self.head(h, time.e), frames, grid_h, grid_w)

@@ -98,8 +98,7 @@ class StreamSession:
     def reset(self) -> None:
         """Starts a new video: empty caches, no prompt, frame 0, noise from the seed again."""
         self.cache.zero_()
-        self.text.k.zero_()
-        self.text.v.zero_()
+        self.text.zero_()
         self.noise = self._noise_arg or SeededNoise(self.seed, self.model.device)
         self.frame = 0  # frames generated
         self.pos = 0  # RoPE / cache position of the next frame (restarts on a `reset` switch)
@@ -185,12 +184,12 @@ class StreamSession:
         self._settle_skipped_clean_pass(recache_follows=switch is not None and self.switch_policy == "recache")
         if switch is not None:
             self._switch(self.pending.pop(self.frame))
-        plan = self.plan(self.pos, FRAMES_PER_BLOCK)
-        x0 = self._denoise(plan)
+        x0 = self._denoise(self.plan(self.pos, FRAMES_PER_BLOCK))
+        clean = self.plan(self.pos, FRAMES_PER_BLOCK, cache_only=True)
         if self._clean_pass_overwritten():
-            self._skipped_clean = (x0, plan)
+            self._skipped_clean = (x0, clean)
         else:
-            self.runner(x0, self.times[-1], plan, self.cache, self.text)
+            self.runner(x0, self.times[-1], clean, self.cache, self.text)
         self._remember(x0)
         return x0
 
@@ -236,10 +235,10 @@ class StreamSession:
         self.pos += FRAMES_PER_BLOCK
         self.block += 1
 
-    def plan(self, start: int, frames: int) -> PassPlan:
+    def plan(self, start: int, frames: int, cache_only: bool = False) -> PassPlan:
         """Positions of a pass over frames [start, start + frames) at cache position `start`."""
         cos, sin = self.rope.cos_sin(start, frames, *self.grid)
-        return PassPlan(cos, sin, self.cache.token_index(start, frames), self.cache.kv_len(start + frames))
+        return PassPlan(cos, sin, self.cache.token_index(start, frames), self.cache.kv_len(start + frames), cache_only)
 
     # --- prompt switches --------------------------------------------------------------------------
 
@@ -267,7 +266,7 @@ class StreamSession:
         if start >= c:
             return
         frames = torch.cat(self.recent, dim=1)[:, start - c:]
-        self.runner(frames, self.times[-1], self.plan(start, c - start), self.cache, self.text)
+        self.runner(frames, self.times[-1], self.plan(start, c - start, cache_only=True), self.cache, self.text)
 
 
 def _check_size(batch: int, height: int, width: int) -> None:

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from .checkpoint import load_model
-from .fast import compile_blocks
+from .fast import make_fast
 from .schedule import RecordedNoise
 from .session import StreamSession
 
@@ -26,8 +26,8 @@ TOLERANCE = 2e-5
 
 def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
              lora_strength: float = 1.0, compiled: bool = False) -> tuple[torch.Tensor, dict]:
-    """Generates a recorded case (with the fast path's compiled stages if asked); returns
-    (latents [B, F, C, h, w], meta)."""
+    """Generates a recorded case (through the fast path's compiled stages and fused FFN if asked);
+    returns (latents [B, F, C, h, w], meta)."""
     from safetensors.torch import load_file
 
     with open(os.path.join(case_dir, "meta.json")) as f:
@@ -36,7 +36,7 @@ def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     model = load_model(os.path.join(case_dir, "longlive_base.pt"), lora_path=os.path.join(case_dir, "lora.pt"),
                        lora_alpha=meta["lora_alpha"], lora_strength=lora_strength, num_heads=meta["model"]["num_heads"], device=device, dtype=dtype)
     if compiled:
-        compile_blocks(model)
+        make_fast(model, attention="sdpa")
     h, w = meta["latent_hw"]
     session = StreamSession(model, batch=meta["batch"], height=h * 8, width=w * 8,
                             local_attn_size=meta["local_attn_size"], sink_size=meta["sink_size"],

@@ -20,9 +20,9 @@ class FullHistorySession(StreamSession):
         super().__init__(model, local_attn_size=frames, sink_size=0, **kw)
         self.end = 0
 
-    def plan(self, start, frames):
+    def plan(self, start, frames, cache_only=False):
         self.end = start + frames
-        return super().plan(start, frames)
+        return super().plan(start, frames, cache_only)
 
     def attend(self, q, k, v):
         if k.shape[1] == TEXT_LEN:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from longlive_core import StreamSession, WanConfig
+from longlive_core.attention import text_attention
 from longlive_core.fast import GraphRunner, make_fast, warm_up
 from longlive_core.synthetic import random_model
 
@@ -46,3 +47,16 @@ def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     assert len(session.runner.graphs) == 6  # captured before the first block: 4 steps, clean pass, recache
     assert rel(fast, eager) < 2e-2
 
+
+
+def test_flash_text_attention_reads_the_prompt_and_merges_the_padding_key():
+    model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
+    model.set_attention("auto")
+    if model.attention_backend == "sdpa":
+        pytest.skip("no flash backend installed")
+    _, session = stream(model, None, blocks=1, switches=())
+    assert session.text.used.tolist() == [30]
+    q = torch.randn(1, 700, CFG.num_heads, CFG.head_dim, device="cuda", dtype=torch.bfloat16)
+    text = session.text.layer(2)
+    full = text_attention("sdpa", torch.device("cuda"))(q, text)
+    assert rel(model.cross_attend(q, text).float(), full.float()) < 1e-2

@@ -1,0 +1,102 @@
+"""The fast path's rewrites of the model (fused q|k|v, the FFN through linear_gelu, cache-only passes)
+against the plain model, on the CPU in float32. The compiled stages are checked against the golden
+runs in test_golden; CUDA graphs in test_gpu."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from longlive_core.fast import make_fast
+from longlive_core.attention import merge_pad
+from longlive_core.model import linear_gelu
+from longlive_core.session import StreamSession
+from longlive_core.synthetic import TINY, random_model
+
+
+def video(model, prompt, frames=15):
+    session = StreamSession(model, height=64, width=96, local_attn_size=9, sink_size=3, seed=5)
+    session.set_schedule([(0, prompt), (9, prompt.flip(1))])
+    return torch.cat(list(session.generate(frames)), 1)
+
+
+def test_fast_rewrites_keep_the_video_and_the_state_dict(tiny_model, prompt):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    plain = video(tiny_model, prompt)
+    make_fast(tiny_model, attention="sdpa", compile=False)
+    attn = tiny_model.blocks[0].self_attn
+    assert attn.qkv is not None and tiny_model.blocks[0].fused_gelu
+    # q, k and v now view the fused weight: nothing is stored twice
+    assert attn.k.weight.data_ptr() == attn.qkv.weight.data_ptr() + attn.q.weight.numel() * attn.q.weight.element_size()
+    after = tiny_model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    fast = video(tiny_model, prompt)
+    assert ((fast - plain).norm() / plain.norm()).item() < 1e-5
+
+
+def test_make_fast_twice_fuses_once(tiny_model):
+    make_fast(tiny_model, attention="sdpa", compile=False)
+    fused = tiny_model.blocks[1].self_attn.qkv
+    make_fast(tiny_model, attention="sdpa", compile=False)
+    assert tiny_model.blocks[1].self_attn.qkv is fused
+
+
+def test_linear_gelu_is_the_tanh_gelu_of_the_linear():
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=gen) for s in ((2, 5, 8), (16, 8), (16,)))
+    expect = torch.nn.functional.gelu(x @ w.t() + b, approximate="tanh")
+    torch.testing.assert_close(linear_gelu(x, w, b), expect)
+    exact = torch.nn.functional.gelu(x @ w.t() + b)
+    assert (linear_gelu(x, w, b) - exact).abs().max() > 1e-6  # the tanh form, not the erf one
+
+
+def test_cache_only_pass_writes_the_same_cache_and_returns_nothing(prompt):
+    model = random_model(TINY, seed=1, dtype=torch.float32, std=0.3)
+    caches = []
+    x = torch.randn(1, 3, TINY.in_dim, 8, 12, generator=torch.Generator().manual_seed(2))
+    for cache_only in (False, True):
+        session = StreamSession(model, height=64, width=96, local_attn_size=9, sink_size=3, seed=5)
+        session.set_prompt(prompt)
+        session.step_block()  # fills the text cache and frames 0-2
+        with torch.inference_mode():
+            plan = dataclasses.replace(session.plan(3, 3), cache_only=cache_only)
+            out = model(x, session.times[-1], plan, session.cache, session.text)
+        assert (out is None) == cache_only
+        caches.append((session.cache.k.clone(), session.cache.v.clone()))
+    assert caches[0][0].abs().sum() > 0
+    torch.testing.assert_close(caches[0], caches[1], rtol=0, atol=0)
+
+
+def test_prompt_keys_plus_the_merged_padding_key_equal_attention_over_all_keys():
+    """What the flash backends compute for the text cross-attention, here with exact math for the
+    prefix part: attention over the first `used` keys, then the repeated padding key merged in."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 7, 2, 16, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(2, 64, 2, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    used = torch.tensor([5, 64])
+    for b, n in enumerate(used.tolist()):  # keys after the prompt are one repeated key
+        k[b, n:], v[b, n:] = k[b, -1], v[b, -1]
+    full = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    logits = torch.einsum("bshd,bkhd->bhsk", q, k) * 16 ** -0.5
+    logits = logits.masked_fill(torch.arange(64)[None, None, None] >= used[:, None, None, None], -torch.inf)
+    prefix, lse = torch.einsum("bhsk,bkhd->bshd", logits.softmax(-1), v), logits.logsumexp(-1)
+    pad_row = used.clamp(max=63)
+    samples = torch.arange(2)
+    merged = merge_pad(prefix, lse, q, k[samples, pad_row, None], v[samples, pad_row, None], torch.log(64.0 - used))
+    torch.testing.assert_close(merged, full.transpose(1, 2), rtol=1e-5, atol=1e-6)  # merged in float32
+    assert (prefix - full.transpose(1, 2))[0].abs().max() > 1e-3  # the padding key matters
+
+
+def test_text_cache_finds_the_prompt_and_its_padding_key(tiny_model, prompt):
+    session = StreamSession(tiny_model, height=64, width=96, batch=2)
+    embeds = torch.cat([prompt, torch.zeros_like(prompt)])  # 12 tokens; an empty prompt
+    session.set_prompt(embeds)
+    session.step_block()
+    text = session.text
+    assert text.used.tolist() == [12, 1]
+    assert torch.allclose(text.log_pad, torch.log(torch.tensor([500.0, 511.0])))
+    torch.testing.assert_close(text.pad_k[:, 0, 0], text.k[:, 0, 12])
+    torch.testing.assert_close(text.pad_v[:, 1, 0], text.v[:, 1, 300])
+    assert torch.equal(text.k[:, 0, 12], text.k[:, 0, 511])
