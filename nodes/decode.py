@@ -7,14 +7,22 @@ the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
 from __future__ import annotations
 
 import comfy.model_management as mm
+import comfy.utils
+import folder_paths
 import torch
 from comfy.ldm.wan.vae import count_conv3d
+from comfy.taesd.taehv import TAEHV
 from comfy_api.latest import io
 
 from longlive_core import ConfigError
 
 from .state import SESSIONS
+from .tiny_stream import tiny_decode_chunk
 from .vae_stream import decode_latents
+
+DECODERS = ("wan vae", "tiny draft")
+TINY_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
+_TINY: dict = {}  # file path -> loaded TAEHV
 
 
 def check_wan_vae(vae) -> None:
@@ -36,6 +44,38 @@ def new_cache(vae) -> list:
     return [None] * count_conv3d(vae.first_stage_model.decoder)
 
 
+def tiny_decoder_path() -> str:
+    """The first models/vae_approx file named like Wan 2.1's tiny decoder (the lookup ComfyUI's previews do)."""
+    for name in folder_paths.get_filename_list("vae_approx"):
+        if name.startswith(TINY_NAMES):
+            return folder_paths.get_full_path("vae_approx", name)
+    raise ConfigError("decoder 'tiny draft' needs Wan 2.1's tiny decoder in models/vae_approx: lighttaew2_1.safetensors "
+                      "(lightx2v/Autoencoders) or taew2_1.pth (madebyollin/taehv); or choose decoder 'wan vae'")
+
+
+def load_tiny(path: str) -> TAEHV:
+    """The tiny decoder of a file, loaded once per server on ComfyUI's device."""
+    if path not in _TINY:
+        sd = comfy.utils.load_torch_file(path)
+        model = TAEHV(latent_channels=16, show_progress_bar=False)
+        missing = [k for k in model.load_state_dict(sd, strict=False).missing_keys if k.startswith("decoder.")]
+        if missing or sd.get("decoder.1.weight", torch.empty(0, 0)).shape[1:2] != (16,):
+            raise ConfigError(f"{path} is not a Wan 2.1 tiny decoder (missing {missing[:3]} or not 16 latent "
+                              f"channels); use lighttaew2_1.safetensors")
+        dtype = sd["decoder.1.weight"].dtype if sd["decoder.1.weight"].dtype in (torch.float16, torch.bfloat16) else None
+        _TINY[path] = model.to(mm.get_torch_device(), dtype or torch.float32).eval()
+    return _TINY[path]
+
+
+@torch.inference_mode()
+def draft_decode(samples: torch.Tensor, memory: dict) -> torch.Tensor:
+    """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] through the tiny decoder."""
+    model = load_tiny(tiny_decoder_path())
+    weight = model.decoder[1].weight
+    out = tiny_decode_chunk(model, samples.to(weight.device, weight.dtype), memory)
+    return out.to(mm.intermediate_device()).float().movedim(1, -1).flatten(0, 1)
+
+
 class VAEDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -48,7 +88,10 @@ class VAEDecode(io.ComfyNode):
                                     "causal cache between runs. Empty: decode these latents alone"),
                     io.Boolean.Input("compile", default=False, tooltip="torch.compile the decoder: on an H100 a "
                                      "12-frame chunk takes 131 ms instead of 202, after a one-time compile of "
-                                     "about 100 s per server and size; worth it for long or live sessions")],
+                                     "about 100 s per server and size; worth it for long or live sessions"),
+                    io.Combo.Input("decoder", options=list(DECODERS), default="wan vae", optional=True, tooltip="'tiny draft': "
+                                   "Wan 2.1's tiny decoder from models/vae_approx (lighttaew2_1) instead of this VAE, "
+                                   "many times faster and blurrier; frames and session continuity as with the VAE")],
             outputs=[io.Image.Output(display_name="IMAGE")],
         )
 
@@ -57,20 +100,26 @@ class VAEDecode(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
-    def execute(cls, vae, samples, session_id, compile=False) -> io.NodeOutput:
+    def execute(cls, vae, samples, session_id, compile=False, decoder="wan vae") -> io.NodeOutput:
         check_wan_vae(vae)
         z = samples["samples"]
         if z.dim() != 5 or z.shape[1] != 16:
             raise ConfigError(f"samples must be Wan 2.1 video latents [B, 16, T, h, w]; got {list(z.shape)}")
+        if decoder not in DECODERS:
+            raise ConfigError(f"decoder '{decoder}' is unknown; choose one of {', '.join(DECODERS)}")
+        tiny = decoder == "tiny draft"
         if not session_id.strip():
-            return io.NodeOutput(stream_decode(vae, z, new_cache(vae), compile))
+            return io.NodeOutput(draft_decode(z, {}) if tiny else stream_decode(vae, z, new_cache(vae), compile))
         state = SESSIONS.get(session_id.strip())
         shape = (z.shape[0], *z.shape[3:])
-        entry = state.decoders.setdefault(id(vae.first_stage_model), {"shape": shape, "cache": new_cache(vae)})
+        key = ("tiny", tiny_decoder_path()) if tiny else id(vae.first_stage_model)
+        entry = state.decoders.setdefault(key, {"shape": shape, "cache": {} if tiny else new_cache(vae)})
         if entry["shape"] != shape:
             raise ConfigError(f"session '{session_id}' has been decoding latents of batch x height x width "
                              f"{entry['shape']}, these are {shape}; decode them without a session id, or reset "
                              f"the session")
+        if tiny:
+            return io.NodeOutput(draft_decode(z, entry["cache"]))
         return io.NodeOutput(stream_decode(vae, z, entry["cache"], compile))
 
 

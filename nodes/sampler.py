@@ -71,6 +71,8 @@ class StreamingSampler(io.ComfyNode):
                 io.Vae.Input("vae", optional=True, tooltip="Wan 2.1 VAE: decode each block as soon as it is made "
                              "(the preview shows real frames, IMAGE gets this run's frames, continuing the session's "
                              "video seamlessly). Without it IMAGE is empty: decode LATENT with LongLive VAE Decode"),
+                io.Boolean.Input("compile_vae", default=False, optional=True, tooltip="With a VAE: decode through the "
+                                 "compiled decoder, as LongLive VAE Decode's `compile` (faster after a one-time compile)"),
             ],
             outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="IMAGE")],
             hidden=[io.Hidden.unique_id],
@@ -83,7 +85,8 @@ class StreamingSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: LongLiveModel, schedule, width, height, length, length_unit, seed, local_attn_size,
-                sink_size, switch_policy, session_id, reset, batch_size, live=False, vae=None) -> io.NodeOutput:
+                sink_size, switch_policy, session_id, reset, batch_size, live=False, vae=None,
+                compile_vae=False) -> io.NodeOutput:
         if live and not session_id.strip():
             raise PromptError("live needs a session_id: the panel and the routes find the session by it")
         frames = latent_frames(length, length_unit)
@@ -95,7 +98,7 @@ class StreamingSampler(io.ComfyNode):
         frames = fit_to_rope(state, frames, live)
         schedule_run(state, model, schedule.segments, frames)
         state.encoder = schedule.encoder
-        decoder = BlockDecoder(state, model, vae) if vae is not None else None
+        decoder = BlockDecoder(state, model, vae, compile_vae) if vae is not None else None
         latents, images = run_blocks(state, model, frames, cls.hidden.unique_id if cls.hidden else None, live, decoder)
         return io.NodeOutput({"samples": raw_latents(latents).to(mm.intermediate_device())}, images)
 
@@ -108,14 +111,14 @@ def raw_latents(latents: torch.Tensor) -> torch.Tensor:
 class BlockDecoder:
     """Decodes each block right after it is made, continuing the session's own decoder cache."""
 
-    def __init__(self, state: NodeSession, model: LongLiveModel, vae):
+    def __init__(self, state: NodeSession, model: LongLiveModel, vae, fast: bool = False):
         check_wan_vae(vae)
-        self.vae, self.model = vae, model
+        self.vae, self.model, self.fast = vae, model, fast
         key = ("sampler", id(vae.first_stage_model))  # apart from LongLive VAE Decode's caches
         self.cache = state.decoders.setdefault(key, new_cache(vae))
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
-        images = stream_decode(self.vae, raw_latents(block), self.cache)  # [B * frames, H, W, 3]
+        images = stream_decode(self.vae, raw_latents(block), self.cache, self.fast)  # [B * frames, H, W, 3]
         load(self.model)  # the VAE may have made ComfyUI move our weights out
         return images
 

@@ -27,6 +27,7 @@ from comfy.ldm.wan.vae import count_conv3d  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from longlive_core import StreamSession, WanConfig  # noqa: E402
+from longlive_core.bench import PROMPT_TOKENS  # noqa: E402
 from longlive_core.fast import GraphRunner, make_fast, warm_up  # noqa: E402
 from longlive_core.synthetic import random_model  # noqa: E402
 
@@ -92,7 +93,7 @@ def main() -> None:
         session = StreamSession(model, height=480, width=832, runner=GraphRunner(model))
         warm_up(session)
         gen = torch.Generator(device="cuda").manual_seed(0)
-        prompts = [torch.randn(1, 40, 4096, device="cuda", generator=gen) * 0.1 for _ in range(4)]
+        prompts = [torch.randn(1, PROMPT_TOKENS, 4096, device="cuda", generator=gen) * 0.1 for _ in range(4)]
         session.set_prompt(prompts[0])
         decoder = Decoder()
         for _ in range(6):  # past the window fill; cuDNN autotuning of the decoder

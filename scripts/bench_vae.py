@@ -1,11 +1,12 @@
 """GPU benchmark of Wan 2.1 VAE decoding at 480x832 (random weights, ComfyUI's decoder module).
 
-    PYTHONPATH=<ComfyUI dir> python scripts/bench_vae.py [--json PATH]
+    PYTHONPATH=<ComfyUI dir> python scripts/bench_vae.py [--json PATH] [--profile]
 
 Rows: frame-by-frame decoding (how ComfyUI's WanVAE.decode and upstream work) and our chunked
-decoding (a block of 3 latent frames per call), each with and without channels-last 3D; ms for
-the first chunk (1 + 2 latent frames -> 9 pixel frames) and per steady chunk (3 -> 12), and the
-max abs difference of the pixels from frame-by-frame decoding.
+decoding (a block of 3 latent frames per call), each with and without channels-last 3D, then
+compiled, then Wan 2.1's tiny decoder streamed; ms for the first chunk (1 + 2 latent frames -> 9
+pixel frames) and per steady chunk (3 -> 12), and the max abs difference of the pixels from
+frame-by-frame decoding. --profile: the compiled decoder's kernel time of one chunk, by kind.
 """
 
 from __future__ import annotations
@@ -75,9 +76,54 @@ def compiled_row(vae, z, reference) -> dict:
             "max_abs_diff": (pixels.float() - reference.float()).abs().max().item()}
 
 
+def tiny_row(z) -> dict:
+    """Wan 2.1's tiny decoder (ComfyUI's TAEHV, random weights, bf16), streamed chunk by chunk."""
+    from comfy.taesd.taehv import TAEHV
+    from tiny_stream import tiny_decode_chunk
+
+    tiny = TAEHV(latent_channels=16, show_progress_bar=False).to("cuda", torch.bfloat16).eval()
+    with torch.no_grad():
+        for p in tiny.parameters():
+            p.copy_(torch.randn_like(p) * (1 / max(1, p[0].numel())) ** 0.5)
+    z = z.contiguous()
+    for _ in range(2):  # the second pass is timed (the first autotunes cuDNN)
+        memory, times = {}, []
+        for chunk in z.split(3, dim=2):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            tiny_decode_chunk(tiny, chunk, memory)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    return {"row": "tiny decoder (TAEHV, lighttaew2_1 architecture), chunked", "first_chunk_ms": times[0],
+            "steady_chunk_ms": statistics.median(times[1:]), "max_abs_diff": float("nan")}
+
+
+def profile_chunk(vae, z) -> dict:
+    """Kernel time of one steady chunk through the compiled decoder, by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = [None] * count_conv3d(vae.decoder)  # vae.decoder is compiled by now (compiled_row)
+    decode_latents(vae, z[:, :, :3], cache)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        decode_latents(vae, z[:, :, 3:6], cache)
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    for evt in prof.key_averages():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        n = evt.key.lower()
+        kind = ("conv" if any(s in n for s in ("conv", "cudnn", "xmma", "implicit", "sm90", "cutlass", "gemm", "nvjet"))
+                else "fused (triton)" if n.startswith("triton") else "copy / cat / pad" if any(
+                    s in n for s in ("copy", "cat", "pad", "memcpy", "memset")) else "other")
+        kinds[kind] = kinds.get(kind, 0.0) + evt.self_device_time_total / 1e3
+    return kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default="bench_vae.json")
+    parser.add_argument("--profile", action="store_true", help="kernel time by kind, compiled decoder, one chunk")
     args = parser.parse_args(ARGS)
     torch.manual_seed(0)
     vae = model(torch.bfloat16)
@@ -99,12 +145,17 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
         rows.append(compiled_row(vae, z, reference))
         print(json.dumps(rows[-1]), flush=True)
+        rows.append(tiny_row(z))
+        print(json.dumps(rows[-1]), flush=True)
+        kinds = profile_chunk(vae, z) if args.profile else {}
     pathlib.Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                                   "rows": rows}, indent=1))
+                                                   "rows": rows, "profile_ms": kinds}, indent=1))
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, 480x832, 12 pixel frames per steady chunk")
     print("| decoder | first chunk ms (9 frames) | steady chunk ms (12 frames) | max abs diff |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['row']} | {r['first_chunk_ms']:.1f} | {r['steady_chunk_ms']:.1f} | {r['max_abs_diff']:.2e} |")
+    if kinds:
+        print("compiled decoder, one steady chunk, kernel ms: " + ", ".join(f"{k} {v:.1f}" for k, v in kinds.items()))
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix:
         "4": {"class_type": "LongLive_StreamingSampler", "inputs": {
             "model": ["1", 0], "schedule": ["3", 0], "width": 832, "height": 480, "length": length,
             "length_unit": unit, "seed": 0, "local_attn_size": 12, "sink_size": 3, "switch_policy": "recache",
-            "session_id": session_id, "reset": False, "batch_size": 1, "live": live}},
+            "session_id": session_id, "reset": False, "batch_size": 1, "live": live, "compile_vae": False}},
         "5": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
         "6": {"class_type": "LongLive_VAEDecode", "inputs": {"vae": ["5", 0], "samples": ["4", 0],
-                                                               "session_id": session_id, "compile": False}},
+                                                               "session_id": session_id, "compile": False,
+                                                               "decoder": "wan vae"}},
         "7": {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 16.0}},
         "8": {"class_type": "SaveVideo", "inputs": {"video": ["7", 0], "filename_prefix": prefix,
                                                      "format": "auto", "codec": "auto"}},

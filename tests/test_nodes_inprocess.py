@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from longlive_core import PromptError
+from longlive_core import ConfigError, PromptError
 from longlive_core.prompt_text import parse_schedule_text, seconds_to_latent
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -146,3 +146,65 @@ def test_graphs_are_dropped_when_comfy_moves_the_weights(comfy):
     wrapper.model.to(torch.float64).to(torch.float32)  # every weight gets a new address, as after an unload
     wrapper.refresh_graphs()
     assert runner.cleared == 1
+
+
+def random_tiny_decoder(seed: int = 0):
+    """ComfyUI's TAEHV for Wan 2.1 (16 latent channels) with random weights; returns (model, state dict)."""
+    from comfy.taesd.taehv import TAEHV
+
+    model = TAEHV(latent_channels=16, show_progress_bar=False)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {k: (torch.randn(v.shape, generator=gen) / max(1, v[0].numel()) ** 0.5 if v.dim() > 1
+              else torch.randn(v.shape, generator=gen) * 0.1) for k, v in model.state_dict().items()}
+    model.load_state_dict(sd)
+    return model.eval(), sd
+
+
+def test_tiny_decoder_in_chunks_equals_its_whole_decode(comfy):
+    load_pack()
+    from longlive_pack.nodes.tiny_stream import tiny_decode_chunk
+
+    model, _ = random_tiny_decoder()
+    z = torch.randn(1, 16, 7, 8, 12, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        whole = model.decode(z).clamp(0, 1)  # ComfyUI's own decode of the whole video
+    memory: dict = {}
+    chunks = [tiny_decode_chunk(model, part, memory) for part in z.split([3, 3, 1], dim=2)]
+    assert [c.shape[2] for c in chunks] == [9, 12, 4] and whole.shape[2] == 25
+    assert whole.std() > 0.05  # not a flat, saturated picture
+    torch.testing.assert_close(torch.cat(chunks, dim=2), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_node_draft_mode_streams_through_the_tiny_decoder(comfy, tiny_vae, tmp_path):
+    load_pack()
+    import folder_paths
+    from safetensors.torch import save_file
+
+    from longlive_core import StreamSession
+    from longlive_core.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import VAEDecode
+    from longlive_pack.nodes.state import SESSIONS, NodeSession
+
+    SESSIONS.put("draft-session", NodeSession(StreamSession(random_model(TINY), height=64, width=96), {}), 0)
+
+    z = torch.randn(1, 16, 6, 8, 12, generator=torch.Generator().manual_seed(3))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    saved = folder_paths.folder_names_and_paths["vae_approx"]
+    try:
+        folder_paths.folder_names_and_paths["vae_approx"] = ([str(empty)], saved[1])
+        with pytest.raises(ConfigError, match=r"models/vae_approx: lighttaew2_1"):
+            VAEDecode.execute(tiny_vae, {"samples": z}, "", decoder="tiny draft")
+        model, sd = random_tiny_decoder(seed=4)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(empty / "lighttaew2_1.safetensors"))
+        folder_paths.filename_list_cache.clear()
+        with torch.inference_mode():
+            whole = model.decode(z).clamp(0, 1).movedim(1, -1).flatten(0, 1)
+        runs = [VAEDecode.execute(tiny_vae, {"samples": part}, "draft-session", decoder="tiny draft").result[0]
+                for part in z.split(3, dim=2)]
+        assert [r.shape for r in runs] == [(9, 64, 96, 3), (12, 64, 96, 3)]
+        torch.testing.assert_close(torch.cat(runs), whole, rtol=1e-5, atol=1e-5)
+    finally:
+        folder_paths.folder_names_and_paths["vae_approx"] = saved
+        folder_paths.filename_list_cache.clear()
+        SESSIONS.delete("draft-session")
