@@ -110,21 +110,22 @@ def merge_pad(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, pad_k: torc
 _merge_pad_compiled = torch.compile(merge_pad, fullgraph=True)
 
 
-def _prefix_text(module, merge) -> TextAttentionFn:
+def _prefix_text(module) -> TextAttentionFn:
     def run(q: torch.Tensor, text: TextCache) -> torch.Tensor:
         res = module.flash_attn_with_kvcache(q, text.k, text.v, cache_seqlens=text.used, num_splits=1,
                                              return_softmax_lse=True)
-        return merge(res[0], res[1], q, text.pad_k, text.pad_v, text.log_pad)
+        return _merge_pad_compiled(res[0], res[1], q, text.pad_k, text.pad_v, text.log_pad)
 
     return run
 
 
 def text_attention(name: str, device: torch.device, compiled: bool = False) -> TextAttentionFn:
-    """The cross-attention for a backend name: the prefix shortcut where the flash module has a
-    length-aware kernel (its merge compiled into one kernel if asked: the fast path, where graphs hide
-    the compiled call's overhead), else plain attention over every key."""
+    """The cross-attention for a backend name. `compiled` (the fast path) takes the prefix shortcut where
+    the flash module has a length-aware kernel, with the merge compiled into one kernel (graphs hide the
+    compiled call's overhead). Otherwise, and in eager use, where the merge's separate ops cost more than
+    the skipped keys save (run 15), plain attention over every key."""
     resolved, fn = resolve(name, device.type, _is_hopper(device))
     module = _flash_module(resolved) if resolved.startswith("flash") else None
-    if module is not None and hasattr(module, "flash_attn_with_kvcache"):
-        return _prefix_text(module, _merge_pad_compiled if compiled else merge_pad)
+    if compiled and module is not None and hasattr(module, "flash_attn_with_kvcache"):
+        return _prefix_text(module)
     return lambda q, text: fn(q, text.k, text.v)
