@@ -119,16 +119,22 @@ def _category(name: str) -> str:
     return "norm_mod_other"
 
 
-def breakdown(prof, wall_ms: float, passes: int) -> dict:
+def breakdown(prof, wall_ms: float, passes: int, top: int = 15) -> dict:
+    """Kernel time per category and layer pass, and the kernels that take the most time in the block."""
     totals: dict[str, float] = {}
+    kernels = []
     for evt in prof.key_averages():
         if evt.device_type != torch.autograd.DeviceType.CUDA:
             continue
         cat = _category(evt.key)
-        totals[cat] = totals.get(cat, 0.0) + evt.self_device_time_total / 1e3
+        ms = evt.self_device_time_total / 1e3
+        totals[cat] = totals.get(cat, 0.0) + ms
+        kernels.append({"kernel": evt.key[:100], "category": cat, "ms_per_block": ms, "calls": evt.count})
     kernel = sum(totals.values())
     totals["gaps"] = max(0.0, wall_ms - kernel)
-    return {"block_wall_ms": wall_ms, "per_layer_pass_ms": {k: v / passes for k, v in totals.items()}}
+    kernels.sort(key=lambda k: -k["ms_per_block"])
+    return {"block_wall_ms": wall_ms, "per_layer_pass_ms": {k: v / passes for k, v in totals.items()},
+            "top_kernels": kernels[:top]}
 
 
 def main_rows(args, cfg, rows, record, result) -> dict:
@@ -164,7 +170,7 @@ def main_rows(args, cfg, rows, record, result) -> dict:
     return {"eager": eager["latents"], "fast": fast["latents"]}
 
 
-def quantized_row(args, cfg, precision, reference) -> dict:
+def quantized_row(args, cfg, precision, reference, result) -> dict:
     """Quantized linears under CUDA graphs (torchao's int8 dynamic cannot be captured: eager). FP8 is
     plain torch and compiles like bf16; torchao's int8 tensors compile only with --compile-quantized."""
     start = time.perf_counter()
@@ -178,6 +184,8 @@ def quantized_row(args, cfg, precision, reference) -> dict:
     label = ("compiled, " if compiled else "") + ("graphs" if graphs else "eager, no graphs")
     row = summarize(f"fast {precision} w12 s3 ({label})", run, reference and reference["eager"], 1)
     row["load_and_quantize_s"] = quantize_s
+    if args.profile:
+        result["profile"][f"fast {precision}"] = profile_block(model, GraphRunner if graphs else None, None)
     if reference is not None:
         row["max_rel_diff_vs_fast_bf16"] = max_block_diff(run["latents"], reference["fast"])
     return row
@@ -219,7 +227,7 @@ def main(argv=None) -> int:
     for precision in ("fp8", "int8 weight-only", "int8 dynamic"):
         if precision.replace(" ", "-") in rows:
             torch.cuda.empty_cache()
-            record(quantized_row(args, cfg, precision, reference))
+            record(quantized_row(args, cfg, precision, reference, result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print_table(result)
@@ -241,6 +249,11 @@ def print_table(result: dict) -> None:
     for name, prof in result["profile"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in prof["per_layer_pass_ms"].items())
         sys.stdout.write(f"profile {name}: block {prof['block_wall_ms']:.1f} ms; per layer per pass (ms): {parts}\n")
+    for name, prof in result["profile"].items():
+        if name != "eager":
+            sys.stdout.write(f"{name}: top kernels of one block (ms, calls):\n")
+            for k in prof["top_kernels"]:
+                sys.stdout.write(f"  {k['ms_per_block']:7.2f} {k['calls']:5d}  {k['kernel']}\n")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
     python scripts/bench_kernels.py [--json PATH]
 
 Rows: bf16 GEMMs (separate and fused q/k/v, the FFN up-projection with a separate GELU and with
-cuBLASLt's GELU epilogue), the same GEMMs in row-wise FP8 (torch._scaled_mm) with the cost of
-quantizing their activations, and attention: FlashAttention-3 in bf16 with 1-3 KV splits, cuDNN,
+cuBLASLt's GELU epilogue), the same GEMMs in row-wise and in tensor-wise FP8 (torch._scaled_mm) with
+the cost of quantizing their activations, and attention: FlashAttention-3 in bf16 with 1-3 KV splits, cuDNN,
 FA3 in FP8 with per-head scales plus the cost of quantizing q/k/v, and the text cross-attention.
-Times are medians of CUDA-event timings over rotated inputs; errors are relative (‖a-b‖/‖b‖).
+Times: CUDA-graph replays over rotated inputs (see `timed`); errors are relative (‖a-b‖/‖b‖).
 """
 
 from __future__ import annotations
@@ -25,18 +25,28 @@ E4M3 = torch.finfo(torch.float8_e4m3fn).max
 ROTATE = 4  # input sets, so that repeated runs do not measure the L2 cache
 
 
-def timed(fn, args_sets, iters: int = 40) -> float:
-    """Median ms of fn(*args) over iters calls, cycling through the argument sets."""
-    for a in args_sets:
-        fn(*a)
+def timed(fn, args_sets, reps: int = 12) -> float:
+    """ms per call of fn(*args), from CUDA-graph replays of `reps` calls cycling through the argument
+    sets (no launch overhead, as inside the pipeline's graphs); the median of 10 replays."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: compiles, autotunes, allocates
+        for a in args_sets:
+            fn(*a)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(reps):
+            fn(*args_sets[i % len(args_sets)])
+    graph.replay()
     times = []
-    for i in range(iters):
+    for _ in range(10):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn(*args_sets[i % len(args_sets)])
+        graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / reps)
     return statistics.median(times)
 
 
@@ -46,6 +56,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3
+    return (x.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = x.abs().amax().float().clamp(min=1e-12) / E4M3
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
 
 
@@ -82,6 +97,14 @@ def gemm_rows(rows: list) -> None:
         rows.append({"row": f"gemm fp8 row-wise {name}", "ms": ms, "rel_err": rel(out, inputs[0][0] @ w[name].t())})
     rows.append({"row": "quantize activations [4680, 1536] (compiled)", "ms": timed(quant, xs)})
     rows.append({"row": "quantize activations [4680, 8960] (compiled)", "ms": timed(quant, hs)})
+    whole = torch.compile(tensorwise)
+    for name, inputs in (("q", xs), ("qkv", xs), ("up", xs), ("down", hs)):
+        wq, ws = tensorwise(w[name])
+        acts = [whole(x) for (x,) in inputs]
+        ms = timed(lambda a, s: torch._scaled_mm(a, wq.t(), scale_a=s, scale_b=ws, out_dtype=torch.bfloat16), acts)
+        out = torch._scaled_mm(acts[0][0], wq.t(), scale_a=acts[0][1], scale_b=ws, out_dtype=torch.bfloat16)
+        rows.append({"row": f"gemm fp8 tensor-wise {name}", "ms": ms, "rel_err": rel(out, inputs[0][0] @ w[name].t())})
+    rows.append({"row": "quantize activations tensor-wise [4680, 1536] (compiled)", "ms": timed(whole, xs)})
 
 
 def attention_rows(rows: list) -> None:
