@@ -20,18 +20,21 @@ from .errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "sdpa", "flash-attn 3", "flash-attn 2")
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+BACKENDS = ("auto", "sdpa", "flash-attn 3", "flash-attn 3 fp8", "flash-attn 2")
+FP8 = "flash-attn 3 fp8"  # self-attention in FP8 (Hopper); the text cross-attention stays bf16
+E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
+# (q, k, v, scales): scales [3, H] float32 are the per-head FP8 steps of q, k, v; only FP8 reads them
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 TextAttentionFn = Callable[[torch.Tensor, TextCache], torch.Tensor]  # one layer's TextCache
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
     # q: [B, Sq, H, D], k/v: [B, Sk, H, D] -> [B, Sq, H, D]
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
 
-def _sdpa_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _sdpa_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
     # cuDNN's fused attention is the fastest SDPA kernel on Hopper; the others stay as fallbacks.
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -51,8 +54,29 @@ def _flash_module(name: str):
 
 
 def _flash(module) -> AttentionFn:
-    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
         out = module.flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+
+    return run
+
+
+def _fp8_inputs(q, k, v, scales):
+    """q/k/v [B, S, H, D] -> e4m3 values x / step (clamped to the e4m3 range) and descales [3, B, H]."""
+    def cast(x, step):
+        return (x.float() / step[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+
+    descale = scales[:, None, :].expand(3, q.shape[0], -1).contiguous()
+    return cast(q, scales[0]), cast(k, scales[1]), cast(v, scales[2]), descale
+
+
+_fp8_inputs_compiled = torch.compile(_fp8_inputs, fullgraph=True)
+
+
+def _flash_fp8(module) -> AttentionFn:
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
+        q8, k8, v8, descale = _fp8_inputs_compiled(q, k, v, scales)
+        out = module.flash_attn_func(q8, k8, v8, q_descale=descale[0], k_descale=descale[1], v_descale=descale[2])
         return out[0] if isinstance(out, tuple) else out
 
     return run
@@ -77,11 +101,13 @@ def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[
         return "sdpa", _sdpa_hopper if hopper else _sdpa
     if device_type != "cuda":
         raise BackendUnavailableError(f"attention backend '{name}' needs a CUDA GPU; use 'sdpa' on {device_type}")
-    module = _flash_module(name)
+    if name == FP8 and not hopper:
+        raise BackendUnavailableError(f"attention backend '{FP8}' needs a Hopper GPU (H100, H200); use 'auto'")
+    module = _flash_module("flash-attn 3" if name == FP8 else name)
     if module is None:
-        pkg = "fa3-fwd (PyPI) or flash-attn 3" if name == "flash-attn 3" else "flash-attn"
+        pkg = "flash-attn" if name == "flash-attn 2" else "fa3-fwd (PyPI) or flash-attn 3"
         raise BackendUnavailableError(f"attention backend '{name}' is not installed; pip install {pkg}, or use 'auto'")
-    return name, _flash(module)
+    return name, _flash_fp8(module) if name == FP8 else _flash(module)
 
 
 def for_device(name: str, device: torch.device) -> tuple[str, AttentionFn]:
@@ -124,7 +150,7 @@ def text_attention(name: str, device: torch.device, compiled: bool = False) -> T
     the flash module has a length-aware kernel, with the merge compiled into one kernel (graphs hide the
     compiled call's overhead). Otherwise, and in eager use, where the merge's separate ops cost more than
     the skipped keys save (run 15), plain attention over every key."""
-    resolved, fn = resolve(name, device.type, _is_hopper(device))
+    resolved, fn = resolve("flash-attn 3" if name == FP8 else name, device.type, _is_hopper(device))
     module = _flash_module(resolved) if resolved.startswith("flash") else None
     if compiled and module is not None and hasattr(module, "flash_attn_with_kvcache"):
         return _prefix_text(module)

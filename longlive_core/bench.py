@@ -1,6 +1,6 @@
 """GPU benchmark: the eager reference path against the fast path, on random full-size weights.
 
-    python -m longlive_core.bench [--rows main,window9,batch,fp8,int8] [--profile] [--json PATH]
+    python -m longlive_core.bench [--rows main,fp8-attention,window9,batch,fp8,fp8-all,...] [--profile] [--json PATH]
 
 Every row generates the same schedule (20 blocks, prompt switches at frames 24 and 42, prompts of
 128 tokens) and reports ms per block and per latent frame in steady state, the extra stream time of each switch,
@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from .attention import FP8
 from .config import WanConfig
 from .fast import GraphRunner, make_fast, warm_up
 from .quantize import CAPTURABLE, COMPILABLE, apply_precision
@@ -32,7 +33,8 @@ BLOCKS = 20
 SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
 PROMPT_TOKENS = 128  # LongLive's prompts are a paragraph: about 100-200 umt5 tokens
-ROWS = ("main", "cross-sdpa", "window9", "batch", "fp8", "int8-weight-only", "int8-dynamic")
+ROWS = ("main", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all", "int8-weight-only",
+        "int8-dynamic")
 
 
 def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]:
@@ -156,6 +158,15 @@ def main_rows(args, cfg, rows, record, result) -> dict:
     record(row)
     if args.profile:
         result["profile"]["fast"] = profile_block(model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
+    if "fp8-attention" in rows:  # bf16 linears, FP8 self-attention
+        model.set_attention(FP8, compiled=True)
+        run = run_stream(model, GraphRunner)
+        row = summarize("fast bf16 w12 s3 (flash-attn 3 fp8 self-attention)", run, eager["latents"], 1)
+        row["max_rel_diff_vs_fast_bf16"] = max_block_diff(run["latents"], fast["latents"])
+        record(row)
+        if args.profile:
+            result["profile"]["fast, fp8 attention"] = profile_block(model, GraphRunner, None)
+        model.set_attention(args.attention, compiled=True)
     if "cross-sdpa" in rows:  # the text cross-attention (512 keys) through cuDNN instead
         make_fast(model, attention=args.attention, compile=False, cross="sdpa")
         row = summarize(f"fast bf16 w12 s3 ({attention}, sdpa cross-attention)", run_stream(model, GraphRunner),
@@ -170,7 +181,7 @@ def main_rows(args, cfg, rows, record, result) -> dict:
     return {"eager": eager["latents"], "fast": fast["latents"]}
 
 
-def quantized_row(args, cfg, precision, reference, result) -> dict:
+def quantized_row(args, cfg, precision, reference, result, attention: str | None = None) -> dict:
     """Quantized linears under CUDA graphs (torchao's int8 dynamic cannot be captured: eager). FP8 is
     plain torch and compiles like bf16; torchao's int8 tensors compile only with --compile-quantized."""
     start = time.perf_counter()
@@ -178,14 +189,14 @@ def quantized_row(args, cfg, precision, reference, result) -> dict:
     torch.cuda.synchronize()
     quantize_s = time.perf_counter() - start
     compiled = precision in COMPILABLE or args.compile_quantized
-    make_fast(model, attention=args.attention, compile=compiled)
+    backend = make_fast(model, attention=attention or args.attention, compile=compiled)
     graphs = precision in CAPTURABLE
     run = run_stream(model, GraphRunner if graphs else None)
-    label = ("compiled, " if compiled else "") + ("graphs" if graphs else "eager, no graphs")
+    label = ("compiled, " if compiled else "") + ("graphs" if graphs else "eager, no graphs") + f", {backend}"
     row = summarize(f"fast {precision} w12 s3 ({label})", run, reference and reference["eager"], 1)
     row["load_and_quantize_s"] = quantize_s
     if args.profile:
-        result["profile"][f"fast {precision}"] = profile_block(model, GraphRunner if graphs else None, None)
+        result["profile"][f"fast {precision}, {backend}"] = profile_block(model, GraphRunner if graphs else None, None)
     if reference is not None:
         row["max_rel_diff_vs_fast_bf16"] = max_block_diff(run["latents"], reference["fast"])
     return row
@@ -228,6 +239,9 @@ def main(argv=None) -> int:
         if precision.replace(" ", "-") in rows:
             torch.cuda.empty_cache()
             record(quantized_row(args, cfg, precision, reference, result))
+    if "fp8-all" in rows:  # FP8 linears and FP8 self-attention
+        torch.cuda.empty_cache()
+        record(quantized_row(args, cfg, "fp8", reference, result, attention=FP8))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print_table(result)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionFn, TextAttentionFn, for_device, text_attention
+from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention
 from .cache import KVCache, TextCache
 from .config import PATCH, ROPE_POSITIONS, WanConfig
 
@@ -140,7 +140,8 @@ class Attention(nn.Module):
     """q/k/v/o projections with RMSNorm on q and k; the attention itself runs in Block.
 
     `qkv`, when the fast path sets it, is one linear holding q, k and v (their weights are views
-    of its weights): one GEMM instead of three. It is not part of the state dict.
+    of its weights): one GEMM instead of three. It is not part of the state dict, nor are the
+    FP8 attention steps (CausalWan.set_fp8_scales).
     """
 
     def __init__(self, cfg: WanConfig):
@@ -150,6 +151,7 @@ class Attention(nn.Module):
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
         self.qkv: nn.Module | None = None
         self.register_state_dict_post_hook(_drop_fused_keys)
+        self.register_buffer("fp8_scales", None, persistent=False)  # [3, H]: FP8 attention's q/k/v steps
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1))
@@ -193,7 +195,7 @@ class Block(nn.Module):
         # x: [B, S, dim]; e0: [B, 6, dim] float32, shared by every frame of the pass;
         # cache_k/v: [B, window tokens, H, D], written in place at plan.write_index.
         q = self.self_qkv(x, e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
-        y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len])
+        y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len], self.self_attn.fp8_scales)
         x, q = self.self_out_cross_q(x, y, e0)
         y = cross_attend(q, text)
         return self.cross_out_ffn(x, y, e0)
@@ -263,6 +265,14 @@ class TimeEmbedding:
     e0: torch.Tensor
 
 
+def _dense_weight(linear: nn.Module) -> torch.Tensor:
+    """A linear's weight in float32, also when quantized (torchao tensors, our row-wise FP8)."""
+    w = linear.weight
+    w = (w.dequantize() if type(w) not in (torch.Tensor, nn.Parameter) else w).float()
+    scale = getattr(linear, "weight_scale", None)
+    return w if scale is None else w * scale.t()
+
+
 # --- The model ----------------------------------------------------------------------------------
 
 
@@ -296,7 +306,29 @@ class CausalWan(nn.Module):
         half = self.dtype in (torch.bfloat16, torch.float16)
         self.attention_backend, self.attend = for_device(backend if half else "sdpa", self.device)
         self.cross_attend = text_attention((cross or backend) if half else "sdpa", self.device, compiled)
+        if self.attention_backend == FP8 and self.blocks[0].self_attn.fp8_scales is None:
+            self.set_fp8_scales()
         return self.attention_backend
+
+    @torch.no_grad()
+    def set_fp8_scales(self) -> None:
+        """Per-head FP8 steps of every layer's q, k and v, from bounds that no input can exceed, so that a
+        graph can use them from the first block to the last (e4m3 keeps 3 mantissa bits over 15 octaves:
+        a loose bound costs no precision for typical values). A normalized vector n has |n|_2 <= sqrt(dim):
+        RMSNorm bounds each q/k element by sqrt(dim) * |weight| (RoPE rotates pairs within that); v_j =
+        sum_i W_ji (1 + scale_i) n_i + (W shift + b)_j is bounded by sqrt(dim) |W_j (1 + scale)|_2 + |...|
+        for the modulation of any timestep in [0, 1000]."""
+        root = math.sqrt(self.cfg.dim)
+        e0 = self.time_embed(torch.arange(0, 1001, device=self.device, dtype=torch.float32)).e0  # [T, 6, dim]
+        for block in self.blocks:
+            a = block.self_attn
+            mod = block.modulation.float() + e0
+            w = _dense_weight(a.v)
+            spread = root * ((w * w) @ ((1 + mod[:, 1]) ** 2).t()).sqrt()  # [dim, T]
+            offset = (mod[:, 0] @ w.t() + a.v.bias.float()).abs().t()
+            v_max = (spread + offset).amax(1)
+            bounds = torch.stack([root * a.norm_q.weight.float().abs(), root * a.norm_k.weight.float().abs(), v_max])
+            a.fp8_scales = bounds.unflatten(1, (a.heads, -1)).amax(-1) * 1.01 / E4M3_MAX
 
     @torch.no_grad()
     def time_embed(self, t: torch.Tensor) -> TimeEmbedding:

@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from .attention import E4M3_MAX
 from .errors import BackendUnavailableError, ConfigError
 from .model import CausalWan
 
@@ -56,7 +57,6 @@ def _torchao():
     return tq
 
 
-E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 TINY = 1e-12  # scale floor: an all-zero row (padded text tokens) must not divide by zero
 
 

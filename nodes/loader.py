@@ -38,7 +38,8 @@ class ModelLoader(io.ComfyNode):
                 io.Combo.Input("precision", options=list(PRECISIONS), default="bf16",
                                tooltip="fp8 needs an Ada/Hopper GPU (compute capability 8.9+); int8 via torchao"),
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto",
-                               tooltip="auto: FlashAttention-3 on Hopper if installed, else FA2, else PyTorch SDPA"),
+                               tooltip="auto: FlashAttention-3 on Hopper if installed, else FA2, else PyTorch SDPA. "
+                                       "'flash-attn 3 fp8': self-attention in FP8 on Hopper (faster, approximate)"),
                 io.Boolean.Input("fast", default=True, tooltip="On CUDA: compile the dense layers and capture "
                                  "CUDA graphs of repeating blocks (first blocks are slower)"),
             ],

@@ -24,7 +24,7 @@ class FullHistorySession(StreamSession):
         self.end = start + frames
         return super().plan(start, frames, cache_only)
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, scales=None):
         if k.shape[1] == TEXT_LEN:
             return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         window, sink = self.rule

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
+from longlive_core.attention import E4M3_MAX, merge_pad, resolve
+from longlive_core.errors import BackendUnavailableError
 from longlive_core.fast import make_fast
-from longlive_core.attention import merge_pad
 from longlive_core.model import linear_gelu
 from longlive_core.session import StreamSession
 from longlive_core.synthetic import TINY, random_model
@@ -100,3 +102,35 @@ def test_text_cache_finds_the_prompt_and_its_padding_key(tiny_model, prompt):
     torch.testing.assert_close(text.pad_k[:, 0, 0], text.k[:, 0, 12])
     torch.testing.assert_close(text.pad_v[:, 1, 0], text.v[:, 1, 300])
     assert torch.equal(text.k[:, 0, 12], text.k[:, 0, 511])
+
+
+def test_fp8_attention_steps_bound_every_q_k_v_the_model_makes(prompt):
+    """The FP8 self-attention's per-head steps come from bounds; no q, k or v may pass them (it would clip),
+    and they must not be so loose that typical values lose e4m3's precision."""
+    model = random_model(TINY, seed=2, dtype=torch.float32, std=0.3)
+    model.set_fp8_scales()
+    seen = []
+
+    def attend(q, k, v, scales):
+        seen.append((q, k, v, scales))
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    model.attend = attend
+    session = StreamSession(model, height=64, width=96, local_attn_size=9, sink_size=3, seed=1)
+    session.set_schedule([(0, prompt), (6, -3 * prompt)])
+    list(session.generate(12))
+    # 4 blocks of 4 steps; 3 clean passes (the block before the switch skips its own) and the recache stop
+    # before the last layer's attention
+    assert len(seen) == 4 * 4 * TINY.num_layers + 4 * (TINY.num_layers - 1)
+    for q, k, v, scales in seen:
+        assert scales.shape == (3, TINY.num_heads)
+        for x, step in zip((q, k, v), scales):
+            peak = x.abs().amax(dim=(0, 1, 3))  # per head
+            assert (peak <= step * E4M3_MAX).all()
+            assert (peak >= step * E4M3_MAX / 2**8).all()
+
+
+def test_fp8_attention_needs_a_hopper_gpu():
+    with pytest.raises(BackendUnavailableError, match="'flash-attn 3 fp8' needs a CUDA GPU"):
+        resolve("flash-attn 3 fp8", "cpu")

@@ -61,3 +61,15 @@ def test_flash_text_attention_reads_the_prompt_and_merges_the_padding_key():
     full = text_attention("sdpa", torch.device("cuda"))(q, text)
     prefix = text_attention("auto", torch.device("cuda"), compiled=True)
     assert rel(prefix(q, text).float(), full.float()) < 1e-2
+
+
+def test_fp8_self_attention_follows_the_bf16_fast_path():
+    model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
+    make_fast(model, attention="auto")
+    if model.attention_backend != "flash-attn 3":
+        pytest.skip("FP8 attention needs FlashAttention-3 on a Hopper GPU")
+    bf16, _ = stream(model, GraphRunner, prepare=True)
+    assert model.set_attention("flash-attn 3 fp8", compiled=True) == "flash-attn 3 fp8"
+    fp8, session = stream(model, GraphRunner, prepare=True)
+    assert torch.isfinite(fp8).all() and len(session.runner.graphs) == 6
+    assert 0 < rel(fp8, bf16) < 0.2
