@@ -227,10 +227,12 @@ class Block(nn.Module):
         return (x.float() + self._ffn(h).float() * gate).type_as(x)
 
     def _ffn(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.fused_gelu:
-            return self.ffn(h)
         up, down = self.ffn[0], self.ffn[2]
-        return down(linear_gelu(h, up.weight, up.bias))
+        if self.fused_gelu:
+            return down(linear_gelu(h, up.weight, up.bias))
+        if hasattr(up, "gelu_into"):  # FP8 linears hand the hidden activations over quantized
+            return up.gelu_into(down, h)
+        return self.ffn(h)
 
 
 class Head(nn.Module):

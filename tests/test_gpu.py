@@ -73,3 +73,18 @@ def test_fp8_self_attention_follows_the_bf16_fast_path():
     fp8, session = stream(model, GraphRunner, prepare=True)
     assert torch.isfinite(fp8).all() and len(session.runner.graphs) == 6
     assert 0 < rel(fp8, bf16) < 0.2
+
+
+def test_gelu_rowwise_fp8_kernel_equals_the_torch_ops():
+    from longlive_core.quantize import gelu_rowwise_fp8
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(300, 8960, device="cuda", generator=gen).to(torch.bfloat16) * 3
+    bias = torch.randn(8960, device="cuda", generator=gen).to(torch.bfloat16)
+    x[7] = -bias  # a row that is zero after the bias: scale at its floor, values 0
+    values, scales = gelu_rowwise_fp8(x, bias)
+    ref_values, ref_scales = gelu_rowwise_fp8(x.cpu(), bias.cpu())
+    torch.testing.assert_close(scales.cpu(), ref_scales, rtol=1e-2, atol=1e-12)
+    same = (values.cpu().float() == ref_values.float()).float().mean().item()
+    assert same > 0.99 and torch.isfinite(values.float()).all()
+    assert rel((values.float() * scales).cpu(), ref_values.float() * ref_scales) < 1e-2

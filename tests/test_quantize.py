@@ -41,6 +41,15 @@ def test_fp8_linear_matches_its_definition_and_survives_zero_rows():
     assert rel(out.float(), linear(x).float()) < 0.06
 
 
+def test_fp8_ffn_hands_over_quantized_activations_as_its_definition():
+    torch.manual_seed(1)
+    up, down = (Float8Linear(torch.nn.Linear(i, o).to(torch.bfloat16)) for i, o in ((64, 160), (160, 64)))
+    x = torch.randn(3, 7, 64, dtype=torch.bfloat16)
+    x[1, 2] = 0
+    expect = down(torch.nn.functional.gelu(up(x), approximate="tanh"))  # each linear quantizes its own input
+    torch.testing.assert_close(up.gelu_into(down, x), expect, rtol=0, atol=0)
+
+
 def test_fp8_blocks_stay_close_to_bf16(prompt):
     ref = random_model(TINY, dtype=torch.bfloat16, std=0.1)
     quant = random_model(TINY, dtype=torch.bfloat16, std=0.1)
