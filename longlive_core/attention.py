@@ -61,13 +61,14 @@ def _flash(module) -> AttentionFn:
     return run
 
 
-def _fp8_inputs(q, k, v, scales):
-    """q/k/v [B, S, H, D] -> e4m3 values x / step (clamped to the e4m3 range) and descales [3, B, H]."""
-    def cast(x, step):
-        return (x.float() / step[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+def to_fp8(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """x [..., H, D] -> e4m3 values of x / step (step [H] per head), clamped to the e4m3 range."""
+    return (x.float() / step[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
 
-    descale = scales[:, None, :].expand(3, q.shape[0], -1).contiguous()
-    return cast(q, scales[0]), cast(k, scales[1]), cast(v, scales[2]), descale
+
+def _fp8_inputs(q, scales, batch: int):
+    """q [B, S, H, D] -> its e4m3 values and the descales [3, B, H] of q, k, v."""
+    return to_fp8(q, scales[0]), scales[:, None, :].expand(3, batch, -1).contiguous()
 
 
 _fp8_inputs_compiled = torch.compile(_fp8_inputs, fullgraph=True)
@@ -75,8 +76,9 @@ _fp8_inputs_compiled = torch.compile(_fp8_inputs, fullgraph=True)
 
 def _flash_fp8(module) -> AttentionFn:
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
-        q8, k8, v8, descale = _fp8_inputs_compiled(q, k, v, scales)
-        out = module.flash_attn_func(q8, k8, v8, q_descale=descale[0], k_descale=descale[1], v_descale=descale[2])
+        # k, v: the FP8 cache, quantized when written (Block.self_qkv)
+        q8, descale = _fp8_inputs_compiled(q, scales, q.shape[0])
+        out = module.flash_attn_func(q8, k, v, q_descale=descale[0], k_descale=descale[1], v_descale=descale[2])
         return out[0] if isinstance(out, tuple) else out
 
     return run

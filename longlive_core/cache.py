@@ -66,8 +66,8 @@ class KVCache:
         return min(end_frame, self.window) * self.frame_tokens
 
     def zero_(self) -> None:
-        self.k.zero_()
-        self.v.zero_()
+        self.k.view(torch.uint8).zero_()  # zero bytes are 0.0 in every float format, FP8 included
+        self.v.view(torch.uint8).zero_()
 
     @property
     def nbytes(self) -> int:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention
+from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention, to_fp8
 from .cache import KVCache, TextCache
 from .config import PATCH, ROPE_POSITIONS, WanConfig
 
@@ -205,14 +205,24 @@ class Block(nn.Module):
         return (self.modulation.float() + e0).unsqueeze(2).unbind(1)
 
     def self_qkv(self, x, e0, cos, sin, write_index, cache_k, cache_v):
-        """Returns q; k (after RoPE) and v go straight into their cache slots."""
+        """Returns q; k (after RoPE) and v go straight into their cache slots (an FP8 cache: quantized
+        with the FP8 attention's per-head steps)."""
         shift, scale = self._mod(e0)[:2]
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
         a = self.self_attn
         q, k, v = a.project_qkv(h)
-        cache_k.index_copy_(1, write_index, apply_rope(a.split(a.norm_k(k)), cos, sin))
-        cache_v.index_copy_(1, write_index, a.split(v))
+        self._write(cache_k, write_index, apply_rope(a.split(a.norm_k(k)), cos, sin), 1)
+        self._write(cache_v, write_index, a.split(v), 2)
         return apply_rope(a.split(a.norm_q(q)), cos, sin)
+
+    def _write(self, cache: torch.Tensor, index: torch.Tensor, x: torch.Tensor, which: int) -> None:
+        if cache.dtype == torch.float8_e4m3fn:
+            x = to_fp8(x, self.self_attn.fp8_scales[which])
+            # eager index_copy has no FP8 kernels: write the bytes. Compiled code writes FP8 directly (through
+            # a byte view inductor would copy the whole layer's cache back on every write).
+            if not torch.compiler.is_compiling():
+                cache, x = cache.view(torch.uint8), x.view(torch.uint8)
+        cache.index_copy_(1, index, x)
 
     def self_out_cross_q(self, x, y, e0):
         gate = self._mod(e0)[2]
@@ -301,6 +311,11 @@ class CausalWan(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.head.head.weight.dtype
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """What the self-attention KV cache holds: FP8 for the FP8 attention (written quantized), else dtype."""
+        return torch.float8_e4m3fn if self.attention_backend == FP8 else self.dtype
 
     def set_attention(self, backend: str, cross: str | None = None, compiled: bool = False) -> str:
         """Chooses the attention kernels (cross-attention: the same unless given; `compiled`: see

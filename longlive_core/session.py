@@ -85,7 +85,7 @@ class StreamSession:
     def _allocate(self, window: int, sink: int) -> None:
         cfg, dev, dt = self.cfg, self.model.device, self.model.dtype
         self.cache = KVCache.allocate(cfg.num_layers, self.batch, window, sink, self.frame_tokens,
-                                      cfg.num_heads, cfg.head_dim, dev, dt)
+                                      cfg.num_heads, cfg.head_dim, dev, self.model.kv_dtype)
         self.text = TextCache.allocate(cfg.num_layers, self.batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, dt)
         self.rope = RopeTable(cfg.head_dim, dev)
         self.schedule = Schedule.warped()
@@ -110,9 +110,10 @@ class StreamSession:
 
     def use_model(self, model: CausalWan, runner: Runner | None = None) -> None:
         """Continues the video with another load of the same weights (a host that reloaded them)."""
-        if model.cfg != self.cfg or (model.device, model.dtype) != (self.model.device, self.model.dtype):
-            raise ConfigError(f"use_model needs the same network on {self.model.device} in {self.model.dtype}; got "
-                              f"{model.cfg} on {model.device} in {model.dtype}: start a new session for it")
+        mine, theirs = (self.model.device, self.model.dtype, self.cache.k.dtype), (model.device, model.dtype, model.kv_dtype)
+        if model.cfg != self.cfg or mine != theirs:
+            raise ConfigError(f"use_model needs the same network on {mine[0]} in {mine[1]} with a {mine[2]} KV cache; "
+                              f"got {model.cfg} on {theirs[0]} in {theirs[1]} with {theirs[2]}: start a new session")
         self.model, self.runner = model, runner or model
 
     @property

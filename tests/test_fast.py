@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from longlive_core.attention import E4M3_MAX, merge_pad, resolve
-from longlive_core.errors import BackendUnavailableError
-from longlive_core.fast import make_fast
+from longlive_core.errors import BackendUnavailableError, ConfigError
+from longlive_core.fast import compile_blocks, make_fast
 from longlive_core.model import linear_gelu
 from longlive_core.session import StreamSession
 from longlive_core.synthetic import TINY, random_model
@@ -134,3 +134,31 @@ def test_fp8_attention_steps_bound_every_q_k_v_the_model_makes(prompt):
 def test_fp8_attention_needs_a_hopper_gpu():
     with pytest.raises(BackendUnavailableError, match="'flash-attn 3 fp8' needs a CUDA GPU"):
         resolve("flash-attn 3 fp8", "cpu")
+
+
+def test_fp8_attention_keeps_an_fp8_cache_written_once_per_token(prompt):
+    """With the FP8 attention the cache holds e4m3 K/V, quantized as they are written; here FA3's FP8 kernel is
+    stood in for by attention over the dequantized cache (FA3 needs a Hopper GPU; test_gpu runs it)."""
+    plain = video(random_model(TINY, seed=3, dtype=torch.float32, std=0.3), prompt)
+    model = random_model(TINY, seed=3, dtype=torch.float32, std=0.3)
+    model.set_fp8_scales()
+    model.attention_backend = "flash-attn 3 fp8"
+    caches = []
+
+    def attend(q, k, v, scales):
+        caches.append(k.dtype)
+        k, v = (x.float() * step[:, None] for x, step in ((k, scales[1]), (v, scales[2])))
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    model.attend = attend
+    fp8 = video(model, prompt)
+    assert set(caches) == {torch.float8_e4m3fn}
+    assert 1e-4 < ((fp8 - plain).norm() / plain.norm()).item() < 0.1
+    compile_blocks(model)  # the compiled stages write FP8 directly instead of through a byte view
+    compiled = video(model, prompt)
+    assert ((compiled - fp8).norm() / fp8.norm()).item() < 1e-3  # a few values may round to the other FP8 neighbour
+    session = StreamSession(model, height=64, width=96, local_attn_size=9, sink_size=3)
+    assert session.cache.k.dtype == torch.float8_e4m3fn and session.cache.nbytes == session.cache.k.numel() * 2
+    with pytest.raises(ConfigError, match="with a torch.float8_e4m3fn KV cache; got .* with torch.float32"):
+        session.use_model(random_model(TINY, seed=3, dtype=torch.float32))
