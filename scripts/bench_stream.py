@@ -1,6 +1,7 @@
 """GPU benchmark of the whole stream: the fast generator and the Wan 2.1 VAE decode, block by block.
 
     PYTHONPATH=<ComfyUI dir>:. python scripts/bench_stream.py [--json PATH] [--compiled-vae]
+        [--precision bf16|fp8|...] [--attention auto|flash-attn 3 fp8|...]
 
 Random full-size weights, bf16, 480x832, window 12, sink 3. Rows: sequential (each block generated,
 then decoded) and overlapped (a block decodes on a second CUDA stream while the next one generates):
@@ -29,6 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from longlive_core import StreamSession, WanConfig  # noqa: E402
 from longlive_core.bench import PROMPT_TOKENS  # noqa: E402
 from longlive_core.fast import GraphRunner, make_fast, warm_up  # noqa: E402
+from longlive_core.quantize import apply_precision  # noqa: E402
 from longlive_core.synthetic import random_model  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
@@ -85,11 +87,16 @@ def prompt_to_pixel_ms(session, decoder, embeds) -> list[float]:
     return out
 
 
+def option(name: str, default: str) -> str:
+    return ARGV[ARGV.index(name) + 1] if name in ARGV else default
+
+
 def main() -> None:
-    out_json = ARGV[ARGV.index("--json") + 1] if "--json" in ARGV else "bench_stream.json"
+    out_json = option("--json", "bench_stream.json")
     with torch.inference_mode():
         model = random_model(WanConfig(), device="cuda", dtype=torch.bfloat16)
-        make_fast(model, attention="auto")
+        model = apply_precision(model, option("--precision", "bf16"))
+        attention = make_fast(model, attention=option("--attention", "auto"))
         session = StreamSession(model, height=480, width=832, runner=GraphRunner(model))
         warm_up(session)
         gen = torch.Generator(device="cuda").manual_seed(0)
@@ -109,7 +116,8 @@ def main() -> None:
     rows.update({f"{k.split('_ms')[0]}_pixel_fps": 12e3 / v for k, v in list(rows.items())})
     rows["prompt_to_pixel_ms"] = latencies
     rows["prompt_to_pixel_ms_median"] = statistics.median(latencies)
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, **rows}
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "precision": option("--precision", "bf16"), "attention": attention, **rows}
     pathlib.Path(out_json).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
