@@ -1,5 +1,8 @@
 """Attention backends: PyTorch SDPA, FlashAttention-3 and FlashAttention-2, all on [B, S, H, D].
 
+`flash-attn 3 fp8` runs the self-attention through FA3's FP8 kernel: q is quantized here, k and v come
+from the FP8 KV cache (quantized when written), all with per-head steps (CausalWan.set_fp8_scales).
+
 Text cross-attention takes one layer's TextCache. With a flash backend it attends only to the prompt's keys
 (the kernel reads a device-side length, so graphs stay valid across prompts) and adds the zero-padding
 keys, which are all one key, in closed form: exact, and most of the 512 keys are never read.

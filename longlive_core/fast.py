@@ -1,7 +1,7 @@
 """The real-time path: compiled dense stages and CUDA graphs of the passes that repeat.
 
 One owner of CUDA graphs: GraphRunner. torch.compile only fuses (no cudagraphs mode), and only
-the three dense stages of a layer; cache writes and attention stay outside compiled code.
+the three dense stages of a layer (the first one writes the KV cache); attention stays outside.
 """
 
 from __future__ import annotations

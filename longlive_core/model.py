@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention, to_fp8
 from .cache import KVCache, TextCache
 from .config import PATCH, ROPE_POSITIONS, WanConfig
+from .errors import ConfigError
 
 # --- RoPE ---------------------------------------------------------------------------------
 
@@ -177,7 +178,7 @@ def _drop_fused_keys(module, state_dict, prefix, local_metadata) -> None:
 class Block(nn.Module):
     """One Wan layer. The three dense stages around the two attentions are separate methods so
     that the fast path can compile them (the first one also writes the cache); attention stays
-    between them. fused_gelu (set by the fast path on CUDA) runs the FFN through linear_gelu."""
+    between them. fused_gelu (set by the fast path) runs the FFN through linear_gelu."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -321,6 +322,8 @@ class CausalWan(nn.Module):
         """Chooses the attention kernels (cross-attention: the same unless given; `compiled`: see
         text_attention); float32 always uses SDPA (flash kernels need 16-bit)."""
         half = self.dtype in (torch.bfloat16, torch.float16)
+        if backend == FP8 and self.dtype == torch.float16:
+            raise ConfigError(f"attention '{FP8}' returns bf16 and needs precision bf16 or fp8, not fp16")
         self.attention_backend, self.attend = for_device(backend if half else "sdpa", self.device)
         self.cross_attend = text_attention((cross or backend) if half else "sdpa", self.device, compiled)
         if self.attention_backend == FP8 and self.blocks[0].self_attn.fp8_scales is None:

@@ -162,3 +162,9 @@ def test_fp8_attention_keeps_an_fp8_cache_written_once_per_token(prompt):
     assert session.cache.k.dtype == torch.float8_e4m3fn and session.cache.nbytes == session.cache.k.numel() * 2
     with pytest.raises(ConfigError, match="with a torch.float8_e4m3fn KV cache; got .* with torch.float32"):
         session.use_model(random_model(TINY, seed=3, dtype=torch.float32))
+
+
+def test_fp8_attention_refuses_an_fp16_model():
+    model = random_model(TINY, dtype=torch.float16)
+    with pytest.raises(ConfigError, match="'flash-attn 3 fp8' returns bf16 and needs precision bf16 or fp8"):
+        model.set_attention("flash-attn 3 fp8")
