@@ -151,7 +151,7 @@ def main_rows(args, cfg, rows, record, result) -> dict:
     attention = model.set_attention(args.attention)
     same_kernels = run_stream(model, None)
     record(summarize(f"eager bf16 w12 s3 ({attention})", same_kernels, eager["latents"], 1))
-    result["attention"] = make_fast(model, attention=args.attention)
+    result["attention"] = make_fast(model, attention=args.attention, compile_options=args.inductor)
     fast = run_stream(model, GraphRunner)
     row = summarize(f"fast bf16 w12 s3 ({attention})", fast, eager["latents"], 1)
     row["max_rel_diff_vs_eager_same_attention"] = max_block_diff(fast["latents"], same_kernels["latents"])
@@ -189,7 +189,7 @@ def quantized_row(args, cfg, precision, reference, result, attention: str | None
     torch.cuda.synchronize()
     quantize_s = time.perf_counter() - start
     compiled = precision in COMPILABLE or args.compile_quantized
-    backend = make_fast(model, attention=attention or args.attention, compile=compiled)
+    backend = make_fast(model, attention=attention or args.attention, compile=compiled, compile_options=args.inductor)
     graphs = precision in CAPTURABLE
     run = run_stream(model, GraphRunner if graphs else None)
     label = ("compiled, " if compiled else "") + ("graphs" if graphs else "eager, no graphs") + f", {backend}"
@@ -212,6 +212,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=30, help="fewer layers for a quick look")
     parser.add_argument("--reference", default=None, help="file of the bf16 latents: written by a run with "
                         "'main', read by runs of precision rows alone (each precision can run in its own process)")
+    parser.add_argument("--inductor", type=json.loads, default=None,
+                        help='inductor options for the fast rows\' stages, as JSON: \'{"triton.multi_kernel": 1}\'')
     parser.add_argument("--compile-quantized", action="store_true",
                         help="also torch.compile the quantized rows (slow to compile with torchao tensors)")
     args = parser.parse_args(argv)

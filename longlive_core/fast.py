@@ -23,19 +23,19 @@ log = logging.getLogger(__name__)
 STAGES = ("self_qkv", "self_out_cross_q", "cross_out_ffn")
 
 
-def compile_blocks(model: CausalWan, mode: str = "default") -> None:
+def compile_blocks(model: CausalWan, options: dict | None = None) -> None:
     """Compiles the dense stages once; all layers share the compiled code (modules are inputs).
 
     The default mode keeps cuBLAS for the GEMMs and fuses the norms, modulation, RoPE and gated
     residuals around them; max-autotune costs minutes per shape for little gain at these sizes.
-    The first shape compiles static (the steady block); a second one makes dynamo compile a
-    dynamic variant that serves every later shape (recache chunks, other batch sizes).
+    `options`: inductor settings. The first shape compiles static (the steady block); a second one
+    makes dynamo compile a dynamic variant that serves every later shape (recache chunks, batches).
     """
     for name in STAGES:
-        fn = torch.compile(getattr(Block, name), mode=mode, fullgraph=True)
+        fn = torch.compile(getattr(Block, name), fullgraph=True, options=options)
         for block in model.blocks:
             setattr(block, name, functools.partial(fn, block))
-    log.info("compiled the dense stages of %d layers (%s)", len(model.blocks), mode)
+    log.info("compiled the dense stages of %d layers (%s)", len(model.blocks), options or "default")
 
 
 @dataclasses.dataclass
@@ -151,7 +151,8 @@ def fuse_qkv(attn) -> None:
 RECOMPILE_LIMIT = 64  # each loaded model (module types differ: fp8, bf16) and batch size adds variants
 
 
-def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True, cross: str | None = None) -> str:
+def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True, cross: str | None = None,
+              compile_options: dict | None = None) -> str:
     """Explicit setup of the fast path: attention backend, the FFN's GELU as a GEMM epilogue, compiled
     stages. Returns the backend.
     Raises dynamo's recompile limit for the process (a server-wide setting): each loaded model and
@@ -162,5 +163,5 @@ def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True
         fuse_qkv(block.self_attn)
     if compile:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        compile_blocks(model)
+        compile_blocks(model, compile_options)
     return backend
