@@ -114,7 +114,8 @@ def _category(name: str) -> str:
     n = name.lower()
     if any(s in n for s in ("flash", "fmha", "attention", "cudnn", "sdpa")):
         return "attention"
-    if any(s in n for s in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "_mm", "wgmma")):
+    # Triton kernels are fused elementwise work even when named after the GEMM they feed (`fused__scaled_mm_`)
+    if not n.startswith("triton") and any(s in n for s in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "_mm", "wgmma")):
         return "gemm"
     if any(s in n for s in ("index_copy", "index_put", "scatter", "indexing")):
         return "cache_write"
