@@ -64,3 +64,17 @@ def test_options_this_machine_cannot_run_are_refused():
         check_precision("fp8", torch.device("cpu"))
     with pytest.raises(ConfigError, match="precision 'int4' is unknown"):
         check_precision("int4", torch.device("cpu"))
+
+
+def test_fp8_attention_bounds_read_quantized_weights(prompt):
+    """The FP8 attention's v bound needs the v weights as numbers, also when torchao or our FP8 hold them."""
+    from longlive_core.model import _dense_weight
+
+    plain = random_model(TINY, dtype=torch.float32, std=0.1)
+    weight = plain.blocks[0].self_attn.v.weight.detach().clone()
+    int8 = apply_precision(random_model(TINY, dtype=torch.float32, std=0.1), "int8 weight-only")
+    assert rel(_dense_weight(int8.blocks[0].self_attn.v), weight) < 0.02
+    fp8 = Float8Linear(plain.blocks[0].self_attn.v.to(torch.bfloat16))
+    assert rel(_dense_weight(fp8), weight) < 0.06
+    int8.set_fp8_scales()
+    assert torch.isfinite(int8.blocks[1].self_attn.fp8_scales).all()
