@@ -114,7 +114,7 @@ def warm_up(session) -> None:
     window, sink, dims = session.window, session.sink, (session.cfg.in_dim, *session.latent_hw)
     end = window + FRAMES_PER_BLOCK  # any position where the window is full
     block = session.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK)
-    clean = session.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK, cache_only=True)
+    clean = dataclasses.replace(block, cache_only=True)
     kept = window - sink
     recache = session.plan(end - kept, kept, cache_only=True)
     x = torch.zeros(session.batch, FRAMES_PER_BLOCK, *dims, device=session.model.device)

@@ -61,7 +61,7 @@ def _torchao():
 TINY = 1e-12  # scale floor: an all-zero row (padded text tokens) must not divide by zero
 
 
-def _rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [M, K] -> (e4m3 values [M, K], float32 scales [M, 1]) with x ~= values * scales."""
     scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=TINY) / E4M3_MAX
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
@@ -72,13 +72,13 @@ class Float8Linear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
-        weight, scale = _rowwise_fp8(linear.weight.detach())
+        weight, scale = rowwise_fp8(linear.weight.detach())
         self.weight = torch.nn.Parameter(weight, requires_grad=False)  # [out, in] e4m3
         self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out]
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values, scale = _rowwise_fp8(x.reshape(-1, x.shape[-1]))
+        values, scale = rowwise_fp8(x.reshape(-1, x.shape[-1]))
         out = self.matmul(values, scale, x.dtype)
         if self.bias is not None:
             out = out + self.bias
@@ -91,7 +91,7 @@ class Float8Linear(torch.nn.Module):
     def gelu_into(self, down: "Float8Linear", x: torch.Tensor) -> torch.Tensor:
         """down(gelu_tanh(self(x))): the FFN, its hidden activations biased, GELU'd and quantized for `down`
         in one pass (gelu_rowwise_fp8) instead of being written in 16-bit and read twice."""
-        values, scale = _rowwise_fp8(x.reshape(-1, x.shape[-1]))
+        values, scale = rowwise_fp8(x.reshape(-1, x.shape[-1]))
         hidden, hidden_scale = gelu_rowwise_fp8(self.matmul(values, scale, x.dtype), self.bias)
         out = down.matmul(hidden, hidden_scale, x.dtype) + down.bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -99,12 +99,12 @@ class Float8Linear(torch.nn.Module):
 
 @torch.library.custom_op("longlive::gelu_rowwise_fp8", mutates_args=())
 def gelu_rowwise_fp8(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """gelu_tanh(x + bias) quantized row by row, as _rowwise_fp8(F.gelu(x + bias)) computes it in 16-bit:
+    """gelu_tanh(x + bias) quantized row by row, as rowwise_fp8(F.gelu(x + bias)) computes it in 16-bit:
     x [M, N] -> (e4m3 [M, N], float32 scales [M, 1]). On CUDA one Triton kernel holds each row in
     registers (inductor's version read every row twice)."""
     if x.is_cuda:
         return _gelu_rowwise_fp8_cuda(x.contiguous(), bias)
-    return _rowwise_fp8(torch.nn.functional.gelu(x + bias, approximate="tanh"))
+    return rowwise_fp8(torch.nn.functional.gelu(x + bias, approximate="tanh"))
 
 
 @gelu_rowwise_fp8.register_fake

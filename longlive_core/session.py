@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Iterator, Sequence
 
@@ -185,8 +186,9 @@ class StreamSession:
         self._settle_skipped_clean_pass(recache_follows=switch is not None and self.switch_policy == "recache")
         if switch is not None:
             self._switch(self.pending.pop(self.frame))
-        x0 = self._denoise(self.plan(self.pos, FRAMES_PER_BLOCK))
-        clean = self.plan(self.pos, FRAMES_PER_BLOCK, cache_only=True)
+        plan = self.plan(self.pos, FRAMES_PER_BLOCK)
+        x0 = self._denoise(plan)
+        clean = dataclasses.replace(plan, cache_only=True)  # the same positions: no second RoPE table or index
         if self._clean_pass_overwritten():
             self._skipped_clean = (x0, clean)
         else:

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from longlive_core.attention import E4M3_MAX as E4M3  # noqa: E402
+from longlive_core.quantize import rowwise_fp8  # noqa: E402
+
 TOKENS, KEYS, TEXT, DIM, HEADS, FFN = 4680, 18720, 512, 1536, 12, 8960
-E4M3 = torch.finfo(torch.float8_e4m3fn).max
 ROTATE = 4  # input sets, so that repeated runs do not measure the L2 cache
 
 
@@ -54,11 +58,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3
-    return (x.float() / scale).to(torch.float8_e4m3fn), scale
-
-
 def tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = x.abs().amax().float().clamp(min=1e-12) / E4M3
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
@@ -87,9 +86,9 @@ def gemm_rows(rows: list) -> None:
                  "ms": timed(lambda x: torch._addmm_activation(b_up, x, w["up"].t(), use_gelu=True), xs),
                  "rel_err_vs_separate": rel(fused, F.gelu(F.linear(xs[0][0], w["up"], b_up), approximate="tanh"))})
     rows.append({"row": "gemm bf16 ffn down", "ms": timed(lambda h: h @ w["down"].t(), hs)})
-    quant = torch.compile(rowwise)
+    quant = torch.compile(rowwise_fp8)
     for name, inputs in (("q", xs), ("qkv", xs), ("up", xs), ("down", hs)):
-        wq, ws = rowwise(w[name])
+        wq, ws = rowwise_fp8(w[name])
         ws = ws.t().contiguous()
         acts = [quant(x) for (x,) in inputs]
         ms = timed(lambda a, s: torch._scaled_mm(a, wq.t(), scale_a=s, scale_b=ws, out_dtype=torch.bfloat16), acts)
