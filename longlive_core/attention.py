@@ -56,9 +56,64 @@ def _flash_module(name: str):
     return None
 
 
-def _flash(module) -> AttentionFn:
+Q_TILE = 128  # the queries one FA3 work unit (CTA) takes at head dim 128, in bf16 and in FP8
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+MAX_SPLITS = 5  # more key splits did not pay for the tail (run 28)
+
+
+def wave_split(batch: int, queries: int, heads: int, sms: int) -> tuple[int, int] | None:
+    """FA3 runs one work unit per (sample, head, 128 queries) and one unit per SM at a time, so the units
+    run in waves; a last wave that is partly empty costs a whole one (4680 queries x 12 heads: 444 units on
+    132 SMs take 4 waves, as long as 5632 queries do; run 25). Returns (cut, splits): the queries before `cut`
+    fill whole waves; the rest run with their keys in `splits` parts, smaller units that make the last wave
+    shorter (the split count whose rounds of units take the least time). None where that does not pay (no
+    full wave, or nothing left over)."""
+    tiles, per_tile = -(-queries // Q_TILE), batch * heads
+    whole = max(t for t in range(tiles + 1) if t * per_tile % sms == 0)  # t = 0 always qualifies
+    rest = (tiles - whole) * per_tile
+    if whole == 0 or rest == 0:
+        return None
+    splits = min(range(1, MAX_SPLITS + 1), key=lambda s: -(-rest * s // sms) / s)
+    return (whole * Q_TILE, splits) if splits > 1 else None
+
+
+def _raw_fa3():
+    """FA3's forward op that writes into a given output (fa3-fwd's, or flash-attn 3's from source); None
+    without one."""
+    for namespace in ("fa3_fwd", "flash_attn_3"):
+        op = getattr(getattr(torch.ops, namespace), "fwd", None)
+        if op is not None:
+            return op
+    return None
+
+
+def _in_waves(fwd, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **scales) -> torch.Tensor | None:
+    """Attention through the raw FA3 op, with the queries cut by wave_split into one output; None where the
+    cut does not pay (the caller makes one plain call)."""
+    split = wave_split(q.shape[0], q.shape[1], q.shape[2], _sm_count(q.device)) if q.is_cuda else None
+    if fwd is None or split is None:
+        return None
+    cut, splits = split
+    out = torch.empty(q.shape, device=q.device, dtype=torch.bfloat16 if q.dtype == torch.float8_e4m3fn else q.dtype)
+    fwd(q[:, :cut], k, v, out=out[:, :cut], num_splits=1, **scales)
+    fwd(q[:, cut:], k, v, out=out[:, cut:], num_splits=splits, **scales)
+    return out
+
+
+def _flash(module, waves: bool) -> AttentionFn:
+    """waves: cut the queries by wave_split (FA3; FA2 has no key splits)."""
+    fwd = _raw_fa3() if waves else None
+
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
-        out = module.flash_attn_func(q, k, v)
+        out = _in_waves(fwd, q, k, v)
+        if out is None:
+            out = module.flash_attn_func(q, k, v)
         return out[0] if isinstance(out, tuple) else out
 
     return run
@@ -78,10 +133,15 @@ _fp8_inputs_compiled = torch.compile(_fp8_inputs, fullgraph=True)
 
 
 def _flash_fp8(module) -> AttentionFn:
+    fwd = _raw_fa3()
+
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
         # k, v: the FP8 cache, quantized when written (Block.self_qkv)
         q8, descale = _fp8_inputs_compiled(q, scales, q.shape[0])
-        out = module.flash_attn_func(q8, k, v, q_descale=descale[0], k_descale=descale[1], v_descale=descale[2])
+        steps = {"q_descale": descale[0], "k_descale": descale[1], "v_descale": descale[2]}
+        out = _in_waves(fwd, q8, k, v, **steps)
+        if out is None:
+            out = module.flash_attn_func(q8, k, v, **steps)
         return out[0] if isinstance(out, tuple) else out
 
     return run
@@ -102,7 +162,7 @@ def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[
         for candidate in ("flash-attn 3", "flash-attn 2") if hopper else ("flash-attn 2",):
             module = _flash_module(candidate)
             if module is not None:
-                return candidate, _flash(module)
+                return candidate, _flash(module, candidate == "flash-attn 3")
         return "sdpa", _sdpa_hopper if hopper else _sdpa
     if device_type != "cuda":
         raise BackendUnavailableError(f"attention backend '{name}' needs a CUDA GPU; use 'sdpa' on {device_type}")
@@ -112,7 +172,7 @@ def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[
     if module is None:
         pkg = "flash-attn" if name == "flash-attn 2" else "fa3-fwd (PyPI) or flash-attn 3"
         raise BackendUnavailableError(f"attention backend '{name}' is not installed; pip install {pkg}, or use 'auto'")
-    return name, _flash_fp8(module) if name == FP8 else _flash(module)
+    return name, _flash_fp8(module) if name == FP8 else _flash(module, name == "flash-attn 3")
 
 
 def for_device(name: str, device: torch.device) -> tuple[str, AttentionFn]:
@@ -135,7 +195,8 @@ def merge_pad(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, pad_k: torc
     seen = lse.transpose(1, 2)
     top = torch.maximum(seen, pad)
     a, b = torch.exp(seen - top)[..., None], torch.exp(pad - top)[..., None]
-    return ((a * out.float() + b * pad_v.float()) / (a + b)).type_as(out)
+    # contiguous: compiled, the result would otherwise take lse's layout and cost the next stage a copy
+    return ((a * out.float() + b * pad_v.float()) / (a + b)).type_as(out).contiguous()
 
 
 _merge_pad_compiled = torch.compile(merge_pad, fullgraph=True)

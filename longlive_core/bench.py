@@ -33,7 +33,7 @@ BLOCKS = 20
 SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
 PROMPT_TOKENS = 128  # LongLive's prompts are a paragraph: about 100-200 umt5 tokens
-ROWS = ("main", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all", "int8-weight-only",
+ROWS = ("main", "unfused", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all", "int8-weight-only",
         "int8-dynamic")
 
 
@@ -159,6 +159,11 @@ def main_rows(args, cfg, rows, record, result) -> dict:
     record(row)
     if args.profile:
         result["profile"]["fast"] = profile_block(model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
+    if "unfused" in rows:  # inductor's fusion of the norms instead of the Triton kernels
+        make_fast(model, attention=args.attention, compile_options=args.inductor, fused_norms=False)
+        record(summarize(f"fast bf16 w12 s3 ({attention}, inductor norms)", run_stream(model, GraphRunner),
+                         eager["latents"], 1))
+        make_fast(model, attention=args.attention, compile_options=args.inductor)
     if "fp8-attention" in rows:  # bf16 linears, FP8 self-attention
         model.set_attention(FP8, compiled=True)
         run = run_stream(model, GraphRunner)

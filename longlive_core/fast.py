@@ -14,6 +14,7 @@ import logging
 import torch
 import torch._dynamo
 
+from . import kernels
 from .cache import FRAMES_PER_BLOCK, KVCache, TextCache
 from .model import Block, CausalWan, PassPlan, TimeEmbedding
 from .quantize import Float8Linear
@@ -152,15 +153,16 @@ RECOMPILE_LIMIT = 64  # each loaded model (module types differ: fp8, bf16) and b
 
 
 def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True, cross: str | None = None,
-              compile_options: dict | None = None) -> str:
-    """Explicit setup of the fast path: attention backend, the FFN's GELU as a GEMM epilogue, compiled
-    stages. Returns the backend.
+              compile_options: dict | None = None, fused_norms: bool = True) -> str:
+    """Explicit setup of the fast path: attention backend, the FFN's GELU as a GEMM epilogue, the Triton
+    kernels around the GEMMs (`fused_norms`, where Triton runs), compiled stages. Returns the backend.
     Raises dynamo's recompile limit for the process (a server-wide setting): each loaded model and
     batch size needs its own compiled variants, and past the limit dynamo silently runs eagerly."""
     backend = model.set_attention(attention, cross, compiled=compile)
     for block in model.blocks:  # quantized FFNs keep their own linear
         block.fused_gelu = type(block.ffn[0]) is torch.nn.Linear
         fuse_qkv(block.self_attn)
+        block.fused_norms = fused_norms and kernels.available(model.device) and block.self_attn.qkv is not None
     if compile:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         compile_blocks(model, compile_options)

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention, to_fp8
+from . import kernels
 from .cache import KVCache, TextCache
 from .config import PATCH, ROPE_POSITIONS, WanConfig
 from .errors import ConfigError
@@ -112,6 +113,11 @@ def layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Ten
     return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps)
 
 
+def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """The gated residual x + y * gate in float32, rounded to x's dtype."""
+    return (x.float() + y.float() * gate).type_as(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -178,7 +184,8 @@ def _drop_fused_keys(module, state_dict, prefix, local_metadata) -> None:
 class Block(nn.Module):
     """One Wan layer. The three dense stages around the two attentions are separate methods so
     that the fast path can compile them (the first one also writes the cache); attention stays
-    between them. fused_gelu (set by the fast path) runs the FFN through linear_gelu."""
+    between them. The fast path sets fused_gelu (the FFN through linear_gelu) and fused_norms (the norms,
+    residuals, RoPE and cache writes through the Triton kernels of kernels.py; needs the fused q|k|v)."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -190,12 +197,15 @@ class Block(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
         self.fused_gelu = False
+        self.fused_norms = False
 
-    def forward(self, x, e0, plan: PassPlan, cache_k, cache_v, text: TextCache, attend: AttentionFn,
+    def forward(self, x, carry, e0, plan: PassPlan, cache_k, cache_v, text: TextCache, attend: AttentionFn,
                 cross_attend: TextAttentionFn):
-        # x: [B, S, dim]; e0: [B, 6, dim] float32, shared by every frame of the pass;
-        # cache_k/v: [B, window tokens, H, D], written in place at plan.write_index.
-        q = self.self_qkv(x, e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
+        """x: [B, S, dim]; carry: None, or the previous layer's FFN output and gate not yet added to x (the
+        fused path adds them in this layer's first norm); e0: [B, 6, dim] float32, shared by every frame of
+        the pass; cache_k/v: [B, window tokens, H, D], written in place at plan.write_index.
+        Returns (x, carry) for the next layer."""
+        x, q = self.self_qkv(x, carry, e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
         y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len], self.self_attn.fp8_scales)
         x, q = self.self_out_cross_q(x, y, e0)
         y = cross_attend(q, text)
@@ -205,16 +215,24 @@ class Block(nn.Module):
         # shift, scale, gate of attention, then of the FFN: each [B, 1, dim]
         return (self.modulation.float() + e0).unsqueeze(2).unbind(1)
 
-    def self_qkv(self, x, e0, cos, sin, write_index, cache_k, cache_v):
-        """Returns q; k (after RoPE) and v go straight into their cache slots (an FP8 cache: quantized
-        with the FP8 attention's per-head steps)."""
+    def self_qkv(self, x, carry, e0, cos, sin, write_index, cache_k, cache_v):
+        """Returns (x with the carry added, q); k (after RoPE) and v go straight into their cache slots (an FP8
+        cache: quantized with the FP8 attention's per-head steps)."""
         shift, scale = self._mod(e0)[:2]
-        h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
         a = self.self_attn
+        if self.fused_norms:
+            if carry is None:
+                h = kernels.norm_affine(x, scale, shift, self.eps, True)
+            else:
+                x, h = kernels.add_norm_affine(x, *carry, scale, shift, self.eps, True)
+            return x, kernels.qkv_norm_rope_write(a.qkv(h), a.norm_q.weight, a.norm_k.weight, cos, sin, write_index,
+                                                  cache_k, cache_v, a.fp8_scales, a.heads, a.norm_q.eps)
+        x = x if carry is None else gated_add(x, *carry)
+        h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
         q, k, v = a.project_qkv(h)
         self._write(cache_k, write_index, apply_rope(a.split(a.norm_k(k)), cos, sin), 1)
         self._write(cache_v, write_index, a.split(v), 2)
-        return apply_rope(a.split(a.norm_q(q)), cos, sin)
+        return x, apply_rope(a.split(a.norm_q(q)), cos, sin)
 
     def _write(self, cache: torch.Tensor, index: torch.Tensor, x: torch.Tensor, which: int) -> None:
         if cache.dtype == torch.float8_e4m3fn:
@@ -227,15 +245,24 @@ class Block(nn.Module):
 
     def self_out_cross_q(self, x, y, e0):
         gate = self._mod(e0)[2]
-        x = (x.float() + self.self_attn.o(y.flatten(2)).float() * gate).type_as(x)
-        c = self.cross_attn
-        return x, c.split(c.norm_q(c.q(self.norm3(x))))
+        o, n3, c = self.self_attn.o(y.flatten(2)), self.norm3, self.cross_attn
+        if self.fused_norms:
+            x, h = kernels.add_norm_affine(x, o, gate, n3.weight, n3.bias, n3.eps, False)
+        else:
+            x = gated_add(x, o, gate)
+            h = n3(x)
+        return x, c.split(c.norm_q(c.q(h)))
 
     def cross_out_ffn(self, x, y, e0):
+        """Returns (x, carry): the fused path leaves the FFN's gated residual to the next layer's first norm."""
         _, _, _, shift, scale, gate = self._mod(e0)
-        x = x + self.cross_attn.o(y.flatten(2))
+        o = self.cross_attn.o(y.flatten(2))
+        if self.fused_norms:
+            x, h = kernels.add_norm_affine(x, o, None, scale, shift, self.eps, True)
+            return x, (self._ffn(h), gate)
+        x = x + o
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
-        return (x.float() + self._ffn(h).float() * gate).type_as(x)
+        return gated_add(x, self._ffn(h), gate), None
 
     def _ffn(self, h: torch.Tensor) -> torch.Tensor:
         up, down = self.ffn[0], self.ffn[2]
@@ -253,8 +280,9 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(PATCH))
         self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
 
-    def forward(self, x, e):
-        # x: [B, S, dim]; e: [B, dim] float32 time embedding
+    def forward(self, x, carry, e):
+        # x: [B, S, dim]; carry: see Block.forward; e: [B, dim] float32 time embedding
+        x = x if carry is None else gated_add(x, *carry)
         shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)
         return self.head((layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x))
 
@@ -388,9 +416,12 @@ class CausalWan(nn.Module):
         frames, grid_h, grid_w = x.shape[1], x.shape[3] // PATCH[1], x.shape[4] // PATCH[2]
         h = self.patchify(x.to(self.dtype))
         full = len(self.blocks) - 1 if plan.cache_only else len(self.blocks)
+        carry = None
         for i, block in enumerate(self.blocks[:full]):
-            h = block(h, time.e0, plan, cache.k[i], cache.v[i], text.layer(i), self.attend, self.cross_attend)
+            h, carry = block(h, carry, time.e0, plan, cache.k[i], cache.v[i], text.layer(i), self.attend,
+                             self.cross_attend)
         if plan.cache_only:
-            self.blocks[-1].self_qkv(h, time.e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache.k[-1], cache.v[-1])
+            self.blocks[-1].self_qkv(h, carry, time.e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache.k[-1],
+                                     cache.v[-1])
             return None
-        return self.unpatchify(self.head(h, time.e), frames, grid_h, grid_w)
+        return self.unpatchify(self.head(h, carry, time.e), frames, grid_h, grid_w)

@@ -22,11 +22,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from longlive_core.attention import E4M3_MAX as E4M3  # noqa: E402
+from longlive_core import kernels  # noqa: E402
+from longlive_core.attention import E4M3_MAX as E4M3, resolve, wave_split  # noqa: E402
+from longlive_core.model import RopeTable, apply_rope, layer_norm  # noqa: E402
 from longlive_core.quantize import rowwise_fp8  # noqa: E402
 
 TOKENS, KEYS, TEXT, DIM, HEADS, FFN = 4680, 18720, 512, 1536, 12, 8960
 ROTATE = 4  # input sets, so that repeated runs do not measure the L2 cache
+LAUNCHES = ((1, 4), (1, 8), (2, 4), (4, 8))  # (rows per program, warps) of the Triton kernels
 
 
 def timed(fn, args_sets, reps: int = 12) -> float:
@@ -142,22 +145,137 @@ def attention_rows(rows: list) -> None:
     rows.append({"row": "cross-attention cudnn bf16 (512 keys)", "ms": timed(cudnn, text)})
 
 
+def norm_rows(rows: list) -> None:
+    """The memory-bound work around the GEMMs: inductor's fusion of the eager expressions against the
+    Triton kernels (kernels.py); GB/s counts each tensor read or written once."""
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    mb = TOKENS * DIM * 2 / 1e6  # one [tokens, dim] bf16 tensor
+    ins = [tuple(torch.randn(1, TOKENS, DIM, **bf) for _ in range(2)) for _ in range(ROTATE)]
+    mod = torch.randn(1, 6, DIM, device="cuda")
+    w, b = torch.randn(DIM, **bf), torch.randn(DIM, **bf)
+
+    def modulated(x, y):
+        return (layer_norm(x, 1e-6) * (1 + mod[:, 1:2]) + mod[:, 0:1]).type_as(x)
+
+    def gated_affine(x, y):
+        x = (x.float() + y.float() * mod[:, 2:3]).type_as(x)
+        return x, F.layer_norm(x.float(), (DIM,), w.float(), b.float(), 1e-6).type_as(x)
+
+    def added_modulated(x, y):
+        x = x + y
+        return x, modulated(x, None)
+
+    cases = (("norm + modulation", modulated, 2, lambda x, y: kernels.norm_affine(x, mod[:, 1:2], mod[:, 0:1], 1e-6, True)),
+             ("gated residual + affine norm", gated_affine, 4,
+              lambda x, y: kernels.add_norm_affine(x, y, mod[:, 2:3], w, b, 1e-6, False)),
+             ("residual + norm + modulation", added_modulated, 4,
+              lambda x, y: kernels.add_norm_affine(x, y, None, mod[:, 4:5], mod[:, 3:4], 1e-6, True)))
+    chosen = kernels.GPU_LAUNCH["norm"]
+    for name, ref, tensors, fused in cases:
+        rows.append({"row": f"{name}, inductor", "ms": (ms := timed(torch.compile(ref), ins)), "GB/s": tensors * mb / ms})
+        for launch in LAUNCHES:
+            kernels.GPU_LAUNCH["norm"] = launch
+            rows.append({"row": f"{name}, triton {launch}", "ms": (ms := timed(fused, ins)), "GB/s": tensors * mb / ms})
+    kernels.GPU_LAUNCH["norm"] = chosen
+    qkv_rows(rows, mb)
+
+
+def qkv_rows(rows: list, mb: float) -> None:
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    heads, hd = HEADS, DIM // HEADS
+    cos, sin = RopeTable(hd, "cuda").cos_sin(12, 3, 30, 52)
+    index = torch.randperm(KEYS, device="cuda")[:TOKENS]
+    wq, wk = torch.randn(DIM, **bf), torch.randn(DIM, **bf)
+    qkvs = [(torch.randn(1, TOKENS, 3 * DIM, **bf),) for _ in range(ROTATE)]
+
+    def rms(x, weight):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x) * weight
+
+    chosen = kernels.GPU_LAUNCH["qkv"]
+    for dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        ck, cv = (torch.zeros(1, KEYS, heads, hd, device="cuda", dtype=dtype) for _ in range(2))
+        steps = torch.full((3, heads), 0.05, device="cuda")
+
+        def ref(qkv):
+            q, k, v = qkv.chunk(3, -1)
+            k = apply_rope(rms(k, wk).unflatten(-1, (heads, hd)), cos, sin)
+            v = v.unflatten(-1, (heads, hd))
+            if dtype != torch.bfloat16:
+                k, v = ((t.float() / s[:, None]).clamp(-E4M3, E4M3).to(dtype) for t, s in ((k, steps[1]), (v, steps[2])))
+            ck.index_copy_(1, index, k)
+            cv.index_copy_(1, index, v)
+            return apply_rope(rms(q, wq).unflatten(-1, (heads, hd)), cos, sin)
+
+        def fused(qkv):
+            return kernels.qkv_norm_rope_write(qkv, wq, wk, cos, sin, index, ck, cv, steps, heads, 1e-6)
+
+        size = 3 * mb + mb + (2 * mb if dtype == torch.bfloat16 else mb)
+        name = f"q/k/v norm + rope + {str(dtype)[6:]} cache write"
+        rows.append({"row": f"{name}, inductor", "ms": (ms := timed(torch.compile(ref), qkvs)), "GB/s": size / ms})
+        for launch in LAUNCHES:
+            kernels.GPU_LAUNCH["qkv"] = launch
+            rows.append({"row": f"{name}, triton {launch}", "ms": (ms := timed(fused, qkvs)), "GB/s": size / ms})
+        kernels.GPU_LAUNCH["qkv"] = chosen
+    q = [(torch.randn(1, TOKENS, DIM, **bf),) for _ in range(ROTATE)]
+    rows.append({"row": "cross q rmsnorm, inductor", "ms": (ms := timed(torch.compile(lambda x: rms(x, wq)), q)),
+                 "GB/s": 2 * mb / ms})
+
+
+def scaling_rows(rows: list) -> None:
+    """Does twice the tokens in one pass (a clean pass run with the next block's first step) cost less
+    than two passes? FA3 at other query counts (wave quantization: 128-query tiles x 12 heads over 132
+    SMs) and the GEMMs at 2 x 4680 rows."""
+    import fa3_fwd_interface as fa3
+
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    for batch, tokens in ((1, 4224), (1, 4680), (1, 5632), (2, 4680)):
+        sets = [tuple(torch.randn(batch, n, HEADS, DIM // HEADS, **bf) for n in (tokens, KEYS, KEYS))
+                for _ in range(2)]
+        rows.append({"row": f"fa3 bf16 {batch} x {tokens} queries, {KEYS} keys",
+                     "ms": timed(lambda q, k, v: fa3.flash_attn_func(q, k, v), sets)})
+    tail = [tuple(torch.randn(1, n, HEADS, DIM // HEADS, **bf) for n in (456, KEYS, KEYS)) for _ in range(2)]
+    for splits in (1, 2, 3, 4, 5, 8, 11):
+        rows.append({"row": f"fa3 bf16 1 x 456 queries (the rest after 3 waves), num_splits={splits}",
+                     "ms": timed(lambda q, k, v: fa3.flash_attn_func(q, k, v, num_splits=splits), tail)})
+    sets = [tuple(torch.randn(1, n, HEADS, DIM // HEADS, **bf) for n in (TOKENS, KEYS, KEYS)) for _ in range(2)]
+    ref = fa3.flash_attn_func(*sets[0])
+    for name in ("flash-attn 3", "flash-attn 3 fp8"):
+        attend = resolve(name, "cuda", True)[1]
+        scales = torch.full((3, HEADS), 0.02, device="cuda")
+        if name.endswith("fp8"):  # k, v as the FP8 cache holds them
+            sets = [(q, *((t.float() / 0.02).to(torch.float8_e4m3fn) for t in (k, v))) for q, k, v in sets]
+        split = wave_split(1, TOKENS, HEADS, torch.cuda.get_device_properties(0).multi_processor_count)
+        rows.append({"row": f"engine {name}, {TOKENS} queries cut into whole waves + the rest split {split}",
+                     "ms": timed(lambda q, k, v: attend(q, k, v, scales), sets),
+                     "rel_err": rel(attend(*sets[0], scales), ref)})
+    for name, (o, i) in {"qkv": (3 * DIM, DIM), "o": (DIM, DIM), "up": (FFN, DIM), "down": (DIM, FFN)}.items():
+        w = torch.randn(o, i, **bf) * i ** -0.5
+        for m in (TOKENS, 2 * TOKENS):
+            xs = [(torch.randn(m, i, **bf),) for _ in range(2)]
+            rows.append({"row": f"gemm bf16 {name} at {m} rows", "ms": timed(lambda x: x @ w.t(), xs)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", default="bench_kernels.json")
+    parser.add_argument("--sections", default="gemm,attention,norms,scaling",
+                        help="comma-separated: gemm, attention, norms, scaling")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows: list = []
+    sections = {"gemm": gemm_rows, "attention": attention_rows, "norms": norm_rows, "scaling": scaling_rows}
     with torch.inference_mode():
-        gemm_rows(rows)
-        attention_rows(rows)
+        for name in args.sections.split(","):
+            sections[name](rows)
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
     with open(args.json, "w") as f:
         json.dump(info, f, indent=1)
-    sys.stdout.write(f"\n{info['device']}, torch {info['torch']}\n| kernel | ms | rel err |\n|---|---|---|\n")
+    sys.stdout.write(f"\n{info['device']}, torch {info['torch']}\n| kernel | ms | rel err | GB/s |\n|---|---|---|---|\n")
     for r in rows:
         err = r.get("rel_err", r.get("rel_err_vs_separate"))
-        sys.stdout.write(f"| {r['row']} | {r['ms']:.3f} | {'' if err is None else f'{err:.1e}'} |\n")
+        rate = f"{r['GB/s']:.0f}" if "GB/s" in r else ""
+        sys.stdout.write(f"| {r['row']} | {r['ms']:.3f} | {'' if err is None else f'{err:.1e}'} | {rate} |\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from longlive_core.attention import E4M3_MAX, merge_pad, resolve
+from longlive_core.attention import E4M3_MAX, Q_TILE, merge_pad, resolve, wave_split
 from longlive_core.errors import BackendUnavailableError, ConfigError
 from longlive_core.fast import compile_blocks, make_fast
 from longlive_core.model import linear_gelu
@@ -168,3 +168,16 @@ def test_fp8_attention_refuses_an_fp16_model():
     model = random_model(TINY, dtype=torch.float16)
     with pytest.raises(ConfigError, match="'flash-attn 3 fp8' returns bf16 and needs precision bf16 or fp8"):
         model.set_attention("flash-attn 3 fp8")
+
+
+@pytest.mark.parametrize("batch,queries,split", [(1, 4680, (4224, 5)), (2, 4680, (4224, 4)), (4, 4680, (4224, 2)),
+                                                 (1, 4224, None), (1, 14040, None), (1, 1000, None)])
+def test_wave_split_fills_whole_waves_and_splits_the_rest(batch, queries, split):
+    """12 heads on 132 SMs: a cut leaves whole waves of 128-query units before it; the split count makes the
+    rounds of the rest's smaller units as short as the splits allow (4680 queries: 48 units of the last wave
+    as 240 fifths, 2 rounds = 0.4 of a wave instead of 1). 14040 queries fill 10 waves exactly; 1000 queries
+    (96 units) do not fill one."""
+    assert wave_split(batch, queries, 12, 132) == split
+    if split is not None:
+        cut, _ = split
+        assert cut % Q_TILE == 0 and (cut // Q_TILE) * batch * 12 % 132 == 0

@@ -1,0 +1,145 @@
+"""Triton kernels for the memory-bound work between the fast path's GEMMs, as torch custom ops.
+
+Inductor fuses the norms, the modulation, RoPE and the cache writes around the GEMMs too, but compiles
+the 1536-wide row reductions as loops that reach a third to a half of the memory bandwidth (runs 17-24).
+Here one program holds one token's row in registers: read once, written once.
+
+The ops compute what the eager Block computes, rounding where it rounds (the eager path is the
+reference and the tests hold the kernels to it). They run where Triton runs: CUDA tensors, or CPU
+tensors under Triton's interpreter (TRITON_INTERPRET=1, what the CPU tests use).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import BackendUnavailableError
+
+E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
+# (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms
+# section on the H100 (run 25); in the interpreter, many rows per program (it pays per program)
+GPU_LAUNCH = {"norm": (1, 4), "qkv": (2, 4)}
+INTERPRETER_ROWS = 64
+
+
+def available(device: torch.device) -> bool:
+    """Whether the fused kernels can run on tensors of this device."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check(x: torch.Tensor) -> None:
+    if not available(x.device):
+        raise BackendUnavailableError(f"the fused Triton kernels need a CUDA tensor and the triton package; "
+                                      f"got a {x.device.type} tensor: use the eager path there")
+
+
+def _rows(x: torch.Tensor) -> tuple[int, int]:
+    """(rows of one batch sample, row width) of a [B, S, N] tensor."""
+    return x.shape[-2], x.shape[-1]
+
+
+# --- Layer norms with an affine or adaLN modulation, after an optional (gated) residual ------------
+
+
+@torch.library.custom_op("longlive::norm_affine", mutates_args=())
+def norm_affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, plus_one: bool) -> torch.Tensor:
+    """layer_norm(x) * (a + 1 if plus_one else a) + b, in float32, rounded to x's dtype.
+    x: [B, S, N]; a, b: [B, 1, N] or [N] (any float dtype; the adaLN scale/shift or a norm's weight/bias)."""
+    return _norm(x, None, None, a, b, eps, plus_one)[1]
+
+
+@norm_affine.register_fake
+def _(x, a, b, eps, plus_one):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("longlive::add_norm_affine", mutates_args=())
+def add_norm_affine(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
+                    eps: float, plus_one: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual x + y * gate (gate: [B, 1, N] float32 or None), rounded to x's dtype, and norm_affine
+    of it: returns (new x, normed)."""
+    return _norm(x, y, gate, a, b, eps, plus_one)
+
+
+@add_norm_affine.register_fake
+def _(x, y, gate, a, b, eps, plus_one):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+def _batch_stride(v: torch.Tensor) -> int:
+    return 0 if v.dim() == 1 else v.stride(0)
+
+
+def _norm(x, y, gate, a, b, eps, plus_one):
+    _check(x)
+    x = x.contiguous()
+    rows, n = _rows(x)
+    h = x.new_empty(x.shape)
+    new_x = x.new_empty(x.shape) if y is not None else h
+    y = x if y is None else y.contiguous()
+    g = a if gate is None else gate
+    for v in (a, b, g):
+        if v.stride(-1) != 1:
+            raise ValueError("norm_affine: per-channel vectors must be contiguous in their last dim")
+    total = x.numel() // n
+    per, warps = _launch(x, "norm")
+    _kernels().norm[(-(-total // per),)](
+        x, y, g, a, b, new_x, h, total, rows, n, _batch_stride(a), _batch_stride(b), _batch_stride(g), eps,
+        ADD=y is not x, GATE=gate is not None, PLUS_ONE=plus_one, ROWS=per, BLOCK=_block(n), num_warps=warps)
+    return new_x, h
+
+
+# --- Self-attention q/k/v: RMSNorm, RoPE, and K/V into the cache --------------------------------------
+
+
+@torch.library.custom_op("longlive::qkv_norm_rope_write", mutates_args=("cache_k", "cache_v"))
+def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: torch.Tensor, cos: torch.Tensor,
+                        sin: torch.Tensor, index: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                        steps: torch.Tensor | None, heads: int, eps: float) -> torch.Tensor:
+    """From the fused projection qkv [B, S, 3N]: q and k RMS-normed over N with their weights, rotated by
+    RoPE (cos/sin [S, D/2], adjacent pairs), k and v written to cache rows `index` [S] of cache_k/cache_v
+    [B, T, H, D]; returns q [B, S, H, D]. An FP8 cache gets k and v divided by their per-head steps
+    (steps [3, H], rows q, k, v), clamped to the e4m3 range."""
+    _check(qkv)
+    qkv = qkv.contiguous()
+    rows, n = qkv.shape[-2], qkv.shape[-1] // 3
+    q = qkv.new_empty(*qkv.shape[:-1], heads, n // heads)
+    if cache_k.stride(-1) != 1 or cache_k.stride(-3) != n or cache_k.stride() != cache_v.stride():
+        raise ValueError("qkv_norm_rope_write: the caches must be [B, T, H, D] with contiguous tokens")
+    fp8 = cache_k.dtype == torch.float8_e4m3fn
+    total = qkv.numel() // (3 * n)
+    per, warps = _launch(qkv, "qkv")
+    _kernels().qkv[(-(-total // per),)](
+        qkv, weight_q, weight_k, cos.contiguous(), sin.contiguous(), index, q, cache_k, cache_v,
+        steps if fp8 else cos, total, rows, n, cache_k.stride(0), n // heads // 2, eps, E4M3_MAX,
+        FP8=fp8, ROWS=per, BLOCK=_block(n // 2), num_warps=warps)
+    return q
+
+
+@qkv_norm_rope_write.register_fake
+def _(qkv, weight_q, weight_k, cos, sin, index, cache_k, cache_v, steps, heads, eps):
+    n = qkv.shape[-1] // 3
+    return qkv.new_empty(*qkv.shape[:-1], heads, n // heads)
+
+
+# --- The kernels ------------------------------------------------------------------------------------
+
+
+def _block(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _launch(x: torch.Tensor, kernel: str) -> tuple[int, int]:
+    return GPU_LAUNCH[kernel] if x.is_cuda else (INTERPRETER_ROWS, 1)
+
+
+def _kernels():
+    from . import triton_kernels  # imports triton: only when a kernel runs
+
+    return triton_kernels

@@ -1,0 +1,79 @@
+"""The Triton code behind kernels.py (imported only when a kernel runs: it needs the triton package).
+Under TRITON_INTERPRET=1, set before triton is first imported, the kernels run on CPU tensors.
+
+Each program takes ROWS whole rows (tokens) of the [tokens, n] activations: on a GPU a few, in the
+interpreter many (its cost is per program)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, total, rows, n, a_stride, b_stride, g_stride, eps,
+         ADD: tl.constexpr, GATE: tl.constexpr, PLUS_ONE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
+    batch = row // rows
+    cols = tl.arange(0, BLOCK)[None, :]
+    mask = (row < total) & (cols < n)
+    at = row * n + cols
+    x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    if ADD:
+        y = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        if GATE:
+            y = y * tl.load(g_ptr + batch * g_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        x = (x + y).to(xo_ptr.dtype.element_ty)
+        tl.store(xo_ptr + at, x, mask=mask)
+        x = x.to(tl.float32)
+    mean = tl.sum(x, axis=1)[:, None] / n
+    d = tl.where(mask, x - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1)[:, None] / n + eps)
+    a = tl.load(a_ptr + batch * a_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    if PLUS_ONE:
+        a = a + 1.0
+    b = tl.load(b_ptr + batch * b_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(h_ptr + at, (d * rstd * a + b).to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_rope(ptr, w_ptr, at, cols, mask, c, s, n, eps):
+    # at, cols: [ROWS, BLOCK, 2] offsets of (even, odd) pairs in the rows / in the weight; returns the
+    # normed, rotated pairs in the input's dtype
+    x = tl.load(ptr + at, mask=mask, other=0.0)
+    xf = x.to(tl.float32)
+    r = 1.0 / tl.sqrt(tl.sum(tl.sum(xf * xf, axis=2), axis=1) / n + eps)[:, None, None]
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    # as RMSNorm: rounded to the input's dtype, times the weight (a product in that dtype)
+    normed = ((xf * r).to(x.dtype).to(tl.float32) * w).to(x.dtype).to(tl.float32)
+    e, o = tl.split(normed)
+    return tl.join(e * c - o * s, e * s + o * c).to(x.dtype)
+
+
+@triton.jit
+def _store(ptr, x, mask, step_ptr, head, heads, e4m3_max, FP8: tl.constexpr):
+    if FP8:
+        step = tl.load(step_ptr + head, mask=head < heads, other=1.0)
+        x = tl.clamp(x.to(tl.float32) / step, -e4m3_max, e4m3_max).to(ptr.dtype.element_ty)
+    tl.store(ptr, x, mask=mask)
+
+
+@triton.jit
+def qkv(qkv_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, idx_ptr, q_ptr, ck_ptr, cv_ptr, step_ptr, total, rows, n,
+        cache_stride, head_pairs, eps, e4m3_max, FP8: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None, None]  # [ROWS, 1, 1]
+    batch, tok = row // rows, row % rows
+    p = tl.arange(0, BLOCK)[None, :, None]  # pair index within the row
+    cols = 2 * p + tl.arange(0, 2)[None, None, :]  # [1, BLOCK, 2]
+    mask = (row < total) & (cols < n)
+    pair_mask = (row < total) & (p < n // 2)
+    angle = tok * head_pairs + p % head_pairs
+    c = tl.reshape(tl.load(cos_ptr + angle, mask=pair_mask, other=0.0), (ROWS, BLOCK))
+    s = tl.reshape(tl.load(sin_ptr + angle, mask=pair_mask, other=0.0), (ROWS, BLOCK))
+    src = row * 3 * n + cols
+    dst = batch * cache_stride + tl.load(idx_ptr + tok, mask=row < total, other=0).to(tl.int64) * n + cols
+    tl.store(q_ptr + row * n + cols, _rms_rope(qkv_ptr, wq_ptr, src, cols, mask, c, s, n, eps), mask=mask)
+    k = _rms_rope(qkv_ptr + n, wk_ptr, src, cols, mask, c, s, n, eps)
+    heads = n // (2 * head_pairs)
+    head = p // head_pairs
+    _store(ck_ptr + dst, k, mask, step_ptr + heads, head, heads, e4m3_max, FP8)  # steps: rows q, k, v
+    v = tl.load(qkv_ptr + 2 * n + src, mask=mask, other=0.0)
+    _store(cv_ptr + dst, v, mask, step_ptr + 2 * heads, head, heads, e4m3_max, FP8)

@@ -1,0 +1,120 @@
+"""The Triton kernels (kernels.py) against the eager Block expressions they replace: on a CUDA GPU, or
+on the CPU in Triton's interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU). The
+interpreter rounds to bfloat16 by truncation, so on the CPU 16-bit rounding is checked in float16."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from longlive_core import kernels
+from longlive_core.config import WanConfig
+from longlive_core.errors import BackendUnavailableError
+from longlive_core.fast import fuse_qkv, make_fast
+from longlive_core.model import Block, RopeTable, gated_add
+from longlive_core.synthetic import TINY, random_model
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16
+CFG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=1, text_dim=64)
+B, S, SLOTS = 2, 24, 40
+
+
+def blocks(dtype, seed=0):
+    torch.manual_seed(seed)
+    eager = Block(CFG)
+    for p in eager.parameters():
+        p.data.normal_(0, 0.5)
+    eager = eager.to(DEVICE, dtype)
+    fuse_qkv(eager.self_attn)
+    fused = copy.deepcopy(eager)
+    fused.fused_norms = True
+    return eager, fused
+
+
+def inputs(dtype):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(B, S, CFG.dim, generator=gen).to(DEVICE, dtype)
+    e0 = torch.randn(B, 6, CFG.dim, generator=gen).to(DEVICE)
+    y = torch.randn(B, S, CFG.num_heads, CFG.head_dim, generator=gen).to(DEVICE, dtype)
+    cos, sin = RopeTable(CFG.head_dim, DEVICE).cos_sin(3, 2, 3, 4)  # 2 frames of 3 x 4 tokens
+    index = torch.randperm(SLOTS, generator=gen)[:S].to(DEVICE)
+    return x, e0, y, cos, sin, index
+
+
+def flatten(x_carry):
+    x, (y, gate) = x_carry
+    return x, y, gate
+
+
+def steps_apart(a, b, dtype):
+    """max |a - b| in rounding steps of dtype at b's magnitude, after forgiving float32 noise (1e-6 of
+    the largest value: sums in another order, where a result cancels out)."""
+    a, b = a.float(), b.float()
+    noise = 1e-6 * b.abs().max()
+    step = b.abs().clamp(min=torch.finfo(dtype).tiny) * torch.finfo(dtype).eps
+    return ((a - b).abs() - noise).clamp(min=0).div(step).max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, HALF])
+def test_fused_stages_compute_what_the_eager_block_computes(dtype):
+    eager, fused = blocks(dtype)
+    x, e0, y, cos, sin, index = inputs(dtype)
+    caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=dtype) for _ in range(4)]
+    carry = (y.flatten(2), e0[:, 5:6] * 0.3)  # a previous layer's FFN output and gate
+    with torch.no_grad():
+        outs = [*eager.self_qkv(x, carry, e0, cos, sin, index, *caches[:2]), caches[0], caches[1],
+                *eager.self_out_cross_q(x, y, e0), eager.cross_out_ffn(x, y, e0)[0]]
+        got = [*fused.self_qkv(x, carry, e0, cos, sin, index, *caches[2:]), caches[2], caches[3],
+               *fused.self_out_cross_q(x, y, e0), gated_add(*flatten(fused.cross_out_ffn(x, y, e0)))]
+    names = ("x with the carry", "q", "cache k", "cache v", "x after self-attention", "cross q", "x after ffn")
+    for name, a, b in zip(names, got, outs, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        if dtype == torch.float32:  # sums in another order only
+            assert steps_apart(a, b, dtype) == 0, name
+        else:  # a value next to a rounding boundary may round the other way (about 0.1% of them)
+            assert (a != b).float().mean() < 0.01, name
+            assert (a.float() - b.float()).abs().max() <= torch.finfo(dtype).eps * b.float().abs().max(), name
+    assert caches[2].abs().amax((0, 2, 3)).gt(0).sum() == S  # exactly the indexed slots were written
+
+
+def test_fp8_cache_holds_what_the_eager_write_holds():
+    eager, fused = blocks(HALF)
+    for b in (eager, fused):
+        b.self_attn.fp8_scales = torch.tensor([[0.02, 0.03], [0.01, 0.04], [0.05, 0.02]], device=DEVICE)
+    x, e0, _, cos, sin, index = inputs(HALF)
+    caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=torch.float8_e4m3fn)
+              for _ in range(4)]
+    with torch.no_grad():
+        eager.self_qkv(x, None, e0, cos, sin, index, *caches[:2])
+        fused.self_qkv(x, None, e0, cos, sin, index, *caches[2:])
+    for a, b in ((caches[2], caches[0]), (caches[3], caches[1])):
+        assert b.float().abs().max() == 448  # some values clamp
+        assert (a.float() != b.float()).float().mean() < 0.05
+        if DEVICE == "cuda":  # the interpreter's FP8 conversion rounds its own way (up to a binade off)
+            assert steps_apart(a, b, torch.float8_e4m3fn) <= 1.01
+
+
+def test_make_fast_fuses_the_norms_where_triton_runs_and_keeps_the_video(prompt):
+    from test_fast import video
+
+    model = random_model(TINY, seed=2, device=DEVICE, dtype=torch.float32, std=0.3)
+    prompt = prompt.to(DEVICE)
+    plain = video(model, prompt)
+    make_fast(model, attention="sdpa", compile=False)
+    assert all(b.fused_norms for b in model.blocks)
+    fast = video(model, prompt)
+    assert ((fast - plain).norm() / plain.norm()).item() < 1e-5
+    make_fast(model, attention="sdpa", compile=False, fused_norms=False)
+    assert not any(b.fused_norms for b in model.blocks)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="a CPU without Triton's interpreter")
+def test_kernels_refuse_cpu_tensors_without_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x = torch.zeros(1, 4, 8)
+    with pytest.raises(BackendUnavailableError, match="need a CUDA tensor .* use the eager path"):
+        kernels.norm_affine(x, x[:, :1], x[:, :1], 1e-6, True)
+    assert not kernels.available(torch.device("cpu"))
