@@ -64,7 +64,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-MAX_SPLITS = 5  # more key splits did not pay for the tail (run 28)
+MAX_SPLITS = 5  # more key splits did not pay for the tail (run 29)
 
 
 def wave_split(batch: int, queries: int, heads: int, sms: int) -> tuple[int, int] | None:

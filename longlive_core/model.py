@@ -199,26 +199,27 @@ class Block(nn.Module):
         self.fused_gelu = False
         self.fused_norms = False
 
-    def forward(self, x, carry, e0, plan: PassPlan, cache_k, cache_v, text: TextCache, attend: AttentionFn,
+    def forward(self, x, carry, mod, plan: PassPlan, cache_k, cache_v, text: TextCache, attend: AttentionFn,
                 cross_attend: TextAttentionFn):
         """x: [B, S, dim]; carry: None, or the previous layer's FFN output and gate not yet added to x (the
-        fused path adds them in this layer's first norm); e0: [B, 6, dim] float32, shared by every frame of
-        the pass; cache_k/v: [B, window tokens, H, D], written in place at plan.write_index.
-        Returns (x, carry) for the next layer."""
-        x, q = self.self_qkv(x, carry, e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
+        fused path adds them in this layer's first norm); mod: [B, 6, dim] float32, this layer's modulation
+        plus the time embedding (TimeEmbedding.mods), shared by every frame of the pass; cache_k/v: [B,
+        window tokens, H, D], written in place at plan.write_index. Returns (x, carry) for the next layer."""
+        x, q = self.self_qkv(x, carry, mod, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
         y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len], self.self_attn.fp8_scales)
-        x, q = self.self_out_cross_q(x, y, e0)
+        x, q = self.self_out_cross_q(x, y, mod)
         y = cross_attend(q, text)
-        return self.cross_out_ffn(x, y, e0)
+        return self.cross_out_ffn(x, y, mod)
 
-    def _mod(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    @staticmethod
+    def _mod(mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # shift, scale, gate of attention, then of the FFN: each [B, 1, dim]
-        return (self.modulation.float() + e0).unsqueeze(2).unbind(1)
+        return mod.unsqueeze(2).unbind(1)
 
-    def self_qkv(self, x, carry, e0, cos, sin, write_index, cache_k, cache_v):
+    def self_qkv(self, x, carry, mod, cos, sin, write_index, cache_k, cache_v):
         """Returns (x with the carry added, q); k (after RoPE) and v go straight into their cache slots (an FP8
         cache: quantized with the FP8 attention's per-head steps)."""
-        shift, scale = self._mod(e0)[:2]
+        shift, scale = self._mod(mod)[:2]
         a = self.self_attn
         if self.fused_norms:
             if carry is None:
@@ -243,8 +244,8 @@ class Block(nn.Module):
                 cache, x = cache.view(torch.uint8), x.view(torch.uint8)
         cache.index_copy_(1, index, x)
 
-    def self_out_cross_q(self, x, y, e0):
-        gate = self._mod(e0)[2]
+    def self_out_cross_q(self, x, y, mod):
+        gate = self._mod(mod)[2]
         o, n3, c = self.self_attn.o(y.flatten(2)), self.norm3, self.cross_attn
         if self.fused_norms:
             x, h = kernels.add_norm_affine(x, o, gate, n3.weight, n3.bias, n3.eps, False)
@@ -253,9 +254,9 @@ class Block(nn.Module):
             h = n3(x)
         return x, c.split(c.norm_q(c.q(h)))
 
-    def cross_out_ffn(self, x, y, e0):
+    def cross_out_ffn(self, x, y, mod):
         """Returns (x, carry): the fused path leaves the FFN's gated residual to the next layer's first norm."""
-        _, _, _, shift, scale, gate = self._mod(e0)
+        _, _, _, shift, scale, gate = self._mod(mod)
         o = self.cross_attn.o(y.flatten(2))
         if self.fused_norms:
             x, h = kernels.add_norm_affine(x, o, None, scale, shift, self.eps, True)
@@ -300,10 +301,13 @@ def sinusoid(freq_dim: int, t: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class TimeEmbedding:
-    """e: [B, dim] for the head, e0: [B, 6, dim] for the blocks; float32."""
+    """e: [B, dim] for the head, e0: [B, 6, dim] for the blocks; float32. mods: [layers, B, 6, dim], each
+    layer's modulation + e0, where computed up front (sessions do: a step's timestep is the same every block,
+    and a graph then reads them instead of adding them on every pass)."""
 
     e: torch.Tensor
     e0: torch.Tensor
+    mods: torch.Tensor | None = None
 
 
 def _dense_weight(linear: nn.Module) -> torch.Tensor:
@@ -379,11 +383,15 @@ class CausalWan(nn.Module):
             a.fp8_scales = bounds.unflatten(1, (a.heads, -1)).amax(-1) * 1.01 / E4M3_MAX
 
     @torch.no_grad()
-    def time_embed(self, t: torch.Tensor) -> TimeEmbedding:
-        """t: [B] timesteps (floats) -> TimeEmbedding."""
+    def time_embed(self, t: torch.Tensor, layers: bool = False) -> TimeEmbedding:
+        """t: [B] timesteps (floats) -> TimeEmbedding (with every layer's modulation if `layers`)."""
         e = self.time_embedding(sinusoid(self.cfg.freq_dim, t).to(self.dtype))
-        e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim))
-        return TimeEmbedding(e.float(), e0.float())
+        e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim)).float()
+        return TimeEmbedding(e.float(), e0, self.layer_mods(e0) if layers else None)
+
+    def layer_mods(self, e0: torch.Tensor) -> torch.Tensor:
+        """e0 [B, 6, dim] -> [layers, B, 6, dim]: each layer's modulation + e0."""
+        return torch.stack([block.modulation.float() for block in self.blocks]) + e0
 
     @torch.no_grad()
     def fill_text_cache(self, embeds: torch.Tensor, text: TextCache) -> None:
@@ -416,12 +424,13 @@ class CausalWan(nn.Module):
         frames, grid_h, grid_w = x.shape[1], x.shape[3] // PATCH[1], x.shape[4] // PATCH[2]
         h = self.patchify(x.to(self.dtype))
         full = len(self.blocks) - 1 if plan.cache_only else len(self.blocks)
+        mods = self.layer_mods(time.e0) if time.mods is None else time.mods
         carry = None
         for i, block in enumerate(self.blocks[:full]):
-            h, carry = block(h, carry, time.e0, plan, cache.k[i], cache.v[i], text.layer(i), self.attend,
+            h, carry = block(h, carry, mods[i], plan, cache.k[i], cache.v[i], text.layer(i), self.attend,
                              self.cross_attend)
         if plan.cache_only:
-            self.blocks[-1].self_qkv(h, carry, time.e0, plan.rope_cos, plan.rope_sin, plan.write_index, cache.k[-1],
+            self.blocks[-1].self_qkv(h, carry, mods[-1], plan.rope_cos, plan.rope_sin, plan.write_index, cache.k[-1],
                                      cache.v[-1])
             return None
         return self.unpatchify(self.head(h, carry, time.e), frames, grid_h, grid_w)

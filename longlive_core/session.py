@@ -91,7 +91,7 @@ class StreamSession:
         self.rope = RopeTable(cfg.head_dim, dev)
         self.schedule = Schedule.warped()
         times = list(self.schedule.timesteps) + [0.0]
-        self.times = [self.model.time_embed(torch.full((self.batch,), t, device=dev)) for t in times]
+        self.times = [self.model.time_embed(torch.full((self.batch,), t, device=dev), layers=True) for t in times]
 
     # --- state --------------------------------------------------------------------------------
 

@@ -37,11 +37,11 @@ def blocks(dtype, seed=0):
 def inputs(dtype):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(B, S, CFG.dim, generator=gen).to(DEVICE, dtype)
-    e0 = torch.randn(B, 6, CFG.dim, generator=gen).to(DEVICE)
+    mod = torch.randn(B, 6, CFG.dim, generator=gen).to(DEVICE)
     y = torch.randn(B, S, CFG.num_heads, CFG.head_dim, generator=gen).to(DEVICE, dtype)
     cos, sin = RopeTable(CFG.head_dim, DEVICE).cos_sin(3, 2, 3, 4)  # 2 frames of 3 x 4 tokens
     index = torch.randperm(SLOTS, generator=gen)[:S].to(DEVICE)
-    return x, e0, y, cos, sin, index
+    return x, mod, y, cos, sin, index
 
 
 def flatten(x_carry):
@@ -61,14 +61,14 @@ def steps_apart(a, b, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, HALF])
 def test_fused_stages_compute_what_the_eager_block_computes(dtype):
     eager, fused = blocks(dtype)
-    x, e0, y, cos, sin, index = inputs(dtype)
+    x, mod, y, cos, sin, index = inputs(dtype)
     caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=dtype) for _ in range(4)]
-    carry = (y.flatten(2), e0[:, 5:6] * 0.3)  # a previous layer's FFN output and gate
+    carry = (y.flatten(2), mod[:, 5:6] * 0.3)  # a previous layer's FFN output and gate
     with torch.no_grad():
-        outs = [*eager.self_qkv(x, carry, e0, cos, sin, index, *caches[:2]), caches[0], caches[1],
-                *eager.self_out_cross_q(x, y, e0), eager.cross_out_ffn(x, y, e0)[0]]
-        got = [*fused.self_qkv(x, carry, e0, cos, sin, index, *caches[2:]), caches[2], caches[3],
-               *fused.self_out_cross_q(x, y, e0), gated_add(*flatten(fused.cross_out_ffn(x, y, e0)))]
+        outs = [*eager.self_qkv(x, carry, mod, cos, sin, index, *caches[:2]), caches[0], caches[1],
+                *eager.self_out_cross_q(x, y, mod), eager.cross_out_ffn(x, y, mod)[0]]
+        got = [*fused.self_qkv(x, carry, mod, cos, sin, index, *caches[2:]), caches[2], caches[3],
+               *fused.self_out_cross_q(x, y, mod), gated_add(*flatten(fused.cross_out_ffn(x, y, mod)))]
     names = ("x with the carry", "q", "cache k", "cache v", "x after self-attention", "cross q", "x after ffn")
     for name, a, b in zip(names, got, outs, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype, name
@@ -84,12 +84,12 @@ def test_fp8_cache_holds_what_the_eager_write_holds():
     eager, fused = blocks(HALF)
     for b in (eager, fused):
         b.self_attn.fp8_scales = torch.tensor([[0.02, 0.03], [0.01, 0.04], [0.05, 0.02]], device=DEVICE)
-    x, e0, _, cos, sin, index = inputs(HALF)
+    x, mod, _, cos, sin, index = inputs(HALF)
     caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=torch.float8_e4m3fn)
               for _ in range(4)]
     with torch.no_grad():
-        eager.self_qkv(x, None, e0, cos, sin, index, *caches[:2])
-        fused.self_qkv(x, None, e0, cos, sin, index, *caches[2:])
+        eager.self_qkv(x, None, mod, cos, sin, index, *caches[:2])
+        fused.self_qkv(x, None, mod, cos, sin, index, *caches[2:])
     for a, b in ((caches[2], caches[0]), (caches[3], caches[1])):
         assert b.float().abs().max() == 448  # some values clamp
         assert (a.float() != b.float()).float().mean() < 0.05
