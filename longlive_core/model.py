@@ -269,7 +269,7 @@ class Block(nn.Module):
         up, down = self.ffn[0], self.ffn[2]
         if self.fused_gelu:
             return down(linear_gelu(h, up.weight, up.bias))
-        if hasattr(up, "gelu_into") and up.bias is not None and down.bias is not None:  # FP8: hands over quantized
+        if hasattr(up, "gelu_into"):  # FP8: hands over quantized
             return up.gelu_into(down, h)
         return self.ffn(h)
 

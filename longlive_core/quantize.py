@@ -80,46 +80,46 @@ class Float8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values, scale = rowwise_fp8(x.reshape(-1, x.shape[-1]))
         out = self.matmul(values, scale, x.dtype)
-        if self.bias is not None:
-            out = out + self.bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def matmul(self, values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Quantized activations [M, in] (row scales [M, 1]) -> [M, out] in dtype, without the bias."""
-        return torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=dtype)
+        """Quantized activations [M, in] (row scales [M, 1]) -> [M, out] in dtype; the bias is added to the
+        float32 product in the GEMM's epilogue (no separate pass over the output)."""
+        return torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
+                                out_dtype=dtype)
 
     def gelu_into(self, down: "Float8Linear", x: torch.Tensor) -> torch.Tensor:
         """down(gelu_tanh(self(x))): the FFN, its hidden activations biased, GELU'd and quantized for `down`
         in one pass (gelu_rowwise_fp8) instead of being written in 16-bit and read twice."""
         values, scale = rowwise_fp8(x.reshape(-1, x.shape[-1]))
-        hidden, hidden_scale = gelu_rowwise_fp8(self.matmul(values, scale, x.dtype), self.bias)
-        out = down.matmul(hidden, hidden_scale, x.dtype) + down.bias
+        hidden, hidden_scale = gelu_rowwise_fp8(self.matmul(values, scale, x.dtype))
+        out = down.matmul(hidden, hidden_scale, x.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 @torch.library.custom_op("longlive::gelu_rowwise_fp8", mutates_args=())
-def gelu_rowwise_fp8(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """gelu_tanh(x + bias) quantized row by row, as rowwise_fp8(F.gelu(x + bias)) computes it in 16-bit:
-    x [M, N] -> (e4m3 [M, N], float32 scales [M, 1]). On CUDA one Triton kernel holds each row in
-    registers (inductor's version read every row twice)."""
+def gelu_rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gelu_tanh(x) quantized row by row, as rowwise_fp8(F.gelu(x)) computes it in 16-bit: x [M, N] ->
+    (e4m3 [M, N], float32 scales [M, 1]). On CUDA one Triton kernel holds each row in registers
+    (inductor's version read every row twice)."""
     if x.is_cuda:
-        return _gelu_rowwise_fp8_cuda(x.contiguous(), bias)
-    return rowwise_fp8(torch.nn.functional.gelu(x + bias, approximate="tanh"))
+        return _gelu_rowwise_fp8_cuda(x.contiguous())
+    return rowwise_fp8(torch.nn.functional.gelu(x, approximate="tanh"))
 
 
 @gelu_rowwise_fp8.register_fake
-def _(x, bias):
+def _(x):
     return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty((x.shape[0], 1), dtype=torch.float32)
 
 
-def _gelu_rowwise_fp8_cuda(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gelu_rowwise_fp8_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import triton
 
     rows, cols = x.shape
     values = torch.empty_like(x, dtype=torch.float8_e4m3fn)
     scales = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
     block = triton.next_power_of_2(cols)
-    _gelu_rowwise_fp8_kernel()[(rows,)](x, bias, values, scales, cols, float(E4M3_MAX), TINY, BLOCK=block,
+    _gelu_rowwise_fp8_kernel()[(rows,)](x, values, scales, cols, float(E4M3_MAX), TINY, BLOCK=block,
                                         num_warps=16 if block >= 8192 else 8)
     return values, scales
 
@@ -130,13 +130,11 @@ def _gelu_rowwise_fp8_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(x_ptr, b_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, BLOCK: tl.constexpr):
+    def kernel(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n
-        x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        h = (x + b).to(x_ptr.dtype.element_ty).to(tl.float32)  # the 16-bit sum, as in the eager path
+        h = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
         u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
         g = (h * tl.sigmoid(2.0 * u)).to(x_ptr.dtype.element_ty).to(tl.float32)  # 0.5 h (1 + tanh u)
         scale = tl.maximum(tl.max(tl.where(mask, tl.abs(g), 0.0), axis=0), tiny) / e4m3_max

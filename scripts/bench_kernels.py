@@ -1,12 +1,15 @@
 """GPU micro-benchmark of the kernels one layer pass is made of, at the steady LongLive shape
 (480x832: 4680 query tokens, window 12 -> 18720 keys, 512 text keys, dim 1536, 12 heads, FFN 8960).
 
-    python scripts/bench_kernels.py [--json PATH]
+    python scripts/bench_kernels.py [--sections gemm,attention,norms,scaling] [--json PATH]
 
-Rows: bf16 GEMMs (separate and fused q/k/v, the FFN up-projection with a separate GELU and with
-cuBLASLt's GELU epilogue), the same GEMMs in row-wise and in tensor-wise FP8 (torch._scaled_mm) with
-the cost of quantizing their activations, and attention: FlashAttention-3 in bf16 with 1-3 KV splits, cuDNN,
-FA3 in FP8 with per-head scales plus the cost of quantizing q/k/v, and the text cross-attention.
+Sections. gemm: bf16 GEMMs (separate and fused q/k/v, the FFN up-projection with a separate GELU and with
+cuBLASLt's GELU epilogue), the same GEMMs in row-wise and in tensor-wise FP8 (torch._scaled_mm) with the cost of
+quantizing their activations. attention: FlashAttention-3 in bf16 with 1-3 KV splits, cuDNN, FA3 in FP8 with
+per-head scales plus the cost of quantizing q/k/v, and the text cross-attention. norms: inductor's fusion of the
+norms, residuals, RoPE and cache writes against the Triton kernels (kernels.py) at several launch shapes.
+scaling: FA3 at other query counts (its waves), the tail of the engine's wave cut with 1-11 key splits, the
+engine's cut attention, and the GEMMs at twice the rows.
 Times: CUDA-graph replays over rotated inputs (see `timed`); errors are relative (‖a-b‖/‖b‖).
 """
 
