@@ -71,7 +71,9 @@ class GraphRunner:
 
     def __call__(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
         # addresses, not ids: a pass is defined by the buffers it reads and writes
-        key = (time.e0.data_ptr(), tuple(x.shape), plan.kv_len, plan.cache_only, cache.k.data_ptr(), text.k.data_ptr())
+        mods = None if time.mods is None else time.mods.data_ptr()
+        key = (time.e0.data_ptr(), mods, tuple(x.shape), plan.kv_len, plan.cache_only, cache.k.data_ptr(),
+               text.k.data_ptr())
         graph = self.graphs.get(key)
         if graph is not None:
             return graph.replay(x, plan)

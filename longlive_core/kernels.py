@@ -72,26 +72,31 @@ def _(x, y, gate, a, b, eps, plus_one):
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
-def _batch_stride(v: torch.Tensor) -> int:
-    return 0 if v.dim() == 1 else v.stride(0)
+def _batch_stride(v: torch.Tensor, batch: int) -> int:
+    """Stride between the samples of a per-channel vector ([N], or [1 or B, 1, N]; one sample broadcasts)."""
+    if v.dim() > 1 and v.shape[0] not in (1, batch):
+        raise ValueError(f"norm_affine: a per-channel vector of batch {v.shape[0]} for activations of batch {batch}")
+    return 0 if v.dim() == 1 or v.shape[0] == 1 else v.stride(0)
 
 
 def _norm(x, y, gate, a, b, eps, plus_one):
     _check(x)
     x = x.contiguous()
     rows, n = _rows(x)
+    batch = x.numel() // (rows * n)
+    add = y is not None
     h = x.new_empty(x.shape)
-    new_x = x.new_empty(x.shape) if y is not None else h
-    y = x if y is None else y.contiguous()
+    new_x = x.new_empty(x.shape) if add else h
+    y = y.contiguous() if add else x
     g = a if gate is None else gate
     for v in (a, b, g):
         if v.stride(-1) != 1:
             raise ValueError("norm_affine: per-channel vectors must be contiguous in their last dim")
-    total = x.numel() // n
     per, warps = _launch(x, "norm")
-    _kernels().norm[(-(-total // per),)](
-        x, y, g, a, b, new_x, h, total, rows, n, _batch_stride(a), _batch_stride(b), _batch_stride(g), eps,
-        ADD=y is not x, GATE=gate is not None, PLUS_ONE=plus_one, ROWS=per, BLOCK=_block(n), num_warps=warps)
+    strides = (_batch_stride(a, batch), _batch_stride(b, batch), _batch_stride(g, batch))
+    _kernels().norm[(-(-batch * rows // per),)](
+        x, y, g, a, b, new_x, h, batch * rows, rows, n, *strides, eps,
+        ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, ROWS=per, BLOCK=_block(n), num_warps=warps)
     return new_x, h
 
 

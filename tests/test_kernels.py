@@ -97,6 +97,20 @@ def test_fp8_cache_holds_what_the_eager_write_holds():
             assert steps_apart(a, b, torch.float8_e4m3fn) <= 1.01
 
 
+def test_norm_kernel_adds_any_residual_and_broadcasts_one_sample_vectors():
+    """add_norm_affine(x, x): the residual is still added; a [1, 1, N] scale/shift serves every sample."""
+    from longlive_core.model import layer_norm
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 64, generator=gen).to(DEVICE)
+    a, b = (torch.randn(1, 1, 64, generator=gen).to(DEVICE) for _ in range(2))
+    new_x, h = kernels.add_norm_affine(x, x, None, a, b, 1e-6, True)
+    torch.testing.assert_close(new_x, 2 * x)
+    torch.testing.assert_close(h, layer_norm(2 * x, 1e-6) * (1 + a) + b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="a per-channel vector of batch 2 for activations of batch 3"):
+        kernels.norm_affine(x, a.expand(2, 1, 64).contiguous(), b, 1e-6, True)
+
+
 def test_make_fast_fuses_the_norms_where_triton_runs_and_keeps_the_video(prompt):
     from test_fast import video
 
