@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention, to_fp8
 from . import kernels
+from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention, to_fp8
 from .cache import KVCache, TextCache
 from .config import PATCH, ROPE_POSITIONS, WanConfig
 from .errors import ConfigError

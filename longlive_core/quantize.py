@@ -89,8 +89,8 @@ class Float8Linear(torch.nn.Module):
                                 out_dtype=dtype)
 
     def gelu_into(self, down: "Float8Linear", x: torch.Tensor) -> torch.Tensor:
-        """down(gelu_tanh(self(x))): the FFN, its hidden activations biased, GELU'd and quantized for `down`
-        in one pass (gelu_rowwise_fp8) instead of being written in 16-bit and read twice."""
+        """down(gelu_tanh(self(x))): the FFN, its hidden activations (biased in the GEMM) GELU'd and quantized
+        for `down` in one pass (gelu_rowwise_fp8) instead of being written in 16-bit and read twice."""
         values, scale = rowwise_fp8(x.reshape(-1, x.shape[-1]))
         hidden, hidden_scale = gelu_rowwise_fp8(self.matmul(values, scale, x.dtype))
         out = down.matmul(hidden, hidden_scale, x.dtype)

@@ -90,7 +90,11 @@ class StreamSession:
         self.text = TextCache.allocate(cfg.num_layers, self.batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, dt)
         self.rope = RopeTable(cfg.head_dim, dev)
         self.schedule = Schedule.warped()
-        times = list(self.schedule.timesteps) + [0.0]
+        self._embed_times()
+
+    def _embed_times(self) -> None:
+        """The time embeddings (with each layer's modulation) of the steps and of the clean pass (t = 0)."""
+        times, dev = list(self.schedule.timesteps) + [0.0], self.model.device
         self.times = [self.model.time_embed(torch.full((self.batch,), t, device=dev), layers=True) for t in times]
 
     # --- state --------------------------------------------------------------------------------
@@ -116,6 +120,7 @@ class StreamSession:
             raise ConfigError(f"use_model needs the same network on {mine[0]} in {mine[1]} with a {mine[2]} KV cache; "
                               f"got {model.cfg} on {theirs[0]} in {theirs[1]} with {theirs[2]}: start a new session")
         self.model, self.runner = model, runner or model
+        self._embed_times()  # from this load's weights
 
     @property
     def window(self) -> int:

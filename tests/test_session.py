@@ -239,3 +239,22 @@ def test_bad_blends_are_refused(tiny_model, prompt):
         s.set_prompt(prompt, blend_blocks=2, blend="cubic")
     with pytest.raises(PromptError, match="over 0"):
         s.set_prompt(prompt, blend_blocks=0)
+
+
+def test_another_load_of_the_weights_continues_the_video(tiny_model, prompt):
+    """use_model (a host that loaded the file again): the video goes on as if nothing happened, with the time
+    embeddings and every layer's modulation taken from the new load."""
+    one = StreamSession(tiny_model, height=64, width=96, seed=4)
+    one.set_prompt(prompt)
+    whole = torch.cat(list(one.generate(12)), 1)
+    two = StreamSession(tiny_model, height=64, width=96, seed=4)
+    two.set_prompt(prompt)
+    first = torch.cat(list(two.generate(6)), 1)
+    again = random_model(tiny_model.cfg, dtype=torch.float32)
+    again.load_state_dict(tiny_model.state_dict())
+    two.use_model(again)
+    torch.testing.assert_close(torch.cat([first, *two.generate(6)], 1), whole)
+    with torch.no_grad():
+        again.blocks[1].modulation.add_(1.0)
+    two.use_model(again)
+    assert torch.equal(two.times[0].mods, again.layer_mods(two.times[0].e0))
