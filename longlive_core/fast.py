@@ -165,6 +165,8 @@ def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True
         block.fused_gelu = type(block.ffn[0]) is torch.nn.Linear
         fuse_qkv(block.self_attn)
         block.fused_norms = fused_norms and kernels.available(model.device) and block.self_attn.qkv is not None
+    if fused_norms and not model.blocks[0].fused_norms:
+        log.info("norms through inductor: the Triton kernels need triton, a CUDA model and fused q|k|v linears")
     if compile:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         compile_blocks(model, compile_options)
