@@ -90,9 +90,11 @@ def test_gelu_rowwise_fp8_kernel_equals_the_torch_ops():
 
 
 @pytest.mark.parametrize("backend", ["flash-attn 3", "flash-attn 3 fp8"])
-def test_attention_cut_into_whole_waves_equals_one_call(backend):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_attention_cut_into_whole_waves_equals_one_call(backend, batch):
     """4680 queries x 12 heads: 4224 queries in whole waves of the H100's 132 SMs, the rest with split keys,
-    both written into one output; against FA3 over all queries at once."""
+    both written into one output (for batch 2, views strided over the samples); against FA3 over all
+    queries at once."""
     from longlive_core.attention import resolve
 
     try:
@@ -101,12 +103,14 @@ def test_attention_cut_into_whole_waves_equals_one_call(backend):
     except Exception as err:  # no FA3 or not Hopper
         pytest.skip(str(err))
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, n, 12, 128, device="cuda", generator=gen).to(torch.bfloat16) for n in (4680, 9000, 9000))
+    q, k, v = (torch.randn(batch, n, 12, 128, device="cuda", generator=gen).to(torch.bfloat16)
+               for n in (4680, 9000, 9000))
     steps = torch.full((3, 12), 0.02, device="cuda")
     if backend.endswith("fp8"):
         k, v = ((t.float() / 0.02).to(torch.float8_e4m3fn) for t in (k, v))
-        ref = fa3.flash_attn_func((q.float() / 0.02).to(torch.float8_e4m3fn), k, v, q_descale=steps[0, None].expand(1, -1),
-                                  k_descale=steps[1, None].expand(1, -1), v_descale=steps[2, None].expand(1, -1))
+        descale = [steps[i, None].expand(batch, -1).contiguous() for i in range(3)]
+        ref = fa3.flash_attn_func((q.float() / 0.02).to(torch.float8_e4m3fn), k, v, q_descale=descale[0],
+                                  k_descale=descale[1], v_descale=descale[2])
     else:
         ref = fa3.flash_attn_func(q, k, v)
     ref = ref[0] if isinstance(ref, tuple) else ref
