@@ -15,9 +15,9 @@ import os
 
 import torch
 
+from .attention import E4M3_MAX
 from .errors import BackendUnavailableError
 
-E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 # (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms
 # section on the H100 (run 25); in the interpreter, many rows per program (it pays per program)
 GPU_LAUNCH = {"norm": (1, 4), "qkv": (2, 4)}
