@@ -39,11 +39,6 @@ def _check(x: torch.Tensor) -> None:
                                       f"got a {x.device.type} tensor: use the eager path there")
 
 
-def _rows(x: torch.Tensor) -> tuple[int, int]:
-    """(rows of one batch sample, row width) of a [B, S, N] tensor."""
-    return x.shape[-2], x.shape[-1]
-
-
 # --- Layer norms with an affine or adaLN modulation, after an optional (gated) residual ------------
 
 
@@ -82,7 +77,7 @@ def _batch_stride(v: torch.Tensor, batch: int) -> int:
 def _norm(x, y, gate, a, b, eps, plus_one):
     _check(x)
     x = x.contiguous()
-    rows, n = _rows(x)
+    rows, n = x.shape[-2], x.shape[-1]  # rows of one sample, row width
     batch = x.numel() // (rows * n)
     add = y is not None
     h = x.new_empty(x.shape)
@@ -96,7 +91,7 @@ def _norm(x, y, gate, a, b, eps, plus_one):
     strides = (_batch_stride(a, batch), _batch_stride(b, batch), _batch_stride(g, batch))
     _kernels().norm[(-(-batch * rows // per),)](
         x, y, g, a, b, new_x, h, batch * rows, rows, n, *strides, eps,
-        ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, ROWS=per, BLOCK=_block(n), num_warps=warps)
+        ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, ROWS=per, BLOCK=row_block(n), num_warps=warps)
     return new_x, h
 
 
@@ -123,7 +118,7 @@ def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: tor
     _kernels().qkv[(-(-total // per),)](
         qkv, weight_q, weight_k, cos.contiguous(), sin.contiguous(), index, q, cache_k, cache_v,
         steps if fp8 else cos, total, rows, n, cache_k.stride(0), n // heads // 2, eps, E4M3_MAX,
-        FP8=fp8, ROWS=per, BLOCK=_block(n // 2), num_warps=warps)
+        FP8=fp8, ROWS=per, BLOCK=row_block(n // 2), num_warps=warps)
     return q
 
 
@@ -136,7 +131,8 @@ def _(qkv, weight_q, weight_k, cos, sin, index, cache_k, cache_v, steps, heads, 
 # --- The kernels ------------------------------------------------------------------------------------
 
 
-def _block(n: int) -> int:
+def row_block(n: int) -> int:
+    """The power of two a kernel's block takes to hold a row of n values."""
     return 1 << (n - 1).bit_length()
 
 

@@ -10,13 +10,13 @@ are small and sensitive. Quantization runs in an explicit setup step, never at i
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 
 from .attention import E4M3_MAX
 from .errors import BackendUnavailableError, ConfigError
+from .kernels import row_block
 from .model import CausalWan
 
 log = logging.getLogger(__name__)
@@ -113,35 +113,15 @@ def _(x):
 
 
 def _gelu_rowwise_fp8_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    import triton
+    from . import triton_kernels  # imports triton: only when the kernel runs
 
     rows, cols = x.shape
     values = torch.empty_like(x, dtype=torch.float8_e4m3fn)
     scales = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
-    block = triton.next_power_of_2(cols)
-    _gelu_rowwise_fp8_kernel()[(rows,)](x, values, scales, cols, float(E4M3_MAX), TINY, BLOCK=block,
-                                        num_warps=16 if block >= 8192 else 8)
+    block = row_block(cols)
+    triton_kernels.gelu_rowwise_fp8[(rows,)](x, values, scales, cols, float(E4M3_MAX), TINY, BLOCK=block,
+                                             num_warps=16 if block >= 8192 else 8)
     return values, scales
-
-
-@functools.lru_cache(maxsize=None)
-def _gelu_rowwise_fp8_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK)
-        mask = cols < n
-        h = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
-        u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
-        g = (h * tl.sigmoid(2.0 * u)).to(x_ptr.dtype.element_ty).to(tl.float32)  # 0.5 h (1 + tanh u)
-        scale = tl.maximum(tl.max(tl.where(mask, tl.abs(g), 0.0), axis=0), tiny) / e4m3_max
-        tl.store(q_ptr + row * n + cols, (g / scale).to(tl.float8e4nv), mask=mask)
-        tl.store(s_ptr + row, scale)
-
-    return kernel
 
 
 def _to_fp8(module: torch.nn.Module) -> None:

@@ -1,8 +1,9 @@
-"""The Triton code behind kernels.py (imported only when a kernel runs: it needs the triton package).
-Under TRITON_INTERPRET=1, set before triton is first imported, the kernels run on CPU tensors.
+"""The Triton code behind kernels.py and the FP8 FFN's GELU quantization (quantize.py); imported only when
+a kernel runs (it needs the triton package). Under TRITON_INTERPRET=1, set before triton is first
+imported, the kernels run on CPU tensors.
 
-Each program takes ROWS whole rows (tokens) of the [tokens, n] activations: on a GPU a few, in the
-interpreter many (its cost is per program)."""
+The norm and q/k/v programs take ROWS whole rows (tokens) of the [tokens, n] activations: on a GPU a few,
+in the interpreter many (its cost is per program)."""
 
 import triton
 import triton.language as tl
@@ -77,3 +78,17 @@ def qkv(qkv_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, idx_ptr, q_ptr, ck_ptr, cv_pt
     _store(ck_ptr + dst, k, mask, step_ptr + heads, head, heads, e4m3_max, FP8)  # steps: rows q, k, v
     v = tl.load(qkv_ptr + 2 * n + src, mask=mask, other=0.0)
     _store(cv_ptr + dst, v, mask, step_ptr + 2 * heads, head, heads, e4m3_max, FP8)
+
+
+@triton.jit
+def gelu_rowwise_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, BLOCK: tl.constexpr):
+    # one row per program: gelu_tanh in 16 bits, then e4m3 values and the row's scale (quantize.py)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    h = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+    g = (h * tl.sigmoid(2.0 * u)).to(x_ptr.dtype.element_ty).to(tl.float32)  # 0.5 h (1 + tanh u)
+    scale = tl.maximum(tl.max(tl.where(mask, tl.abs(g), 0.0), axis=0), tiny) / e4m3_max
+    tl.store(q_ptr + row * n + cols, (g / scale).to(tl.float8e4nv), mask=mask)
+    tl.store(s_ptr + row, scale)
