@@ -20,8 +20,9 @@ from .errors import BackendUnavailableError
 
 # (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms
 # section on the H100 (run 25); in the interpreter, many rows per program (it pays per program)
-GPU_LAUNCH = {"norm": (1, 4), "qkv": (2, 4)}
+GPU_LAUNCH = {"norm": (1, 4), "qkv": (2, 4), "text": (64, 4)}  # text: (queries, warps) a program
 INTERPRETER_ROWS = 64
+TEXT_KEYS = 64  # the text keys a step of the cross-attention takes
 
 
 def available(device: torch.device) -> bool:
@@ -126,6 +127,45 @@ def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: tor
 def _(qkv, weight_q, weight_k, cos, sin, index, cache_k, cache_v, steps, heads, eps):
     n = qkv.shape[-1] // 3
     return qkv.new_empty(*qkv.shape[:-1], heads, n // heads)
+
+
+# --- Text cross-attention: q's RMSNorm, the prompt's keys, the padding key ------------------------------
+
+
+@torch.library.custom_op("longlive::text_attention", mutates_args=())
+def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.Tensor, v: torch.Tensor,
+                   used: torch.Tensor, pad_k: torch.Tensor, pad_v: torch.Tensor, log_pad: torch.Tensor) -> torch.Tensor:
+    """Cross-attention of the raw projection q [B, S, N], RMS-normed over N with `weight` here (rounded as
+    RMSNorm rounds), to one layer's TextCache: the first used[b] keys of k, v [B, L, H, D] and the padding
+    pair pad_k, pad_v [B, 1, H, D] counted exp(log_pad[b]) times. Returns [B, S, H, D] in q's dtype.
+
+    One program takes a tile of queries of one head: the padding key starts its running softmax, the
+    prompt's keys follow in tiles (the count is read on the device: graphs stay valid across prompts).
+    The norm's per-token scale comes from a first pass over q (it spans every head)."""
+    _check(q)
+    q = q.contiguous()
+    batch, rows, n = q.shape
+    heads, d = k.shape[-2], k.shape[-1]
+    if heads * d != n or k.stride(-1) != 1 or k.stride(-3) != n or k.stride() != v.stride() \
+            or pad_k.stride() != pad_v.stride():
+        raise ValueError(f"text_attention: q is [B, S, {n}] but the keys are {list(k.shape)}; they must be "
+                         f"[B, L, H, D] with H * D = {n} and contiguous tokens")
+    rstd = torch.empty(batch * rows, device=q.device, dtype=torch.float32)
+    per, warps = _launch(q, "norm")
+    _kernels().rms[(-(-batch * rows // per),)](q, rstd, batch * rows, n, eps, ROWS=per, BLOCK=row_block(n),
+                                               num_warps=warps)
+    out = q.new_empty(batch, rows, heads, d)
+    block_q, warps = GPU_LAUNCH["text"] if q.is_cuda else (INTERPRETER_ROWS, 1)
+    _kernels().text_attention[(-(-rows // block_q), batch * heads)](
+        q, rstd, weight, k, v, used, pad_k, pad_v, log_pad, out, rows, heads, d, k.stride(0),
+        pad_k.stride(0), d ** -0.5, BLOCK_Q=block_q, BLOCK_K=TEXT_KEYS, BLOCK_D=max(16, row_block(d)),
+        num_warps=warps)
+    return out
+
+
+@text_attention.register_fake
+def _(q, weight, eps, k, v, used, pad_k, pad_v, log_pad):
+    return q.new_empty(*q.shape[:2], *k.shape[-2:])
 
 
 # --- The kernels ------------------------------------------------------------------------------------

@@ -185,7 +185,8 @@ class Block(nn.Module):
     """One Wan layer. The three dense stages around the two attentions are separate methods so
     that the fast path can compile them (the first one also writes the cache); attention stays
     between them. The fast path sets fused_gelu (the FFN through linear_gelu) and fused_norms (the norms,
-    residuals, RoPE and cache writes through the Triton kernels of kernels.py; needs the fused q|k|v)."""
+    residuals, RoPE, cache writes and the text cross-attention through the Triton kernels of kernels.py;
+    needs the fused q|k|v)."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -208,7 +209,7 @@ class Block(nn.Module):
         x, q = self.self_qkv(x, carry, mod, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
         y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len], self.self_attn.fp8_scales)
         x, q = self.self_out_cross_q(x, y, mod)
-        y = cross_attend(q, text)
+        y = self._cross(q, text, cross_attend)
         return self.cross_out_ffn(x, y, mod)
 
     @staticmethod
@@ -245,14 +246,22 @@ class Block(nn.Module):
         cache.index_copy_(1, index, x)
 
     def self_out_cross_q(self, x, y, mod):
+        """Returns (x, the cross-attention's q): normed [B, S, H, D], or on the fused path the raw projection
+        [B, S, dim] (the text attention kernel norms it)."""
         gate = self._mod(mod)[2]
         o, n3, c = self.self_attn.o(y.flatten(2)), self.norm3, self.cross_attn
         if self.fused_norms:
             x, h = kernels.add_norm_affine(x, o, gate, n3.weight, n3.bias, n3.eps, False)
-        else:
-            x = gated_add(x, o, gate)
-            h = n3(x)
-        return x, c.split(c.norm_q(c.q(h)))
+            return x, c.q(h)
+        x = gated_add(x, o, gate)
+        return x, c.split(c.norm_q(c.q(n3(x))))
+
+    def _cross(self, q, text: TextCache, cross_attend: TextAttentionFn) -> torch.Tensor:
+        if not self.fused_norms:
+            return cross_attend(q, text)
+        n = self.cross_attn.norm_q
+        return kernels.text_attention(q, n.weight, n.eps, text.k, text.v, text.used, text.pad_k, text.pad_v,
+                                      text.log_pad)
 
     def cross_out_ffn(self, x, y, mod):
         """Returns (x, carry): the fused path leaves the FFN's gated residual to the next layer's first norm."""

@@ -92,3 +92,56 @@ def gelu_rowwise_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, BLOCK: tl.constexpr
     scale = tl.maximum(tl.max(tl.where(mask, tl.abs(g), 0.0), axis=0), tiny) / e4m3_max
     tl.store(q_ptr + row * n + cols, (g / scale).to(tl.float8e4nv), mask=mask)
     tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def rms(x_ptr, r_ptr, total, n, eps, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    # RMSNorm's per-row scale 1 / sqrt(mean(x^2) + eps), float32
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
+    cols = tl.arange(0, BLOCK)[None, :]
+    x = tl.load(x_ptr + row * n + cols, mask=(row < total) & (cols < n), other=0.0).to(tl.float32)
+    tl.store(r_ptr + row, 1.0 / tl.sqrt(tl.sum(x * x, axis=1)[:, None] / n + eps), mask=row < total)
+
+
+@triton.jit
+def text_attention(q_ptr, r_ptr, w_ptr, k_ptr, v_ptr, used_ptr, pk_ptr, pv_ptr, lp_ptr, o_ptr, rows, heads, d,
+                   k_stride, pad_stride, scale, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    # one program: BLOCK_Q queries of one (sample, head); see kernels.text_attention
+    b, h = tl.program_id(1) // heads, tl.program_id(1) % heads
+    tok = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    dim = tl.arange(0, BLOCK_D)
+    n = heads * d
+    row = b.to(tl.int64) * rows + tok
+    q_mask = (tok[:, None] < rows) & (dim[None, :] < d)
+    x = tl.load(q_ptr + row[:, None] * n + h * d + dim[None, :], mask=q_mask, other=0.0)
+    r = tl.load(r_ptr + row, mask=tok < rows, other=0.0)
+    w = tl.load(w_ptr + h * d + dim, mask=dim < d, other=0.0).to(tl.float32)
+    # as RMSNorm: rounded to q's dtype, times the weight (a product in that dtype)
+    q = ((x.to(tl.float32) * r[:, None]).to(x.dtype).to(tl.float32) * w[None, :]).to(x.dtype)
+    log2e = 1.4426950408889634
+    # the padding key opens the softmax with its count as weight (log_pad = -inf: no padding)
+    pad_at = b.to(tl.int64) * pad_stride + h * d + dim
+    pk = tl.load(pk_ptr + pad_at, mask=dim < d, other=0.0).to(tl.float32)
+    pad = (tl.sum(q.to(tl.float32) * pk[None, :], axis=1) * scale + tl.load(lp_ptr + b)) * log2e
+    top = pad
+    total = tl.full((BLOCK_Q,), 1.0, tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32) + tl.load(pv_ptr + pad_at, mask=dim < d, other=0.0).to(tl.float32)
+    used = tl.load(used_ptr + b)
+    base = b.to(tl.int64) * k_stride + h * d
+    for start in range(0, used, BLOCK_K):
+        key = start + tl.arange(0, BLOCK_K)
+        kv_mask = (key[:, None] < used) & (dim[None, :] < d)
+        at = base + key[:, None] * n + dim[None, :]
+        kt = tl.load(k_ptr + at, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(kt)) * (scale * log2e)
+        s = tl.where(key[None, :] < used, s, -float("inf"))
+        new_top = tl.maximum(top, tl.max(s, axis=1))
+        fade = tl.exp2(top - new_top)
+        p = tl.exp2(s - new_top[:, None])
+        total = total * fade + tl.sum(p, axis=1)
+        vt = tl.load(v_ptr + at, mask=kv_mask, other=0.0)
+        acc = acc * fade[:, None] + tl.dot(p.to(vt.dtype), vt)
+        top = new_top
+    out = acc / total[:, None]
+    tl.store(o_ptr + (row[:, None] * heads + h) * d + dim[None, :], out.to(o_ptr.dtype.element_ty), mask=q_mask)

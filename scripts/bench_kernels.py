@@ -1,13 +1,15 @@
 """GPU micro-benchmark of the kernels one layer pass is made of, at the steady LongLive shape
 (480x832: 4680 query tokens, window 12 -> 18720 keys, 512 text keys, dim 1536, 12 heads, FFN 8960).
 
-    python scripts/bench_kernels.py [--sections gemm,attention,norms,scaling] [--json PATH]
+    python scripts/bench_kernels.py [--sections gemm,attention,norms,text,epilogue,scaling] [--json PATH]
 
 Sections. gemm: bf16 GEMMs (separate and fused q/k/v, the FFN up-projection with a separate GELU and with
 cuBLASLt's GELU epilogue), the same GEMMs in row-wise and in tensor-wise FP8 (torch._scaled_mm) with the cost of
 quantizing their activations. attention: FlashAttention-3 in bf16 with 1-3 KV splits, cuDNN, FA3 in FP8 with
 per-head scales plus the cost of quantizing q/k/v, and the text cross-attention. norms: inductor's fusion of the
 norms, residuals, RoPE and cache writes against the Triton kernels (kernels.py) at several launch shapes.
+text: the text cross-attention, the prefix path against the Triton kernel. epilogue: the FFN up-projection's
+GELU in cuBLASLt's epilogue against inductor's GEMM template.
 scaling: FA3 at other query counts (its waves), the tail of the engine's wave cut with 1-11 key splits, the
 engine's cut attention, and the GEMMs at twice the rows.
 Times: CUDA-graph replays over rotated inputs (see `timed`); errors are relative (‖a-b‖/‖b‖).
@@ -225,6 +227,67 @@ def qkv_rows(rows: list, mb: float) -> None:
                  "GB/s": 2 * mb / ms})
 
 
+def text_rows(rows: list) -> None:
+    """The text cross-attention of the fast path: the compiled q RMSNorm, FA3 over the prompt's keys and the
+    padding-key merge (the prefix path of attention.py) against the Triton kernel (kernels.text_attention) at
+    several launch shapes; prompts of 128 tokens (the bench's) and 512 (no padding). Errors: against SDPA over
+    all 512 keys."""
+    from longlive_core.attention import _prefix_text, _sdpa
+    from longlive_core.cache import TextCache
+    import fa3_fwd_interface as fa3
+
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(DIM, **bf)
+    qs = [(torch.randn(1, TOKENS, DIM, **bf),) for _ in range(ROTATE)]
+
+    def rms(x):
+        xf = x.float()
+        return ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x) * weight).unflatten(-1, (HEADS, -1))
+
+    prefix, normed = _prefix_text(fa3), torch.compile(rms)
+    chosen = kernels.GPU_LAUNCH["text"]
+    for used in (128, TEXT):
+        text = TextCache.allocate(1, 1, TEXT, HEADS, DIM // HEADS, "cuda", torch.bfloat16).layer(0)
+        text.k.normal_(), text.v.normal_()
+        embeds = torch.ones(1, TEXT, 1, device="cuda")
+        embeds[:, used:] = 0
+        pad = text.set_used(embeds)
+        text.k[:, used:], text.v[:, used:] = text.k[:, pad], text.v[:, pad]
+        text.pad_k.copy_(text.k[:, pad, None]), text.pad_v.copy_(text.v[:, pad, None])
+        ref = _sdpa(rms(qs[0][0]), text.k, text.v)
+        out = prefix(normed(qs[0][0]), text)
+        rows.append({"row": f"text attention, {used}-token prompt: inductor rmsnorm + fa3 prefix + merge",
+                     "ms": timed(lambda x: prefix(normed(x), text), qs), "rel_err": rel(out, ref)})
+
+        def fused(x):
+            return kernels.text_attention(x, weight, 1e-6, text.k, text.v, text.used, text.pad_k, text.pad_v,
+                                          text.log_pad)
+
+        for launch in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)):
+            kernels.GPU_LAUNCH["text"] = launch
+            rows.append({"row": f"text attention, {used}-token prompt: triton {launch}", "ms": timed(fused, qs),
+                         "rel_err": rel(fused(qs[0][0]), ref)})
+        kernels.GPU_LAUNCH["text"] = chosen
+
+
+def epilogue_rows(rows: list) -> None:
+    """The FFN's up-projection with its tanh GELU: plain GEMM, cuBLASLt's GELU epilogue (the fast path) and
+    inductor's Triton GEMM template with the GELU fused (max-autotune)."""
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    w, b = torch.randn(FFN, DIM, **bf) * DIM ** -0.5, torch.randn(FFN, **bf) * 0.1
+    xs = [(torch.randn(TOKENS, DIM, **bf),) for _ in range(ROTATE)]
+
+    def up(x):
+        return F.gelu(F.linear(x, w, b), approximate="tanh")
+
+    rows.append({"row": "ffn up, plain gemm + bias", "ms": timed(lambda x: F.linear(x, w, b), xs)})
+    rows.append({"row": "ffn up, cublaslt gelu epilogue",
+                 "ms": timed(lambda x: torch._addmm_activation(b, x, w.t(), use_gelu=True), xs)})
+    tuned = torch.compile(up, mode="max-autotune-no-cudagraphs")
+    rows.append({"row": "ffn up, inductor max-autotune gemm + gelu", "ms": timed(tuned, xs),
+                 "rel_err": rel(tuned(xs[0][0]), up(xs[0][0]))})
+
+
 def scaling_rows(rows: list) -> None:
     """Does twice the tokens in one pass (a clean pass run with the next block's first step) cost less
     than two passes? FA3 at other query counts (wave quantization: 128-query tiles x 12 heads over 132
@@ -263,11 +326,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", default="bench_kernels.json")
     parser.add_argument("--sections", default="gemm,attention,norms,scaling",
-                        help="comma-separated: gemm, attention, norms, scaling")
+                        help="comma-separated: gemm, attention, norms, text, epilogue, scaling")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows: list = []
-    sections = {"gemm": gemm_rows, "attention": attention_rows, "norms": norm_rows, "scaling": scaling_rows}
+    sections = {"gemm": gemm_rows, "attention": attention_rows, "norms": norm_rows, "text": text_rows,
+                "epilogue": epilogue_rows, "scaling": scaling_rows}
     with torch.inference_mode():
         for name in args.sections.split(","):
             sections[name](rows)

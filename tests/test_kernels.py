@@ -5,11 +5,14 @@ interpreter rounds to bfloat16 by truncation, so on the CPU 16-bit rounding is c
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from longlive_core import kernels
+from longlive_core.attention import text_attention
+from longlive_core.cache import TextCache
 from longlive_core.config import WanConfig
 from longlive_core.errors import BackendUnavailableError
 from longlive_core.fast import fuse_qkv, make_fast
@@ -66,10 +69,11 @@ def test_fused_stages_compute_what_the_eager_block_computes(dtype):
     carry = (y.flatten(2), mod[:, 5:6] * 0.3)  # a previous layer's FFN output and gate
     with torch.no_grad():
         outs = [*eager.self_qkv(x, carry, mod, cos, sin, index, *caches[:2]), caches[0], caches[1],
-                *eager.self_out_cross_q(x, y, mod), eager.cross_out_ffn(x, y, mod)[0]]
+                eager.self_out_cross_q(x, y, mod)[0], eager.cross_out_ffn(x, y, mod)[0]]
         got = [*fused.self_qkv(x, carry, mod, cos, sin, index, *caches[2:]), caches[2], caches[3],
-               *fused.self_out_cross_q(x, y, mod), gated_add(*flatten(fused.cross_out_ffn(x, y, mod)))]
-    names = ("x with the carry", "q", "cache k", "cache v", "x after self-attention", "cross q", "x after ffn")
+               fused.self_out_cross_q(x, y, mod)[0], gated_add(*flatten(fused.cross_out_ffn(x, y, mod)))]
+    # (the cross-attention's q: test_text_attention_kernel_is_the_normed_q_attending_to_every_key)
+    names = ("x with the carry", "q", "cache k", "cache v", "x after self-attention", "x after ffn")
     for name, a, b in zip(names, got, outs, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         if dtype == torch.float32:  # sums in another order only
@@ -78,6 +82,44 @@ def test_fused_stages_compute_what_the_eager_block_computes(dtype):
             assert (a != b).float().mean() < 0.01, name
             assert (a.float() - b.float()).abs().max() <= torch.finfo(dtype).eps * b.float().abs().max(), name
     assert caches[2].abs().amax((0, 2, 3)).gt(0).sum() == S  # exactly the indexed slots were written
+
+
+def text_cache(dtype, used=(5, 70, 80), length=80):
+    """A layer's TextCache whose keys after each sample's prompt are its padding pair (80 keys: two tiles
+    of the kernel, the second partly read; the last sample has no padding)."""
+    gen = torch.Generator().manual_seed(2)
+    text = TextCache.allocate(1, len(used), length, CFG.num_heads, CFG.head_dim, DEVICE, dtype).layer(0)
+    embeds = torch.ones(len(used), length, 1, device=DEVICE)
+    for b, n in enumerate(used):
+        embeds[b, n:] = 0
+        text.k[b], text.v[b] = (torch.randn(length, CFG.num_heads, CFG.head_dim, generator=gen).to(DEVICE, dtype)
+                                for _ in range(2))
+    pad_row = text.set_used(embeds)
+    for b, n in enumerate(used):
+        text.k[b, n:], text.v[b, n:] = text.k[b, pad_row[b]], text.v[b, pad_row[b]]
+        text.pad_k[b], text.pad_v[b] = text.k[b, pad_row[b]], text.v[b, pad_row[b]]
+    return text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, HALF])
+def test_text_attention_kernel_is_the_normed_q_attending_to_every_key(dtype):
+    """The prompt's keys read in tiles, the padding key counted in closed form, q's RMSNorm inside."""
+    eager, fused = blocks(dtype)
+    x, mod, y, *_ = inputs(dtype)
+    text = text_cache(dtype)
+    x, mod, y = x[:1].expand(3, -1, -1), mod[:1].expand(3, -1, -1), y[:1].expand(3, -1, -1, -1)
+    sdpa = text_attention("sdpa", torch.device(DEVICE))
+    with torch.no_grad():
+        want = eager._cross(eager.self_out_cross_q(x, y, mod)[1], text, sdpa)
+        got = fused._cross(fused.self_out_cross_q(x, y, mod)[1], text, sdpa)
+        unpadded = fused._cross(fused.self_out_cross_q(x, y, mod)[1], dataclasses.replace(
+            text, log_pad=torch.full_like(text.log_pad, -torch.inf)), sdpa)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if dtype == torch.float32:
+        assert steps_apart(got, want, dtype) == 0
+    else:  # the weights round to 16 bits before they meet v (as in flash attention): errors of v's magnitude
+        assert (got.float() - want.float()).abs().max() <= 2 * torch.finfo(dtype).eps * want.float().abs().max()
+    assert (unpadded - got)[:2].abs().max() > 0.05 and torch.equal(unpadded[2], got[2])  # the padding counts
 
 
 def test_fp8_cache_holds_what_the_eager_write_holds():
