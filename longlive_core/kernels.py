@@ -18,11 +18,11 @@ import torch
 from .attention import E4M3_MAX
 from .errors import BackendUnavailableError
 
-# (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms
-# section on the H100 (run 25); in the interpreter, many rows per program (it pays per program)
-GPU_LAUNCH = {"norm": (1, 4), "qkv": (2, 4), "text": (64, 4)}  # text: (queries, warps) a program
+# (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms and
+# text sections on the H100 (runs 34, 36); in the interpreter, many rows per program (it pays per program).
+# text: (queries, keys a step, warps, stages).
+GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3)}
 INTERPRETER_ROWS = 64
-TEXT_KEYS = 64  # the text keys a step of the cross-attention takes
 
 
 def available(device: torch.device) -> bool:
@@ -115,7 +115,7 @@ def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: tor
         raise ValueError("qkv_norm_rope_write: the caches must be [B, T, H, D] with contiguous tokens")
     fp8 = cache_k.dtype == torch.float8_e4m3fn
     total = qkv.numel() // (3 * n)
-    per, warps = _launch(qkv, "qkv")
+    per, warps = _launch(qkv, "qkv fp8" if fp8 else "qkv")
     _kernels().qkv[(-(-total // per),)](
         qkv, weight_q, weight_k, cos.contiguous(), sin.contiguous(), index, q, cache_k, cache_v,
         steps if fp8 else cos, total, rows, n, cache_k.stride(0), n // heads // 2, eps, E4M3_MAX,
@@ -155,11 +155,11 @@ def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.T
     _kernels().rms[(-(-batch * rows // per),)](q, rstd, batch * rows, n, eps, ROWS=per, BLOCK=row_block(n),
                                                num_warps=warps)
     out = q.new_empty(batch, rows, heads, d)
-    block_q, warps = GPU_LAUNCH["text"] if q.is_cuda else (INTERPRETER_ROWS, 1)
+    block_q, block_k, warps, stages = GPU_LAUNCH["text"] if q.is_cuda else (INTERPRETER_ROWS, INTERPRETER_ROWS, 1, 1)
     _kernels().text_attention[(-(-rows // block_q), batch * heads)](
         q, rstd, weight, k, v, used, pad_k, pad_v, log_pad, out, rows, heads, d, k.stride(0),
-        pad_k.stride(0), d ** -0.5, BLOCK_Q=block_q, BLOCK_K=TEXT_KEYS, BLOCK_D=max(16, row_block(d)),
-        num_warps=warps)
+        pad_k.stride(0), d ** -0.5, BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, row_block(d)),
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages)
     return out
 
 

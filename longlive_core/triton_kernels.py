@@ -106,7 +106,7 @@ def rms(x_ptr, r_ptr, total, n, eps, ROWS: tl.constexpr, BLOCK: tl.constexpr):
 @triton.jit
 def text_attention(q_ptr, r_ptr, w_ptr, k_ptr, v_ptr, used_ptr, pk_ptr, pv_ptr, lp_ptr, o_ptr, rows, heads, d,
                    k_stride, pad_stride, scale, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
-                   BLOCK_D: tl.constexpr):
+                   BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     # one program: BLOCK_Q queries of one (sample, head); see kernels.text_attention
     b, h = tl.program_id(1) // heads, tl.program_id(1) % heads
     tok = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -134,14 +134,14 @@ def text_attention(q_ptr, r_ptr, w_ptr, k_ptr, v_ptr, used_ptr, pk_ptr, pv_ptr, 
         kv_mask = (key[:, None] < used) & (dim[None, :] < d)
         at = base + key[:, None] * n + dim[None, :]
         kt = tl.load(k_ptr + at, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(kt)) * (scale * log2e)
+        s = tl.dot(q, tl.trans(kt), input_precision=PRECISION) * (scale * log2e)
         s = tl.where(key[None, :] < used, s, -float("inf"))
         new_top = tl.maximum(top, tl.max(s, axis=1))
         fade = tl.exp2(top - new_top)
         p = tl.exp2(s - new_top[:, None])
         total = total * fade + tl.sum(p, axis=1)
         vt = tl.load(v_ptr + at, mask=kv_mask, other=0.0)
-        acc = acc * fade[:, None] + tl.dot(p.to(vt.dtype), vt)
+        acc = acc * fade[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
         top = new_top
     out = acc / total[:, None]
     tl.store(o_ptr + (row[:, None] * heads + h) * d + dim[None, :], out.to(o_ptr.dtype.element_ty), mask=q_mask)

@@ -34,7 +34,7 @@ from longlive_core.quantize import rowwise_fp8  # noqa: E402
 
 TOKENS, KEYS, TEXT, DIM, HEADS, FFN = 4680, 18720, 512, 1536, 12, 8960
 ROTATE = 4  # input sets, so that repeated runs do not measure the L2 cache
-LAUNCHES = ((1, 4), (1, 8), (2, 4), (4, 8))  # (rows per program, warps) of the Triton kernels
+LAUNCHES = ((1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8))  # (rows per program, warps) of the Triton kernels
 
 
 def timed(fn, args_sets, reps: int = 12) -> float:
@@ -197,8 +197,8 @@ def qkv_rows(rows: list, mb: float) -> None:
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x) * weight
 
-    chosen = kernels.GPU_LAUNCH["qkv"]
-    for dtype in (torch.bfloat16, torch.float8_e4m3fn):
+    for dtype, kernel in ((torch.bfloat16, "qkv"), (torch.float8_e4m3fn, "qkv fp8")):
+        chosen = kernels.GPU_LAUNCH[kernel]
         ck, cv = (torch.zeros(1, KEYS, heads, hd, device="cuda", dtype=dtype) for _ in range(2))
         steps = torch.full((3, heads), 0.05, device="cuda")
 
@@ -219,9 +219,9 @@ def qkv_rows(rows: list, mb: float) -> None:
         name = f"q/k/v norm + rope + {str(dtype)[6:]} cache write"
         rows.append({"row": f"{name}, inductor", "ms": (ms := timed(torch.compile(ref), qkvs)), "GB/s": size / ms})
         for launch in LAUNCHES:
-            kernels.GPU_LAUNCH["qkv"] = launch
+            kernels.GPU_LAUNCH[kernel] = launch
             rows.append({"row": f"{name}, triton {launch}", "ms": (ms := timed(fused, qkvs)), "GB/s": size / ms})
-        kernels.GPU_LAUNCH["qkv"] = chosen
+        kernels.GPU_LAUNCH[kernel] = chosen
     q = [(torch.randn(1, TOKENS, DIM, **bf),) for _ in range(ROTATE)]
     rows.append({"row": "cross q rmsnorm, inductor", "ms": (ms := timed(torch.compile(lambda x: rms(x, wq)), q)),
                  "GB/s": 2 * mb / ms})
@@ -253,7 +253,7 @@ def text_rows(rows: list) -> None:
         embeds[:, used:] = 0
         pad = text.set_used(embeds)
         text.k[:, used:], text.v[:, used:] = text.k[:, pad], text.v[:, pad]
-        text.pad_k.copy_(text.k[:, pad, None]), text.pad_v.copy_(text.v[:, pad, None])
+        text.pad_k.copy_(text.k[:, pad]), text.pad_v.copy_(text.v[:, pad])
         ref = _sdpa(rms(qs[0][0]), text.k, text.v)
         out = prefix(normed(qs[0][0]), text)
         rows.append({"row": f"text attention, {used}-token prompt: inductor rmsnorm + fa3 prefix + merge",
@@ -263,7 +263,8 @@ def text_rows(rows: list) -> None:
             return kernels.text_attention(x, weight, 1e-6, text.k, text.v, text.used, text.pad_k, text.pad_v,
                                           text.log_pad)
 
-        for launch in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)):
+        for launch in ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 1), (64, 128, 4, 2), (128, 64, 8, 1),
+                       (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 1), (32, 64, 2, 1)):
             kernels.GPU_LAUNCH["text"] = launch
             rows.append({"row": f"text attention, {used}-token prompt: triton {launch}", "ms": timed(fused, qs),
                          "rel_err": rel(fused(qs[0][0]), ref)})
