@@ -40,12 +40,13 @@ def compiled_decoder(vae_model):
     return _COMPILED[decoder]
 
 
-class DecoderCache(list):
-    """The decoder's causal cache, one entry per causal conv (None, 'Rep' or the last frames of its input), and
-    the CUDA graph of its steady chunk once there is one (a graph per cache: its buffers are this video's)."""
+class DecoderCache:
+    """The decoder's causal cache, `entries`: one per causal conv (None, 'Rep' or the last frames of its input),
+    and the CUDA graph of its steady chunk once there is one (a graph per cache: its buffers are this video's).
+    The decoder gets the plain list (compiled code guards on its type)."""
 
     def __init__(self, convs: int):
-        super().__init__([None] * convs)
+        self.entries: list = [None] * convs
         self.graph: ChunkGraph | None = None
         self.seen: tuple | None = None  # the steady shapes met once (captured when met again)
         self.eager = False  # a capture failed: this video decodes without graphs
@@ -88,27 +89,31 @@ class ChunkGraph:
         return self.out.clone()
 
 
-def _decode_chunk(decoder, x: torch.Tensor, cache: list, graphs: bool) -> torch.Tensor:
-    key = _steady_key(x, cache) if graphs and not cache.eager else None
-    if key is None:
+def _decode_chunk(decoder, x: torch.Tensor, cache: DecoderCache | list) -> torch.Tensor:
+    """A list: the decoder, eagerly or compiled as given. A DecoderCache: its graph where the chunk is steady."""
+    if not isinstance(cache, DecoderCache):
         return decoder(x, feat_cache=cache, feat_idx=[0])
+    entries = cache.entries
+    key = None if cache.eager else _steady_key(x, entries)
+    if key is None:
+        return decoder(x, feat_cache=entries, feat_idx=[0])
     if cache.graph is not None and cache.graph.key == key:
-        return cache.graph(x, cache)
+        return cache.graph(x, entries)
     if cache.seen != key:
         cache.seen = key
-        return decoder(x, feat_cache=cache, feat_idx=[0])
+        return decoder(x, feat_cache=entries, feat_idx=[0])
     cache.graph = None  # another shape's graph: freed before the new one is captured
     try:
-        cache.graph = ChunkGraph(decoder, x, cache, key)
+        cache.graph = ChunkGraph(decoder, x, entries, key)
     except RuntimeError as exc:  # out of memory for the graph's buffers, a kernel that cannot be captured
         log.warning("the VAE decoder's CUDA graph failed (%s); this video decodes without one", exc)
         cache.eager = True
-        return decoder(x, feat_cache=cache, feat_idx=[0])
+        return decoder(x, feat_cache=entries, feat_idx=[0])
     log.info("captured the VAE decoder's steady chunk %s as a CUDA graph", list(x.shape))
-    return cache.graph(x, cache)
+    return cache.graph(x, entries)
 
 
-def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int = FRAMES_PER_CALL,
+def decode_latents(vae_model, z: torch.Tensor, cache: DecoderCache | list, frames_per_call: int = FRAMES_PER_CALL,
                    fast: bool = False, channels_last_3d: bool | None = None) -> torch.Tensor:
     """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
     fast: the compiled decoder, and on a GPU with a DecoderCache, steady chunks from a CUDA graph.
@@ -118,8 +123,10 @@ def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int
         channels_last(vae_model.decoder)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     decoder = compiled_decoder(vae_model) if fast else vae_model.decoder
-    starts = sorted({0, *range(1 if cache[0] is None else 0, x.shape[2], frames_per_call)})
+    entries = cache.entries if isinstance(cache, DecoderCache) else cache
+    graphs = fast and x.is_cuda and isinstance(cache, DecoderCache)
+    starts = sorted({0, *range(1 if entries[0] is None else 0, x.shape[2], frames_per_call)})
     with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-        graphs = fast and x.is_cuda and isinstance(cache, DecoderCache)
-        pieces = [_decode_chunk(decoder, x[:, :, a:b], cache, graphs) for a, b in zip(starts, starts[1:] + [x.shape[2]])]
+        pieces = [_decode_chunk(decoder, x[:, :, a:b], cache if graphs else entries)
+                  for a, b in zip(starts, starts[1:] + [x.shape[2]])]
     return torch.cat(pieces, dim=2)
