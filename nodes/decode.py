@@ -18,7 +18,7 @@ from longlive_core import ConfigError
 
 from .state import SESSIONS
 from .tiny_stream import tiny_decode_chunk
-from .vae_stream import DecoderCache, decode_latents
+from .vae_stream import decode_latents
 
 DECODERS = ("wan vae", "tiny draft")
 TINY_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
@@ -40,8 +40,8 @@ def stream_decode(vae, samples: torch.Tensor, cache: list, fast: bool = False) -
     return vae.process_output(out.to(vae.output_device).float()).movedim(1, -1).flatten(0, 1)
 
 
-def new_cache(vae) -> DecoderCache:
-    return DecoderCache(count_conv3d(vae.first_stage_model.decoder))
+def new_cache(vae) -> list:
+    return [None] * count_conv3d(vae.first_stage_model.decoder)
 
 
 def tiny_decoder_path() -> str:
@@ -86,10 +86,9 @@ class VAEDecode(io.ComfyNode):
             inputs=[io.Vae.Input("vae"), io.Latent.Input("samples"),
                     io.String.Input("session_id", default="", tooltip="Same id as the sampler: keep the decoder's "
                                     "causal cache between runs. Empty: decode these latents alone"),
-                    io.Boolean.Input("compile", default=False, tooltip="torch.compile the decoder, and on a GPU replay "
-                                     "steady chunks from a CUDA graph: on an H100 a 12-frame chunk takes 131 ms "
-                                     "instead of 202 compiled, after a one-time compile of about 100 s per server "
-                                     "and size; worth it for long or live sessions"),
+                    io.Boolean.Input("compile", default=False, tooltip="torch.compile the decoder: on an H100 a "
+                                     "12-frame chunk takes 131 ms instead of 202, after a one-time compile of "
+                                     "about 100 s per server and size; worth it for long or live sessions"),
                     io.Combo.Input("decoder", options=list(DECODERS), default="wan vae", optional=True, tooltip="'tiny draft': "
                                    "Wan 2.1's tiny decoder from models/vae_approx (lighttaew2_1) instead of this VAE, "
                                    "many times faster and blurrier; frames and session continuity as with the VAE")],

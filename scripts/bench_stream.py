@@ -8,7 +8,7 @@ then decoded) and overlapped (a block decodes on a second CUDA stream while the 
 ms per block and pixel frames per second in steady state. Then prompt-to-pixel latency: from
 set_prompt at a block boundary to the first decoded frame under the new prompt (a prompt that
 arrives mid-block waits up to one more block). --compiled-vae: then the compiled decoder (the decode
-node's `compile`: steady chunks replayed from a CUDA graph), sequential and overlapped.
+node's `compile`), sequential and overlapped.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from longlive_core.quantize import apply_precision  # noqa: E402
 from longlive_core.synthetic import random_model  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
-from vae_stream import DecoderCache, decode_latents  # noqa: E402
+from vae_stream import decode_latents  # noqa: E402
 
 BLOCKS = 12
 
@@ -50,7 +50,7 @@ class Decoder:
         fmt = Wan21()
         self.mean = torch.tensor(fmt.latents_mean, device="cuda").view(1, 16, 1, 1, 1)
         self.std = torch.tensor(fmt.latents_std, device="cuda").view(1, 16, 1, 1, 1)
-        self.cache = DecoderCache(count_conv3d(self.vae.decoder))  # compiled (`fast`): steady chunks from a graph
+        self.cache = [None] * count_conv3d(self.vae.decoder)
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         raw = block.transpose(1, 2) * self.std + self.mean  # [B, 16, 3, h, w] raw VAE space

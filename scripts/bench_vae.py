@@ -4,9 +4,9 @@
 
 Rows: frame-by-frame decoding (how ComfyUI's WanVAE.decode and upstream work) and our chunked
 decoding (a block of 3 latent frames per call), each with and without channels-last 3D, then
-compiled (without and with CUDA graphs of the steady chunks), then Wan 2.1's tiny decoder streamed;
-ms for the first chunk (1 + 2 latent frames -> 9 pixel frames) and per steady chunk (3 -> 12), and
-the max abs difference of the pixels from frame-by-frame decoding. --profile: the compiled decoder's kernel time of one chunk, by kind.
+compiled, then Wan 2.1's tiny decoder streamed; ms for the first chunk (1 + 2 latent frames -> 9
+pixel frames) and per steady chunk (3 -> 12), and the max abs difference of the pixels from
+frame-by-frame decoding. --profile: the compiled decoder's kernel time of one chunk, by kind.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ comfy.options.enable_args_parsing()
 from comfy.ldm.wan.vae import WanVAE, count_conv3d  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
-from vae_stream import DecoderCache, decode_latents  # noqa: E402
+from vae_stream import decode_latents  # noqa: E402
 
 CHUNKS = 8
 
@@ -47,11 +47,9 @@ def to_channels_last(vae) -> None:
             p.data = p.data.contiguous(memory_format=torch.channels_last_3d if p.dim() == 5 else torch.channels_last)
 
 
-def run(vae, z, frames_per_call, channels_last=True, fast=False, graphs=False) -> tuple[list[float], torch.Tensor]:
-    """fast: the compiled decoder (the decode node's `compile`); graphs: with a DecoderCache, whose steady chunks
-    replay a CUDA graph (plain list: no graphs)."""
-    convs = count_conv3d(vae.decoder)
-    cache, times, outs = DecoderCache(convs) if graphs else [None] * convs, [], []
+def run(vae, z, frames_per_call, channels_last=True, fast=False) -> tuple[list[float], torch.Tensor]:
+    """fast: the compiled decoder (the decode node's `compile`)."""
+    cache, times, outs = [None] * count_conv3d(vae.decoder), [], []
     for chunk in z.split(3, dim=2):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -62,16 +60,16 @@ def run(vae, z, frames_per_call, channels_last=True, fast=False, graphs=False) -
     return times, torch.cat(outs, dim=2)
 
 
-def compiled_row(vae, z, reference, graphs: bool) -> dict:
+def compiled_row(vae, z, reference) -> dict:
     """The chunked channels-last decoder under torch.compile (inductor fuses norms, SiLU, pads), as the decode
-    node's `compile` runs it: steady chunks from a CUDA graph (`graphs`), or without."""
-    row = {"row": f"chunked, channels_last_3d, torch.compile{' + CUDA graphs' if graphs else ''}"}
+    node's `compile` runs it."""
+    row = {"row": "chunked, channels_last_3d, torch.compile"}
     start = time.perf_counter()
     try:
         torch._dynamo.config.recompile_limit = 64  # the cache list changes shape over the first frames
         run(vae, z[:, :, :6], 3, fast=True)  # compiles the first-frame and the steady shapes
         row["compile_s"] = time.perf_counter() - start
-        times, pixels = run(vae, z, 3, fast=True, graphs=graphs)
+        times, pixels = run(vae, z, 3, fast=True)
     except Exception as exc:  # noqa: BLE001  (a measurement: report what failed)
         return {**row, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "first_chunk_ms": float("nan"),
                 "steady_chunk_ms": float("nan"), "max_abs_diff": float("nan")}
@@ -146,9 +144,8 @@ def main() -> None:
                              "steady_chunk_ms": statistics.median(times[1:]),
                              "max_abs_diff": (pixels.float() - reference.float()).abs().max().item()})
                 print(json.dumps(rows[-1]), flush=True)
-        for graphs in (False, True):
-            rows.append(compiled_row(vae, z, reference, graphs))
-            print(json.dumps(rows[-1]), flush=True)
+        rows.append(compiled_row(vae, z, reference))
+        print(json.dumps(rows[-1]), flush=True)
         rows.append(tiny_row(z))
         print(json.dumps(rows[-1]), flush=True)
         kinds = profile_chunk(vae, z) if args.profile else {}
