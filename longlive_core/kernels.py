@@ -23,6 +23,7 @@ from .errors import BackendUnavailableError
 # text: (queries, keys a step, warps, stages).
 GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3)}
 INTERPRETER_ROWS = 64
+TINY = 1e-12  # FP8 row-scale floor: an all-zero row (padded text tokens) must not divide by zero
 
 
 def available(device: torch.device) -> bool:
@@ -68,6 +69,47 @@ def _(x, y, gate, a, b, eps, plus_one):
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
+# The same for an FP8 linear after the norm: the normed rows, rounded to x's dtype, leave quantized as
+# quantize.rowwise_fp8 quantizes them (e4m3 values [rows, N], float32 scales [rows, 1] = row max / e4m3 max).
+
+
+@torch.library.custom_op("longlive::norm_affine_fp8", mutates_args=())
+def norm_affine_fp8(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
+                    plus_one: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _norm(x, None, None, a, b, eps, plus_one, fp8=True)[1:]
+
+
+@norm_affine_fp8.register_fake
+def _(x, a, b, eps, plus_one):
+    return _fp8_rows(x)
+
+
+@torch.library.custom_op("longlive::add_norm_affine_fp8", mutates_args=())
+def add_norm_affine_fp8(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, a: torch.Tensor,
+                        b: torch.Tensor, eps: float, plus_one: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _norm(x, y, gate, a, b, eps, plus_one, fp8=True)
+
+
+@add_norm_affine_fp8.register_fake
+def _(x, y, gate, a, b, eps, plus_one):
+    return x.new_empty(x.shape), *_fp8_rows(x)
+
+
+def _fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = x.numel() // x.shape[-1]
+    return (x.new_empty(rows, x.shape[-1], dtype=torch.float8_e4m3fn),
+            x.new_empty(rows, 1, dtype=torch.float32))
+
+
+def norm(x, residual, a, b, eps: float, plus_one: bool, fp8: bool = False):
+    """The fused norm of x, after adding residual = (y, gate or None) where given. Returns (x, normed): normed in
+    x's dtype, or for an FP8 linear (fp8) its (values, scales)."""
+    if residual is None:
+        return x, (norm_affine_fp8 if fp8 else norm_affine)(x, a, b, eps, plus_one)
+    out = (add_norm_affine_fp8 if fp8 else add_norm_affine)(x, *residual, a, b, eps, plus_one)
+    return out[0], (out[1:] if fp8 else out[1])
+
+
 def _batch_stride(v: torch.Tensor, batch: int) -> int:
     """Stride between the samples of a per-channel vector ([N], or [1 or B, 1, N]; one sample broadcasts)."""
     if v.dim() > 1 and v.shape[0] not in (1, batch):
@@ -75,13 +117,13 @@ def _batch_stride(v: torch.Tensor, batch: int) -> int:
     return 0 if v.dim() == 1 or v.shape[0] == 1 else v.stride(0)
 
 
-def _norm(x, y, gate, a, b, eps, plus_one):
+def _norm(x, y, gate, a, b, eps, plus_one, fp8=False):
     _check(x)
     x = x.contiguous()
     rows, n = x.shape[-2], x.shape[-1]  # rows of one sample, row width
     batch = x.numel() // (rows * n)
     add = y is not None
-    h = x.new_empty(x.shape)
+    h, scales = _fp8_rows(x) if fp8 else (x.new_empty(x.shape), x)
     new_x = x.new_empty(x.shape) if add else h
     y = y.contiguous() if add else x
     g = a if gate is None else gate
@@ -91,9 +133,9 @@ def _norm(x, y, gate, a, b, eps, plus_one):
     per, warps = _launch(x, "norm")
     strides = (_batch_stride(a, batch), _batch_stride(b, batch), _batch_stride(g, batch))
     _kernels().norm[(-(-batch * rows // per),)](
-        x, y, g, a, b, new_x, h, batch * rows, rows, n, *strides, eps,
-        ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, ROWS=per, BLOCK=row_block(n), num_warps=warps)
-    return new_x, h
+        x, y, g, a, b, new_x, h, scales, batch * rows, rows, n, *strides, eps, E4M3_MAX, TINY,
+        ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, FP8=fp8, ROWS=per, BLOCK=row_block(n), num_warps=warps)
+    return (new_x, h, scales) if fp8 else (new_x, h)
 
 
 # --- Self-attention q/k/v: RMSNorm, RoPE, and K/V into the cache --------------------------------------

@@ -223,12 +223,9 @@ class Block(nn.Module):
         shift, scale = self._mod(mod)[:2]
         a = self.self_attn
         if self.fused_norms:
-            if carry is None:
-                h = kernels.norm_affine(x, scale, shift, self.eps, True)
-            else:
-                x, h = kernels.add_norm_affine(x, *carry, scale, shift, self.eps, True)
-            return x, kernels.qkv_norm_rope_write(a.qkv(h), a.norm_q.weight, a.norm_k.weight, cos, sin, write_index,
-                                                  cache_k, cache_v, a.fp8_scales, a.heads, a.norm_q.eps)
+            x, h = kernels.norm(x, carry, scale, shift, self.eps, True, fp8=_takes_fp8(a.qkv))
+            return x, kernels.qkv_norm_rope_write(_project(a.qkv, h, x), a.norm_q.weight, a.norm_k.weight, cos, sin,
+                                                  write_index, cache_k, cache_v, a.fp8_scales, a.heads, a.norm_q.eps)
         x = x if carry is None else gated_add(x, *carry)
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
         q, k, v = a.project_qkv(h)
@@ -251,8 +248,8 @@ class Block(nn.Module):
         gate = self._mod(mod)[2]
         o, n3, c = self.self_attn.o(y.flatten(2)), self.norm3, self.cross_attn
         if self.fused_norms:
-            x, h = kernels.add_norm_affine(x, o, gate, n3.weight, n3.bias, n3.eps, False)
-            return x, c.q(h)
+            x, h = kernels.norm(x, (o, gate), n3.weight, n3.bias, n3.eps, False, fp8=_takes_fp8(c.q))
+            return x, _project(c.q, h, x)
         x = gated_add(x, o, gate)
         return x, c.split(c.norm_q(c.q(n3(x))))
 
@@ -268,19 +265,37 @@ class Block(nn.Module):
         _, _, _, shift, scale, gate = self._mod(mod)
         o = self.cross_attn.o(y.flatten(2))
         if self.fused_norms:
-            x, h = kernels.add_norm_affine(x, o, None, scale, shift, self.eps, True)
-            return x, (self._ffn(h), gate)
+            x, h = kernels.norm(x, (o, None), scale, shift, self.eps, True, fp8=_takes_fp8(self.ffn[0]))
+            return x, (self._ffn(h, x), gate)
         x = x + o
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
         return gated_add(x, self._ffn(h), gate), None
 
-    def _ffn(self, h: torch.Tensor) -> torch.Tensor:
+    def _ffn(self, h, like: torch.Tensor | None = None) -> torch.Tensor:
+        """h: the normed activations, or an FP8 FFN's quantized rows from the norm kernel (`like`: x, for the
+        output's shape and dtype)."""
         up, down = self.ffn[0], self.ffn[2]
+        if isinstance(h, tuple):
+            out = up.gelu_rows_into(down, *h, like.dtype)
+            return out.view(*like.shape[:-1], out.shape[-1])
         if self.fused_gelu:
             return down(linear_gelu(h, up.weight, up.bias))
         if hasattr(up, "gelu_into"):  # FP8: hands over quantized
             return up.gelu_into(down, h)
         return self.ffn(h)
+
+
+def _takes_fp8(linear: nn.Module) -> bool:
+    """An FP8 linear (quantize.Float8Linear) takes the norm kernel's quantized rows."""
+    return hasattr(linear, "matmul")
+
+
+def _project(linear: nn.Module, h, like: torch.Tensor) -> torch.Tensor:
+    """linear(h), h from kernels.norm: normed activations, or an FP8 linear's (values, scales) rows."""
+    if not isinstance(h, tuple):
+        return linear(h)
+    out = linear.matmul(*h, like.dtype)
+    return out.view(*like.shape[:-1], out.shape[-1])
 
 
 class Head(nn.Module):

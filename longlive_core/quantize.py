@@ -16,7 +16,7 @@ import torch
 
 from .attention import E4M3_MAX
 from .errors import BackendUnavailableError, ConfigError
-from .kernels import row_block
+from .kernels import TINY, row_block
 from .model import CausalWan
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,6 @@ def _torchao():
     return tq
 
 
-TINY = 1e-12  # scale floor: an all-zero row (padded text tokens) must not divide by zero
-
-
 def rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [M, K] -> (e4m3 values [M, K], float32 scales [M, 1]) with x ~= values * scales."""
     scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=TINY) / E4M3_MAX
@@ -92,9 +89,14 @@ class Float8Linear(torch.nn.Module):
         """down(gelu_tanh(self(x))): the FFN, its hidden activations (biased in the GEMM) GELU'd and quantized
         for `down` in one pass (gelu_rowwise_fp8) instead of being written in 16-bit and read twice."""
         values, scale = rowwise_fp8(x.reshape(-1, x.shape[-1]))
-        hidden, hidden_scale = gelu_rowwise_fp8(self.matmul(values, scale, x.dtype))
-        out = down.matmul(hidden, hidden_scale, x.dtype)
+        out = self.gelu_rows_into(down, values, scale, x.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def gelu_rows_into(self, down: "Float8Linear", values: torch.Tensor, scale: torch.Tensor,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """gelu_into from quantized activations [M, in] (row scales [M, 1]) -> [M, out of down]."""
+        hidden, hidden_scale = gelu_rowwise_fp8(self.matmul(values, scale, dtype))
+        return down.matmul(hidden, hidden_scale, dtype)
 
 
 @torch.library.custom_op("longlive::gelu_rowwise_fp8", mutates_args=())

@@ -10,8 +10,9 @@ import triton.language as tl
 
 
 @triton.jit
-def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, total, rows, n, a_stride, b_stride, g_stride, eps,
-         ADD: tl.constexpr, GATE: tl.constexpr, PLUS_ONE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, s_ptr, total, rows, n, a_stride, b_stride, g_stride, eps,
+         e4m3_max, tiny, ADD: tl.constexpr, GATE: tl.constexpr, PLUS_ONE: tl.constexpr, FP8: tl.constexpr,
+         ROWS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
     batch = row // rows
     cols = tl.arange(0, BLOCK)[None, :]
@@ -32,7 +33,13 @@ def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, total, rows, n, a_str
     if PLUS_ONE:
         a = a + 1.0
     b = tl.load(b_ptr + batch * b_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(h_ptr + at, (d * rstd * a + b).to(h_ptr.dtype.element_ty), mask=mask)
+    h = (d * rstd * a + b).to(x_ptr.dtype.element_ty)
+    if FP8:  # the 16-bit rows quantized with their max, as quantize.rowwise_fp8
+        h = h.to(tl.float32)
+        scale = tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0), axis=1)[:, None], tiny) / e4m3_max
+        tl.store(s_ptr + row, scale, mask=row < total)
+        h = h / scale
+    tl.store(h_ptr + at, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -153,6 +153,55 @@ def test_norm_kernel_adds_any_residual_and_broadcasts_one_sample_vectors():
         kernels.norm_affine(x, a.expand(2, 1, 64).contiguous(), b, 1e-6, True)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_norm_kernel_quantizes_its_rows_as_the_fp8_linear_would(residual):
+    """For an FP8 linear the norm kernel hands over e4m3 rows and their scales: those of rowwise_fp8 of its 16-bit
+    output."""
+    from longlive_core.quantize import rowwise_fp8
+
+    x, mod, y, *_ = inputs(HALF)
+    extra = (y.flatten(2), mod[:, 2:3]) if residual else None
+    new_x, h = kernels.norm(x, extra, mod[:, 1:2], mod[:, 0:1], 1e-6, True)
+    same_x, (values, scales) = kernels.norm(x, extra, mod[:, 1:2], mod[:, 0:1], 1e-6, True, fp8=True)
+    want_values, want_scales = rowwise_fp8(h.reshape(-1, CFG.dim))
+    assert torch.equal(same_x, new_x) and values.dtype == torch.float8_e4m3fn
+    assert torch.equal(scales, want_scales)  # the same 16-bit rows, the same max
+    if DEVICE == "cuda":
+        assert torch.equal(values.float(), want_values.float())
+    else:  # the interpreter's FP8 conversion rounds its own way (up to a binade off)
+        assert (values.float() != want_values.float()).float().mean() < 0.05
+        assert rel_err(values.float() * scales, h.reshape(-1, CFG.dim).float()) < 0.1
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="FP8 linears need torch._scaled_mm with row-wise scales on a GPU")
+def test_fp8_block_on_the_fused_path_computes_what_the_eager_fp8_block_computes():
+    from longlive_core.quantize import _to_fp8
+
+    torch.manual_seed(0)
+    eager = Block(CFG)
+    for p in eager.parameters():
+        p.data.normal_(0, 0.5)
+    eager = eager.to(DEVICE, torch.bfloat16)
+    _to_fp8(eager)
+    fuse_qkv(eager.self_attn)
+    fused = copy.deepcopy(eager)
+    fused.fused_norms = True
+    x, mod, y, cos, sin, index = inputs(torch.bfloat16)
+    caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=torch.bfloat16) for _ in range(4)]
+    with torch.no_grad():
+        want = [eager.self_qkv(x, None, mod, cos, sin, index, *caches[:2])[1], eager.self_out_cross_q(x, y, mod)[1],
+                eager.cross_out_ffn(x, y, mod)[0]]
+        got = [fused.self_qkv(x, None, mod, cos, sin, index, *caches[2:])[1], fused.self_out_cross_q(x, y, mod)[1],
+               gated_add(*flatten(fused.cross_out_ffn(x, y, mod)))]
+    got[1] = fused.cross_attn.split(fused.cross_attn.norm_q(got[1]))  # the fused path leaves q's norm to attention
+    for name, a, b in zip(("q", "cross q", "x after ffn"), got, want, strict=True):
+        assert rel_err(a, b) < 1e-2, name
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 def test_make_fast_fuses_the_norms_where_triton_runs_and_keeps_the_video(prompt):
     from test_fast import video
 
