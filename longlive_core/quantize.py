@@ -99,6 +99,9 @@ class Float8Linear(torch.nn.Module):
         return down.matmul(hidden, hidden_scale, dtype)
 
 
+GELU_LAUNCH = (2048, 4)  # (values a step of a row, warps) of gelu_rowwise_fp8's kernel
+
+
 @torch.library.custom_op("longlive::gelu_rowwise_fp8", mutates_args=())
 def gelu_rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gelu_tanh(x) quantized row by row, as rowwise_fp8(F.gelu(x)) computes it in 16-bit: x [M, N] ->
@@ -120,9 +123,9 @@ def _gelu_rowwise_fp8_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     rows, cols = x.shape
     values = torch.empty_like(x, dtype=torch.float8_e4m3fn)
     scales = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
-    block = row_block(cols)
-    triton_kernels.gelu_rowwise_fp8[(rows,)](x, values, scales, cols, float(E4M3_MAX), TINY, BLOCK=block,
-                                             num_warps=16 if block >= 8192 else 8)
+    chunk, warps = GELU_LAUNCH
+    triton_kernels.gelu_rowwise_fp8[(rows,)](x, values, scales, cols, float(E4M3_MAX), TINY,
+                                             CHUNK=min(chunk, row_block(cols)), num_warps=warps)
     return values, scales
 
 

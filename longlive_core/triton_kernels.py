@@ -88,16 +88,27 @@ def qkv(qkv_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, idx_ptr, q_ptr, ck_ptr, cv_pt
 
 
 @triton.jit
-def gelu_rowwise_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, BLOCK: tl.constexpr):
-    # one row per program: gelu_tanh in 16 bits, then e4m3 values and the row's scale (quantize.py)
+def _gelu16(x_ptr, at, n):
+    # gelu_tanh of the 16-bit values at `at` (< n), rounded to 16 bits as F.gelu returns it; float32
+    h = tl.load(x_ptr + at, mask=at < n, other=0.0)
+    hf = h.to(tl.float32)
+    u = 0.7978845608028654 * (hf + 0.044715 * hf * hf * hf)
+    return (hf * tl.sigmoid(2.0 * u)).to(h.dtype).to(tl.float32)  # 0.5 h (1 + tanh u)
+
+
+@triton.jit
+def gelu_rowwise_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, CHUNK: tl.constexpr):
+    # one row per program in chunks (quantize.py): a first pass finds the row's max, a second quantizes (its
+    # reads hit the cache); few registers a thread, so many rows run on an SM at once
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n
-    h = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
-    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
-    g = (h * tl.sigmoid(2.0 * u)).to(x_ptr.dtype.element_ty).to(tl.float32)  # 0.5 h (1 + tanh u)
-    scale = tl.maximum(tl.max(tl.where(mask, tl.abs(g), 0.0), axis=0), tiny) / e4m3_max
-    tl.store(q_ptr + row * n + cols, (g / scale).to(tl.float8e4nv), mask=mask)
+    cols = tl.arange(0, CHUNK)
+    top = tl.zeros((CHUNK,), tl.float32)
+    for start in range(0, n, CHUNK):
+        top = tl.maximum(top, tl.abs(_gelu16(x_ptr + row * n, start + cols, n)))
+    scale = tl.maximum(tl.max(top, axis=0), tiny) / e4m3_max
+    for start in range(0, n, CHUNK):
+        g = _gelu16(x_ptr + row * n, start + cols, n)
+        tl.store(q_ptr + row * n + start + cols, (g / scale).to(tl.float8e4nv), mask=start + cols < n)
     tl.store(s_ptr + row, scale)
 
 

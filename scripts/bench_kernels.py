@@ -1,7 +1,7 @@
 """GPU micro-benchmark of the kernels one layer pass is made of, at the steady LongLive shape
 (480x832: 4680 query tokens, window 12 -> 18720 keys, 512 text keys, dim 1536, 12 heads, FFN 8960).
 
-    python scripts/bench_kernels.py [--sections gemm,attention,norms,text,epilogue,scaling] [--json PATH]
+    python scripts/bench_kernels.py [--sections gemm,attention,norms,text,epilogue,fp8_gelu,scaling] [--json PATH]
 
 Sections. gemm: bf16 GEMMs (separate and fused q/k/v, the FFN up-projection with a separate GELU and with
 cuBLASLt's GELU epilogue), the same GEMMs in row-wise and in tensor-wise FP8 (torch._scaled_mm) with the cost of
@@ -9,7 +9,8 @@ quantizing their activations. attention: FlashAttention-3 in bf16 with 1-3 KV sp
 per-head scales plus the cost of quantizing q/k/v, and the text cross-attention. norms: inductor's fusion of the
 norms, residuals, RoPE and cache writes against the Triton kernels (kernels.py) at several launch shapes.
 text: the text cross-attention, the prefix path against the Triton kernel. epilogue: the FFN up-projection's
-GELU in cuBLASLt's epilogue against inductor's GEMM template.
+GELU in cuBLASLt's epilogue against inductor's GEMM template. fp8_gelu: the FP8 FFN's GELU + row-wise
+quantization, inductor against the Triton kernel.
 scaling: FA3 at other query counts (its waves), the tail of the engine's wave cut with 1-11 key splits, the
 engine's cut attention, and the GEMMs at twice the rows.
 Times: CUDA-graph replays over rotated inputs (see `timed`); errors are relative (‖a-b‖/‖b‖).
@@ -289,6 +290,26 @@ def epilogue_rows(rows: list) -> None:
                  "rel_err": rel(tuned(xs[0][0]), up(xs[0][0]))})
 
 
+def fp8_gelu_rows(rows: list) -> None:
+    """The FP8 FFN's GELU + row-wise quantization of the hidden activations [4680, 8960]: inductor's fusion of the
+    torch ops against the Triton kernel (quantize.gelu_rowwise_fp8) at several launches (values a step, warps);
+    GB/s counts the bf16 read and the e4m3 write once."""
+    from longlive_core import quantize
+
+    hs = [(torch.randn(TOKENS, FFN, device="cuda", dtype=torch.bfloat16) * 2,) for _ in range(ROTATE)]
+    mb = TOKENS * FFN * 3 / 1e6
+    ops = torch.compile(lambda h: rowwise_fp8(F.gelu(h, approximate="tanh")))
+    rows.append({"row": "gelu + fp8 rows, inductor", "ms": (ms := timed(ops, hs)), "GB/s": mb / ms})
+    want = ops(hs[0][0])
+    chosen = quantize.GELU_LAUNCH
+    for launch in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (16384, 16)):
+        quantize.GELU_LAUNCH = launch
+        values, scales = quantize.gelu_rowwise_fp8(hs[0][0])
+        rows.append({"row": f"gelu + fp8 rows, triton {launch}", "ms": (ms := timed(quantize.gelu_rowwise_fp8, hs)),
+                     "GB/s": mb / ms, "rel_err": rel(values.float() * scales, want[0].float() * want[1])})
+    quantize.GELU_LAUNCH = chosen
+
+
 def scaling_rows(rows: list) -> None:
     """Does twice the tokens in one pass (a clean pass run with the next block's first step) cost less
     than two passes? FA3 at other query counts (wave quantization: 128-query tiles x 12 heads over 132
@@ -327,12 +348,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", default="bench_kernels.json")
     parser.add_argument("--sections", default="gemm,attention,norms,scaling",
-                        help="comma-separated: gemm, attention, norms, text, epilogue, scaling")
+                        help="comma-separated: gemm, attention, norms, text, epilogue, fp8_gelu, scaling")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows: list = []
     sections = {"gemm": gemm_rows, "attention": attention_rows, "norms": norm_rows, "text": text_rows,
-                "epilogue": epilogue_rows, "scaling": scaling_rows}
+                "epilogue": epilogue_rows, "fp8_gelu": fp8_gelu_rows, "scaling": scaling_rows}
     with torch.inference_mode():
         for name in args.sections.split(","):
             sections[name](rows)
