@@ -19,7 +19,7 @@ from .attention import E4M3_MAX
 from .errors import BackendUnavailableError
 
 # (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms and
-# text sections on the H100 (runs 34, 36); in the interpreter, many rows per program (it pays per program).
+# text sections on the H100 (runs 25, 35-36, 38); in the interpreter, many rows per program (it pays per program).
 # text: (queries, keys a step, warps, stages).
 GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3)}
 INTERPRETER_ROWS = 64

@@ -173,7 +173,8 @@ def test_norm_kernel_quantizes_its_rows_as_the_fp8_linear_would(residual):
         assert rel_err(values.float() * scales, h.reshape(-1, CFG.dim).float()) < 0.1
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="FP8 linears need torch._scaled_mm with row-wise scales on a GPU")
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter's FP8 rounding differs from torch's (the norm kernel's "
+                                              "quantization is checked on the CPU above)")
 def test_fp8_block_on_the_fused_path_computes_what_the_eager_fp8_block_computes():
     from longlive_core.quantize import _to_fp8
 
