@@ -1,7 +1,8 @@
 """Attention backends: PyTorch SDPA, FlashAttention-3 and FlashAttention-2, all on [B, S, H, D].
 
-`flash-attn 3 fp8` runs the self-attention through FA3's FP8 kernel: q is quantized here, k and v come
-from the FP8 KV cache (quantized when written), all with per-head steps (CausalWan.set_fp8_scales).
+`flash-attn 3 fp8` runs the self-attention through FA3's FP8 kernel: q is quantized here (or arrives quantized
+from the fused q/k/v kernel), k and v come from the FP8 KV cache (quantized when written), all with per-head
+steps (CausalWan.set_fp8_scales).
 
 Text cross-attention takes one layer's TextCache. With a flash backend it attends only to the prompt's keys
 (the kernel reads a device-side length, so graphs stay valid across prompts) and adds the zero-padding
@@ -135,8 +136,11 @@ def _flash_fp8(module) -> AttentionFn:
     fwd = _raw_fa3()
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
-        # k, v: the FP8 cache, quantized when written (Block.self_qkv)
-        q8, descale = _fp8_inputs_compiled(q, scales, q.shape[0])
+        # k, v: the FP8 cache, quantized when written (Block.self_qkv); q too where the fused kernel made it
+        if q.dtype == torch.float8_e4m3fn:
+            q8, descale = q, scales[:, None, :].expand(3, q.shape[0], -1).contiguous()
+        else:
+            q8, descale = _fp8_inputs_compiled(q, scales, q.shape[0])
         steps = {"q_descale": descale[0], "k_descale": descale[1], "v_descale": descale[2]}
         out = _in_waves(fwd, q8, k, v, **steps)
         if out is None:

@@ -147,12 +147,12 @@ def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: tor
                         steps: torch.Tensor | None, heads: int, eps: float) -> torch.Tensor:
     """From the fused projection qkv [B, S, 3N]: q and k RMS-normed over N with their weights, rotated by
     RoPE (cos/sin [S, D/2], adjacent pairs), k and v written to cache rows `index` [S] of cache_k/cache_v
-    [B, T, H, D]; returns q [B, S, H, D]. An FP8 cache gets k and v divided by their per-head steps
-    (steps [3, H], rows q, k, v), clamped to the e4m3 range."""
+    [B, T, H, D]; returns q [B, S, H, D]. With an FP8 cache (the FP8 attention) k, v and the returned q are e4m3:
+    divided by their per-head steps (steps [3, H], rows q, k, v), clamped to the e4m3 range."""
     _check(qkv)
     qkv = qkv.contiguous()
     rows, n = qkv.shape[-2], qkv.shape[-1] // 3
-    q = qkv.new_empty(*qkv.shape[:-1], heads, n // heads)
+    q = _q_like(qkv, cache_k, heads)
     if cache_k.stride(-1) != 1 or cache_k.stride(-3) != n or cache_k.stride() != cache_v.stride():
         raise ValueError("qkv_norm_rope_write: the caches must be [B, T, H, D] with contiguous tokens")
     fp8 = cache_k.dtype == torch.float8_e4m3fn
@@ -167,8 +167,13 @@ def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: tor
 
 @qkv_norm_rope_write.register_fake
 def _(qkv, weight_q, weight_k, cos, sin, index, cache_k, cache_v, steps, heads, eps):
-    n = qkv.shape[-1] // 3
-    return qkv.new_empty(*qkv.shape[:-1], heads, n // heads)
+    return _q_like(qkv, cache_k, heads)
+
+
+def _q_like(qkv: torch.Tensor, cache_k: torch.Tensor, heads: int) -> torch.Tensor:
+    fp8 = cache_k.dtype == torch.float8_e4m3fn
+    return qkv.new_empty(*qkv.shape[:-1], heads, qkv.shape[-1] // 3 // heads,
+                         dtype=torch.float8_e4m3fn if fp8 else qkv.dtype)
 
 
 # --- Text cross-attention: q's RMSNorm, the prompt's keys, the padding key ------------------------------

@@ -219,7 +219,7 @@ class Block(nn.Module):
 
     def self_qkv(self, x, carry, mod, cos, sin, write_index, cache_k, cache_v):
         """Returns (x with the carry added, q); k (after RoPE) and v go straight into their cache slots (an FP8
-        cache: quantized with the FP8 attention's per-head steps)."""
+        cache: quantized with the FP8 attention's per-head steps, and on the fused path q too)."""
         shift, scale = self._mod(mod)[:2]
         a = self.self_attn
         if self.fused_norms:

@@ -78,36 +78,46 @@ def qkv(qkv_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, idx_ptr, q_ptr, ck_ptr, cv_pt
     s = tl.reshape(tl.load(sin_ptr + angle, mask=pair_mask, other=0.0), (ROWS, BLOCK))
     src = row * 3 * n + cols
     dst = batch * cache_stride + tl.load(idx_ptr + tok, mask=row < total, other=0).to(tl.int64) * n + cols
-    tl.store(q_ptr + row * n + cols, _rms_rope(qkv_ptr, wq_ptr, src, cols, mask, c, s, n, eps), mask=mask)
-    k = _rms_rope(qkv_ptr + n, wk_ptr, src, cols, mask, c, s, n, eps)
     heads = n // (2 * head_pairs)
     head = p // head_pairs
-    _store(ck_ptr + dst, k, mask, step_ptr + heads, head, heads, e4m3_max, FP8)  # steps: rows q, k, v
+    q = _rms_rope(qkv_ptr, wq_ptr, src, cols, mask, c, s, n, eps)
+    _store(q_ptr + row * n + cols, q, mask, step_ptr, head, heads, e4m3_max, FP8)  # steps: rows q, k, v
+    k = _rms_rope(qkv_ptr + n, wk_ptr, src, cols, mask, c, s, n, eps)
+    _store(ck_ptr + dst, k, mask, step_ptr + heads, head, heads, e4m3_max, FP8)
     v = tl.load(qkv_ptr + 2 * n + src, mask=mask, other=0.0)
     _store(cv_ptr + dst, v, mask, step_ptr + 2 * heads, head, heads, e4m3_max, FP8)
 
 
 @triton.jit
-def _gelu16(x_ptr, at, n):
-    # gelu_tanh of the 16-bit values at `at` (< n), rounded to 16 bits as F.gelu returns it; float32
-    h = tl.load(x_ptr + at, mask=at < n, other=0.0)
-    hf = h.to(tl.float32)
-    u = 0.7978845608028654 * (hf + 0.044715 * hf * hf * hf)
-    return (hf * tl.sigmoid(2.0 * u)).to(h.dtype).to(tl.float32)  # 0.5 h (1 + tanh u)
+def _gelu16(h, dtype: tl.constexpr):
+    # gelu_tanh of float32 h, rounded to the 16-bit dtype as F.gelu returns it; float32
+    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+    return (h * tl.sigmoid(2.0 * u)).to(dtype).to(tl.float32)  # 0.5 h (1 + tanh u)
 
 
 @triton.jit
-def gelu_rowwise_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, CHUNK: tl.constexpr):
-    # one row per program in chunks (quantize.py): a first pass finds the row's max, a second quantizes (its
-    # reads hit the cache); few registers a thread, so many rows run on an SM at once
+def gelu_rowwise_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, negative_bound, CHUNK: tl.constexpr):
+    # one row per program in chunks (quantize.py): a first pass finds the row's largest |gelu|, a second quantizes
+    # (its reads hit the cache); few registers a thread, so many rows run on an SM at once. GELU rises from its
+    # minimum, so the largest |gelu| is gelu(max h) unless that is below every |gelu| of a negative h
+    # (negative_bound): then the first pass runs again through the GELU.
     row = tl.program_id(0).to(tl.int64)
+    x_ptr += row * n
     cols = tl.arange(0, CHUNK)
-    top = tl.zeros((CHUNK,), tl.float32)
+    hi = tl.full((CHUNK,), -float("inf"), tl.float32)
     for start in range(0, n, CHUNK):
-        top = tl.maximum(top, tl.abs(_gelu16(x_ptr + row * n, start + cols, n)))
-    scale = tl.maximum(tl.max(top, axis=0), tiny) / e4m3_max
+        hi = tl.maximum(hi, tl.load(x_ptr + start + cols, mask=start + cols < n, other=-float("inf")).to(tl.float32))
+    top = _gelu16(tl.max(hi, axis=0), x_ptr.dtype.element_ty)
+    if top < negative_bound:
+        most = tl.zeros((CHUNK,), tl.float32)
+        for start in range(0, n, CHUNK):
+            h = tl.load(x_ptr + start + cols, mask=start + cols < n, other=0.0).to(tl.float32)
+            most = tl.maximum(most, tl.abs(_gelu16(h, x_ptr.dtype.element_ty)))
+        top = tl.max(most, axis=0)
+    scale = tl.maximum(top, tiny) / e4m3_max
     for start in range(0, n, CHUNK):
-        g = _gelu16(x_ptr + row * n, start + cols, n)
+        h = tl.load(x_ptr + start + cols, mask=start + cols < n, other=0.0).to(tl.float32)
+        g = _gelu16(h, x_ptr.dtype.element_ty)
         tl.store(q_ptr + row * n + start + cols, (g / scale).to(tl.float8e4nv), mask=start + cols < n)
     tl.store(s_ptr + row, scale)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from longlive_core import kernels
-from longlive_core.attention import text_attention
+from longlive_core.attention import text_attention, to_fp8
 from longlive_core.cache import TextCache
 from longlive_core.config import WanConfig
 from longlive_core.errors import BackendUnavailableError
@@ -123,17 +123,20 @@ def test_text_attention_kernel_is_the_normed_q_attending_to_every_key(dtype):
 
 
 def test_fp8_cache_holds_what_the_eager_write_holds():
+    """k and v in the FP8 cache, and q handed to the FP8 attention already quantized, as the eager path quantizes."""
     eager, fused = blocks(HALF)
+    steps = torch.tensor([[0.02, 0.03], [0.01, 0.04], [0.05, 0.02]], device=DEVICE)
     for b in (eager, fused):
-        b.self_attn.fp8_scales = torch.tensor([[0.02, 0.03], [0.01, 0.04], [0.05, 0.02]], device=DEVICE)
+        b.self_attn.fp8_scales = steps
     x, mod, _, cos, sin, index = inputs(HALF)
     caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=torch.float8_e4m3fn)
               for _ in range(4)]
     with torch.no_grad():
-        eager.self_qkv(x, None, mod, cos, sin, index, *caches[:2])
-        fused.self_qkv(x, None, mod, cos, sin, index, *caches[2:])
-    for a, b in ((caches[2], caches[0]), (caches[3], caches[1])):
-        assert b.float().abs().max() == 448  # some values clamp
+        q = to_fp8(eager.self_qkv(x, None, mod, cos, sin, index, *caches[:2])[1], steps[0])  # as the attention does
+        fused_q = fused.self_qkv(x, None, mod, cos, sin, index, *caches[2:])[1]
+    assert fused_q.dtype == torch.float8_e4m3fn
+    assert caches[0].float().abs().max() == 448 and caches[1].float().abs().max() == 448  # some values clamp
+    for a, b in ((caches[2], caches[0]), (caches[3], caches[1]), (fused_q, q)):
         assert (a.float() != b.float()).float().mean() < 0.05
         if DEVICE == "cuda":  # the interpreter's FP8 conversion rounds its own way (up to a binade off)
             assert steps_apart(a, b, torch.float8_e4m3fn) <= 1.01
