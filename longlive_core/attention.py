@@ -124,9 +124,14 @@ def to_fp8(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return (x.float() / step[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
 
 
+def _descales(scales: torch.Tensor, batch: int) -> torch.Tensor:
+    """The per-head steps [3, H] of q, k, v as FA3's descales [3, B, H]."""
+    return scales[:, None, :].expand(3, batch, -1).contiguous()
+
+
 def _fp8_inputs(q, scales, batch: int):
     """q [B, S, H, D] -> its e4m3 values and the descales [3, B, H] of q, k, v."""
-    return to_fp8(q, scales[0]), scales[:, None, :].expand(3, batch, -1).contiguous()
+    return to_fp8(q, scales[0]), _descales(scales, batch)
 
 
 _fp8_inputs_compiled = torch.compile(_fp8_inputs, fullgraph=True)
@@ -138,7 +143,7 @@ def _flash_fp8(module) -> AttentionFn:
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
         # k, v: the FP8 cache, quantized when written (Block.self_qkv); q too where the fused kernel made it
         if q.dtype == torch.float8_e4m3fn:
-            q8, descale = q, scales[:, None, :].expand(3, q.shape[0], -1).contiguous()
+            q8, descale = q, _descales(scales, q.shape[0])
         else:
             q8, descale = _fp8_inputs_compiled(q, scales, q.shape[0])
         steps = {"q_descale": descale[0], "k_descale": descale[1], "v_descale": descale[2]}

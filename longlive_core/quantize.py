@@ -107,8 +107,8 @@ GELU_LAUNCH = (2048, 8)  # (values a step of a row, warps) of gelu_rowwise_fp8's
 @torch.library.custom_op("longlive::gelu_rowwise_fp8", mutates_args=())
 def gelu_rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gelu_tanh(x) quantized row by row, as rowwise_fp8(F.gelu(x)) computes it in 16-bit: x [M, N] ->
-    (e4m3 [M, N], float32 scales [M, 1]). On CUDA one Triton kernel holds each row in registers
-    (inductor's version read every row twice)."""
+    (e4m3 [M, N], float32 scales [M, 1]). On CUDA one Triton kernel, a program a row (inductor's fusion of the
+    torch ops: 0.137 ms against 0.063 at [4680, 8960], run 45)."""
     if x.is_cuda:
         return _gelu_rowwise_fp8_cuda(x.contiguous())
     return rowwise_fp8(torch.nn.functional.gelu(x, approximate="tanh"))
