@@ -22,7 +22,7 @@ import torch
 from .attention import FP8
 from .config import WanConfig
 from .fast import GraphRunner, make_fast, warm_up
-from .quantize import CAPTURABLE, COMPILABLE, apply_precision
+from .quantize import COMPILABLE, apply_precision
 from .session import StreamSession
 from .synthetic import random_model
 from .verify import block_errors
@@ -191,21 +191,20 @@ def main_rows(args, cfg, rows, record, result) -> dict:
 
 
 def quantized_row(args, cfg, precision, reference, result, attention: str | None = None) -> dict:
-    """Quantized linears under CUDA graphs (torchao's int8 dynamic cannot be captured: eager). FP8 is
-    plain torch and compiles like bf16; torchao's int8 tensors compile only with --compile-quantized."""
+    """Quantized linears under CUDA graphs. FP8 and int8 dynamic are plain torch and compile like bf16;
+    torchao's int8 weight-only tensors compile only with --compile-quantized."""
     start = time.perf_counter()
     model = apply_precision(random_model(cfg, device="cuda", dtype=torch.bfloat16), precision)
     torch.cuda.synchronize()
     quantize_s = time.perf_counter() - start
     compiled = precision in COMPILABLE or args.compile_quantized
     backend = make_fast(model, attention=attention or args.attention, compile=compiled, compile_options=args.inductor)
-    graphs = precision in CAPTURABLE
-    run = run_stream(model, GraphRunner if graphs else None)
-    label = ("compiled, " if compiled else "") + ("graphs" if graphs else "eager, no graphs") + f", {backend}"
+    run = run_stream(model, GraphRunner)
+    label = ("compiled, " if compiled else "") + f"graphs, {backend}"
     row = summarize(f"fast {precision} w12 s3 ({label})", run, reference and reference["eager"], 1)
     row["load_and_quantize_s"] = quantize_s
     if args.profile:
-        result["profile"][f"fast {precision}, {backend}"] = profile_block(model, GraphRunner if graphs else None, None)
+        result["profile"][f"fast {precision}, {backend}"] = profile_block(model, GraphRunner, None)
     if reference is not None:
         row["max_rel_diff_vs_fast_bf16"] = max_block_diff(run["latents"], reference["fast"])
     return row

@@ -17,7 +17,7 @@ import torch._dynamo
 from . import kernels
 from .cache import FRAMES_PER_BLOCK, KVCache, TextCache
 from .model import Block, CausalWan, PassPlan, TimeEmbedding
-from .quantize import Float8Linear
+from .quantize import Float8Linear, Int8DynamicLinear
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +135,16 @@ def warm_up(session) -> None:
 @torch.no_grad()
 def fuse_qkv(attn) -> None:
     """Gives a self-attention one q|k|v linear whose weights the three linears then view (no extra
-    memory while they share it). Plain and FP8 linears fuse; torchao's quantized ones stay apart."""
+    memory while they share it). Plain, FP8 and int8 dynamic linears fuse (their weight steps are per output
+    row); torchao's quantized ones stay apart."""
     parts = (attn.q, attn.k, attn.v)
     kind = type(attn.q)
-    if attn.qkv is not None or kind not in (torch.nn.Linear, Float8Linear) or any(type(m) is not kind or m.bias is None
-                                                                                 for m in parts):
+    if attn.qkv is not None or kind not in (torch.nn.Linear, Float8Linear, Int8DynamicLinear) or any(
+            type(m) is not kind or type(m.weight) is not torch.nn.Parameter or m.bias is None for m in parts):
         return
     fused = copy.copy(attn.q)  # same class and settings; every tensor is replaced below
     fused._parameters, fused._buffers = dict(fused._parameters), dict(fused._buffers)
-    for name, dim in (("weight", 0), ("bias", 0)) + ((("weight_scale", 1),) if kind is Float8Linear else ()):
+    for name, dim in (("weight", 0), ("bias", 0)) + ((("weight_scale", 1),) if kind is not torch.nn.Linear else ()):
         whole = torch.cat([getattr(m, name) for m in parts], dim=dim)  # weight_scale: [1, out]
         setattr(fused, name, whole if name == "weight_scale" else torch.nn.Parameter(whole, requires_grad=False))
         for m, piece in zip(parts, whole.chunk(3, dim=dim)):
@@ -162,7 +163,7 @@ def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True
     batch size needs its own compiled variants, and past the limit dynamo silently runs eagerly."""
     backend = model.set_attention(attention, cross, compiled=compile)
     for block in model.blocks:  # quantized FFNs keep their own linear
-        block.fused_gelu = type(block.ffn[0]) is torch.nn.Linear
+        block.fused_gelu = type(block.ffn[0]) is torch.nn.Linear and type(block.ffn[0].weight) is torch.nn.Parameter
         fuse_qkv(block.self_attn)
         block.fused_norms = fused_norms and kernels.available(model.device) and block.self_attn.qkv is not None
     if fused_norms and not model.blocks[0].fused_norms:

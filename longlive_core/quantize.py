@@ -2,10 +2,12 @@
 
 `fp8` is our own row-wise FP8 linear (the scheme of torchao's Float8DynamicActivationFloat8WeightConfig
 with PerRow: e4m3 weights with one scale per output row, activations quantized per token at run time,
-torch._scaled_mm). It is plain torch, so torch.compile fuses the activation quantization into the stage
-around it in seconds, where compiling torchao's tensor subclasses took minutes on the H100. The INT8
-options are torchao's. Text and time embeddings, the time projection and the head stay in 16-bit: they
-are small and sensitive. Quantization runs in an explicit setup step, never at import.
+torch._scaled_mm). `int8 dynamic` is likewise our own linear in torchao's Int8DynamicActivationInt8WeightConfig
+scheme (symmetric int8 weights per output row, activations per token, torch._int_mm). Both are plain torch, so
+torch.compile fuses the activation quantization into the stage around it (compiling torchao's tensor subclasses
+took minutes on the H100) and CUDA graphs capture them (torchao's int8 dynamic path refuses capture).
+`int8 weight-only` is torchao's Int8WeightOnlyConfig. Text and time embeddings, the time projection and the head
+stay in 16-bit: they are small and sensitive. Quantization runs in an explicit setup step, never at import.
 """
 
 from __future__ import annotations
@@ -22,11 +24,9 @@ from .model import CausalWan
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("bf16", "fp16", "fp8", "int8 weight-only", "int8 dynamic")
-QUANTIZED = ("fp8", "int8 weight-only", "int8 dynamic")
-# torchao's int8 dynamic path does work that a CUDA graph capture refuses (seen on the H100)
-CAPTURABLE = ("bf16", "fp16", "fp8", "int8 weight-only")
-# compiling torchao's int8 tensor subclasses took minutes on the H100; the rest compiles in seconds
-COMPILABLE = ("bf16", "fp16", "fp8")
+# compiling torchao's int8 tensor subclasses took minutes on the H100 (first block with compile and capture, run 48:
+# bf16 16 s, fp8 8 s, our int8 dynamic 80 s)
+COMPILABLE = ("bf16", "fp16", "fp8", "int8 dynamic")
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -46,7 +46,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         if (major, minor) < (8, 9):
             raise BackendUnavailableError(f"precision 'fp8' needs compute capability 8.9 or newer; this GPU has "
                                           f"{major}.{minor}: choose bf16 or int8")
-    if precision in ("int8 weight-only", "int8 dynamic"):
+    if precision == "int8 weight-only":
         _torchao()
 
 
@@ -99,6 +99,41 @@ class Float8Linear(torch.nn.Module):
         return down.matmul(hidden, hidden_scale, dtype)
 
 
+INT8_STEP_DIVISOR = 127.5  # torchao's symmetric int8 step: the row's largest |value| / ((127 - -128) / 2)
+FLOAT32_EPS = torch.finfo(torch.float32).eps  # torchao's smallest int8 step
+CUBLAS_MIN_ROWS = 17  # torch._int_mm on CUDA takes more than 16 rows
+
+
+def rowwise_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [M, K] -> (int8 values [M, K], float32 steps [M, 1]) with x ~= values * steps, as torchao's
+    symmetric per-row quantization computes them: the step in x's dtype, the values rounded half to even from
+    x / step in float32 and clamped to [-128, 127]."""
+    step = (x.abs().amax(dim=1, keepdim=True) / INT8_STEP_DIVISOR).clamp(min=FLOAT32_EPS).float()
+    return (x.float() * (1.0 / step)).round().clamp(-128, 127).to(torch.int8), step
+
+
+class Int8DynamicLinear(torch.nn.Module):
+    """A Linear with per-row int8 weights and per-token dynamic int8 activations: int32 products through
+    torch._int_mm, scaled by both steps in float32, the bias added there."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight, step = rowwise_int8(linear.weight.detach())
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)  # [out, in] int8
+        self.register_buffer("weight_scale", step.t().contiguous())  # [1, out]
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        rows = flat.shape[0]
+        if flat.is_cuda and rows < CUBLAS_MIN_ROWS:
+            flat = torch.nn.functional.pad(flat, (0, 0, 0, CUBLAS_MIN_ROWS - rows))
+        values, step = rowwise_int8(flat)
+        out = torch._int_mm(values, self.weight.t()).float() * step * self.weight_scale
+        out = (out if self.bias is None else out + self.bias.float()).to(x.dtype)[:rows]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 # |gelu_tanh(h)| for h < 0 peaks at 0.17004 (h = -0.7522), 0.1699 in bf16 and 0.17004 in fp16: a bound above both
 GELU_NEGATIVE_BOUND = 0.171
 GELU_LAUNCH = (2048, 8)  # (values a step of a row, warps) of gelu_rowwise_fp8's kernel: the fastest in run 45
@@ -131,32 +166,27 @@ def _gelu_rowwise_fp8_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return values, scales
 
 
-def _to_fp8(module: torch.nn.Module) -> None:
+def swap_linears(module: torch.nn.Module, kind: type) -> None:
+    """Replaces every nn.Linear under module by kind(linear) (Float8Linear, Int8DynamicLinear)."""
     for name, child in module.named_children():
         if isinstance(child, torch.nn.Linear):
-            setattr(module, name, Float8Linear(child))
+            setattr(module, name, kind(child))
         else:
-            _to_fp8(child)
-
-
-def _config(precision: str):
-    tq = _torchao()
-    if precision == "int8 weight-only":
-        return tq.Int8WeightOnlyConfig()
-    return tq.Int8DynamicActivationInt8WeightConfig()
+            swap_linears(child, kind)
 
 
 def apply_precision(model: CausalWan, precision: str) -> CausalWan:
     """Casts to the compute dtype and quantizes the linears inside the transformer blocks."""
     check_precision(precision, model.device)
     model = model.to(compute_dtype(precision))
-    if precision == "fp8":
+    if precision in ("fp8", "int8 dynamic"):
         with torch.no_grad():
-            _to_fp8(model.blocks)
-        log.info("block linears in row-wise FP8 (torch._scaled_mm)")
-    elif precision in QUANTIZED:
+            swap_linears(model.blocks, Float8Linear if precision == "fp8" else Int8DynamicLinear)
+        log.info("block linears in %s", "row-wise FP8 (torch._scaled_mm)" if precision == "fp8" else
+                 "int8 with per-token int8 activations (torch._int_mm)")
+    elif precision == "int8 weight-only":
         with torch.inference_mode():
-            _torchao().quantize_(model.blocks, _config(precision),
+            _torchao().quantize_(model.blocks, _torchao().Int8WeightOnlyConfig(),
                                  filter_fn=lambda m, _: isinstance(m, torch.nn.Linear))
-        log.info("quantized the block linears with torchao (%s)", precision)
+        log.info("quantized the block linears with torchao (int8 weight-only)")
     return model

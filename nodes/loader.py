@@ -36,7 +36,7 @@ class ModelLoader(io.ComfyNode):
                                default=NO_LORA, tooltip="LongLive's lora.pt from models/loras, merged at load"),
                 io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="bf16",
-                               tooltip="fp8 needs an Ada/Hopper GPU (compute capability 8.9+); int8 via torchao"),
+                               tooltip="fp8 needs an Ada/Hopper GPU (compute capability 8.9+); int8 weight-only via torchao"),
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto",
                                tooltip="auto: FlashAttention-3 on Hopper if installed, else FA2, else PyTorch SDPA. "
                                        "'flash-attn 3 fp8': self-attention in FP8 on Hopper (faster, approximate)"),

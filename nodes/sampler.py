@@ -17,7 +17,6 @@ from longlive_core import SWITCH_POLICIES, ConfigError, LongLiveError, PromptErr
 from longlive_core.cache import FRAMES_PER_BLOCK
 from longlive_core.config import ROPE_POSITIONS
 from longlive_core.fast import GraphRunner, warm_up
-from longlive_core.quantize import CAPTURABLE
 from longlive_core.prompt_text import FPS, check_starts
 
 from .decode import check_wan_vae, new_cache, stream_decode
@@ -165,7 +164,7 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
 
 
 def new_runner(model: LongLiveModel) -> GraphRunner | None:
-    if not (model.fast and model.precision in CAPTURABLE):
+    if not model.fast:
         return None
     runner = GraphRunner(model.model)
     model.runners.add(runner)

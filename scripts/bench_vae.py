@@ -100,16 +100,18 @@ def tiny_row(z) -> dict:
             "steady_chunk_ms": statistics.median(times[1:]), "max_abs_diff": float("nan")}
 
 
-def profile_chunk(vae, z) -> dict:
-    """Kernel time of one steady chunk through the compiled decoder, by kind."""
+def profile_chunk(vae, z) -> tuple[dict, list]:
+    """Kernel time of one steady chunk through the compiled decoder: by kind, and the 40 longest kernels and
+    convolutions (by input shapes)."""
     from torch.profiler import ProfilerActivity, profile
 
     cache = [None] * count_conv3d(vae.decoder)  # compiled by now (compiled_row)
     decode_latents(vae, z[:, :, :3], cache, fast=True)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         decode_latents(vae, z[:, :, 3:6], cache, fast=True)
         torch.cuda.synchronize()
     kinds: dict[str, float] = {}
+    kernels = []
     for evt in prof.key_averages():
         if evt.device_type != torch.autograd.DeviceType.CUDA:
             continue
@@ -118,24 +120,32 @@ def profile_chunk(vae, z) -> dict:
                 else "fused (triton)" if n.startswith("triton") else "copy / cat / pad" if any(
                     s in n for s in ("copy", "cat", "pad", "memcpy", "memset")) else "other")
         kinds[kind] = kinds.get(kind, 0.0) + evt.self_device_time_total / 1e3
-    return kinds
+        kernels.append({"kernel": evt.key[:90], "calls": evt.count, "ms": evt.self_device_time_total / 1e3})
+    for evt in prof.key_averages(group_by_input_shape=True):
+        if evt.key == "aten::convolution":
+            kernels.append({"kernel": f"convolution {evt.input_shapes[:2]}", "calls": evt.count,
+                            "ms": evt.device_time_total / 1e3})
+    return kinds, sorted(kernels, key=lambda k: -k["ms"])[:40]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default="bench_vae.json")
     parser.add_argument("--profile", action="store_true", help="kernel time by kind, compiled decoder, one chunk")
+    parser.add_argument("--compiled-only", action="store_true", help="only the compiled row (the pixels against "
+                        "the chunked channels-last decoder)")
     args = parser.parse_args(ARGS)
     torch.manual_seed(0)
     vae = model(torch.bfloat16)
     z = torch.randn(1, 16, 3 * CHUNKS, 60, 104, device="cuda", dtype=torch.bfloat16)
     rows, reference = [], None
     with torch.inference_mode():
-        for layout in ("contiguous", "channels_last_3d"):
+        for layout in ("channels_last_3d",) if args.compiled_only else ("contiguous", "channels_last_3d"):
             if layout == "channels_last_3d":
                 to_channels_last(vae)
                 z = z.contiguous(memory_format=torch.channels_last_3d)
-            for name, per_call in (("frame by frame", 1), ("chunked (3 latent frames a call)", 3)):
+            forms = [("frame by frame", 1), ("chunked (3 latent frames a call)", 3)]
+            for name, per_call in forms[1:] if args.compiled_only else forms:
                 last = layout == "channels_last_3d"
                 run(vae, z[:, :, :6], per_call, last)  # warm-up: cuDNN autotuning
                 times, pixels = run(vae, z, per_call, last)
@@ -148,15 +158,19 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
         rows.append(tiny_row(z))
         print(json.dumps(rows[-1]), flush=True)
-        kinds = profile_chunk(vae, z) if args.profile else {}
+        kinds, kernels = profile_chunk(vae, z) if args.profile else ({}, [])
     pathlib.Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                                   "rows": rows, "profile_ms": kinds}, indent=1))
+                                                   "rows": rows, "profile_ms": kinds,
+                                                   "kernels": kernels}, indent=1))
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, 480x832, 12 pixel frames per steady chunk")
     print("| decoder | first chunk ms (9 frames) | steady chunk ms (12 frames) | max abs diff |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['row']} | {r['first_chunk_ms']:.1f} | {r['steady_chunk_ms']:.1f} | {r['max_abs_diff']:.2e} |")
     if kinds:
         print("compiled decoder, one steady chunk, kernel ms: " + ", ".join(f"{k} {v:.1f}" for k, v in kinds.items()))
+        print("| kernel | calls | ms |\n|---|---|---|")
+        for k in kernels:
+            print(f"| {k['kernel']} | {k['calls']} | {k['ms']:.2f} |")
 
 
 if __name__ == "__main__":

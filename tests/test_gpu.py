@@ -8,6 +8,7 @@ import torch
 from longlive_core import StreamSession, WanConfig
 from longlive_core.attention import text_attention
 from longlive_core.fast import GraphRunner, make_fast, warm_up
+from longlive_core.quantize import COMPILABLE, apply_precision
 from longlive_core.synthetic import random_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -47,6 +48,16 @@ def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     assert len(session.runner.graphs) == 6  # captured before the first block: 4 steps, clean pass, recache
     assert rel(fast, eager) < 2e-2
 
+
+
+@pytest.mark.parametrize("precision", ["int8 dynamic", "int8 weight-only"])
+def test_int8_models_run_the_fast_path_under_graphs_as_the_loader_sets_them_up(precision):
+    model = apply_precision(random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05), precision)
+    eager, _ = stream(model, None)
+    make_fast(model, attention="sdpa", compile=precision in COMPILABLE)
+    fast, session = stream(model, GraphRunner, prepare=True)
+    assert len(session.runner.graphs) == 6
+    assert rel(fast, eager) < 3e-2
 
 
 def test_flash_text_attention_reads_the_prompt_and_merges_the_padding_key():

@@ -179,14 +179,14 @@ def test_norm_kernel_quantizes_its_rows_as_the_fp8_linear_would(residual):
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter's FP8 rounding differs from torch's (the norm kernel's "
                                               "quantization is checked on the CPU above)")
 def test_fp8_block_on_the_fused_path_computes_what_the_eager_fp8_block_computes():
-    from longlive_core.quantize import _to_fp8
+    from longlive_core.quantize import Float8Linear, swap_linears
 
     torch.manual_seed(0)
     eager = Block(CFG)
     for p in eager.parameters():
         p.data.normal_(0, 0.5)
     eager = eager.to(DEVICE, torch.bfloat16)
-    _to_fp8(eager)
+    swap_linears(eager, Float8Linear)
     fuse_qkv(eager.self_attn)
     fused = copy.deepcopy(eager)
     fused.fused_norms = True

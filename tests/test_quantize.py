@@ -1,12 +1,15 @@
-"""Precision options on the CPU: int8 weight-only through torchao, the FP8 linear, and refusals."""
+"""Precision options on the CPU: int8 weight-only through torchao, our int8 dynamic and FP8 linears, refusals."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
 from longlive_core import BackendUnavailableError, ConfigError, StreamSession
-from longlive_core.quantize import Float8Linear, _to_fp8, apply_precision, check_precision
+from longlive_core.fast import make_fast
+from longlive_core.quantize import Float8Linear, Int8DynamicLinear, apply_precision, check_precision, swap_linears
 from longlive_core.synthetic import TINY, random_model
 
 
@@ -25,8 +28,53 @@ def test_int8_weight_only_really_quantizes_and_stays_close(prompt):
     quant = apply_precision(random_model(TINY, dtype=torch.float32, std=0.1), "int8 weight-only")
     weight = quant.blocks[0].self_attn.q.weight
     assert "Int8" in type(weight).__name__ and quant.head.head.weight.dtype == torch.bfloat16
-    error = rel(video(quant, prompt), video(ref, prompt))
-    assert 0 < error < 0.05
+    quantized = video(quant, prompt)
+    assert 0 < rel(quantized, video(ref, prompt)) < 0.05
+    make_fast(quant, attention="sdpa", compile=False)  # torchao's tensors stay apart: no fused q|k|v
+    assert quant.blocks[0].self_attn.qkv is None and not quant.blocks[0].fused_norms
+    assert torch.equal(video(quant, prompt), quantized)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_dynamic_linear_quantizes_as_torchao_does(dtype):
+    import torchao.quantization as tq
+
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(64, 48).to(dtype)
+    linear.bias.data.normal_()
+    ours = Int8DynamicLinear(linear)
+    theirs = torch.nn.Sequential(copy.deepcopy(linear))
+    tq.quantize_(theirs, tq.Int8DynamicActivationInt8WeightConfig())
+    assert torch.equal(ours.weight, theirs[0].weight.qdata)
+    assert torch.equal(ours.weight_scale, theirs[0].weight.scale.t().float())
+    x = torch.randn(2, 20, 64, dtype=dtype)
+    x[1, 3] = 0  # a padded text token: its row gives the bias
+    out, want = ours(x), theirs(x)
+    assert torch.equal(out[1, 3], linear.bias.data)
+    # float32: the same numbers; bf16: torchao rounds its product to bf16 once more before the weight steps,
+    # so they differ by a bf16 rounding step of the output (2^-7 of the largest, at most)
+    tolerance = 0 if dtype == torch.float32 else 2 ** -7
+    assert (out.float() - want.float()).abs().max() <= tolerance * want.float().abs().max()
+    assert 0 < rel(out.float(), linear(x).float()) < 0.02
+
+
+def test_int8_dynamic_model_stays_close_to_float32(prompt):
+    ref = random_model(TINY, dtype=torch.float32, std=0.1)
+    quant = apply_precision(random_model(TINY, dtype=torch.float32, std=0.1), "int8 dynamic")
+    assert isinstance(quant.blocks[1].ffn[2], Int8DynamicLinear) and isinstance(quant.head.head, torch.nn.Linear)
+    assert quant.dtype == torch.bfloat16
+    assert 0 < rel(video(quant, prompt), video(ref, prompt)) < 0.05
+
+
+def test_int8_dynamic_linears_fuse_on_the_fast_path(prompt):
+    model = random_model(TINY, dtype=torch.float32, std=0.1)
+    swap_linears(model.blocks, Int8DynamicLinear)  # in float32: Triton's interpreter rounds bf16 its own way
+    eager = video(model, prompt)
+    make_fast(model, attention="sdpa", compile=False)  # q|k|v as one int8 linear, the norms in Triton kernels
+    assert isinstance(model.blocks[0].self_attn.qkv, Int8DynamicLinear) and model.blocks[0].fused_norms
+    # the norm kernels' float32 rounding differs from eager torch by ~1e-7, which can move an activation across
+    # an int8 rounding boundary: close, not equal
+    assert rel(video(model, prompt), eager) < 4e-3
 
 
 def test_fp8_linear_matches_its_definition_and_survives_zero_rows():
@@ -54,7 +102,7 @@ def test_fp8_blocks_stay_close_to_bf16(prompt):
     ref = random_model(TINY, dtype=torch.bfloat16, std=0.1)
     quant = random_model(TINY, dtype=torch.bfloat16, std=0.1)
     with torch.no_grad():
-        _to_fp8(quant.blocks)  # apply_precision refuses fp8 on the CPU: the same conversion, directly
+        swap_linears(quant.blocks, Float8Linear)  # apply_precision refuses fp8 on the CPU: the same conversion
     assert isinstance(quant.blocks[1].ffn[2], Float8Linear) and isinstance(quant.head.head, torch.nn.Linear)
     assert rel(video(quant, prompt), video(ref, prompt)) < 0.1
 
