@@ -199,6 +199,17 @@ def test_fp8_on_the_cpu_is_refused(host):
     assert "precision 'fp8' needs an NVIDIA GPU of compute capability 8.9" in failure(host, graph)
 
 
+def test_int8_dynamic_through_the_server_stays_close_to_bf16(host):
+    latents = []
+    for precision in ("bf16", "int8 dynamic"):
+        graph = graph_of(host, "longlive_interactive", session_id="", length=3, length_unit="latent frames")
+        graph["1"]["inputs"]["precision"] = precision
+        latents.append(latents_of(host, run_ok(host, with_latent_output(graph, precision.replace(" ", "_")))))
+    bf16, int8 = latents
+    assert bf16.shape == int8.shape
+    assert 0 < ((int8 - bf16).norm() / bf16.norm()).item() < 0.1
+
+
 def test_a_reloaded_model_continues_the_session_and_a_changed_one_is_refused(host):
     first = graph_of(host, "longlive_interactive", session_id="reload", reset=True, length=3, length_unit="latent frames")
     run_ok(host, first)
