@@ -87,8 +87,8 @@ class VAEDecode(io.ComfyNode):
                     io.String.Input("session_id", default="", tooltip="Same id as the sampler: keep the decoder's "
                                     "causal cache between runs. Empty: decode these latents alone"),
                     io.Boolean.Input("compile", default=False, tooltip="torch.compile the decoder: on an H100 a "
-                                     "12-frame chunk takes 131 ms instead of 202, after a one-time compile of "
-                                     "about 100 s per server and size; worth it for long or live sessions"),
+                                     "12-frame chunk takes 106 ms instead of 202, after a one-time compile of "
+                                     "20-30 s per server and size; worth it for long or live sessions"),
                     io.Combo.Input("decoder", options=list(DECODERS), default="wan vae", optional=True, tooltip="'tiny draft': "
                                    "Wan 2.1's tiny decoder from models/vae_approx (lighttaew2_1) instead of this VAE, "
                                    "many times faster and blurrier; frames and session continuity as with the VAE")],
