@@ -20,9 +20,11 @@ from .errors import BackendUnavailableError
 
 # (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms and
 # text sections on the H100 (runs 25, 35-36, 38); in the interpreter, many rows per program (it pays per program).
-# text: (queries, keys a step, warps, stages).
-GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3)}
+# text: (queries, keys a step, warps, stages); conv narrow: (pixels, input channels a step, warps).
+GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3),
+              "conv narrow": (256, 32, 4)}
 INTERPRETER_ROWS = 64
+NARROW = 4  # causal_conv3d_narrow's most output channels (3 time taps x 4 outputs: 16 product columns)
 TINY = 1e-12  # FP8 row-scale floor: an all-zero row (padded text tokens) must not divide by zero
 
 
@@ -213,6 +215,40 @@ def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.T
 @text_attention.register_fake
 def _(q, weight, eps, k, v, used, pad_k, pad_v, log_pad):
     return q.new_empty(*q.shape[:2], *k.shape[-2:])
+
+
+# --- The Wan VAE's RGB head: a 3x3x3 causal convolution to 3 channels ----------------------------------------
+
+
+@torch.library.custom_op("longlive::causal_conv3d_narrow", mutates_args=())
+def causal_conv3d_narrow(cache: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """conv3d(cat([cache, x], 2), weight, bias, padding=(0, 1, 1)) without the cat, for few output channels.
+    cache: [B, C, 2, H, W], x: [B, C, T, H, W] (channels-last 3-D, else copied so); weight: [O, C, 3, 3, 3],
+    O <= 4; returns [B, O, T, H, W] contiguous, in x's dtype.
+
+    cuDNN runs the Wan VAE's head (96 to 3 channels at 480x832) far below its memory speed: as a GEMM of 3 columns
+    that reads each input 27 times. Here each frame is read once per spatial tap, for all 3 time taps."""
+    _check(x)
+    batch, channels, frames, height, width = x.shape
+    outs = weight.shape[0]
+    if outs > NARROW or weight.shape[1:] != (channels, 3, 3, 3) or cache.shape != (batch, channels, 2, height, width):
+        raise ValueError(f"causal_conv3d_narrow: cache {list(cache.shape)}, x {list(x.shape)} and weight "
+                         f"{list(weight.shape)} are not a 3x3x3 convolution to at most {NARROW} channels")
+    last = torch.channels_last_3d
+    packed = weight.new_zeros(9, channels, 4, 4, dtype=x.dtype)  # [spatial tap, in, time tap (padded), out]
+    packed[:, :, :3, :outs] = weight.permute(3, 4, 1, 2, 0).reshape(9, channels, 3, outs)
+    out = x.new_empty(batch, outs, frames, height, width)
+    block_m, block_k, warps = GPU_LAUNCH["conv narrow"] if x.is_cuda else (8192, 16, 1)
+    _kernels().conv3_narrow[(-(-height * width // block_m), batch)](
+        cache.contiguous(memory_format=last), x.contiguous(memory_format=last), packed, bias, out, frames, height,
+        width, channels, outs, BLOCK_M=block_m, BLOCK_K=block_k, CHUNKS=-(-channels // block_k),
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps)
+    return out
+
+
+@causal_conv3d_narrow.register_fake
+def _(cache, x, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[0], *x.shape[2:])
 
 
 # --- The kernels ------------------------------------------------------------------------------------

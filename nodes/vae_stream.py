@@ -5,9 +5,10 @@ through the decoder in one call and give the frames of a frame-by-frame decode. 
 frame must go alone: the temporal upsamplers treat it specially (it gives 1 frame, not 4).
 
 Compiled (`fast`), steady chunks go through `steady_decode`: the decoder's own modules in its order, with the
-steady branch of its causal convs, residual blocks and temporal upsamplers written out. The upsamplers' forward
+steady branch of its causal convs, residual blocks, upsamplers and attention written out. The upsamplers' forward
 compares a cache tensor with the string 'Rep', which breaks torch.compile's graph inside the decoder's loop (dynamo
-then ran the decoder eagerly between separately compiled blocks); the convs' forward pads a copy of its input.
+then ran the decoder eagerly between separately compiled blocks); the convs' forward pads a copy of its input. On a
+GPU the compiled chunk is then captured as a CUDA graph (SteadyGraph) that writes the cache in place.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+
+from longlive_core import kernels
 
 log = logging.getLogger("longlive")
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
@@ -33,21 +36,31 @@ def channels_last(decoder) -> None:
         _CHANNELS_LAST.add(decoder)
 
 
-def _causal(conv, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+def _cast(module) -> bool:
+    """Whether ComfyUI's ops cast this module's weights when it runs (low VRAM): then only its forward has them."""
+    return bool(module.comfy_cast_weights or module.weight_function or module.bias_function)
+
+
+def _causal(conv, x: torch.Tensor, cache: list, idx: list, head: bool = False) -> torch.Tensor:
     """ComfyUI's CausalConv3d over x [B, C, T, H, W] after the last 2 frames of its previous input
-    (cache[idx[0]], which x's own last 2 frames then replace). The cached frames are its causal time padding;
-    the spatial zero padding goes inside the convolution (the module pads a copy of its input)."""
+    (cache[idx[0]], which x's own last 2 frames then overwrite in place). The cached frames are its causal time
+    padding; the spatial zero padding goes inside the convolution (the module pads a copy of its input). The RGB
+    head (`head`: 3 output channels) runs in our Triton kernel where Triton runs: cuDNN is slow at it."""
     i = idx[0]
-    last = x[:, :, -2:].clone()
-    if last.shape[2] < 2:  # one frame a call: keep the frame before it too
-        last = torch.cat([cache[i][:, :, -1:], last], dim=2)
-    if conv.comfy_cast_weights or conv.weight_function or conv.bias_function:  # ComfyUI casts them (low VRAM)
+    last = x[:, :, -2:] if x.shape[2] >= 2 else torch.cat([cache[i][:, :, -1:], x], dim=2)  # one frame: keep one
+    if _cast(conv):
         x = conv(x, cache[i])
+    elif head and conv.out_channels <= kernels.NARROW and conv.kernel_size == (3, 3, 3) and cache[i].shape[2] == 2 \
+            and conv.bias is not None and kernels.available(x.device):
+        x = kernels.causal_conv3d_narrow(cache[i], x, conv.weight, conv.bias)
     else:
         pad_w, _, pad_h, _, _, _ = conv._padding
         x = F.conv3d(torch.cat([cache[i], x], dim=2), conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w),
                      conv.dilation, conv.groups)
-    cache[i] = last
+    if cache[i].shape == last.shape:
+        cache[i].copy_(last)
+    else:
+        cache[i] = last.clone()
     idx[0] += 1
     return x
 
@@ -60,21 +73,65 @@ def _residual(block, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
     return h + block.shortcut(x)
 
 
+# Nearest 2x upsampling then a 3x3 conv, as four 2x2 convs on the small image (sub-pixel): output row 2i reads
+# input rows i - 1 (kernel row 0) and i (rows 1 and 2), row 2i + 1 reads i (rows 0 and 1) and i + 1 (row 2); the
+# same for columns. 4/9 of the arithmetic and no upsampled copy; the kernel rows summed change float32 rounding.
+_PHASE_TAPS = ((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))  # [phase][2x2 tap][3x3 tap]
+
+
+def _subpixel_weight(w: torch.Tensor) -> torch.Tensor:
+    """[O, C, 3, 3] -> [4 O, C, 2, 2], the outputs in (row phase, column phase, channel) order."""
+    m = torch.tensor(_PHASE_TAPS, dtype=torch.float32, device=w.device)
+    w4 = torch.einsum("pak,qbl,oikl->pqoiab", m, m, w.float())
+    return w4.flatten(0, 2).to(w.dtype)
+
+
+def _upsample2d(resample, x: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's spatial upsampler (nearest 2x, 3x3 conv) over x [B, C, T, H, W] -> [B, C / 2, T, 2H, 2W]."""
+    b, _, t, h, w = x.shape
+    x = x.transpose(1, 2).flatten(0, 1)  # [B T, C, H, W]: a view of channels-last 3-D frames
+    conv = resample[1]
+    if _cast(conv):
+        return resample(x).unflatten(0, (b, t)).transpose(1, 2)
+    o = conv.out_channels
+    y = F.conv2d(x, _subpixel_weight(conv.weight), conv.bias.repeat(4), padding=1)  # [B T, 4 O, H + 1, W + 1]
+    y = y.unflatten(1, (2, 2, o)).permute(0, 1, 2, 4, 5, 3)  # [B T, row phase, col phase, H + 1, W + 1, O]
+    rows = [torch.stack([y[:, p, q, p:p + h, q:q + w] for q in (0, 1)], 3) for p in (0, 1)]  # [B T, H, W, 2, O]
+    y = torch.stack(rows, 2).view(b * t, 2 * h, 2 * w, o)  # [B T, H, 2, W, 2, O] -> pixels in order
+    return y.permute(0, 3, 1, 2).unflatten(0, (b, t)).transpose(1, 2)  # channels-last 3-D [B, O, T, 2H, 2W]
+
+
 def _upsample3d(layer, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
     """A temporal + spatial upsampler in steady state: its time conv doubles the channels into two frames
-    each (interleaved in time), then its own forward without a cache does the spatial half."""
+    each (interleaved in time), then the spatial half."""
     b, c, t, h, w = x.shape
     x = _causal(layer.time_conv, x, cache, idx).reshape(b, 2, c, t, h, w)
     x = torch.stack((x[:, 0], x[:, 1]), 3).reshape(b, c, t * 2, h, w)
-    return layer(x)
+    return _upsample2d(layer.resample, x)
+
+
+def _attention(block, x: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's single-head AttentionBlock within each frame of x [B, C, T, H, W], on channels-last tokens: its 1x1
+    convs as linears (cuBLAS; compiled, inductor gave them to slow fused kernels)."""
+    b, c, t, h, w = x.shape
+    if _cast(block.to_qkv) or _cast(block.proj):
+        return block(x)
+    tokens = x.permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, c)  # [B T, 1 head, H W, C]
+    normed = F.normalize(tokens, dim=-1) * block.norm.scale * block.norm.gamma.flatten().to(x)
+    q, k, v = F.linear(normed, block.to_qkv.weight.flatten(1), block.to_qkv.bias).chunk(3, dim=-1)
+    out = F.linear(F.scaled_dot_product_attention(q, k, v), block.proj.weight.flatten(1), block.proj.bias)
+    return out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3) + x
 
 
 def _stage(layer, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
     if hasattr(layer, "residual"):
         return _residual(layer, x, cache, idx)
-    if getattr(layer, "mode", None) == "upsample3d":
+    mode = getattr(layer, "mode", None)
+    if mode == "upsample3d":
         return _upsample3d(layer, x, cache, idx)
-    return layer(x)  # the middle attention, the last (spatial only) upsampler: no cache
+    if mode == "upsample2d":
+        return _upsample2d(layer.resample, x)
+    return _attention(layer, x)  # the middle block's attention
 
 
 def steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
@@ -85,7 +142,7 @@ def steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
     for layer in [*decoder.middle, *decoder.upsamples]:
         x = _stage(layer, x, cache, idx)
     norm, silu, conv = decoder.head
-    return _causal(conv, silu(norm(x)), cache, idx)
+    return _causal(conv, silu(norm(x)), cache, idx, head=True)
 
 
 def is_steady(cache: list) -> bool:
@@ -99,7 +156,7 @@ _steady_compiled = torch.compile(steady_decode, dynamic=False)  # compiles at it
 
 def compiled_steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
     """steady_decode under torch.compile, one graph a chunk: the norms, SiLU, residuals and cache frames fused
-    around cuDNN's convolutions (on the H100 106 ms a chunk against 202 eager, run 51; compiling the decoder
+    around cuDNN's convolutions (on the H100 99 ms a chunk against 202 eager, run 55; compiling the decoder
     module itself, which dynamo splits at every upsampler, gave 130)."""
     if decoder not in _COMPILED:
         log.info("compiling the Wan VAE decoder's steady chunks (one time, 20-30 s on an H100)")
@@ -107,8 +164,63 @@ def compiled_steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tenso
     return _steady_compiled(decoder, x, cache)
 
 
+def _addresses(decoder, x: torch.Tensor, cache: list) -> tuple:
+    """What a captured chunk depends on: the chunk's shape and where the weights and the cache live."""
+    return (tuple(x.shape), x.dtype, tuple(p.data_ptr() for p in decoder.parameters()),
+            tuple(entry.data_ptr() for entry in cache if entry is not None))
+
+
+class SteadyGraph:
+    """The compiled steady chunk of one decoder and one cache, captured as a CUDA graph: it reads the chunk from a
+    fixed buffer and writes the cache in place, so it replays while the weights and the cache stay where they are.
+    Captured at the second steady chunk of a cache (the first compiles and autotunes cuDNN)."""
+
+    def __init__(self, decoder, x: torch.Tensor, cache: list):
+        self.key = _addresses(decoder, x, cache)
+        self.x = x.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.out = compiled_steady_decode(decoder, self.x, cache)
+        log.info("captured the Wan VAE decoder's steady chunk %s as a CUDA graph", tuple(x.shape))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.graph.replay()
+        return self.out.clone()
+
+
+_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> its SteadyGraph, or a key seen once
+_NO_GRAPH = "capture failed"
+
+
+def graphed_steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
+    """compiled_steady_decode, replayed from a CUDA graph from the second chunk of a cache on (one graph a decoder:
+    another cache, shape or weight placement captures anew). A capture that fails leaves the chunk to the compiled
+    decoder (the capture ran nothing, the cache is as it was), logged, and is not tried again for that key."""
+    key = _addresses(decoder, x, cache)
+    held = _GRAPHS.get(decoder)
+    if isinstance(held, SteadyGraph) and held.key == key:
+        return held(x)
+    if held == key:
+        try:
+            _GRAPHS[decoder] = graph = SteadyGraph(decoder, x, cache)
+            return graph(x)
+        except RuntimeError as exc:
+            log.warning("the Wan VAE decoder's steady chunk could not be captured as a CUDA graph; decoding it "
+                        "compiled without one: %s", exc)
+            _GRAPHS[decoder] = (_NO_GRAPH, key)
+    elif held != (_NO_GRAPH, key):
+        _GRAPHS[decoder] = key
+    return compiled_steady_decode(decoder, x, cache)
+
+
+def release_graphs() -> None:
+    """Frees the captured chunks' memory (about 2.7 GB at 480x832); the next steady chunks capture anew."""
+    _GRAPHS.clear()
+
+
 def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int = FRAMES_PER_CALL,
-                   fast: bool = False, channels_last_3d: bool | None = None) -> torch.Tensor:
+                   fast: bool = False, channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
     """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
     fast: steady chunks through the compiled decoder (the first two calls stay eager).
     channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off to measure without)."""
@@ -121,7 +233,8 @@ def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int
     with torch.backends.cudnn.flags(enabled=True, benchmark=True):
         for a, b in zip(starts, starts[1:] + [x.shape[2]]):
             if fast and is_steady(cache):
-                pieces.append(compiled_steady_decode(vae_model.decoder, x[:, :, a:b], cache))
+                steady = graphed_steady_decode if graphs and x.is_cuda else compiled_steady_decode
+                pieces.append(steady(vae_model.decoder, x[:, :, a:b], cache))
             else:
                 pieces.append(vae_model.decoder(x[:, :, a:b], feat_cache=cache, feat_idx=[0]))
     return torch.cat(pieces, dim=2)

@@ -47,33 +47,37 @@ def to_channels_last(vae) -> None:
             p.data = p.data.contiguous(memory_format=torch.channels_last_3d if p.dim() == 5 else torch.channels_last)
 
 
-def run(vae, z, frames_per_call, channels_last=True, fast=False) -> tuple[list[float], torch.Tensor]:
-    """fast: the compiled decoder (the decode node's `compile`)."""
+def run(vae, z, frames_per_call, channels_last=True, fast=False, graphs=True) -> tuple[list[float], torch.Tensor]:
+    """fast: the compiled decoder (the decode node's `compile`), its steady chunks replayed as CUDA graphs (graphs)."""
     cache, times, outs = [None] * count_conv3d(vae.decoder), [], []
     for chunk in z.split(3, dim=2):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        outs.append(decode_latents(vae, chunk, cache, frames_per_call, fast=fast, channels_last_3d=channels_last))
+        outs.append(decode_latents(vae, chunk, cache, frames_per_call, fast=fast, channels_last_3d=channels_last,
+                                   graphs=graphs))
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return times, torch.cat(outs, dim=2)
 
 
-def compiled_row(vae, z, reference) -> dict:
-    """The chunked channels-last decoder under torch.compile (inductor fuses norms, SiLU, pads), as the decode
-    node's `compile` runs it."""
-    row = {"row": "chunked, channels_last_3d, torch.compile"}
+def compiled_row(vae, z, reference, graphs: bool) -> dict:
+    """The chunked channels-last decoder under torch.compile (inductor fuses norms, SiLU, pads), with CUDA graphs as
+    the decode node's `compile` runs it, or without."""
+    row = {"row": f"chunked, channels_last_3d, torch.compile{' + CUDA graph' if graphs else ''}"}
+    torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
-        run(vae, z[:, :, :6], 3, fast=True)  # the first chunk runs eagerly, the second compiles the steady shape
+        run(vae, z[:, :, :6], 3, fast=True, graphs=graphs)  # the first chunk runs eagerly, the second compiles
         row["compile_s"] = time.perf_counter() - start
-        times, pixels = run(vae, z, 3, fast=True)
+        times, pixels = run(vae, z, 3, fast=True, graphs=graphs)
     except Exception as exc:  # noqa: BLE001  (a measurement: report what failed)
         return {**row, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "first_chunk_ms": float("nan"),
                 "steady_chunk_ms": float("nan"), "max_abs_diff": float("nan")}
     return {**row, "first_chunk_ms": times[0], "steady_chunk_ms": statistics.median(times[1:]),
-            "max_abs_diff": (pixels.float() - reference.float()).abs().max().item()}
+            "max_abs_diff": (pixels.float() - reference.float()).abs().max().item(),
+            "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "reserved_gib": torch.cuda.memory_reserved() / 2**30}
 
 
 def tiny_row(z) -> dict:
@@ -105,9 +109,9 @@ def profile_chunk(vae, z) -> tuple[dict, list]:
     from torch.profiler import ProfilerActivity, profile
 
     cache = [None] * count_conv3d(vae.decoder)  # compiled by now (compiled_row)
-    decode_latents(vae, z[:, :, :3], cache, fast=True)
+    decode_latents(vae, z[:, :, :3], cache, fast=True, graphs=False)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-        decode_latents(vae, z[:, :, 3:6], cache, fast=True)
+        decode_latents(vae, z[:, :, 3:6], cache, fast=True, graphs=False)
         torch.cuda.synchronize()
     kinds: dict[str, float] = {}
     kernels = []
@@ -155,8 +159,9 @@ def main() -> None:
                              "steady_chunk_ms": statistics.median(times[1:]),
                              "max_abs_diff": (pixels.float() - reference.float()).abs().max().item()})
                 print(json.dumps(rows[-1]), flush=True)
-        rows.append(compiled_row(vae, z, reference))
-        print(json.dumps(rows[-1]), flush=True)
+        for graphs in (False, True):
+            rows.append(compiled_row(vae, z, reference, graphs))
+            print(json.dumps(rows[-1]), flush=True)
         rows.append(tiny_row(z))
         print(json.dumps(rows[-1]), flush=True)
         kinds, kernels = profile_chunk(vae, z) if args.profile else ({}, [])

@@ -132,3 +132,29 @@ def test_attention_cut_into_whole_waves_equals_one_call(backend, batch):
     # FP8: the split parts quantize their probabilities against their own running maxima
     err = rel(out.float(), ref.float())
     assert err < (2e-2 if backend.endswith("fp8") else 2e-3), err
+
+
+def test_compiled_vae_decode_replays_steady_chunks_from_a_cuda_graph():
+    """The decode node's `compile`: the first chunk eager, the next compiled, then captured and replayed; the
+    frames follow the eager chunked decode (bf16 rounding, cuDNN's algorithms). Needs ComfyUI's comfy package."""
+    import pathlib
+    import sys
+
+    wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
+    import vae_stream
+
+    torch.manual_seed(0)
+    vae = wan_vae.WanVAE(dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                         temperal_downsample=[False, True, True]).to("cuda", torch.bfloat16).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            p.copy_(torch.ones_like(p) if name.endswith("gamma") else torch.randn_like(p) / p[0].numel() ** 0.5)
+    z = torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16)
+    caches = [[None] * wan_vae.count_conv3d(vae.decoder) for _ in range(2)]
+    with torch.inference_mode():
+        plain = torch.cat([vae_stream.decode_latents(vae, part, caches[0]) for part in z.split(3, dim=2)], 2)
+        fast = torch.cat([vae_stream.decode_latents(vae, part, caches[1], fast=True) for part in z.split(3, dim=2)], 2)
+    assert isinstance(vae_stream._GRAPHS[vae.decoder], vae_stream.SteadyGraph)
+    assert fast.shape == plain.shape == (1, 3, 57, 128, 192)
+    assert rel(fast.float(), plain.float()) < 2e-2

@@ -220,6 +220,22 @@ def test_make_fast_fuses_the_norms_where_triton_runs_and_keeps_the_video(prompt)
     assert not any(b.fused_norms for b in model.blocks)
 
 
+@pytest.mark.parametrize("channels, outs", [(96, 3), (20, 4)])  # the Wan VAE's head; channels not a step multiple
+def test_narrow_causal_conv_equals_conv3d_after_the_cached_frames(channels, outs):
+    """The VAE head's kernel: the cached frames as time padding, zero spatial padding, any contiguity."""
+    gen = torch.Generator().manual_seed(3)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    cache, x = (torch.randn(2, channels, t, 6, 10, generator=gen).to(DEVICE, dtype) for t in (2, 5))
+    weight = (torch.randn(outs, channels, 3, 3, 3, generator=gen) / (27 * channels) ** 0.5).to(DEVICE, dtype)
+    bias = torch.randn(outs, generator=gen).to(DEVICE, dtype)
+    want = torch.nn.functional.conv3d(torch.cat([cache, x], 2).float(), weight.float(), bias.float(), padding=(0, 1, 1))
+    got = kernels.causal_conv3d_narrow(cache, x.contiguous(memory_format=torch.channels_last_3d), weight, bias)
+    assert got.shape == want.shape and got.dtype == dtype and got.is_contiguous()
+    assert rel_err(got, want) < (4e-3 if dtype == torch.bfloat16 else 1e-6)
+    with pytest.raises(ValueError, match="not a 3x3x3 convolution to at most 4 channels"):
+        kernels.causal_conv3d_narrow(cache[:, :, :1], x, weight, bias)
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="a CPU without Triton's interpreter")
 def test_kernels_refuse_cpu_tensors_without_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")

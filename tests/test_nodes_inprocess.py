@@ -78,7 +78,9 @@ def set_comfy_cast(decoder, cast: bool) -> None:
 
 @pytest.mark.parametrize("cast", [False, True], ids=["resident", "comfy-cast weights"])
 @torch.no_grad()
-def test_steady_decode_is_the_decoders_own_arithmetic(tiny_vae, cast):
+def test_steady_decode_equals_the_decoder(tiny_vae, cast):
+    """Within float32 rounding: with resident weights the upsamplers run as sub-pixel convs (kernel rows summed)
+    and the RGB head in the Triton kernel (here in its interpreter)."""
     load_pack()
     from comfy.ldm.wan.vae import count_conv3d
     from longlive_pack.nodes.vae_stream import is_steady, steady_decode
@@ -95,8 +97,9 @@ def test_steady_decode_is_the_decoders_own_arithmetic(tiny_vae, cast):
         assert is_steady(ours)
         for part in (x[:, :, 3:6], x[:, :, 6:7], x[:, :, 7:9]):  # a block, one frame, two frames
             want = vae.decoder(part, feat_cache=theirs, feat_idx=[0])
-            torch.testing.assert_close(steady_decode(vae.decoder, part, ours), want, rtol=0, atol=0)
-            assert all(a is b is None or torch.equal(a, b) for a, b in zip(ours, theirs))
+            torch.testing.assert_close(steady_decode(vae.decoder, part, ours), want, rtol=1e-4, atol=1e-4)
+            for a, b in zip(ours, theirs):
+                assert a is b is None or torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4) is None
     finally:
         set_comfy_cast(vae.decoder, False)
 
