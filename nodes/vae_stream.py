@@ -237,4 +237,4 @@ def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int
                 pieces.append(steady(vae_model.decoder, x[:, :, a:b], cache))
             else:
                 pieces.append(vae_model.decoder(x[:, :, a:b], feat_cache=cache, feat_idx=[0]))
-    return torch.cat(pieces, dim=2)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
