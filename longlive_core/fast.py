@@ -1,7 +1,8 @@
 """The real-time path: compiled dense stages and CUDA graphs of the passes that repeat.
 
-One owner of CUDA graphs: GraphRunner. torch.compile only fuses (no cudagraphs mode), and only
-the three dense stages of a layer (the first one writes the KV cache); attention stays outside.
+GraphRunner decides which passes to capture; graphs.capture captures them (the one capture mechanism, which the
+VAE's steady chunk uses too). torch.compile only fuses (no cudagraphs mode), and only the three dense stages of a
+layer (the first one writes the KV cache); attention stays outside.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch._dynamo
 
 from . import kernels
 from .cache import FRAMES_PER_BLOCK, KVCache, TextCache
+from .errors import LongLiveError
+from .graphs import CaptureError, capture
 from .model import Block, CausalWan, PassPlan, TimeEmbedding
 from .quantize import Float8Linear, Int8DynamicLinear
 
@@ -68,6 +71,7 @@ class GraphRunner:
         self.seen: set = set()
         self.graphs: dict = {}
         self.pool = torch.cuda.graph_pool_handle()
+        self.failed: str | None = None  # why this runner stopped capturing (it then runs every pass eagerly)
 
     def __call__(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
         # addresses, not ids: a pass is defined by the buffers it reads and writes
@@ -77,43 +81,56 @@ class GraphRunner:
         graph = self.graphs.get(key)
         if graph is not None:
             return graph.replay(x, plan)
-        if key not in self.seen:
+        if key not in self.seen or self.failed:
             self.seen.add(key)
             return self.model(x, time, plan, cache, text)
-        self.graphs[key] = graph = self._capture(x, time, plan, cache, text)
+        try:
+            self.graphs[key] = graph = self._capture(x, time, plan, cache, text)
+        except CaptureError as exc:
+            self.failed = str(exc)
+            log.warning("LongLive could not capture a CUDA graph (%s); this session runs without graphs", exc)
+            return self.model(x, time, plan, cache, text)
         return graph.replay(x, plan)
 
     def _capture(self, x, time, plan, cache, text) -> _Graph:
         static_x = x.clone()
         static_plan = dataclasses.replace(plan, rope_cos=plan.rope_cos.clone(), rope_sin=plan.rope_sin.clone(),
                                           write_index=plan.write_index.clone())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.model(static_x, time, static_plan, cache, text)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.model(static_x, time, static_plan, cache, text)
+        graph, out = capture(lambda: self.model(static_x, time, static_plan, cache, text), x.device, self.pool,
+                             rehearse=True)  # a pass rewrites only its own cache slots: running it twice is safe
         log.debug("captured a pass graph: %s frames, %d keys", tuple(x.shape), plan.kv_len)
         return _Graph(graph, static_x, static_plan, out)
 
     def clear(self) -> None:
-        """Drops every graph (after the session's caches were reallocated)."""
+        """Drops every graph (after the session's caches were reallocated, or the weights moved); a runner whose
+        capture failed stays without graphs."""
         self.seen.clear()
         self.graphs.clear()
 
 
 def warm_up(session) -> None:
-    """Compiles and captures every steady-state pass (the 4 steps, the clean pass, the recache)
-    before the first block, so that no later block or switch pays for it.
-
-    The dummy passes write garbage K/V at steady positions; the cache is zeroed afterwards, and
-    while the window fills a block only reads slots that earlier blocks wrote.
-    """
-    runner = session.runner
-    if not isinstance(runner, GraphRunner):
+    """Compiles and captures every steady-state pass (the 4 steps, the clean pass, the recache) before the first
+    block, so that no later block or switch pays for it. Where compiling or the Triton kernels fail, the model
+    drops them (logged with the cause) and the passes are captured from its eager stages; where a capture fails,
+    the session's runner runs without graphs (GraphRunner)."""
+    if not isinstance(session.runner, GraphRunner):
         return
+    try:
+        _warm_up(session)
+    except (LongLiveError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 (inductor, Triton or a compiler on this machine)
+        log.warning("LongLive's compiled stages failed (%s: %s); the model runs its eager stages from now on",
+                    type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        drop_compiled(session.model)
+        session.runner.clear()
+        _warm_up(session)
+
+
+def _warm_up(session) -> None:
+    """The dummy passes write garbage K/V at steady positions; the cache is zeroed afterwards, and while the window
+    fills a block only reads slots that earlier blocks wrote."""
+    runner = session.runner
     window, sink, dims = session.window, session.sink, (session.cfg.in_dim, *session.latent_hw)
     end = window + FRAMES_PER_BLOCK  # any position where the window is full
     block = session.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK)
@@ -122,14 +139,25 @@ def warm_up(session) -> None:
     recache = session.plan(end - kept, kept, cache_only=True)
     x = torch.zeros(session.batch, FRAMES_PER_BLOCK, *dims, device=session.model.device)
     chunk = torch.zeros(session.batch, kept, *dims, device=session.model.device)
-    with torch.inference_mode():
-        for _ in range(2):  # first call runs (and compiles), second captures
-            for time in session.times[:-1]:
-                runner(x, time, block, session.cache, session.text)
-            runner(x, session.times[-1], clean, session.cache, session.text)
-            runner(chunk, session.times[-1], recache, session.cache, session.text)
+    try:
+        with torch.inference_mode():
+            for _ in range(2):  # first call runs (and compiles), second captures
+                for time in session.times[:-1]:
+                    runner(x, time, block, session.cache, session.text)
+                runner(x, session.times[-1], clean, session.cache, session.text)
+                runner(chunk, session.times[-1], recache, session.cache, session.text)
+    finally:
         session.cache.zero_()
     log.info("captured %d pass graphs for a %dx%d session", len(runner.graphs), *session.latent_hw)
+
+
+def drop_compiled(model: CausalWan) -> None:
+    """Undoes what make_fast compiled and the Triton kernels it chose: the eager stages, plain attention."""
+    for block in model.blocks:
+        for name in STAGES:
+            block.__dict__.pop(name, None)  # the class's own method again
+        block.fused_norms = False
+    model.set_attention(model.attention_backend, compiled=False)
 
 
 @torch.no_grad()

@@ -132,9 +132,9 @@ def _norm(x, y, gate, a, b, eps, plus_one, fp8=False):
     for v in (a, b, g):
         if v.stride(-1) != 1:
             raise ValueError("norm_affine: per-channel vectors must be contiguous in their last dim")
-    per, warps = _launch(x, "norm")
+    per, warps = _shape(x, "norm")
     strides = (_batch_stride(a, batch), _batch_stride(b, batch), _batch_stride(g, batch))
-    _kernels().norm[(-(-batch * rows // per),)](
+    _run("norm", (-(-batch * rows // per),),
         x, y, g, a, b, new_x, h, scales, batch * rows, rows, n, *strides, eps, E4M3_MAX, TINY,
         ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, FP8=fp8, ROWS=per, BLOCK=row_block(n), num_warps=warps)
     return (new_x, h, scales) if fp8 else (new_x, h)
@@ -159,8 +159,8 @@ def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: tor
         raise ValueError("qkv_norm_rope_write: the caches must be [B, T, H, D] with contiguous tokens")
     fp8 = cache_k.dtype == torch.float8_e4m3fn
     total = qkv.numel() // (3 * n)
-    per, warps = _launch(qkv, "qkv fp8" if fp8 else "qkv")
-    _kernels().qkv[(-(-total // per),)](
+    per, warps = _shape(qkv, "qkv fp8" if fp8 else "qkv")
+    _run("qkv", (-(-total // per),),
         qkv, weight_q, weight_k, cos.contiguous(), sin.contiguous(), index, q, cache_k, cache_v,
         steps if fp8 else cos, total, rows, n, cache_k.stride(0), n // heads // 2, eps, E4M3_MAX,
         FP8=fp8, ROWS=per, BLOCK=row_block(n // 2), num_warps=warps)
@@ -200,12 +200,12 @@ def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.T
         raise ValueError(f"text_attention: q is [B, S, {n}] but the keys are {list(k.shape)}; they must be "
                          f"[B, L, H, D] with H * D = {n} and contiguous tokens")
     rstd = torch.empty(batch * rows, device=q.device, dtype=torch.float32)
-    per, warps = _launch(q, "norm")
-    _kernels().rms[(-(-batch * rows // per),)](q, rstd, batch * rows, n, eps, ROWS=per, BLOCK=row_block(n),
-                                               num_warps=warps)
+    per, warps = _shape(q, "norm")
+    _run("rms", (-(-batch * rows // per),), q, rstd, batch * rows, n, eps, ROWS=per, BLOCK=row_block(n),
+         num_warps=warps)
     out = q.new_empty(batch, rows, heads, d)
     block_q, block_k, warps, stages = GPU_LAUNCH["text"] if q.is_cuda else (INTERPRETER_ROWS, INTERPRETER_ROWS, 1, 1)
-    _kernels().text_attention[(-(-rows // block_q), batch * heads)](
+    _run("text_attention", (-(-rows // block_q), batch * heads),
         q, rstd, weight, k, v, used, pad_k, pad_v, log_pad, out, rows, heads, d, k.stride(0),
         pad_k.stride(0), d ** -0.5, BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, row_block(d)),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages)
@@ -239,7 +239,7 @@ def causal_conv3d_narrow(cache: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     packed[:, :, :3, :outs] = weight.permute(3, 4, 1, 2, 0).reshape(9, channels, 3, outs)
     out = x.new_empty(batch, outs, frames, height, width)
     block_m, block_k, warps = GPU_LAUNCH["conv narrow"] if x.is_cuda else (8192, 16, 1)
-    _kernels().conv3_narrow[(-(-height * width // block_m), batch)](
+    _run("conv3_narrow", (-(-height * width // block_m), batch),
         cache.contiguous(memory_format=last), x.contiguous(memory_format=last), packed, bias, out, frames, height,
         width, channels, outs, BLOCK_M=block_m, BLOCK_K=block_k, CHUNKS=-(-channels // block_k),
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps)
@@ -259,11 +259,12 @@ def row_block(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _launch(x: torch.Tensor, kernel: str) -> tuple[int, int]:
+def _shape(x: torch.Tensor, kernel: str) -> tuple[int, int]:
     return GPU_LAUNCH[kernel] if x.is_cuda else (INTERPRETER_ROWS, 1)
 
 
-def _kernels():
-    from . import triton_kernels  # imports triton: only when a kernel runs
+def _run(name: str, grid: tuple, *args, **meta) -> None:
+    """Launches triton_kernels.<name> (imported only now: it needs triton)."""
+    from . import triton_kernels
 
-    return triton_kernels
+    triton_kernels.launch(getattr(triton_kernels, name), grid, *args, **meta)

@@ -161,8 +161,8 @@ def _gelu_rowwise_fp8_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     values = torch.empty_like(x, dtype=torch.float8_e4m3fn)
     scales = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
     chunk, warps = GELU_LAUNCH
-    triton_kernels.gelu_rowwise_fp8[(rows,)](x, values, scales, cols, float(E4M3_MAX), TINY, GELU_NEGATIVE_BOUND,
-                                             CHUNK=min(chunk, row_block(cols)), num_warps=warps)
+    triton_kernels.launch(triton_kernels.gelu_rowwise_fp8, (rows,), x, values, scales, cols, float(E4M3_MAX), TINY,
+                          GELU_NEGATIVE_BOUND, CHUNK=min(chunk, row_block(cols)), num_warps=warps)
     return values, scales
 
 

@@ -115,7 +115,8 @@ class StreamSession:
 
     def use_model(self, model: CausalWan, runner: Runner | None = None) -> None:
         """Continues the video with another load of the same weights (a host that reloaded them)."""
-        mine, theirs = (self.model.device, self.model.dtype, self.cache.k.dtype), (model.device, model.dtype, model.kv_dtype)
+        # the caches, not the old load, say where the video lives: ComfyUI may have moved the old load to the CPU
+        mine, theirs = (self.cache.k.device, self.model.dtype, self.cache.k.dtype), (model.device, model.dtype, model.kv_dtype)
         if model.cfg != self.cfg or mine != theirs:
             raise ConfigError(f"use_model needs the same network on {mine[0]} in {mine[1]} with a {mine[2]} KV cache; "
                               f"got {model.cfg} on {theirs[0]} in {theirs[1]} with {theirs[2]}: start a new session")

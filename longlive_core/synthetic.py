@@ -39,14 +39,14 @@ def write_longlive_checkpoint(model: CausalWan, path: str, key: str = "generator
     torch.save({key: sd}, path)
 
 
-def write_lora(model: CausalWan, path: str, rank: int = 4, seed: int = 1) -> None:
-    """Saves a random PEFT LoRA on every linear inside the blocks, as LongLive's lora.pt."""
+def write_lora(model: CausalWan, path: str, rank: int = 4, seed: int = 1, std: float = 0.1) -> None:
+    """Saves a random PEFT LoRA (factors N(0, std)) on every linear inside the blocks, as LongLive's lora.pt."""
     gen = torch.Generator().manual_seed(seed)
     lora = {}
     for name, module in model.blocks.named_modules():
         if isinstance(module, torch.nn.Linear):
             out_f, in_f = module.weight.shape
             prefix = f"base_model.model.blocks.{name}"
-            lora[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * 0.1
-            lora[f"{prefix}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * 0.1
+            lora[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * std
+            lora[f"{prefix}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * std
     torch.save({"generator_lora": lora}, path)

@@ -6,6 +6,9 @@ the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
 
 from __future__ import annotations
 
+import hashlib
+import weakref
+
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
@@ -38,6 +41,24 @@ def stream_decode(vae, samples: torch.Tensor, cache: list, fast: bool = False) -
     mm.load_models_gpu([vae.patcher])
     out = decode_latents(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), cache, fast=fast)
     return vae.process_output(out.to(vae.output_device).float()).movedim(1, -1).flatten(0, 1)
+
+
+_WEIGHTS_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first_stage_model -> weights_id
+
+
+def weights_id(vae) -> str:
+    """Identity of a VAE's weights (names, shapes and the leading values of a few tensors), computed once per loaded
+    VAE: ComfyUI loading the same file again (after its caches were freed) gives the same id, so a session's
+    decode continues with the new load."""
+    fsm = vae.first_stage_model
+    if fsm not in _WEIGHTS_IDS:
+        digest = hashlib.sha256()
+        for i, (name, tensor) in enumerate(sorted(fsm.state_dict().items())):
+            digest.update(f"{name}{tuple(tensor.shape)}".encode())
+            if i % 16 == 0:
+                digest.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())
+        _WEIGHTS_IDS[fsm] = digest.hexdigest()[:16]
+    return _WEIGHTS_IDS[fsm]
 
 
 def new_cache(vae) -> list:
@@ -113,7 +134,7 @@ class VAEDecode(io.ComfyNode):
             return io.NodeOutput(draft_decode(z, {}) if tiny else stream_decode(vae, z, new_cache(vae), compile))
         state = SESSIONS.get(session_id.strip())
         shape = (z.shape[0], *z.shape[3:])
-        key = ("tiny", tiny_decoder_path()) if tiny else id(vae.first_stage_model)
+        key = ("tiny", tiny_decoder_path()) if tiny else weights_id(vae)
         entry = state.decoders.setdefault(key, {"shape": shape, "cache": {} if tiny else new_cache(vae)})
         if entry["shape"] != shape:
             raise ConfigError(f"session '{session_id}' has been decoding latents of batch x height x width "

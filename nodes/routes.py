@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
 from aiohttp import web
 
 from longlive_core.registry import SessionEvictedError, UnknownSessionError
@@ -19,7 +20,20 @@ log = logging.getLogger("longlive")
 
 
 async def list_sessions(_request: web.Request) -> web.Response:
-    return web.json_response({"sessions": {key: entry.value.describe() for key, entry in SESSIONS.items()}})
+    return web.json_response({"sessions": {key: entry.value.describe() for key, entry in SESSIONS.items()},
+                              "gpu": gpu_memory()})
+
+
+def gpu_memory() -> dict | None:
+    """PyTorch's view of the GPU in this server: its allocator, what is allocated and held, the peak allocated
+    (under cudaMallocAsync the peak includes cuDNN's probes for workspace, which briefly take what is free)."""
+    if not torch.cuda.is_available():
+        return None
+    gib = 2**30
+    return {"allocator": torch.cuda.get_allocator_backend(),
+            "allocated_gib": round(torch.cuda.memory_allocated() / gib, 2),
+            "reserved_gib": round(torch.cuda.memory_reserved() / gib, 2),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2)}
 
 
 async def delete_session(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from longlive_core.config import ROPE_POSITIONS
 from longlive_core.fast import GraphRunner, warm_up
 from longlive_core.prompt_text import FPS, check_starts
 
-from .decode import check_wan_vae, new_cache, stream_decode
+from .decode import check_wan_vae, new_cache, stream_decode, weights_id
 from .loader import ModelType
 from .schedule import ScheduleType
 from .state import SESSIONS, LongLiveModel, NodeSession, Segment, hashed_embeds
@@ -113,7 +113,7 @@ class BlockDecoder:
     def __init__(self, state: NodeSession, model: LongLiveModel, vae, fast: bool = False):
         check_wan_vae(vae)
         self.vae, self.model, self.fast = vae, model, fast
-        key = ("sampler", id(vae.first_stage_model))  # apart from LongLive VAE Decode's caches
+        key = ("sampler", weights_id(vae))  # apart from LongLive VAE Decode's caches
         self.cache = state.decoders.setdefault(key, new_cache(vae))
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
@@ -143,8 +143,11 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
                                 width=settings["width"], local_attn_size=settings["local_attn_size"],
                                 sink_size=settings["sink_size"], seed=settings["seed"],
                                 switch_policy=settings["switch_policy"], runner=runner)
+        start = time.perf_counter()
         warm_up(session)  # compile + capture now: no later block or switch pays for it
-        return NodeSession(session, settings)
+        state = NodeSession(session, settings)
+        state.stats.update(warm_up_s=round(time.perf_counter() - start, 2))
+        return state
 
     if not session_id:
         return make()
@@ -161,6 +164,13 @@ def open_session(model: LongLiveModel, settings: dict, session_id: str, reset: b
         state.session.use_model(model.model, new_runner(model))
     log.info("%s LongLive session '%s' at frame %d", "new" if created else "continuing", session_id, state.session.frame)
     return state
+
+
+def graph_state(runner) -> str:
+    """For the session list: whether the session's passes replay as CUDA graphs, and why not."""
+    if not isinstance(runner, GraphRunner):
+        return "off (fast is off or not on CUDA)"
+    return f"off: {runner.failed}" if runner.failed else f"{len(runner.graphs)} captured"
 
 
 def new_runner(model: LongLiveModel) -> GraphRunner | None:
@@ -293,7 +303,8 @@ def timed_block(state: NodeSession) -> tuple[torch.Tensor, float]:
 def report_block(state: NodeSession, ms: float, posted: tuple | None) -> None:
     """Session stats for GET /longlive/sessions, and a `longlive.block` event for the page."""
     frame = state.session.frame
-    state.stats.update(last_block_ms=round(ms, 1), fps=round(4 * FRAMES_PER_BLOCK * 1e3 / max(ms, 1e-3), 1))
+    state.stats.update(last_block_ms=round(ms, 1), fps=round(4 * FRAMES_PER_BLOCK * 1e3 / max(ms, 1e-3), 1),
+                       graphs=graph_state(state.session.runner))
     if posted is not None:
         latency = (time.time() - posted[1]) * 1e3
         state.switches.append({"frame": frame - FRAMES_PER_BLOCK, "text": posted[0][:200],

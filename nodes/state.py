@@ -58,7 +58,13 @@ class LongLiveModel:
         """CUDA graphs hold weight addresses: once ComfyUI has moved the weights (a full or partial unload,
         then a load), every session's graphs are dropped and captured again. (torchao's int8 tensors
         report address 0; the biases and norms beside them still tell.)"""
-        where = tuple(t.data_ptr() for t in [*self.model.parameters(), *self.model.buffers()])
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        away = sum(t.device != self.model.device for t in tensors)
+        if away:
+            raise ConfigError(f"ComfyUI's model management left {away} of LongLive's {len(tensors)} weight tensors off "
+                              f"{self.model.device}; LongLive runs only fully loaded (free memory, or restart ComfyUI "
+                              f"without --novram)")
+        where = tuple(t.data_ptr() for t in tensors)
         if self.weights_at is not None and where != self.weights_at:
             log.info("LongLive weights moved: dropping %d sessions' CUDA graphs", len(self.runners))
             for runner in list(self.runners):
@@ -134,7 +140,7 @@ class NodeSession:
     upcoming: dict = dataclasses.field(default_factory=dict)  # frame -> key of the prompt starting there
     undelivered: list = dataclasses.field(default_factory=list)  # blocks of an interrupted run
     undelivered_images: list = dataclasses.field(default_factory=list)  # and their decoded frames
-    decoders: dict = dataclasses.field(default_factory=dict)  # VAE id -> streaming decode cache
+    decoders: dict = dataclasses.field(default_factory=dict)  # VAE weights id -> streaming decode cache
     stats: dict = dataclasses.field(default_factory=dict)
     live: bool = False  # a live run is generating: prompt changes are accepted
     inbox: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # (text, time posted, blend blocks, blend)

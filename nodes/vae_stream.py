@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from longlive_core import kernels
+from longlive_core.graphs import CaptureError, capture
 
 log = logging.getLogger("longlive")
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
@@ -178,9 +179,8 @@ class SteadyGraph:
     def __init__(self, decoder, x: torch.Tensor, cache: list):
         self.key = _addresses(decoder, x, cache)
         self.x = x.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.out = compiled_steady_decode(decoder, self.x, cache)
+        self.graph, self.out = capture(lambda: compiled_steady_decode(decoder, self.x, cache), x.device,
+                                       writes=[entry for entry in cache if isinstance(entry, torch.Tensor)])
         log.info("captured the Wan VAE decoder's steady chunk %s as a CUDA graph", tuple(x.shape))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +205,7 @@ def graphed_steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor
         try:
             _GRAPHS[decoder] = graph = SteadyGraph(decoder, x, cache)
             return graph(x)
-        except RuntimeError as exc:
+        except CaptureError as exc:
             log.warning("the Wan VAE decoder's steady chunk could not be captured as a CUDA graph; decoding it "
                         "compiled without one: %s", exc)
             _GRAPHS[decoder] = (_NO_GRAPH, key)

@@ -28,10 +28,19 @@ log = logging.getLogger("longlive.host")
 
 
 def comfy_dir() -> pathlib.Path:
+    """The ComfyUI tree: $COMFYUI_DIR, else the one scripts/setup_env.sh installed into the venv."""
+    if os.environ.get("COMFYUI_DIR"):
+        return pathlib.Path(os.environ["COMFYUI_DIR"])
     marker = VENV / "comfyui_dir.txt"
     if not marker.exists():
-        raise FileNotFoundError(f"{marker} is missing: run scripts/setup_env.sh first")
+        raise FileNotFoundError(f"{marker} is missing: run scripts/setup_env.sh first (or set COMFYUI_DIR)")
     return pathlib.Path(marker.read_text().strip())
+
+
+def python() -> str:
+    """The Python that runs ComfyUI: the venv's, else this one (a machine with ComfyUI's packages installed)."""
+    venv_python = VENV / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
 
 
 def free_port() -> int:
@@ -41,11 +50,12 @@ def free_port() -> int:
 
 
 class ComfyHost:
-    """Starts `main.py --cpu` on 127.0.0.1 with BASE as its base directory; stops it on exit.
+    """Starts `main.py` on 127.0.0.1 with BASE as its base directory (`--cpu` unless cpu=False); stops it on exit.
     With frontend=True it serves the real web UI (comfyui-frontend-package), for browser tests."""
 
-    def __init__(self, base: pathlib.Path, extra_args=(), port: int | None = None, frontend: bool = False):
-        self.base, self.extra_args, self.frontend = pathlib.Path(base), list(extra_args), frontend
+    def __init__(self, base: pathlib.Path, extra_args=(), port: int | None = None, frontend: bool = False,
+                 cpu: bool = True):
+        self.base, self.extra_args, self.frontend, self.cpu = pathlib.Path(base), list(extra_args), frontend, cpu
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -65,7 +75,7 @@ class ComfyHost:
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
         page = [] if self.frontend else ["--front-end-root", str(self.base / "empty_frontend")]
-        cmd = [str(VENV / "bin" / "python"), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [python(), "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                *page, "--disable-api-nodes", "--base-directory", str(self.base), "--database-url",
                "sqlite:///:memory:", *self.extra_args]
         self.log_path = self.base / "comfy.log"
@@ -94,6 +104,16 @@ class ComfyHost:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        """Whether the server process runs and answers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            self.get("/system_stats")
+            return True
+        except (urllib.error.URLError, ConnectionError, RuntimeError, TimeoutError):
+            return False
 
     # --- HTTP ------------------------------------------------------------------------------------
 
@@ -198,5 +218,4 @@ def make_tiny_models(models: pathlib.Path) -> dict:
 def write_tiny_wan_vae(path: pathlib.Path, dim: int = 4) -> None:
     """A random Wan 2.1 VAE of width `dim`, built from ComfyUI's own WanVAE class (in a child process,
     so that importing comfy does not touch the caller)."""
-    subprocess.run([str(VENV / "bin" / "python"), str(REPO / "scripts" / "tiny_vae.py"), str(path), str(dim)],
-                   check=True, cwd=comfy_dir())
+    subprocess.run([python(), str(REPO / "scripts" / "tiny_vae.py"), str(path), str(dim)], check=True, cwd=comfy_dir())

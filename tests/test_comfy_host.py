@@ -211,11 +211,13 @@ def test_int8_dynamic_through_the_server_stays_close_to_bf16(host):
 
 
 def test_a_reloaded_model_continues_the_session_and_a_changed_one_is_refused(host):
+    """After ComfyUI dropped its caches, the loaders load the same files again: the session and its decode go on
+    (the second run's 3 latent frames give 12 pixel frames, not a new video's 9)."""
     first = graph_of(host, "longlive_interactive", session_id="reload", reset=True, length=3, length_unit="latent frames")
-    run_ok(host, first)
+    assert video_of(host, run_ok(host, first))[0] == 9
     assert host.request("POST", "/free", {"free_memory": True, "unload_models": True})[0] == 200  # ComfyUI drops its caches
     again = graph_of(host, "longlive_interactive", session_id="reload", length=3, length_unit="latent frames")
-    run_ok(host, again)
+    assert video_of(host, run_ok(host, again))[0] == 12
     assert "LongLive session 'reload' continues with the model loaded again" in host.log()
     assert host.get("/longlive/sessions")["sessions"]["reload"]["frames"] == 6
     again["1"]["inputs"]["lora_strength"] = 0.5

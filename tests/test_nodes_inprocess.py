@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ from longlive_core import ConfigError, PromptError
 from longlive_core.prompt_text import parse_schedule_text, seconds_to_latent
 
 sys.path.insert(0, str(REPO / "scripts"))
-from host import VENV, comfy_dir  # noqa: E402
+from host import comfy_dir, write_tiny_wan_vae  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +36,7 @@ def comfy():
 @pytest.fixture(scope="module")
 def tiny_vae(comfy, tmp_path_factory):
     path = tmp_path_factory.mktemp("vae") / "tiny.safetensors"
-    subprocess.run([str(VENV / "bin" / "python"), str(REPO / "scripts" / "tiny_vae.py"), str(path)], check=True,
-                   cwd=comfy_dir())
+    write_tiny_wan_vae(path)
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
 
 
@@ -184,6 +182,20 @@ def test_graphs_are_dropped_when_comfy_moves_the_weights(comfy):
     wrapper.model.to(torch.float64).to(torch.float32)  # every weight gets a new address, as after an unload
     wrapper.refresh_graphs()
     assert runner.cleared == 1
+
+
+def test_a_model_left_partly_off_its_device_is_refused_before_any_capture(comfy):
+    """ComfyUI moves modules one by one and skips those holding both weights and children (a Block's modulation):
+    a load that leaves any weight elsewhere is refused with the count, not run into a kernel."""
+    load_pack()
+    from longlive_pack.nodes.state import LongLiveModel
+    from longlive_core import ConfigError
+    from longlive_core.synthetic import TINY, random_model
+
+    wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), "bf16", fast=True)
+    wrapper.model.blocks[1].self_attn.q.to("meta")
+    with pytest.raises(ConfigError, match=r"left 2 of LongLive's \d+ weight tensors off cpu"):
+        wrapper.refresh_graphs()
 
 
 def random_tiny_decoder(seed: int = 0):

@@ -1,0 +1,435 @@
+"""The GPU end-to-end harness: the shipped workflows through a real ComfyUI server on a CUDA GPU, over HTTP only.
+
+    python scripts/gpu_e2e.py [--groups NAME,...] [--work DIR] [--out DIR]
+    python scripts/gpu_e2e.py --tiny               # the same runs on the CPU with tiny models (to work on it)
+
+It writes full-size random-weight files of every model the workflows load (scripts/full_models.py; kept in
+WORK/models between runs), starts a real ComfyUI for each group of runs (this Python, the ComfyUI tree of
+$COMFYUI_DIR or the venv, this pack in its custom_nodes), queues the workflows as shipped or changed as a run
+says, and checks each run: no error, the frames in the saved video, the session list, the server still answering.
+It prints a table of wall time per run and per stage (model load, compile and capture, generation, decode, video
+save), the pixel frames per second a user gets (frames written / wall time) and the peak GPU memory (nvidia-smi),
+and writes everything to OUT/e2e.json ($OUT where set). The first run of each shipped workflow is the first prompt
+of a fresh server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from host import REPO, ComfyHost, comfy_dir, make_tiny_models, python  # noqa: E402
+from run_main import tiny_graph  # noqa: E402
+
+log = logging.getLogger("longlive.e2e")
+FRAMES_PER_BLOCK = 3
+PROMPTS = ("a corgi runs along a sunny beach, waves rolling in", "the corgi digs in the sand as seagulls land nearby",
+           "sunset: the corgi sits and watches the waves, the sky turning orange")
+FAULT_NODE = '''"""Written by scripts/gpu_e2e.py: makes LongLive's fused norm kernel raise inside every CUDA graph capture."""
+import sys
+import torch
+sys.path.insert(0, {pack!r})
+import longlive_core.kernels as kernels
+
+_norm = kernels._norm
+
+
+def _failing_norm(*args, **kwargs):
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("capture failure injected by the GPU end-to-end harness")
+    return _norm(*args, **kwargs)
+
+
+kernels._norm = _failing_norm
+NODE_CLASS_MAPPINGS = {{}}
+'''
+
+
+# --- What a run measured ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    group: str
+    name: str
+    ok: bool = False
+    error: str = ""
+    wall_s: float = 0.0
+    stages: dict = dataclasses.field(default_factory=dict)  # stage -> seconds
+    frames: int = 0
+    expected_frames: int | None = None
+    blocks: int = 0
+    peak_gpu_gib: float | None = None
+    notes: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s else 0.0
+
+
+class Events:
+    """Every WebSocket message of a server, timestamped, collected on a thread of its own."""
+
+    def __init__(self, url: str, client_id: str):
+        self.url, self.client_id, self.items, self.stop = url, client_id, [], threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
+        self.thread.start()
+
+    async def _listen(self) -> None:
+        import aiohttp
+
+        ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, heartbeat=30) as ws:
+            while not self.stop.is_set():
+                try:
+                    msg = await ws.receive(timeout=0.5)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    self.items.append((time.time(), data["type"], data.get("data", {})))
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    return
+
+    def since(self, t0: float, kind: str | None = None) -> list[tuple[float, str, dict]]:
+        return [e for e in list(self.items) if e[0] >= t0 and (kind is None or e[1] == kind)]
+
+
+class GpuMemory:
+    """Peak GPU memory in use (nvidia-smi, the whole device), sampled every 0.2 s."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self.available = shutil.which("nvidia-smi") is not None
+        if self.available:
+            threading.Thread(target=self._poll, daemon=True).start()
+
+    def _poll(self) -> None:
+        cmd = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+        while True:
+            try:
+                used = float(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0])
+                self.samples.append((time.time(), used / 1024))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                pass
+            time.sleep(0.2)
+
+    def peak(self, t0: float, t1: float) -> float | None:
+        values = [gib for t, gib in self.samples if t0 <= t <= t1]
+        return round(max(values), 2) if values else None
+
+
+# --- One group: a fresh server and the runs queued on it -------------------------------------------------------
+
+
+class Harness:
+    def __init__(self, work: pathlib.Path, tiny: bool, report: Callable[["Harness"], None]):
+        self.work, self.tiny, self.memory, self.results, self.logs = work, tiny, GpuMemory(), [], {}
+        self.report = report  # called after every run: a run cut short by a time limit keeps what came before
+        self.models = work / ("tiny_models" if tiny else "models")
+        self.names: dict = {}
+
+    def prepare_models(self) -> None:
+        t0 = time.time()
+        if self.tiny:
+            self.names = make_tiny_models(self.models)
+        else:
+            subprocess.run([python(), str(REPO / "scripts" / "full_models.py"), str(self.models)], check=True,
+                           cwd=comfy_dir())
+        log.info("model files ready in %.1f s", time.time() - t0)
+
+    def graph(self, workflow: str, **changes) -> dict:
+        """workflows/api/WORKFLOW.json with inputs changed by class: {"LongLive_ModelLoader": {...}, ...}."""
+        graph = json.loads((REPO / "workflows" / "api" / f"{workflow}.json").read_text())
+        if self.tiny:
+            graph = tiny_graph(graph, self.names)
+        for node in graph.values():
+            node["inputs"].update(changes.get(node["class_type"], {}))
+        return graph
+
+    def run_group(self, name: str, server_args: list[str], runs: list[Callable], fault: bool = False) -> None:
+        base = self.work / f"server_{name}"
+        shutil.rmtree(base, ignore_errors=True)
+        (base / "models").parent.mkdir(parents=True, exist_ok=True)
+        (base / "models").symlink_to(self.models.resolve(), target_is_directory=True)
+        if fault:
+            node = base / "custom_nodes" / "longlive_e2e_fault" / "__init__.py"
+            node.parent.mkdir(parents=True)
+            node.write_text(FAULT_NODE.format(pack=str(REPO)))
+        cold = not any(pathlib.Path("/tmp").glob("torchinductor_*"))
+        log.info("== group %s: ComfyUI %s%s", name, " ".join(server_args) or "(default arguments)",
+                 " + injected capture failure" if fault else "")
+        host = ComfyHost(base, extra_args=["--output-directory", str(base / "output"), *server_args], cpu=self.tiny)
+        try:
+            host.start(timeout=300)
+        except (RuntimeError, TimeoutError) as exc:
+            self.results.append(Run(name, "server start", error=str(exc)[-2000:]))
+            return
+        events = Events(host.url, host.client_id)
+        try:
+            for run in runs:
+                result = Run(name, run.__name__.removeprefix("run_").replace("_", " "), notes={"inductor_cache_cold": cold})
+                self.results.append(result)
+                try:
+                    run(self, host, events, result)
+                except Exception as exc:  # noqa: BLE001 (a failed run is a result; the next runs go on)
+                    result.ok, result.error = False, f"{type(exc).__name__}: {exc}"[-2000:]
+                result.notes["server_alive"] = host.alive()
+                if result.notes["server_alive"]:
+                    result.notes["server_gpu"] = host.get("/longlive/sessions").get("gpu")
+                log.info("%-28s %s %s", result.name, "ok" if result.ok else "FAILED", result.error[:300])
+                self.logs[name] = host.log()
+                self.report(self)
+                if not result.notes["server_alive"]:
+                    break
+                cold = False
+        finally:
+            events.stop.set()
+            host.stop()
+            self.logs[name] = host.log()
+
+    # --- queueing and reading back -------------------------------------------------------------------
+
+    def queue(self, host: ComfyHost, events: Events, graph: dict, result: Run, timeout: float = 900,
+              during: Callable[[float], None] | None = None) -> dict:
+        """Queues a graph and waits for it; fills result's wall time, stages, blocks, frames and peak memory."""
+        t0 = time.time()
+        prompt_id = host.queue(graph)
+        if during is not None:
+            during(t0)
+        entry = host.wait(prompt_id, timeout)
+        t1 = time.time()
+        result.wall_s = round(t1 - t0, 2)
+        result.peak_gpu_gib = self.memory.peak(t0, t1)
+        self.read_events(events.since(t0), prompt_id, graph, result, t1)
+        status = entry.get("status", {})
+        messages = {m[0]: m[1] for m in status.get("messages", [])}
+        if status.get("status_str") != "success":
+            err = messages.get("execution_error") or messages.get("execution_interrupted") or status
+            raise RuntimeError(json.dumps(err)[:1500])
+        result.frames = self.saved_frames(host, entry)
+        return entry
+
+    @staticmethod
+    def read_events(items: list, prompt_id: str, graph: dict, result: Run, t_end: float) -> None:
+        """Per-node times from `executing` messages, and the sampler's block events."""
+        starts = [(t, d.get("node")) for t, kind, d in items if kind == "executing" and d.get("prompt_id") == prompt_id]
+        per_class: dict = {}
+        for (t, node), (t_next, _) in zip(starts, starts[1:] + [(t_end, None)]):
+            if node is not None:
+                kind = graph[node]["class_type"]
+                per_class[kind] = per_class.get(kind, 0.0) + t_next - t
+        blocks = [d for _, kind, d in items if kind == "longlive.block"]
+        result.blocks = len(blocks)
+        created = bool(blocks) and blocks[0].get("frame") == FRAMES_PER_BLOCK
+        warm = float(blocks[0].get("warm_up_s", 0.0)) if created else 0.0
+        sampler = per_class.get("LongLive_StreamingSampler", 0.0)
+        result.stages = {k: round(v, 2) for k, v in {
+            "load": sum(per_class.get(k, 0.0) for k in ("LongLive_ModelLoader", "CLIPLoader", "VAELoader")),
+            "text": per_class.get("LongLive_PromptSchedule", 0.0),
+            "compile+capture": warm,
+            "generation": sampler - warm,
+            "decode": per_class.get("LongLive_VAEDecode", 0.0),
+            "video save": per_class.get("CreateVideo", 0.0) + per_class.get("SaveVideo", 0.0)}.items()}
+        if blocks:
+            last = blocks[-1]
+            result.notes.update(graphs=last.get("graphs"), last_block_ms=last.get("last_block_ms"),
+                                last_switch_ms=last.get("last_switch_ms"))
+
+    def saved_frames(self, host: ComfyHost, entry: dict) -> int:
+        import av
+
+        total = 0
+        for out in entry.get("outputs", {}).values():
+            for f in out.get("images", []):
+                path = host.base / "output" / f.get("subfolder", "") / f["filename"]
+                if path.suffix in (".mp4", ".webm", ".mkv"):
+                    with av.open(str(path)) as container:
+                        total += sum(1 for _ in container.decode(video=0))
+        return total
+
+
+# --- The runs ---------------------------------------------------------------------------------------------
+
+
+def pixel_frames(latent_frames: int, first: bool) -> int:
+    return 4 * latent_frames - 3 if first else 4 * latent_frames
+
+
+def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    result.expected_frames = pixel_frames(240, True)
+    h.queue(host, events, h.graph("longlive_one_minute"), result, timeout=1800)
+    result.ok = result.frames == result.expected_frames
+
+
+def interactive(h: Harness, host, events, result: Run, session: str, prompt: str, first: bool, **changes) -> None:
+    """One run of the interactive workflow (5 s) on a session, with the loader or decoder changed."""
+    ours = {"LongLive_PromptSchedule": {"schedule": f"0: {prompt}"}, "LongLive_StreamingSampler": {"session_id": session},
+            "LongLive_VAEDecode": {"session_id": session}}
+    graph = h.graph("longlive_interactive", **{k: {**ours.get(k, {}), **changes.get(k, {})} for k in {*ours, *changes}})
+    result.expected_frames = pixel_frames(21, first)
+    h.queue(host, events, graph, result)
+    sessions = host.get("/longlive/sessions")["sessions"]
+    result.notes["session"] = {k: sessions.get(session, {}).get(k) for k in ("frames", "graphs", "warm_up_s")}
+    result.ok = result.frames == result.expected_frames and session in sessions
+
+
+def interactive_runs(label: str, count: int, **changes) -> list[Callable]:
+    """`count` runs of one session (each continues the video), one prompt each."""
+    def make(i: int):
+        def run(h, host, events, result):
+            interactive(h, host, events, result, f"e2e_{label}", PROMPTS[i % len(PROMPTS)], i == 0, **changes)
+        run.__name__ = f"run_{label}_{i + 1}"
+        return run
+    return [make(i) for i in range(count)]
+
+
+def run_live(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """The live workflow: two prompts posted while it runs, then stop; the session reports both switches."""
+    posted, start = [], []
+
+    def steer(t0: float) -> None:
+        start.append(t0)
+        for text in PROMPTS[1:]:
+            wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 3)
+            posted.append(time.time())
+            host.request("POST", "/longlive/sessions/live/prompt", {"text": text})
+        wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 3)
+        host.request("POST", "/longlive/sessions/live/stop", {})
+
+    h.queue(host, events, h.graph("longlive_live"), result, during=steer)
+    blocks = events.since(start[0], "longlive.block")
+    switched = [t for t, _, d in blocks if d.get("switched")]
+    result.notes["post_to_switch_block_s"] = [round(s - p, 3) for p, s in zip(posted, switched)]
+    result.expected_frames = pixel_frames(FRAMES_PER_BLOCK * result.blocks, True)
+    result.ok = result.frames == result.expected_frames and len(switched) == 2
+
+
+def wait_blocks(events: Events, t0: float, count: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while len(events.since(t0, "longlive.block")) < count:
+        if time.time() > deadline:
+            raise TimeoutError(f"fewer than {count} blocks in {timeout} s")
+        time.sleep(0.05)
+
+
+def run_interrupt(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """/interrupt after 3 blocks of a 30 s run; the next run of the session gets those blocks and its own."""
+    graph = h.graph("longlive_interactive", LongLive_StreamingSampler={"session_id": "e2e_interrupt", "length": 30.0},
+                    LongLive_VAEDecode={"session_id": "e2e_interrupt"})
+    t0 = time.time()
+    prompt_id = host.queue(graph)
+    wait_blocks(events, t0, 3)
+    host.request("POST", "/interrupt", {})
+    entry = host.wait(prompt_id)
+    made = len(events.since(t0, "longlive.block"))
+    result.notes["interrupted_status"] = entry.get("status", {}).get("status_str")
+    result.notes["blocks_before_interrupt"] = made
+    follow = Run(result.group, "after interrupt")
+    interactive(h, host, events, follow, "e2e_interrupt", PROMPTS[0], True)
+    result.wall_s, result.stages, result.frames, result.blocks = follow.wall_s, follow.stages, follow.frames, follow.blocks
+    result.peak_gpu_gib, result.expected_frames = follow.peak_gpu_gib, pixel_frames(FRAMES_PER_BLOCK * made + 21, True)
+    result.ok = result.notes["interrupted_status"] == "error" and result.frames == result.expected_frames
+
+
+def run_reload(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """A session's second run after ComfyUI unloaded every model (POST /free): the weights come back at other
+    addresses, the graphs are captured again, the video continues."""
+    interactive(h, host, events, Run(result.group, "before"), "e2e_reload", PROMPTS[0], True)
+    host.request("POST", "/free", {"unload_models": True, "free_memory": True})
+    time.sleep(2)
+    interactive(h, host, events, result, "e2e_reload", PROMPTS[1], False)
+    result.notes["weights_moved_logged"] = "weights moved" in host.log()
+
+
+def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
+    """(name, server arguments, runs, inject a capture failure). The shipped workflows each open a fresh server."""
+    precisions = [] if tiny else [("precisions", [], [
+        *interactive_runs("fp8", 2, LongLive_ModelLoader={"precision": "fp8"}),
+        *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
+        *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}), run_reload], False)]
+    return [
+        ("one-minute", [], [run_one_minute], False),
+        ("capture-failure", [], interactive_runs("capture_failure", 2), True),
+        ("interactive", [], [*interactive_runs("interactive", 3),
+                             *interactive_runs("fast_off", 2, LongLive_ModelLoader={"fast": False}),
+                             *interactive_runs("compile_vae", 2, LongLive_VAEDecode={"compile": True}),
+                             *([run_reload] if tiny else []), run_interrupt], False),
+        *precisions,
+        ("live", [], [run_live], False),
+        ("native-allocator", ["--disable-cuda-malloc"], interactive_runs("native", 2), False),
+        *([] if tiny else [("lowvram", ["--lowvram"], interactive_runs("lowvram", 2), False)]),
+    ]
+
+
+# --- Report ---------------------------------------------------------------------------------------------
+
+
+STAGES = ("load", "text", "compile+capture", "generation", "decode", "video save")
+
+
+def table(results: list[Run]) -> str:
+    head = ["group", "run", "ok", "wall s", *STAGES, "frames", "pixel fps", "peak GiB"]
+    rows = [head, ["---"] * len(head)]
+    for r in results:
+        rows.append([r.group, r.name, "yes" if r.ok else "NO", f"{r.wall_s:.1f}",
+                     *(f"{r.stages[s]:.1f}" if s in r.stages else "" for s in STAGES),
+                     f"{r.frames}" + (f"/{r.expected_frames}" if r.expected_frames is not None else ""),
+                     f"{r.fps:.1f}", "" if r.peak_gpu_gib is None else f"{r.peak_gpu_gib:.1f}"])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def environment() -> dict:
+    probe = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available() and "
+             "torch.cuda.get_device_name(0)}))")
+    info = json.loads(subprocess.run([python(), "-c", probe], capture_output=True, text=True).stdout or "{}")
+    for module in ("fa3_fwd_interface", "torchao", "triton"):
+        found = subprocess.run([python(), "-c", f"import {module}"], capture_output=True).returncode == 0
+        info[module] = found
+    return info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", help="comma-separated group names (default: all)")
+    parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/longlive_e2e"))
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(os.environ.get("OUT", REPO / "out")))
+    parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (to work on the harness)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    log.info("%s", json.dumps(env))
+
+    def report(h: Harness) -> None:
+        (args.out / "e2e.json").write_text(json.dumps({
+            "environment": env, "command": sys.argv, "tiny": args.tiny,
+            "runs": [dataclasses.asdict(r) | {"pixel_fps": round(r.fps, 2)} for r in h.results],
+            "server_log_tails": {k: v[-30000:] for k, v in h.logs.items()}}, indent=1))
+
+    harness = Harness(args.work, args.tiny, report)
+    harness.prepare_models()
+    wanted = set(args.groups.split(",")) if args.groups else None
+    for name, server_args, runs, fault in groups(args.tiny):
+        if wanted is None or name in wanted:
+            harness.run_group(name, server_args, runs, fault)
+    report(harness)
+    print(json.dumps(env))
+    print(table(harness.results))
+    return 0 if harness.results and all(r.ok for r in harness.results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

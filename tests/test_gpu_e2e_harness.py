@@ -1,0 +1,26 @@
+"""The GPU end-to-end harness (scripts/gpu_e2e.py) in its CPU mode: tiny models, a real ComfyUI server on the CPU.
+
+The GPU numbers come from running it on a GPU (docs/BENCHMARKS.md); this keeps its runs, checks and report working.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_e2e.py"), "--tiny", "--groups",
+                           "live,capture-failure", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "e2e.json").read_text())
+    runs = {r["name"]: r for r in report["runs"]}
+    assert set(runs) == {"live", "capture failure 1", "capture failure 2"}
+    assert all(r["ok"] and r["notes"]["server_alive"] for r in runs.values())
+    assert runs["live"]["frames"] == 4 * 3 * runs["live"]["blocks"] - 3 and len(runs["live"]["notes"]["post_to_switch_block_s"]) == 2
+    assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
+    assert "| live | live | yes |" in done.stdout
