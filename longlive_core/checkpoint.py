@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
+import struct
 import zipfile
 from typing import Mapping
 
@@ -38,13 +40,34 @@ def canonical_key(key: str) -> str:
 
 
 def read_tensors(path: str, prefer: str = "generator") -> dict[str, torch.Tensor]:
-    """Reads a .safetensors or .pt/.pth file into a flat {key: tensor} dict (keys as stored)."""
+    """Reads a safetensors or PyTorch file (told apart by content, whatever the name: ComfyUI lists .sft and .ckpt
+    too) into a flat {key: tensor} dict (keys as stored)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
-    if path.endswith(".safetensors"):
+    kind = file_format(path)
+    if kind == "safetensors":
         return _read_safetensors(path)
-    obj = _torch_load(path)
-    return _unwrap(obj, path, prefer)
+    if kind is None:
+        raise CheckpointError(f"{path}: neither a safetensors file nor a PyTorch checkpoint (its first bytes are "
+                              f"{_head(path)[:16]!r}); the file may be truncated or corrupt, download it again")
+    return _unwrap(_torch_load(path), path, prefer)
+
+
+def _head(path: str, size: int = 4096) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def file_format(path: str) -> str | None:
+    """'safetensors' (8-byte header length, then a JSON header), 'torch' (a zip archive or a pickle), or None."""
+    head = _head(path)
+    if len(head) >= 10 and head[8:9] == b"{":
+        (length,) = struct.unpack("<Q", head[:8])
+        if 2 <= length <= os.path.getsize(path) - 8:
+            return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # a zip archive, or a pickle (torch's legacy format)
+        return "torch"
+    return None
 
 
 def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -62,6 +85,9 @@ def _torch_load(path: str):
     try:
         return _load_mapped(path)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # a broken pickle, not a refused one
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; the file may be truncated or corrupt, "
+                                  f"download it again ({exc})") from exc
         raise CheckpointError(f"{path}: this pickle holds more than tensors and needs unsafe loading, which "
                               f"we refuse; export it to .safetensors from trusted code first ({exc})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
@@ -140,6 +166,11 @@ def lora_pairs(raw: Mapping[str, torch.Tensor], path: str) -> dict[str, tuple[to
     broken = [m for m, p in pairs.items() if len(p) != 2]
     if broken:
         raise CheckpointError(f"{path}: LoRA modules without both lora_A and lora_B: {broken[:5]}")
+    for module, p in pairs.items():
+        a, b = p["lora_A"], p["lora_B"]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise CheckpointError(f"{path}: the LoRA of {module} has lora_A {list(a.shape)} and lora_B {list(b.shape)}; "
+                                  f"they must be [rank, in] and [out, rank] with one rank: the file is broken")
     return {m: (p["lora_A"], p["lora_B"]) for m, p in pairs.items()}
 
 
@@ -164,33 +195,55 @@ def merge_lora(sd: dict[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tenso
 
 def stored_num_heads(path: str) -> int | None:
     """Head count written by export_safetensors (shapes cannot tell it), if any."""
-    if not path.endswith(".safetensors"):
+    if file_format(path) != "safetensors":
         return None
     from safetensors import safe_open
 
     with safe_open(path, "pt") as f:
         heads = (f.metadata() or {}).get("longlive_num_heads")
-    return int(heads) if heads else None
+    if heads is None:
+        return None
+    if not str(heads).isdigit() or int(heads) < 1:
+        raise CheckpointError(f"{path}: its metadata says longlive_num_heads={heads!r}, which is not a positive whole "
+                              f"number; export the file again with export_safetensors")
+    return int(heads)
 
 
 def load_model(path: str, *, lora_path: str | None = None, lora_strength: float = 1.0,
                lora_alpha: float | None = None, num_heads: int | None = None, device="cpu",
                dtype: torch.dtype = torch.bfloat16, prefer: str = "generator") -> CausalWan:
     """Loads a LongLive / Wan2.1 checkpoint (+ optional LoRA merged at load) into a CausalWan."""
+    if not math.isfinite(lora_strength):
+        raise CheckpointError(f"lora_strength={lora_strength} is not a finite number; use e.g. 1.0")
     sd = canonical_state_dict(read_tensors(path, prefer), path)
     cfg = WanConfig.from_state_dict(sd, num_heads=num_heads or stored_num_heads(path))
-    if lora_path:
-        merge_lora(sd, lora_pairs(read_tensors(lora_path, "generator_lora"), lora_path), lora_path,
-                   lora_alpha, lora_strength)
+    lora = lora_pairs(read_tensors(lora_path, "generator_lora"), lora_path) if lora_path else {}
+    merge_lora(sd, lora, lora_path, lora_alpha, lora_strength)
     with torch.device("meta"):
         model = CausalWan(cfg)
     check_keys(model, sd, path)
     model.load_state_dict(sd, assign=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    check_finite(model, lora, path, lora_path)
     model.set_attention("sdpa")
     log.info("loaded %s (%d layers, dim %d, %d heads)%s", os.path.basename(path), cfg.num_layers, cfg.dim,
              cfg.num_heads, f" + LoRA {os.path.basename(lora_path)} x{lora_strength}" if lora_path else "")
     return model
+
+
+def check_finite(model: CausalWan, lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: str,
+                 lora_path: str | None) -> None:
+    """Refuses weights holding NaN or infinity (one reduction on the model's device; the names only if one does),
+    naming the file they came from: the LoRA where its factors of that module are not finite, else the model."""
+    params = dict(model.named_parameters())
+    if torch.stack([t.isfinite().all() for t in params.values()]).all():
+        return
+    bad = [name for name, t in params.items() if not t.isfinite().all()]
+    modules = [name.removesuffix(".weight") for name in bad]
+    culprit = next((m for m in modules if m in lora and not all(t.isfinite().all() for t in lora[m])), None)
+    source, where = (lora_path, culprit) if culprit else (path, bad[0])
+    raise CheckpointError(f"{source}: {where} holds NaN or infinite values ({len(bad)} weight tensors of the model "
+                          f"do); the file is broken: download or export it again")
 
 
 QUANTIZED_DTYPES = (torch.int8, torch.float8_e4m3fn)

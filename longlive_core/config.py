@@ -30,6 +30,8 @@ class WanConfig:
     eps: float = 1e-6
 
     def __post_init__(self):
+        if self.num_heads < 1:
+            raise CheckpointError(f"num_heads={self.num_heads} must be at least 1")
         if self.dim % self.num_heads:
             raise CheckpointError(f"num_heads={self.num_heads} does not divide dim={self.dim}; pass num_heads explicitly")
         if (self.dim // self.num_heads) % 2:

@@ -17,8 +17,10 @@ from .cache import FRAMES_PER_BLOCK
 from .errors import PromptError
 
 FPS = 16
-_LINE = re.compile(r"^\s*(?:(?P<frame>frame\s*|f)(?P<fnum>\d+)|(?P<sec>\d+(?:\.\d+)?)\s*s?)\s*:\s*(?P<text>.*\S)\s*$",
-                   re.IGNORECASE)
+MAX_DIGITS = 7  # a start of at most 9,999,999 latent frames or seconds: anything longer is a typo
+_START = re.compile(rf"^\s*(?:(?:frame\s*|f)(?P<fnum>\d{{1,{MAX_DIGITS}}})|(?P<sec>\d{{1,{MAX_DIGITS}}}(?:\.\d{{1,6}})?)\s*s?)\s*$",
+                    re.IGNORECASE)
+START_FORMS = "seconds ('10s', or a bare number) or a latent frame ('frame 42' or 'f42')"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,29 +42,47 @@ def round_to_block(frame: int) -> int:
 
 def parse_schedule_text(text: str) -> list[TextSegment]:
     """Parses schedule text; raises PromptError naming the line for anything unreadable."""
+    check_text(text, "the prompt schedule")
     segments: list[TextSegment] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        match = _LINE.match(line)
-        if not match:
-            raise PromptError(f"schedule line {number} ('{line.strip()[:40]}') is not 'start: prompt'; write e.g. "
-                              f"'0: a boy on a lawn', '10s: he runs' or 'frame 42: the sun sets'")
-        segments.append(_segment(match, number))
+        start, colon, prompt = line.partition(":")
+        if not colon or not prompt.strip() or _START.match(start) is None:
+            raise PromptError(f"schedule line {number} ('{line.strip()[:40]}') is not 'start: prompt' with a start in "
+                              f"{START_FORMS}; write e.g. '0: a boy on a lawn', '10s: he runs' or 'frame 42: the sun sets'")
+        segments.append(_segment(start, prompt.strip(), f"line {number}: "))
     if not segments:
         raise PromptError("the prompt schedule is empty; write at least one line such as '0: a boy on a lawn'")
     check_starts([s.start for s in segments])
     return segments
 
 
-def _segment(match: re.Match, number: int) -> TextSegment:
+def parse_start(text: str) -> TextSegment:
+    """One start (the Conditioning node's `starts`): its block-rounded latent frame and the note on the rounding."""
+    if _START.match(text) is None:
+        raise PromptError(f"start '{text.strip()[:40]}' is not {START_FORMS}")
+    return _segment(text, "", "")
+
+
+def _segment(start: str, prompt: str, where: str) -> TextSegment:
+    match = _START.match(start)
     if match["fnum"] is not None:
         exact, label = int(match["fnum"]), f"frame {match['fnum']}"
     else:
         exact, label = seconds_to_latent(float(match["sec"])), f"{match['sec']}s"
     start = round_to_block(exact)
-    note = f"line {number}: {label} is latent frame {exact}, rounded to {start} (block boundary)" if start != exact else ""
-    return TextSegment(start, match["text"], note)
+    note = f"{where}{label} is latent frame {exact}, rounded to {start} (block boundary)" if start != exact else ""
+    return TextSegment(start, prompt, note)
+
+
+def check_text(text: str, field: str) -> None:
+    """Refuses text that is not valid Unicode (a lone surrogate, which no encoder can take)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PromptError(f"{field} holds a character that is not valid Unicode ({exc.object[exc.start]!r} at "
+                          f"position {exc.start}); remove it") from None
 
 
 def check_starts(starts: list[int], total_frames: int | None = None) -> None:

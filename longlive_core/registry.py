@@ -21,6 +21,10 @@ class SessionEvictedError(LongLiveError, KeyError):
         return self.args[0]
 
 
+class SessionTooLargeError(LongLiveError):
+    """A session that alone would exceed the registry's cap (it would evict every other one)."""
+
+
 class UnknownSessionError(LongLiveError, KeyError):
     def __str__(self) -> str:
         return self.args[0]
@@ -63,7 +67,12 @@ class SessionRegistry:
             except UnknownSessionError:
                 pass
             value = make()
-            self.put(key, value, nbytes(value))
+            size = nbytes(value)
+            if size > self.cap:
+                raise SessionTooLargeError(f"session '{key}' needs {size / 2**30:.2f} GiB of cache, more than the whole "
+                                           f"session cap of {self.cap / 2**30:.2f} GiB (LONGLIVE_SESSION_CAP_GB); raise "
+                                           f"the cap, or make the video smaller or its window shorter")
+            self.put(key, value, size)
             return value, True
 
     def put(self, key: str, value: Any, nbytes: int) -> None:

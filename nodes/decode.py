@@ -19,7 +19,7 @@ from comfy_api.latest import io
 
 from longlive_core import ConfigError
 
-from .state import SESSIONS
+from .state import SESSIONS, check_session_id
 from .tiny_stream import tiny_decode_chunk
 from .vae_stream import decode_latents, release_graphs
 
@@ -122,6 +122,10 @@ class VAEDecode(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
+    def validate_inputs(cls, decoder="wan vae") -> bool | str:
+        return decoder is None or decoder in DECODERS or f"decoder: '{decoder}' is not one of {', '.join(DECODERS)}"
+
+    @classmethod
     def execute(cls, vae, samples, session_id, compile=False, decoder="wan vae") -> io.NodeOutput:
         check_wan_vae(vae)
         z = samples["samples"]
@@ -130,9 +134,10 @@ class VAEDecode(io.ComfyNode):
         if decoder not in DECODERS:
             raise ConfigError(f"decoder '{decoder}' is unknown; choose one of {', '.join(DECODERS)}")
         tiny = decoder == "tiny draft"
-        if not session_id.strip():
+        session_id = check_session_id(session_id)
+        if not session_id:
             return io.NodeOutput(draft_decode(z, {}) if tiny else stream_decode(vae, z, new_cache(vae), compile))
-        state = SESSIONS.get(session_id.strip())
+        state = SESSIONS.get(session_id)
         shape = (z.shape[0], *z.shape[3:])
         key = ("tiny", tiny_decoder_path()) if tiny else weights_id(vae)
         entry = state.decoders.setdefault(key, {"shape": shape, "cache": {} if tiny else new_cache(vae)})
@@ -162,7 +167,8 @@ class SessionReset(io.ComfyNode):
 
     @classmethod
     def execute(cls, session_id) -> io.NodeOutput:
-        freed = SESSIONS.delete(session_id.strip())
+        session_id = check_session_id(session_id)
+        freed = SESSIONS.delete(session_id)
         if freed:
             release_graphs()  # a graph holds its decode's intermediates; another video captures its own
         text = f"session '{session_id}' {'freed' if freed else 'was not open'}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -15,7 +16,7 @@ from longlive_core.attention import BACKENDS
 from longlive_core.fast import make_fast
 from longlive_core.quantize import COMPILABLE, PRECISIONS, apply_precision, check_precision, compute_dtype
 
-from .state import LongLiveModel
+from .state import LongLiveModel, first_error
 
 log = logging.getLogger("longlive")
 ModelType = io.Custom("LONGLIVE_MODEL")
@@ -45,6 +46,23 @@ class ModelLoader(io.ComfyNode):
             ],
             outputs=[ModelType.Output(display_name="LONGLIVE_MODEL")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name, lora_name, lora_strength, precision, attention) -> bool | str:
+        """At queue time (ComfyUI does not check a V3 node's lists itself): names that exist, a finite strength.
+        (An input fed by a link is None here: execute checks it.)"""
+        if None in (model_name, lora_name, lora_strength, precision, attention):
+            return True
+        return first_error(
+            model_name in folder_paths.get_filename_list("diffusion_models")
+            or f"model_name: '{model_name}' is not in models/diffusion_models; put longlive_base.pt there (see the "
+               f"README's model table) or pick a listed file",
+            lora_name in (NO_LORA, *folder_paths.get_filename_list("loras"))
+            or f"lora_name: '{lora_name}' is not in models/loras; put lora.pt there or choose '{NO_LORA}'",
+            (isinstance(lora_strength, (int, float)) and math.isfinite(lora_strength) and -4 <= lora_strength <= 4)
+            or f"lora_strength: {lora_strength} is not a number from -4 to 4",
+            precision in PRECISIONS or f"precision: '{precision}' is not one of {', '.join(PRECISIONS)}",
+            attention in BACKENDS or f"attention: '{attention}' is not one of {', '.join(BACKENDS)}")
 
     @classmethod
     def execute(cls, model_name, lora_name, lora_strength, precision, attention, fast) -> io.NodeOutput:

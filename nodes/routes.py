@@ -9,6 +9,8 @@ import time
 import torch
 from aiohttp import web
 
+from longlive_core import PromptError
+from longlive_core.prompt_text import check_text
 from longlive_core.registry import SessionEvictedError, UnknownSessionError
 from longlive_core.session import BLENDS, MAX_BLEND_BLOCKS
 
@@ -75,11 +77,15 @@ async def post_prompt(request: web.Request) -> web.Response:
     next block (with its switch policy), or blends into it over blend_blocks blocks (linear or slerp)."""
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
         return web.json_response({"error": "the body must be JSON: {\"text\": \"a new prompt\"}"}, status=400)
     text = body.get("text") if isinstance(body, dict) else None
     if not isinstance(text, str) or not text.strip():
         return web.json_response({"error": "text: a non-empty string is required"}, status=400)
+    try:
+        check_text(text, "text")
+    except PromptError as err:
+        return web.json_response({"error": str(err)}, status=400)
     if len(text) > MAX_PROMPT_CHARS:
         return web.json_response({"error": f"text has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}"},
                                  status=400)

@@ -22,15 +22,30 @@ from longlive_core.prompt_text import FPS, check_starts
 from .decode import check_wan_vae, new_cache, stream_decode, weights_id
 from .loader import ModelType
 from .schedule import ScheduleType
-from .state import SESSIONS, LongLiveModel, NodeSession, Segment, hashed_embeds
+from .state import SESSIONS, LongLiveModel, NodeSession, Segment, check_session_id, first_error, hashed_embeds
 
 log = logging.getLogger("longlive")
 LENGTH_UNITS = ("seconds", "pixel frames", "latent frames")
 WAN21 = comfy.latent_formats.Wan21()
 
 
+MAX_LENGTH = 4096.0
+
+
+def length_error(length, unit) -> bool | str:
+    """True, or what is wrong with a run's length (ComfyUI's own bounds check lets NaN through)."""
+    if unit not in LENGTH_UNITS:
+        return f"length_unit: '{unit}' is not one of {', '.join(LENGTH_UNITS)}"
+    if not (isinstance(length, (int, float)) and math.isfinite(length) and 0 < length <= MAX_LENGTH):
+        return f"length: {length} is not a number above 0 and at most {MAX_LENGTH:g}"
+    return True
+
+
 def latent_frames(length: float, unit: str) -> int:
     """Latent frames for a length, rounded up to whole blocks (each latent frame is 4 pixel frames)."""
+    problem = length_error(length, unit)
+    if problem is not True:
+        raise ConfigError(problem)
     if unit == "latent frames":
         frames = math.ceil(length)
     else:
@@ -50,7 +65,7 @@ class StreamingSampler(io.ComfyNode):
                 ModelType.Input("model"), ScheduleType.Input("schedule"),
                 io.Int.Input("width", default=832, min=16, max=2048, step=16, tooltip="Multiple of 16; trained at 832"),
                 io.Int.Input("height", default=480, min=16, max=2048, step=16, tooltip="Multiple of 16; trained at 480"),
-                io.Float.Input("length", default=5.0, min=0.1, max=4096.0, step=0.1,
+                io.Float.Input("length", default=5.0, min=0.1, max=MAX_LENGTH, step=0.1,
                                tooltip="How much new video this run makes; rounded up to whole blocks"),
                 io.Combo.Input("length_unit", options=list(LENGTH_UNITS), default="seconds"),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False),
@@ -83,17 +98,31 @@ class StreamingSampler(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
+    def validate_inputs(cls, length, length_unit, switch_policy, session_id) -> bool | str:
+        """At queue time: ComfyUI checks neither a V3 node's lists nor NaN against bounds. (An input fed by a link
+        is None here: execute checks it.)"""
+        if None in (length, length_unit, switch_policy, session_id):
+            return True
+        try:
+            check_session_id(session_id)
+        except ConfigError as exc:
+            return str(exc)
+        return first_error(length_error(length, length_unit), switch_policy in SWITCH_POLICIES
+                           or f"switch_policy: '{switch_policy}' is not one of {', '.join(SWITCH_POLICIES)}")
+
+    @classmethod
     def execute(cls, model: LongLiveModel, schedule, width, height, length, length_unit, seed, local_attn_size,
                 sink_size, switch_policy, session_id, reset, batch_size, live=False, vae=None,
                 compile_vae=False) -> io.NodeOutput:
-        if live and not session_id.strip():
+        session_id = check_session_id(session_id)
+        if live and not session_id:
             raise PromptError("live needs a session_id: the panel and the routes find the session by it")
         frames = latent_frames(length, length_unit)
         settings = {"model": list(model.signature), "batch": batch_size, "width": width,
                     "height": height, "local_attn_size": local_attn_size, "sink_size": sink_size,
                     "switch_policy": switch_policy, "seed": seed}
         load(model)
-        state = open_session(model, settings, session_id.strip(), reset)
+        state = open_session(model, settings, session_id, reset)
         frames = fit_to_rope(state, frames, live)
         schedule_run(state, model, schedule.segments, frames)
         state.encoder = schedule.encoder

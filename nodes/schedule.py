@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from longlive_core import PromptError
-from longlive_core.prompt_text import check_starts, parse_schedule_text, round_to_block, seconds_to_latent
+from longlive_core.prompt_text import check_starts, parse_schedule_text, parse_start
 
 from .state import EMBEDDINGS, Schedule, Segment
 
@@ -72,7 +72,7 @@ class ConditioningSchedule(io.ComfyNode):
     def execute(cls, starts, conditioning_1, **more) -> io.NodeOutput:
         conds = [conditioning_1] + [more.get(f"conditioning_{i}") for i in range(2, MAX_CONDITIONINGS + 1)]
         conds = [c for c in conds if c is not None]
-        frames = [parse_start(s) for s in starts.split(",") if s.strip()]
+        frames = [parse_start(s).start for s in starts.split(",") if s.strip()]
         if len(frames) != len(conds):
             raise PromptError(f"starts lists {len(frames)} start(s) for {len(conds)} connected conditioning "
                               f"input(s); give exactly one start per conditioning")
@@ -80,12 +80,3 @@ class ConditioningSchedule(io.ComfyNode):
         segments = [Segment(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))]
         return io.NodeOutput(Schedule(segments))
 
-
-def parse_start(text: str) -> int:
-    t = text.strip().lower()
-    try:
-        if t.startswith("frame"):
-            return round_to_block(int(t[5:]))
-        return round_to_block(seconds_to_latent(float(t.rstrip("s"))))
-    except ValueError:
-        raise PromptError(f"start '{text.strip()}' is neither seconds ('10s') nor a latent frame ('frame 42')") from None

@@ -9,6 +9,7 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -26,15 +27,41 @@ log = logging.getLogger("longlive")
 UMT5_DIM = 4096
 
 
-def _session_cap() -> int:
-    value = os.environ.get("LONGLIVE_SESSION_CAP_GB", "24")
+DEFAULT_CAP_GB = 24.0
+MAX_SESSION_ID = 128
+
+
+def session_cap(value: str | None) -> int:
+    """Bytes of the session cap from LONGLIVE_SESSION_CAP_GB; a value that is not a positive, finite number of GiB
+    is reported and the default used (the nodes must load whatever the environment says)."""
+    if value is None:
+        return int(DEFAULT_CAP_GB * 2**30)
     try:
-        return int(float(value) * 2**30)
+        gib = float(value)
     except ValueError:
-        raise ConfigError(f"LONGLIVE_SESSION_CAP_GB={value!r} is not a number of GiB; unset it or write e.g. 24") from None
+        gib = math.nan
+    if not (math.isfinite(gib) and 0 < gib <= 2**20):
+        log.error("LONGLIVE_SESSION_CAP_GB=%r is not a number of GiB between 0 and 1048576; using %g (unset it or "
+                  "write e.g. 24)", value, DEFAULT_CAP_GB)
+        gib = DEFAULT_CAP_GB
+    return int(gib * 2**30)
 
 
-SESSION_CAP_BYTES = _session_cap()
+def check_session_id(session_id: str, field: str = "session_id") -> str:
+    """A session id as the nodes and routes take it: stripped, at most 128 printable characters."""
+    key = session_id.strip()
+    if len(key) > MAX_SESSION_ID or not key.isprintable():
+        raise ConfigError(f"{field} must be at most {MAX_SESSION_ID} printable characters (got {len(key)} characters"
+                          f"{'' if key.isprintable() else ', some of them control characters'}); use a short name")
+    return key
+
+
+def first_error(*checks: bool | str) -> bool | str:
+    """For a node's validate_inputs: True, or the first failed check's message (a check is True or a message)."""
+    return next((c for c in checks if c is not True), True)
+
+
+SESSION_CAP_BYTES = session_cap(os.environ.get("LONGLIVE_SESSION_CAP_GB"))
 
 
 @dataclasses.dataclass

@@ -174,3 +174,57 @@ def test_legacy_non_zip_pt_files_load(tmp_path, tiny_model):
     torch.save({"generator": {f"model.{k}": v for k, v in tiny_model.state_dict().items()}}, path,
                _use_new_zipfile_serialization=False)
     assert _same_weights(load_model(str(path), num_heads=2, dtype=torch.float32), tiny_model)
+
+
+def test_files_are_told_apart_by_content_not_name(tmp_path, tiny_model):
+    """ComfyUI lists .sft (and .ckpt) files too; random bytes are named as such, not as an unsafe pickle."""
+    path = tmp_path / "wan.sft"
+    export_safetensors(tiny_model, str(path))
+    assert _same_weights(load_model(str(path), dtype=torch.float32), tiny_model)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8).numpy().tobytes().replace(b"\x80", b"\x00").replace(b"PK", b"pk"))
+    with pytest.raises(CheckpointError, match="junk.pt: neither a safetensors file nor a PyTorch checkpoint"):
+        load_model(str(junk))
+
+
+@pytest.mark.parametrize("heads,fix", [("abc", "not a positive whole number"), ("-1", "not a positive whole number")])
+def test_bad_head_count_metadata(tmp_path, tiny_model, heads, fix):
+    path = tmp_path / "heads.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path),
+              metadata={"longlive_num_heads": heads})
+    with pytest.raises(CheckpointError, match=f"heads.safetensors: its metadata says longlive_num_heads='{heads}'.*{fix}"):
+        load_model(str(path))
+    with pytest.raises(CheckpointError, match="num_heads=-1 must be at least 1"):
+        load_model(str(path), num_heads=-1)
+
+
+def test_non_finite_weights_name_their_file(tmp_path, tiny_model):
+    base, lora = tmp_path / "base.pt", tmp_path / "lora.pt"
+    write_longlive_checkpoint(tiny_model, str(base))
+    write_lora(tiny_model, str(lora), rank=4)
+    pairs = torch.load(lora, weights_only=True)
+    pairs["generator_lora"]["base_model.model.blocks.1.ffn.2.lora_B.weight"][0, 0] = float("nan")
+    torch.save(pairs, lora)
+    with pytest.raises(CheckpointError, match=r"lora.pt: blocks.1.ffn.2 holds NaN or infinite values \(1 weight"):
+        load_model(str(base), lora_path=str(lora), num_heads=2)
+    sd = dict(tiny_model.state_dict())
+    sd["blocks.0.self_attn.o.weight"] = sd["blocks.0.self_attn.o.weight"].clone()
+    sd["blocks.0.self_attn.o.weight"][1, 2] = float("inf")
+    with pytest.raises(CheckpointError, match="bad.safetensors: blocks.0.self_attn.o.weight holds NaN or infinite"):
+        load_model(_save(tmp_path, sd), num_heads=2)
+    with pytest.raises(CheckpointError, match="lora_strength=nan is not a finite number"):
+        load_model(str(base), lora_path=str(lora), lora_strength=float("nan"), num_heads=2)
+
+
+def test_lora_factors_of_different_ranks_are_refused(tmp_path, tiny_model):
+    base, lora = tmp_path / "base.pt", tmp_path / "lora.pt"
+    write_longlive_checkpoint(tiny_model, str(base))
+    write_lora(tiny_model, str(lora), rank=4)
+    pairs = torch.load(lora, weights_only=True)
+    key = "base_model.model.blocks.0.self_attn.q.lora_B.weight"
+    pairs["generator_lora"][key] = pairs["generator_lora"][key][:, :3].contiguous()
+    torch.save(pairs, lora)
+    with pytest.raises(CheckpointError, match=r"lora.pt: the LoRA of blocks.0.self_attn.q has lora_A \[4, 64\] and "
+                                              r"lora_B \[64, 3\]"):
+        load_model(str(base), lora_path=str(lora), num_heads=2)

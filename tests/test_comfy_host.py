@@ -340,3 +340,79 @@ def test_sampler_with_a_vae_streams_decoded_frames_equal_to_the_decode_node(host
     ours, theirs = frames(entry, "20"), frames(entry, "21")
     assert len(ours) == len(theirs) == 36  # 4 * 9
     assert max((a - b).abs().max().item() for a, b in zip(ours, theirs)) <= 1
+
+
+# --- bad input: errors that name the field and the fix -----------------------------------------------------------
+
+
+def rejected(host, graph: dict) -> str:
+    """POST /prompt refuses the graph at queue time (ComfyUI's validation, our nodes' validate_inputs)."""
+    status, body = host.request("POST", "/prompt", {"prompt": graph, "client_id": host.client_id})
+    assert status == 400 and body.get("node_errors"), (status, body)
+    return json.dumps(body["node_errors"])
+
+
+@pytest.mark.parametrize("start", ["inf", "1e400s", "9" * 400 + "s", "frame " + "9" * 5000])
+def test_unreadable_starts_are_refused(host, start):
+    graph = graph_of(host, "longlive_interactive")
+    graph["3"]["inputs"]["schedule"] = f"0: a dog\n{start}: a cat"
+    assert "schedule line 2" in (message := failure(host, graph))
+    assert "is not 'start: prompt' with a start in seconds ('10s', or a bare number) or a latent frame" in message
+
+
+def test_a_prompt_that_is_not_valid_unicode(host):
+    graph = graph_of(host, "longlive_interactive")
+    graph["3"]["inputs"]["schedule"] = "0: a dog \ud800 runs"
+    assert "the prompt schedule holds a character that is not valid Unicode ('\\ud800' at position 9)" in failure(host, graph)
+    run_ok(host, graph_of(host, "longlive_interactive", session_id="unicode", reset=True, length=3,
+                          length_unit="latent frames"))
+    status, answer = host.request("POST", "/longlive/sessions/unicode/prompt", raw=b'{"text": "a \\ud800 b"}')
+    assert status == 400 and "text holds a character that is not valid Unicode" in answer["error"]
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"length": float("nan")}, "length: nan is not a number above 0 and at most 4096"),
+    ({"length_unit": "hours"}, "length_unit: 'hours' is not one of seconds, pixel frames, latent frames"),
+    ({"switch_policy": "sometimes"}, "switch_policy: 'sometimes' is not one of recache, reset, keep"),
+    ({"session_id": "x" * 100_000}, "session_id must be at most 128 printable characters (got 100000 characters)"),
+])
+def test_sampler_inputs_are_checked_at_queue_time(host, inputs, message):
+    graph = graph_of(host, "longlive_interactive")
+    graph["4"]["inputs"].update(inputs)
+    assert message in rejected(host, graph)
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"model_name": "nope.pt"}, "model_name: 'nope.pt' is not in models/diffusion_models"),
+    ({"lora_name": "nope.pt"}, "lora_name: 'nope.pt' is not in models/loras"),
+    ({"lora_strength": float("nan")}, "lora_strength: nan is not a number from -4 to 4"),
+    ({"precision": "fp4"}, "precision: 'fp4' is not one of"),
+])
+def test_loader_inputs_are_checked_at_queue_time(host, inputs, message):
+    graph = graph_of(host, "longlive_interactive")
+    graph["1"]["inputs"].update(inputs)
+    assert message in rejected(host, graph)
+
+
+def test_model_files_by_content_and_broken_weights(host):
+    """A safetensors file named .sft loads; NaN weights are refused naming the file."""
+    from longlive_core import load_model
+    from longlive_core.checkpoint import export_safetensors
+
+    folder = host.base / "models" / "diffusion_models"
+    model = load_model(str(folder / host.names["model"]), dtype=torch.float32, num_heads=1)
+    export_safetensors(model, str(folder / "tiny.sft"))
+    with torch.no_grad():
+        model.blocks[0].ffn[0].weight[0, 0] = float("nan")
+    export_safetensors(model, str(folder / "tiny_nan.safetensors"))
+    graph = graph_of(host, "longlive_interactive", session_id="", length=3, length_unit="latent frames")
+    graph["1"]["inputs"].update(model_name="tiny.sft", lora_name="none")
+    run_ok(host, graph)
+    graph["1"]["inputs"]["model_name"] = "tiny_nan.safetensors"
+    assert "tiny_nan.safetensors: blocks.0.ffn.0.weight holds NaN or infinite values" in failure(host, graph)
+
+
+def test_deeply_nested_json_to_the_prompt_route(host):
+    status, answer = host.request("POST", "/longlive/sessions/x/prompt", raw=b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "must be JSON" in answer["error"]
+    assert host.get("/system_stats")

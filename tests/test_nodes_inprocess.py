@@ -121,16 +121,17 @@ def test_conditioning_schedule(comfy):
     from longlive_pack.nodes.schedule import ConditioningSchedule
 
     conds = [[[torch.full((1, 20, 4096), float(i)), {"pooled_output": None}]] for i in range(3)]
-    out = ConditioningSchedule.execute(starts="0, 5s, frame 45", conditioning_1=conds[0], conditioning_2=conds[1],
+    out = ConditioningSchedule.execute(starts="0, 5s, f45", conditioning_1=conds[0], conditioning_2=conds[1],
                                        conditioning_3=conds[2])
     segments = out.result[0].segments
-    assert [s.start for s in segments] == [0, 21, 45]
+    assert [s.start for s in segments] == [0, 21, 45]  # the starts the schedule text takes ('f45' too)
     assert [s.embeds[0, 0, 0].item() for s in segments] == [0.0, 1.0, 2.0]
     with pytest.raises(PromptError, match="lists 2 start"):
         ConditioningSchedule.execute(starts="0, 5s", conditioning_1=conds[0], conditioning_2=conds[1],
                                      conditioning_3=conds[2])
-    with pytest.raises(PromptError, match="neither seconds"):
-        ConditioningSchedule.execute(starts="0, soon", conditioning_1=conds[0], conditioning_2=conds[1])
+    for bad in ("soon", "inf", "1e400s", "9" * 400 + "s", "frame " + "9" * 5000):
+        with pytest.raises(PromptError, match=r"start '.*' is not seconds \('10s', or a bare number\) or a latent"):
+            ConditioningSchedule.execute(starts=f"0, {bad}", conditioning_1=conds[0], conditioning_2=conds[1])
 
 
 def test_sampler_output_is_raw_vae_latent_space(comfy):
@@ -156,6 +157,19 @@ def test_schedule_text_parsing():
         parse_schedule_text("0: a\n10s: b\nframe 40: c")
     with pytest.raises(PromptError, match="schedule is empty"):
         parse_schedule_text("\n# nothing\n")
+    assert [s.text for s in parse_schedule_text("0: a sign reads: stop\n3s: time: 12:00")] == ["a sign reads: stop",
+                                                                                            "time: 12:00"]
+
+
+def test_session_cap_from_the_environment(comfy, caplog):
+    """A cap the pack cannot use is reported and the default taken: the nodes load whatever the environment says."""
+    load_pack()
+    from longlive_pack.nodes.state import session_cap
+
+    assert session_cap(None) == session_cap("24") == 24 * 2**30 and session_cap("0.5") == 2**29
+    for value in ("inf", "-1", "0", "nan", "lots"):
+        assert session_cap(value) == 24 * 2**30
+        assert f"LONGLIVE_SESSION_CAP_GB={value!r} is not a number of GiB" in caplog.text
 
 
 class Runner:
