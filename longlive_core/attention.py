@@ -184,9 +184,9 @@ def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[
 
 
 def for_device(name: str, device: torch.device) -> tuple[str, AttentionFn]:
-    """Resolves a backend for the device the model runs on, and logs the choice."""
+    """Resolves a backend for the device the model runs on (the loader logs the final choice, once per load)."""
     resolved, fn = resolve(name, device.type, _is_hopper(device))
-    log.info("attention backend: %s (asked for %s)", resolved, name)
+    log.debug("attention backend: %s (asked for %s)", resolved, name)
     return resolved, fn
 
 

@@ -1,10 +1,11 @@
 """Replays recorded reference runs (golden format) and checks every block.
 
-    python -m longlive_core.verify CASE_DIR [CASE_DIR ...]
+    python -m longlive_core.verify PATH [PATH ...]
 
-Each CASE_DIR holds meta.json, longlive_base.pt, lora.pt and io.safetensors. Runs in float32 on
-the CPU with the recorded noise, prints one JSON line per case, exits 0 only if every block of
-every case is within the tolerance.
+Each PATH is a case folder (meta.json, longlive_base.pt, lora.pt and io.safetensors) or a folder of them;
+anything else (a README beside the cases) is skipped with a note. Runs in float32 on the CPU with the
+recorded noise, prints one JSON line per case, exits 0 only if every block of every case is within the
+tolerance (2 if no case was found).
 """
 
 from __future__ import annotations
@@ -71,13 +72,31 @@ def verify(case_dir: str) -> dict:
             "max_rel_error": max(errs), "block_rel_errors": errs}
 
 
+def find_cases(paths: list[str]) -> list[str]:
+    """The case folders among paths and inside the folders among them; notes what is skipped on stderr."""
+    cases = []
+    for path in paths:
+        if os.path.isfile(os.path.join(path, "meta.json")):
+            cases.append(path)
+        elif os.path.isdir(path) and (inner := sorted(os.path.join(path, n) for n in os.listdir(path)
+                                                      if os.path.isfile(os.path.join(path, n, "meta.json")))):
+            cases += inner
+        else:
+            sys.stderr.write(f"skipping {path}: not a case folder (no meta.json) nor a folder of them\n")
+    return cases
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="+", help="reference case folders (meta.json, *.pt, io.safetensors)")
+    parser.add_argument("paths", nargs="+", help="case folders (meta.json, *.pt, io.safetensors) or folders of them")
     args = parser.parse_args(argv)
+    cases = find_cases(args.paths)
+    if not cases:
+        sys.stderr.write("no reference case found: give case folders or the folder that holds them\n")
+        return 2
     torch.manual_seed(0)
     ok = True
-    for case in args.cases:
+    for case in cases:
         result = verify(case)
         ok &= result["passed"]
         sys.stdout.write(json.dumps(result) + "\n")

@@ -76,9 +76,10 @@ class ModelLoader(io.ComfyNode):
         wrapper = LongLiveModel(model, precision, fast and device.type == "cuda",
                                 signature=(model_name, lora_name, lora_strength, precision, attention, fast))
         if wrapper.fast:
-            make_fast(model, attention=attention, compile=precision in COMPILABLE)
+            backend = make_fast(model, attention=attention, compile=precision in COMPILABLE)
         else:
-            model.set_attention(attention)
+            backend = model.set_attention(attention)
+        log.info("LongLive attention backend: %s (asked for %s)", backend, attention)
         wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,
                                                            offload_device=mm.unet_offload_device(),
                                                            size=_nbytes(model))

@@ -416,3 +416,12 @@ def test_deeply_nested_json_to_the_prompt_route(host):
     status, answer = host.request("POST", "/longlive/sessions/x/prompt", raw=b"[" * 100_000 + b"]" * 100_000)
     assert status == 400 and "must be JSON" in answer["error"]
     assert host.get("/system_stats")
+
+
+def test_one_attention_line_per_model_load(host):
+    run_ok(host, graph_of(host, "longlive_interactive", session_id="", length=3, length_unit="latent frames"))
+    import re
+
+    log = host.log()
+    loads = len(re.findall(r"loaded \S+ \(\d+ layers", log))
+    assert loads >= 1 and log.count("attention backend:") == loads

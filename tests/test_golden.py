@@ -23,12 +23,17 @@ def test_golden_case_matches_every_block(case):
 
 
 def test_verify_command_passes_on_golden_and_fails_on_a_changed_case(tmp_path):
-    cases = [str(c) for c in golden_cases()]
-    ok = subprocess.run([sys.executable, "-m", "longlive_core.verify", *cases], cwd=REPO,
+    """The README's command as written: its glob also matches golden/README.md, which is skipped with a note."""
+    cases = golden_cases()
+    ok = subprocess.run(f"{sys.executable} -m longlive_core.verify {cases[0].parent}/*", shell=True, cwd=REPO,
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     lines = [json.loads(line) for line in ok.stdout.splitlines()]
     assert [line["passed"] for line in lines] == [True] * len(cases)
+    assert "README.md: not a case folder (no meta.json)" in ok.stderr
+    empty = subprocess.run([sys.executable, "-m", "longlive_core.verify", str(tmp_path)], cwd=REPO,
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and "no reference case found" in empty.stderr
 
     broken = tmp_path / "case"
     broken.mkdir()
