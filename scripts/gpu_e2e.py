@@ -16,7 +16,6 @@ of a fresh server.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -30,7 +29,7 @@ import time
 from typing import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from host import REPO, ComfyHost, comfy_dir, make_tiny_models, python  # noqa: E402
+from host import REPO, ComfyHost, Events, comfy_dir, make_tiny_models, python  # noqa: E402
 from run_main import tiny_graph  # noqa: E402
 
 log = logging.getLogger("longlive.e2e")
@@ -77,34 +76,6 @@ class Run:
     @property
     def fps(self) -> float:
         return self.frames / self.wall_s if self.wall_s else 0.0
-
-
-class Events:
-    """Every WebSocket message of a server, timestamped, collected on a thread of its own."""
-
-    def __init__(self, url: str, client_id: str):
-        self.url, self.client_id, self.items, self.stop = url, client_id, [], threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
-        self.thread.start()
-
-    async def _listen(self) -> None:
-        import aiohttp
-
-        ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
-        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, heartbeat=30) as ws:
-            while not self.stop.is_set():
-                try:
-                    msg = await ws.receive(timeout=0.5)
-                except asyncio.TimeoutError:
-                    continue
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    data = json.loads(msg.data)
-                    self.items.append((time.time(), data["type"], data.get("data", {})))
-                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                    return
-
-    def since(self, t0: float, kind: str | None = None) -> list[tuple[float, str, dict]]:
-        return [e for e in list(self.items) if e[0] >= t0 and (kind is None or e[1] == kind)]
 
 
 class GpuMemory:

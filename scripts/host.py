@@ -9,6 +9,7 @@ is linked into BASE/custom_nodes; models come from BASE/models (see make_tiny_mo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -177,6 +179,40 @@ class ComfyHost:
 
         prompt_id, events = asyncio.run(asyncio.wait_for(listen(), timeout))
         return self.wait(prompt_id, timeout), events
+
+
+class Events:
+    """Every WebSocket message of a server, timestamped, collected on a thread of its own (connected when made)."""
+
+    def __init__(self, url: str, client_id: str):
+        self.url, self.client_id, self.items = url, client_id, []
+        self.stop, self.connected = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
+        self.thread.start()
+        if not self.connected.wait(30):
+            raise TimeoutError(f"no WebSocket connection to {url} within 30 s")
+
+    async def _listen(self) -> None:
+        import aiohttp
+
+        ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, heartbeat=30) as ws:
+            self.connected.set()
+            while not self.stop.is_set():
+                try:
+                    msg = await ws.receive(timeout=0.5)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    self.items.append((time.time(), data["type"], data.get("data", {})))
+                elif msg.type == aiohttp.WSMsgType.BINARY:  # a preview image
+                    self.items.append((time.time(), "preview", {"bytes": len(msg.data)}))
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    return
+
+    def since(self, t0: float, kind: str | None = None) -> list[tuple[float, str, dict]]:
+        return [e for e in list(self.items) if e[0] >= t0 and (kind is None or e[1] == kind)]
 
 
 def error_of(entry: dict) -> dict | None:

@@ -1,11 +1,12 @@
 """The main job: the one-minute LongLive workflow through a real ComfyUI server.
 
-    .venv/bin/python scripts/run_main.py [--models DIR] [--workflow NAME] [--output DIR]
+    .venv/bin/python scripts/run_main.py [--models DIR] [--workflow NAME] [--output DIR] [--serve]
 
 With the real weights in DIR (diffusion_models/longlive_base.pt, loras/lora.pt,
 text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors, vae/wan_2.1_vae.safetensors) it runs the
 shipped workflow as it is. Without them it makes a tiny random model and VAE, runs the same
-workflow on them at a small size, and says so: the video is then noise.
+workflow on them at a small size, and says so: the video is then noise. --serve queues nothing: it keeps the
+server up (until Ctrl-C) and prints its URL and an examples/api_client.py command that works against it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from host import REPO, ComfyHost, error_of, make_tiny_models, output_files  # noqa: E402
+from host import REPO, ComfyHost, Events, error_of, make_tiny_models, output_files  # noqa: E402
 from make_workflows import LORA, MODEL, UMT5, VAE  # noqa: E402
 
 log = logging.getLogger("longlive.main")
@@ -51,8 +54,11 @@ def main() -> int:
     parser.add_argument("--models", type=pathlib.Path, default=pathlib.Path(os.environ.get("LONGLIVE_MODELS", REPO / "models")))
     parser.add_argument("--workflow", default="longlive_one_minute")
     parser.add_argument("--output", type=pathlib.Path, default=REPO / "out")
+    parser.add_argument("--serve", action="store_true", help="keep the server up for examples/api_client.py")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.serve:
+        args.workflow = "longlive_interactive"
     graph = json.loads((REPO / "workflows" / "api" / f"{args.workflow}.json").read_text())
     base = pathlib.Path(tempfile.mkdtemp(prefix="longlive_main_"))
     real = all((args.models / f).exists() for f in REAL_FILES)
@@ -65,16 +71,61 @@ def main() -> int:
                     "The video is noise; it shows that the pipeline runs.", args.models, ", ".join(missing))
         graph = tiny_graph(graph, make_tiny_models(base / "models"))
     with ComfyHost(base, extra_args=["--output-directory", str(args.output)]) as host:
+        if args.serve:
+            return serve(host, graph, base)
         log.info("ComfyUI at %s; queueing workflows/api/%s.json", host.url, args.workflow)
-        entry = host.run(graph, timeout=7200)
-        error = error_of(entry)
-        if error:
-            log.error("the workflow failed: %s", error.get("exception_message", error))
-            return 1
+        events = Events(host.url, host.client_id)
+        entry = follow(host, events, graph, host.queue(graph))
+        events.stop.set()
+    error = error_of(entry)
+    if error:
+        log.error("the workflow failed in node %s (%s): %s\nComfyUI's log: %s; the temporary folder %s is left for "
+                  "inspection", error.get("node_id"), error.get("node_type"), str(error.get("exception_message", error)).strip(),
+                  host.log_path, base)
+        return 1
     for f in output_files(entry):
         log.info("video: %s", args.output / f["subfolder"] / f["filename"])
     shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def serve(host: ComfyHost, graph: dict, base: pathlib.Path) -> int:
+    """Keeps the server up until Ctrl-C (or SIGTERM); the workflow the client should send is written beside it."""
+    workflow = base / "longlive_interactive.json"
+    workflow.write_text(json.dumps(graph, indent=1))
+    print(f"ComfyUI with LongLive at {host.url}; try:\n  python examples/api_client.py --server {host.url} "
+          f"--workflow {workflow} \"a corgi on a beach\" \"the corgi jumps into the waves\"\nCtrl-C stops it.",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while host.alive():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def follow(host: ComfyHost, events: Events, graph: dict, prompt_id: str, timeout: float = 7200) -> dict:
+    """Waits for the run, printing each node as it starts and each block as it is made (with its speed and how
+    many previews reached the page)."""
+    start, seen, deadline = time.time(), 0, time.time() + timeout
+    while time.time() < deadline:
+        items = events.since(start)
+        for _, kind, data in items[seen:]:
+            if kind == "executing" and data.get("node") in graph:
+                log.info("running %s", graph[data["node"]]["class_type"])
+            elif kind == "longlive.block":
+                previews = sum(k == "preview" for _, k, _ in items)
+                log.info("  latent frame %d: %.0f ms a block (%.1f pixel fps)%s", data["frame"],
+                         data.get("last_block_ms", 0), data.get("fps", 0), f", {previews} previews" if previews else "")
+        seen = len(items)
+        entry = host.get(f"/history/{prompt_id}").get(prompt_id)
+        if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+            return entry
+        time.sleep(0.5)
+    raise TimeoutError(f"the workflow did not finish in {timeout:.0f} s")
 
 
 if __name__ == "__main__":
