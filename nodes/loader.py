@@ -21,6 +21,7 @@ from .state import LongLiveModel, first_error
 log = logging.getLogger("longlive")
 ModelType = io.Custom("LONGLIVE_MODEL")
 NO_LORA = "none"
+LONGLIVE_REPO = "huggingface.co/Efficient-Large-Model/LongLive-1.3B"
 
 
 class ModelLoader(io.ComfyNode):
@@ -55,10 +56,11 @@ class ModelLoader(io.ComfyNode):
             return True
         return first_error(
             model_name in folder_paths.get_filename_list("diffusion_models")
-            or f"model_name: '{model_name}' is not in models/diffusion_models; put longlive_base.pt there (see the "
-               f"README's model table) or pick a listed file",
+            or f"model_name: '{model_name}' is not in models/diffusion_models; download models/longlive_base.pt of "
+               f"{LONGLIVE_REPO} there, or pick a listed file",
             lora_name in (NO_LORA, *folder_paths.get_filename_list("loras"))
-            or f"lora_name: '{lora_name}' is not in models/loras; put lora.pt there or choose '{NO_LORA}'",
+            or f"lora_name: '{lora_name}' is not in models/loras; download models/lora.pt of {LONGLIVE_REPO} there, "
+               f"or choose '{NO_LORA}'",
             (isinstance(lora_strength, (int, float)) and math.isfinite(lora_strength) and -4 <= lora_strength <= 4)
             or f"lora_strength: {lora_strength} is not a number from -4 to 4",
             precision in PRECISIONS or f"precision: '{precision}' is not one of {', '.join(PRECISIONS)}",

@@ -383,8 +383,9 @@ def test_sampler_inputs_are_checked_at_queue_time(host, inputs, message):
 
 
 @pytest.mark.parametrize("inputs,message", [
-    ({"model_name": "nope.pt"}, "model_name: 'nope.pt' is not in models/diffusion_models"),
-    ({"lora_name": "nope.pt"}, "lora_name: 'nope.pt' is not in models/loras"),
+    ({"model_name": "nope.pt"}, "model_name: 'nope.pt' is not in models/diffusion_models; download "
+                                "models/longlive_base.pt of huggingface.co/Efficient-Large-Model/LongLive-1.3B there"),
+    ({"lora_name": "nope.pt"}, "lora_name: 'nope.pt' is not in models/loras; download models/lora.pt of"),
     ({"lora_strength": float("nan")}, "lora_strength: nan is not a number from -4 to 4"),
     ({"precision": "fp4"}, "precision: 'fp4' is not one of"),
 ])
