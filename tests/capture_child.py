@@ -1,10 +1,11 @@
 """Run by tests/test_gpu.py in a process of its own (the CUDA allocator is chosen per process, before CUDA starts):
 
-    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python tests/capture_child.py [--fail-capture]
+    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python tests/capture_child.py [--fail-capture | --break-capture]
 
 Streams a small model eagerly and on the fast path (compiled, Triton kernels, graphs captured by warm_up), captures
 the VAE head's Triton kernel on inputs made inside the capture, and prints one JSON line; --fail-capture makes the
-fused norm kernel raise inside every capture, as a bug would. The process must end normally either way.
+fused norm kernel raise inside every capture, as a bug would; --break-capture makes it synchronize there, which
+CUDA forbids during a capture and which invalidates it. The process must end normally either way.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ def stream(model, fast: bool) -> tuple[torch.Tensor, StreamSession]:
     return torch.cat(list(session.generate(3 * 14)), 1).float(), session
 
 
-def fail_inside_captures() -> None:
+def fail_inside_captures(how: str) -> None:
     norm = kernels._norm
 
     def failing(*args, **kwargs):
         if torch.cuda.is_current_stream_capturing():
+            if how == "--break-capture":
+                torch.cuda.synchronize()  # raises, and the capture is invalidated
             raise RuntimeError("injected capture failure")
         return norm(*args, **kwargs)
 
@@ -63,8 +66,8 @@ def main() -> None:
     model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
     eager, _ = stream(model, fast=False)
     make_fast(model, attention="auto")
-    if "--fail-capture" in sys.argv:
-        fail_inside_captures()
+    if sys.argv[1:] in (["--fail-capture"], ["--break-capture"]):
+        fail_inside_captures(sys.argv[1])
     fast, session = stream(model, fast=True)
     head = head_kernel_in_a_graph()
     print(json.dumps({"allocator": torch.cuda.memory.get_allocator_backend(), "graphs": len(session.runner.graphs),

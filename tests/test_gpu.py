@@ -197,6 +197,19 @@ def test_a_capture_that_fails_leaves_the_process_and_the_session_usable(allocato
     assert result["head"] < 1e-2
 
 
+@pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
+def test_a_capture_that_cuda_invalidates_leaves_the_process_and_the_session_usable(allocator):
+    """A forbidden call inside the capture (a synchronize) invalidates it: no graph can run, so under cudaMallocAsync
+    what it allocated is kept for the life of the process and no further capture is tried there."""
+    result = capture_child(allocator, "--break-capture")
+    assert result["graphs"] == 0 and result["failed"]
+    assert result["rel"] < 2e-2 and result["finite"]
+    if allocator == "cudaMallocAsync":
+        assert "no further capture" in result["head"]
+    else:
+        assert result["head"] < 1e-2
+
+
 def test_a_compile_that_fails_falls_back_to_the_eager_stages():
     """inductor's own test switch makes every compile raise: warm_up logs it, drops the compiled stages and the
     Triton kernels, and captures the eager stages."""
