@@ -79,4 +79,3 @@ class ConditioningSchedule(io.ComfyNode):
         check_starts(frames)
         segments = [Segment(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))]
         return io.NodeOutput(Schedule(segments))
-
