@@ -156,29 +156,18 @@ class ComfyHost:
         return self.wait(self.queue(graph), timeout)
 
     def run_listening(self, graph: dict, timeout: float = 300) -> tuple[dict, list]:
-        """Queues a graph while listening on /ws; returns (history entry, [(event, data)]).
+        """Queues a graph while listening on /ws; returns (history entry, [(event, data)]) up to the prompt's end.
         Binary messages (previews) come as ("binary", bytes)."""
-        import asyncio
-
-        import aiohttp
-
-        async def listen():
-            events = []
-            async with aiohttp.ClientSession() as http, http.ws_connect(f"{self.url}/ws?clientId={self.client_id}") as ws:
-                prompt_id = await asyncio.to_thread(self.queue, graph)
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        events.append(("binary", msg.data))
-                        continue
-                    data = json.loads(msg.data)
-                    events.append((data["type"], data.get("data", {})))
-                    done = data["type"] == "executing" and data["data"].get("node") is None
-                    if done and data["data"].get("prompt_id") == prompt_id:
-                        return prompt_id, events
-            return prompt_id, events
-
-        prompt_id, events = asyncio.run(asyncio.wait_for(listen(), timeout))
-        return self.wait(prompt_id, timeout), events
+        events = Events(self.url, self.client_id)
+        try:
+            prompt_id = self.queue(graph)
+            entry = self.wait(prompt_id, timeout)
+            deadline = time.time() + 30  # the end message may trail the history entry
+            while not events.ended(prompt_id) and time.time() < deadline:
+                time.sleep(0.05)
+        finally:
+            events.stop.set()
+        return entry, [("binary", d["data"]) if kind == "preview" else (kind, d) for _, kind, d in events.items]
 
 
 class Events:
@@ -207,12 +196,17 @@ class Events:
                     data = json.loads(msg.data)
                     self.items.append((time.time(), data["type"], data.get("data", {})))
                 elif msg.type == aiohttp.WSMsgType.BINARY:  # a preview image
-                    self.items.append((time.time(), "preview", {"bytes": len(msg.data)}))
+                    self.items.append((time.time(), "preview", {"data": msg.data}))
                 elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     return
 
     def since(self, t0: float, kind: str | None = None) -> list[tuple[float, str, dict]]:
         return [e for e in list(self.items) if e[0] >= t0 and (kind is None or e[1] == kind)]
+
+    def ended(self, prompt_id: str) -> bool:
+        """Whether the server said the prompt's last node ran (`executing` with no node)."""
+        return any(kind == "executing" and d.get("node") is None and d.get("prompt_id") == prompt_id
+                   for _, kind, d in list(self.items))
 
 
 def error_of(entry: dict) -> dict | None:
