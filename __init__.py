@@ -1,14 +1,10 @@
-"""LongLive for ComfyUI. Inside ComfyUI this loads the nodes; elsewhere only longlive_core is used."""
+"""LongLive for ComfyUI. Inside ComfyUI this loads the nodes; elsewhere only longlive_core is used.
 
-import os
-import sys
+ComfyUI imports this folder as a package: the nodes reach the engine as `..longlive_core` (the engine's public API),
+so nothing is added to sys.path (where the pack's `nodes` would shadow ComfyUI's own `nodes` module).
+"""
 
 WEB_DIRECTORY = "./web"
-
-# the engine is imported as the top-level package `longlive_core`, inside ComfyUI as in tests
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
 
 try:
     import comfy_api.latest  # noqa: F401  (present only inside ComfyUI)

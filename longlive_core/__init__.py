@@ -1,14 +1,33 @@
-"""LongLive engine: causal Wan2.1 video generation with a sink + window KV cache (pure PyTorch)."""
+"""LongLive engine: causal Wan2.1 video generation with a sink + window KV cache (pure PyTorch).
 
-from .checkpoint import export_safetensors, load_model
-from .config import WanConfig
+The entry points, in the order a video is made: load_model (io/) in a precision (quant/), make_fast (fast/), then
+a StreamSession (runtime/session.py) or a named Video that owns a session between runs (runtime/video.py).
+docs/ARCHITECTURE.md says who owns what. This module is the engine's API: the ComfyUI nodes import only from it.
+"""
+
 from .errors import BackendUnavailableError, CheckpointError, ConfigError, LongLiveError, PromptError
-from .model import CausalWan
-from .schedule import RecordedNoise, Schedule, SeededNoise
-from .session import SWITCH_POLICIES, StreamSession
+from .fast.setup import make_fast
+from .io.checkpoint import export_safetensors, load_model
+from .model.attention import BACKENDS
+from .model.cache import FRAMES_PER_BLOCK
+from .model.config import WanConfig
+from .model.fused import FastWan
+from .model.wan import CausalWan
+from .quant.precision import PRECISIONS, Precision, resolve as resolve_precision
+from .runtime.prompt_text import FPS, check_starts, check_text, parse_schedule_text, parse_start
+from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
+from .runtime.schedule import DenoisingSchedule, RecordedNoise, SeededNoise
+from .runtime.session import BLENDS, MAX_BLEND_BLOCKS, SWITCH_POLICIES, StreamSession
+from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings
+from .tools.synthetic import hashed_embeds
+from .vae.stream import DecodeStream
+from .vae.tiny import TinyStream
 
 __all__ = [
-    "BackendUnavailableError", "CausalWan", "CheckpointError", "ConfigError", "LongLiveError", "PromptError",
-    "RecordedNoise", "SWITCH_POLICIES", "Schedule", "SeededNoise", "StreamSession", "WanConfig",
-    "export_safetensors", "load_model",
+    "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
+    "DecodeStream", "DenoisingSchedule", "FPS", "FRAMES_PER_BLOCK", "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS",
+    "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise", "RunHooks", "SWITCH_POLICIES",
+    "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "StreamSession", "TinyStream",
+    "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts", "check_text", "export_safetensors",
+    "hashed_embeds", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision",
 ]

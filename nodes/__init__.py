@@ -19,7 +19,6 @@ class LongLiveExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> LongLiveExtension:
+    """Called once by ComfyUI when it loads the pack: the routes are registered here, not at import."""
+    routes.register()
     return LongLiveExtension()
-
-
-routes.register()

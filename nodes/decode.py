@@ -1,4 +1,5 @@
-"""LongLive VAE Decode: ComfyUI's Wan 2.1 VAE, decoding chunk by chunk with the causal cache kept.
+"""LongLive VAE Decode: ComfyUI's Wan 2.1 VAE, decoding chunk by chunk with the causal cache kept (the streams are
+longlive_core.vae's; this module loads and casts through ComfyUI).
 
 Decoding a video in pieces over several queue runs gives exactly the frames of one full decode:
 the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
@@ -17,15 +18,12 @@ from comfy.ldm.wan.vae import count_conv3d
 from comfy.taesd.taehv import TAEHV
 from comfy_api.latest import io
 
-from longlive_core import ConfigError
-
+from ..longlive_core import ConfigError, DecodeStream, TinyStream
 from .state import SESSIONS, check_session_id
-from .tiny_stream import tiny_decode_chunk
-from .vae_stream import decode_latents, release_graphs
 
 DECODERS = ("wan vae", "tiny draft")
-TINY_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
-_TINY: dict = {}  # file path -> loaded TAEHV
+DRAFT_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
+_DRAFT_MODELS: dict = {}  # file path -> loaded TAEHV
 
 
 def check_wan_vae(vae) -> None:
@@ -36,10 +34,10 @@ def check_wan_vae(vae) -> None:
 
 
 @torch.inference_mode()
-def stream_decode(vae, samples: torch.Tensor, cache: list, fast: bool = False) -> torch.Tensor:
-    """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; `cache` carries on."""
+def stream_decode(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool = False) -> torch.Tensor:
+    """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; the stream carries on."""
     mm.load_models_gpu([vae.patcher])
-    out = decode_latents(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), cache, fast=fast)
+    out = stream.decode(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), fast=fast)
     return vae.process_output(out.to(vae.output_device).float()).movedim(1, -1).flatten(0, 1)
 
 
@@ -61,14 +59,14 @@ def weights_id(vae) -> str:
     return _WEIGHTS_IDS[fsm]
 
 
-def new_cache(vae) -> list:
-    return [None] * count_conv3d(vae.first_stage_model.decoder)
+def new_stream(vae) -> DecodeStream:
+    return DecodeStream(count_conv3d(vae.first_stage_model.decoder))
 
 
 def tiny_decoder_path() -> str:
     """The first models/vae_approx file named like Wan 2.1's tiny decoder (the lookup ComfyUI's previews do)."""
     for name in folder_paths.get_filename_list("vae_approx"):
-        if name.startswith(TINY_NAMES):
+        if name.startswith(DRAFT_NAMES):
             return folder_paths.get_full_path("vae_approx", name)
     raise ConfigError("decoder 'tiny draft' needs Wan 2.1's tiny decoder in models/vae_approx: lighttaew2_1.safetensors "
                       "(lightx2v/Autoencoders) or taew2_1.pth (madebyollin/taehv); or choose decoder 'wan vae'")
@@ -76,7 +74,7 @@ def tiny_decoder_path() -> str:
 
 def load_tiny(path: str) -> TAEHV:
     """The tiny decoder of a file, loaded once per server on ComfyUI's device."""
-    if path not in _TINY:
+    if path not in _DRAFT_MODELS:
         sd = comfy.utils.load_torch_file(path)
         model = TAEHV(latent_channels=16, show_progress_bar=False)
         missing = [k for k in model.load_state_dict(sd, strict=False).missing_keys if k.startswith("decoder.")]
@@ -84,16 +82,16 @@ def load_tiny(path: str) -> TAEHV:
             raise ConfigError(f"{path} is not a Wan 2.1 tiny decoder (missing {missing[:3]} or not 16 latent "
                               f"channels); use lighttaew2_1.safetensors")
         dtype = sd["decoder.1.weight"].dtype if sd["decoder.1.weight"].dtype in (torch.float16, torch.bfloat16) else None
-        _TINY[path] = model.to(mm.get_torch_device(), dtype or torch.float32).eval()
-    return _TINY[path]
+        _DRAFT_MODELS[path] = model.to(mm.get_torch_device(), dtype or torch.float32).eval()
+    return _DRAFT_MODELS[path]
 
 
 @torch.inference_mode()
-def draft_decode(samples: torch.Tensor, memory: dict) -> torch.Tensor:
+def draft_decode(samples: torch.Tensor, stream: TinyStream) -> torch.Tensor:
     """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] through the tiny decoder."""
     model = load_tiny(tiny_decoder_path())
     weight = model.decoder[1].weight
-    out = tiny_decode_chunk(model, samples.to(weight.device, weight.dtype), memory)
+    out = stream.decode(model, samples.to(weight.device, weight.dtype))
     return out.to(mm.intermediate_device()).float().movedim(1, -1).flatten(0, 1)
 
 
@@ -108,9 +106,9 @@ class VAEDecode(io.ComfyNode):
                     io.String.Input("session_id", default="", tooltip="Same id as the sampler: keep the decoder's "
                                     "causal cache between runs. Empty: decode these latents alone"),
                     io.Boolean.Input("compile", default=False, tooltip="torch.compile the decoder and replay it as a "
-                                     "CUDA graph: on an H100 a 12-frame chunk takes 99 ms instead of 202, after a "
-                                     "one-time compile of 20-30 s per server and size, and the graph holds about "
-                                     "2.7 GB more GPU memory at 480x832; worth it for long or live sessions"),
+                                     "CUDA graph: about twice as fast after a one-time compile per server and size; "
+                                     "each session's graph holds a few GB more GPU memory at 480x832. Worth it for "
+                                     "long or live sessions"),
                     io.Combo.Input("decoder", options=list(DECODERS), default="wan vae", optional=True, tooltip="'tiny draft': "
                                    "Wan 2.1's tiny decoder from models/vae_approx (lighttaew2_1) instead of this VAE, "
                                    "many times faster and blurrier; frames and session continuity as with the VAE")],
@@ -136,18 +134,13 @@ class VAEDecode(io.ComfyNode):
         tiny = decoder == "tiny draft"
         session_id = check_session_id(session_id)
         if not session_id:
-            return io.NodeOutput(draft_decode(z, {}) if tiny else stream_decode(vae, z, new_cache(vae), compile))
-        state = SESSIONS.get(session_id)
-        shape = (z.shape[0], *z.shape[3:])
-        key = ("tiny", tiny_decoder_path()) if tiny else weights_id(vae)
-        entry = state.decoders.setdefault(key, {"shape": shape, "cache": {} if tiny else new_cache(vae)})
-        if entry["shape"] != shape:
-            raise ConfigError(f"session '{session_id}' has been decoding latents of batch x height x width "
-                             f"{entry['shape']}, these are {shape}; decode them without a session id, or reset "
-                             f"the session")
+            return io.NodeOutput(draft_decode(z, TinyStream()) if tiny else stream_decode(vae, z, new_stream(vae), compile))
+        video = SESSIONS.get(session_id)
+        key = f"tiny {tiny_decoder_path()}" if tiny else weights_id(vae)
+        stream = video.decoder(key, TinyStream if tiny else lambda: new_stream(vae))
         if tiny:
-            return io.NodeOutput(draft_decode(z, entry["cache"]))
-        return io.NodeOutput(stream_decode(vae, z, entry["cache"], compile))
+            return io.NodeOutput(draft_decode(z, stream))
+        return io.NodeOutput(stream_decode(vae, z, stream, compile))
 
 
 class SessionReset(io.ComfyNode):
@@ -168,8 +161,6 @@ class SessionReset(io.ComfyNode):
     @classmethod
     def execute(cls, session_id) -> io.NodeOutput:
         session_id = check_session_id(session_id)
-        freed = SESSIONS.delete(session_id)
-        if freed:
-            release_graphs()  # a graph holds its decode's intermediates; another video captures its own
+        freed = SESSIONS.delete(session_id)  # closing the video frees its graphs
         text = f"session '{session_id}' {'freed' if freed else 'was not open'}"
         return io.NodeOutput(ui={"text": [text]})

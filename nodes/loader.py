@@ -11,11 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from longlive_core import load_model
-from longlive_core.attention import BACKENDS
-from longlive_core.fast import make_fast
-from longlive_core.quantize import COMPILABLE, PRECISIONS, apply_precision, check_precision, compute_dtype
-
+from ..longlive_core import BACKENDS, PRECISIONS, load_model, make_fast, resolve_precision
 from .state import LongLiveModel, first_error
 
 log = logging.getLogger("longlive")
@@ -69,19 +65,18 @@ class ModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, lora_name, lora_strength, precision, attention, fast) -> io.NodeOutput:
         device = mm.get_torch_device()
-        check_precision(precision, device)
+        resolved = resolve_precision(precision, device)
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         lora = None if lora_name == NO_LORA else folder_paths.get_full_path_or_raise("loras", lora_name)
-        model = load_model(path, lora_path=lora, lora_strength=lora_strength, device=device,
-                           dtype=compute_dtype(precision))
-        model = apply_precision(model, precision)
-        wrapper = LongLiveModel(model, precision, fast and device.type == "cuda",
-                                signature=(model_name, lora_name, lora_strength, precision, attention, fast))
-        if wrapper.fast:
-            backend = make_fast(model, attention=attention, compile=precision in COMPILABLE)
+        model = load_model(path, lora_path=lora, lora_strength=lora_strength, device=device, precision=resolved)
+        on_gpu = fast and device.type == "cuda"
+        if on_gpu:
+            model = make_fast(model, attention=attention)  # the eager model's own q, k and v weights go with it
         else:
-            backend = model.set_attention(attention)
-        log.info("LongLive attention backend: %s (asked for %s)", backend, attention)
+            model.set_attention(attention)
+        log.info("LongLive attention backend: %s (asked for %s)", model.attention_backend, attention)
+        wrapper = LongLiveModel(model, precision, on_gpu,
+                                signature=(model_name, lora_name, lora_strength, precision, attention, fast))
         wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,
                                                            offload_device=mm.unet_offload_device(),
                                                            size=_nbytes(model))

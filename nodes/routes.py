@@ -9,11 +9,8 @@ import time
 import torch
 from aiohttp import web
 
-from longlive_core import PromptError
-from longlive_core.prompt_text import check_text
-from longlive_core.registry import SessionEvictedError, UnknownSessionError
-from longlive_core.session import BLENDS, MAX_BLEND_BLOCKS
-
+from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, PostedPrompt, PromptError, SessionEvictedError,
+                             UnknownSessionError, check_text)
 from .state import SESSIONS
 
 MAX_PROMPT_CHARS = 2000
@@ -63,13 +60,13 @@ def _live_session(request: web.Request):
     """The named session, or an error response: 404 unknown, 409 not live."""
     key = request.match_info["session_id"]
     try:
-        state = SESSIONS.get(key)
+        video = SESSIONS.get(key)
     except (UnknownSessionError, SessionEvictedError) as err:
         return None, web.json_response({"error": str(err)}, status=404)
-    if not state.live:
+    if not video.live:
         return None, web.json_response({"error": f"session '{key}' is not generating live; queue the LongLive "
                                                  f"sampler with live on"}, status=409)
-    return state, None
+    return video, None
 
 
 async def post_prompt(request: web.Request) -> web.Response:
@@ -93,19 +90,19 @@ async def post_prompt(request: web.Request) -> web.Response:
     if type(blocks) is not int or not 1 <= blocks <= MAX_BLEND_BLOCKS or blend not in BLENDS:
         return web.json_response({"error": f"blend_blocks must be an integer from 1 to {MAX_BLEND_BLOCKS} and blend "
                                            f"one of {', '.join(BLENDS)}"}, status=400)
-    state, error = _live_session(request)
+    video, error = _live_session(request)
     if error:
         return error
-    state.inbox.put((text.strip(), time.time(), blocks, blend))
-    return web.json_response({"queued": text.strip(), "at_frame": state.session.frame}, status=202)
+    frame = video.post(PostedPrompt(text.strip(), time.time(), blocks, blend))
+    return web.json_response({"queued": text.strip(), "at_frame": frame}, status=202)
 
 
 async def post_stop(request: web.Request) -> web.Response:
-    state, error = _live_session(request)
+    video, error = _live_session(request)
     if error:
         return error
-    state.stop.set()
-    return web.json_response({"stopping": request.match_info["session_id"], "at_frame": state.session.frame})
+    video.stop.set()
+    return web.json_response({"stopping": request.match_info["session_id"], "at_frame": video.session.frame})
 
 
 def register() -> None:

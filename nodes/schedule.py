@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from longlive_core import PromptError
-from longlive_core.prompt_text import check_starts, parse_schedule_text, parse_start
-
-from .state import EMBEDDINGS, Schedule, Segment
+from ..longlive_core import Prompt, PromptError, check_starts, parse_schedule_text, parse_start
+from .state import EMBEDDINGS, PromptList
 
 ScheduleType = io.Custom("LONGLIVE_SCHEDULE")
 MAX_CONDITIONINGS = 6
@@ -45,10 +43,10 @@ class PromptSchedule(io.ComfyNode):
     def execute(cls, schedule, clip=None) -> io.NodeOutput:
         segments = parse_schedule_text(schedule)
         encoder = None if clip is None else cached_encoder(clip)
-        out = [Segment(s.start, s.text, None if encoder is None else encoder(s.text)) for s in segments]
+        out = [Prompt(s.start, s.text, None if encoder is None else encoder(s.text)) for s in segments]
         notes = [s.note for s in segments if s.note]
         text = [f"{s.start:>4}: {s.text}" for s in segments] + notes
-        return io.NodeOutput(Schedule(out, encoder), ui={"text": ["\n".join(text)]})
+        return io.NodeOutput(PromptList(out, encoder), ui={"text": ["\n".join(text)]})
 
 
 class ConditioningSchedule(io.ComfyNode):
@@ -77,5 +75,5 @@ class ConditioningSchedule(io.ComfyNode):
             raise PromptError(f"starts lists {len(frames)} start(s) for {len(conds)} connected conditioning "
                               f"input(s); give exactly one start per conditioning")
         check_starts(frames)
-        segments = [Segment(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))]
-        return io.NodeOutput(Schedule(segments))
+        prompts = [Prompt(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))]
+        return io.NodeOutput(PromptList(prompts))

@@ -1,32 +1,24 @@
-"""Server-side state of the pack: the loaded-model wrapper and the session registry.
-
-Module-level objects live as long as the ComfyUI server; V3 node classes hold no state.
-"""
+"""Server-side state of the pack: the loaded-model wrapper, the prompt-schedule value and the registry of named
+videos (module-level objects live as long as the ComfyUI server; V3 node classes hold no state)."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import logging
 import math
 import os
-import queue
 import threading
 import weakref
 from typing import Any, Callable
 
 import torch
 
-from longlive_core import ConfigError, StreamSession
-from longlive_core.cache import FRAMES_PER_BLOCK
-from longlive_core.registry import SessionRegistry
+from ..longlive_core import ConfigError, Prompt, SessionRegistry
 
 log = logging.getLogger("longlive")
 
 UMT5_DIM = 4096
-
-
 DEFAULT_CAP_GB = 24.0
 MAX_SESSION_ID = 128
 
@@ -61,19 +53,16 @@ def first_error(*checks: bool | str) -> bool | str:
     return next((c for c in checks if c is not True), True)
 
 
-SESSION_CAP_BYTES = session_cap(os.environ.get("LONGLIVE_SESSION_CAP_GB"))
-
-
 @dataclasses.dataclass
 class LongLiveModel:
     """What the loader hands to the sampler (type LONGLIVE_MODEL)."""
 
-    model: Any  # longlive_core.CausalWan
+    model: Any  # longlive_core.CausalWan, or its FastWan
     precision: str
     fast: bool
     signature: tuple = ()  # what the loader was asked for: the same signature means the same weights
     patcher: Any = None  # comfy ModelPatcher, so ComfyUI can unload us when memory is short
-    runners: weakref.WeakSet = dataclasses.field(default_factory=weakref.WeakSet)  # of the live sessions
+    videos: weakref.WeakSet = dataclasses.field(default_factory=weakref.WeakSet)  # the videos made with it
     weights_at: tuple | None = None
 
     @property
@@ -83,7 +72,7 @@ class LongLiveModel:
 
     def refresh_graphs(self) -> None:
         """CUDA graphs hold weight addresses: once ComfyUI has moved the weights (a full or partial unload,
-        then a load), every session's graphs are dropped and captured again. (torchao's int8 tensors
+        then a load), every video's graphs are dropped and captured again. (torchao's int8 tensors
         report address 0; the biases and norms beside them still tell.)"""
         tensors = [*self.model.parameters(), *self.model.buffers()]
         away = sum(t.device != self.model.device for t in tensors)
@@ -93,42 +82,20 @@ class LongLiveModel:
                               f"without --novram)")
         where = tuple(t.data_ptr() for t in tensors)
         if self.weights_at is not None and where != self.weights_at:
-            log.info("LongLive weights moved: dropping %d sessions' CUDA graphs", len(self.runners))
-            for runner in list(self.runners):
-                runner.clear()
+            log.info("LongLive weights moved: dropping %d sessions' CUDA graphs", len(self.videos))
+            for video in list(self.videos):
+                video.drop_graphs()
         self.weights_at = where
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """One prompt of a LONGLIVE_SCHEDULE: start latent frame, text (may be empty), embeddings or None."""
-
-    start: int
-    text: str
-    embeds: torch.Tensor | None
-
-    def key(self) -> str:
-        """Identity of the prompt, to tell whether a continuing run changed it."""
-        if self.embeds is None:
-            return "text:" + self.text
-        data = self.embeds.detach().float().cpu().contiguous().numpy().tobytes()
-        return "embeds:" + hashlib.sha256(data).hexdigest()
-
-
-def hashed_embeds(text: str, text_dim: int, tokens: int = 16) -> torch.Tensor:
-    """Deterministic pseudo-embeddings of a text, for tiny random test models only."""
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    return torch.randn(1, tokens, text_dim, generator=torch.Generator().manual_seed(seed))
 
 
 Encoder = Callable[[str], torch.Tensor]
 
 
 @dataclasses.dataclass
-class Schedule:
+class PromptList:
     """LONGLIVE_SCHEDULE: the prompts, and the text encoder that live prompt changes will use."""
 
-    segments: list[Segment]
+    prompts: list[Prompt]
     encoder: Encoder | None = None
 
 
@@ -155,36 +122,4 @@ class EmbeddingCache:
 
 
 EMBEDDINGS = EmbeddingCache()
-
-
-@dataclasses.dataclass
-class NodeSession:
-    """A streaming session as the nodes keep it between queue runs."""
-
-    session: StreamSession
-    settings: dict
-    prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
-    upcoming: dict = dataclasses.field(default_factory=dict)  # frame -> key of the prompt starting there
-    undelivered: list = dataclasses.field(default_factory=list)  # blocks of an interrupted run
-    undelivered_images: list = dataclasses.field(default_factory=list)  # and their decoded frames
-    decoders: dict = dataclasses.field(default_factory=dict)  # VAE weights id -> streaming decode cache
-    stats: dict = dataclasses.field(default_factory=dict)
-    live: bool = False  # a live run is generating: prompt changes are accepted
-    inbox: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # (text, time posted, blend blocks, blend)
-    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
-    encoder: Encoder | None = None
-    switches: list = dataclasses.field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        return self.session.cache.nbytes + 2 * self.session.text.k.numel() * self.session.text.k.element_size()
-
-    def describe(self) -> dict:
-        s = self.session
-        return {"frames": s.frame, "blocks": s.frame // FRAMES_PER_BLOCK, "settings": self.settings,
-                "state": "live" if self.live else "idle", "switches": self.switches[-20:],
-                "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
-                "cache_gib": round(self.nbytes / 2**30, 4), **self.stats}
-
-
-SESSIONS = SessionRegistry(SESSION_CAP_BYTES)
+SESSIONS = SessionRegistry(session_cap(os.environ.get("LONGLIVE_SESSION_CAP_GB")))  # session id -> Video

@@ -19,10 +19,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from longlive_core import kernels
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
-from vae_stream import _upsample2d  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from longlive_core.vae import head  # noqa: E402
+from longlive_core.vae.stream import _upsample2d  # noqa: E402
 
 SHAPES = {  # name: (channels in, channels out, frames out, height, width)
     "384ch 120x208 T6": (384, 384, 6, 120, 208),
@@ -111,14 +110,14 @@ def head_rows() -> list:
         rows.append(row(shape, f"cuDNN conv3d, {outs} outputs", lambda: F.conv3d(full, wp, bp, padding=(0, 1, 1))[:, :3],
                         flops, ref))
     for launch in NARROW_LAUNCH:
-        kernels.GPU_LAUNCH["conv narrow"] = launch
+        head.GPU_LAUNCH = launch
         rows.append(row(shape, f"triton narrow (pixels, channels, warps) {launch}",
-                        lambda: kernels.causal_conv3d_narrow(cache, x, w, bias), flops, ref))
+                        lambda: head.causal_conv3d_narrow(cache, x, w, bias), flops, ref))
     return rows
 
 
 def upsample_rows() -> list:
-    """Nearest 2x + 3x3 conv (ComfyUI's Resample) against the sub-pixel form (nodes/vae_stream._upsample2d)."""
+    """Nearest 2x + 3x3 conv (ComfyUI's Resample) against the sub-pixel form (longlive_core/vae/stream._upsample2d)."""
     rows = []
     for shape, (cin, h, w_) in UPSAMPLE.items():
         resample = torch.nn.Sequential(torch.nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),

@@ -7,7 +7,7 @@ Sections. gemm: bf16 GEMMs (separate and fused q/k/v, the FFN up-projection with
 cuBLASLt's GELU epilogue), the same GEMMs in row-wise and in tensor-wise FP8 (torch._scaled_mm) with the cost of
 quantizing their activations. attention: FlashAttention-3 in bf16 with 1-3 KV splits, cuDNN, FA3 in FP8 with
 per-head scales plus the cost of quantizing q/k/v, and the text cross-attention. norms: inductor's fusion of the
-norms, residuals, RoPE and cache writes against the Triton kernels (kernels.py) at several launch shapes.
+norms, residuals, RoPE and cache writes against the Triton kernels (kernels/ops.py) at several launch shapes.
 text: the text cross-attention, the prefix path against the Triton kernel. epilogue: the FFN up-projection's
 GELU in cuBLASLt's epilogue against inductor's GEMM template. fp8_gelu: the FP8 FFN's GELU + row-wise
 quantization, inductor against the Triton kernel.
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from longlive_core import kernels  # noqa: E402
-from longlive_core.attention import E4M3_MAX as E4M3, resolve, wave_split  # noqa: E402
-from longlive_core.model import RopeTable, apply_rope, layer_norm  # noqa: E402
-from longlive_core.quantize import rowwise_fp8  # noqa: E402
+from longlive_core.kernels import ops as kernels  # noqa: E402
+from longlive_core.model.attention import resolve, wave_split  # noqa: E402
+from longlive_core.model.wan import RopeTable, apply_rope, layer_norm  # noqa: E402
+from longlive_core.quant.fp8 import E4M3_MAX as E4M3, rowwise_fp8  # noqa: E402
 
 TOKENS, KEYS, TEXT, DIM, HEADS, FFN = 4680, 18720, 512, 1536, 12, 8960
 ROTATE = 4  # input sets, so that repeated runs do not measure the L2 cache
@@ -153,7 +153,7 @@ def attention_rows(rows: list) -> None:
 
 def norm_rows(rows: list) -> None:
     """The memory-bound work around the GEMMs: inductor's fusion of the eager expressions against the
-    Triton kernels (kernels.py); GB/s counts each tensor read or written once."""
+    Triton kernels (kernels/ops.py); GB/s counts each tensor read or written once."""
     bf = dict(device="cuda", dtype=torch.bfloat16)
     mb = TOKENS * DIM * 2 / 1e6  # one [tokens, dim] bf16 tensor
     ins = [tuple(torch.randn(1, TOKENS, DIM, **bf) for _ in range(2)) for _ in range(ROTATE)]
@@ -233,8 +233,8 @@ def text_rows(rows: list) -> None:
     padding-key merge (the prefix path of attention.py) against the Triton kernel (kernels.text_attention) at
     several launch shapes; prompts of 128 tokens (the bench's) and 512 (no padding). Errors: against SDPA over
     all 512 keys."""
-    from longlive_core.attention import _prefix_text, _sdpa
-    from longlive_core.cache import TextCache
+    from longlive_core.model.attention import _prefix_text, _sdpa
+    from longlive_core.model.cache import TextCache
     import fa3_fwd_interface as fa3
 
     bf = dict(device="cuda", dtype=torch.bfloat16)
@@ -292,9 +292,9 @@ def epilogue_rows(rows: list) -> None:
 
 def fp8_gelu_rows(rows: list) -> None:
     """The FP8 FFN's GELU + row-wise quantization of the hidden activations [4680, 8960]: inductor's fusion of the
-    torch ops against the Triton kernel (quantize.gelu_rowwise_fp8) at several launches (values a step, warps);
+    torch ops against the Triton kernel (quant/linears.gelu_rowwise_fp8) at several launches (values a step, warps);
     GB/s counts the bf16 read and the e4m3 write once."""
-    from longlive_core import quantize
+    from longlive_core.quant import linears as quantize
 
     hs = [(torch.randn(TOKENS, FFN, device="cuda", dtype=torch.bfloat16) * 2,) for _ in range(ROTATE)]
     mb = TOKENS * FFN * 3 / 1e6

@@ -28,14 +28,10 @@ from comfy.latent_formats import Wan21  # noqa: E402
 from comfy.ldm.wan.vae import count_conv3d  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from longlive_core import StreamSession, WanConfig  # noqa: E402
-from longlive_core.bench import PROMPT_TOKENS  # noqa: E402
-from longlive_core.fast import GraphRunner, make_fast, warm_up  # noqa: E402
-from longlive_core.quantize import apply_precision  # noqa: E402
-from longlive_core.synthetic import random_model  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
-from vae_stream import decode_latents  # noqa: E402
+from longlive_core import DecodeStream, StreamSession, WanConfig, make_fast, resolve_precision  # noqa: E402
+from longlive_core.fast.runner import GraphRunner, warm_up  # noqa: E402
+from longlive_core.tools.bench import PROMPT_TOKENS  # noqa: E402
+from longlive_core.tools.synthetic import random_model  # noqa: E402
 
 BLOCKS = 12
 
@@ -50,12 +46,12 @@ class Decoder:
         fmt = Wan21()
         self.mean = torch.tensor(fmt.latents_mean, device="cuda").view(1, 16, 1, 1, 1)
         self.std = torch.tensor(fmt.latents_std, device="cuda").view(1, 16, 1, 1, 1)
-        self.cache = [None] * count_conv3d(self.vae.decoder)
+        self.stream = DecodeStream(count_conv3d(self.vae.decoder))
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         raw = block.transpose(1, 2) * self.std + self.mean  # [B, 16, 3, h, w] raw VAE space
         raw = raw.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
-        return decode_latents(self.vae, raw, self.cache, fast=self.fast)
+        return self.stream.decode(self.vae, raw, fast=self.fast)
 
 
 def steady_ms(session, decoder, overlap: bool) -> float:
@@ -96,8 +92,9 @@ def main() -> None:
     out_json = option("--json", "bench_stream.json")
     with torch.inference_mode():
         model = random_model(WanConfig(), device="cuda", dtype=torch.bfloat16)
-        model = apply_precision(model, option("--precision", "bf16"))
-        attention = make_fast(model, attention=option("--attention", "auto"))
+        resolve_precision(option("--precision", "bf16"), model.device).apply(model)
+        model = make_fast(model, attention=option("--attention", "auto"))
+        attention = model.attention_backend
         session = StreamSession(model, height=480, width=832, runner=GraphRunner(model))
         warm_up(session)
         gen = torch.Generator(device="cuda").manual_seed(0)

@@ -26,8 +26,8 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing()
 from comfy.ldm.wan.vae import WanVAE, count_conv3d  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
-from vae_stream import decode_latents  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from longlive_core import DecodeStream, TinyStream  # noqa: E402
 
 CHUNKS = 8
 
@@ -49,12 +49,11 @@ def to_channels_last(vae) -> None:
 
 def run(vae, z, frames_per_call, channels_last=True, fast=False, graphs=True) -> tuple[list[float], torch.Tensor]:
     """fast: the compiled decoder (the decode node's `compile`), its steady chunks replayed as CUDA graphs (graphs)."""
-    cache, times, outs = [None] * count_conv3d(vae.decoder), [], []
+    stream, times, outs = DecodeStream(count_conv3d(vae.decoder)), [], []
     for chunk in z.split(3, dim=2):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        outs.append(decode_latents(vae, chunk, cache, frames_per_call, fast=fast, channels_last_3d=channels_last,
-                                   graphs=graphs))
+        outs.append(stream.decode(vae, chunk, fast, frames_per_call, channels_last_3d=channels_last, graphs=graphs))
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
@@ -83,7 +82,6 @@ def compiled_row(vae, z, reference, graphs: bool) -> dict:
 def tiny_row(z) -> dict:
     """Wan 2.1's tiny decoder (ComfyUI's TAEHV, random weights, bf16), streamed chunk by chunk."""
     from comfy.taesd.taehv import TAEHV
-    from tiny_stream import tiny_decode_chunk
 
     tiny = TAEHV(latent_channels=16, show_progress_bar=False).to("cuda", torch.bfloat16).eval()
     with torch.no_grad():
@@ -91,11 +89,11 @@ def tiny_row(z) -> dict:
             p.copy_(torch.randn_like(p) * (1 / max(1, p[0].numel())) ** 0.5)
     z = z.contiguous()
     for _ in range(2):  # the second pass is timed (the first autotunes cuDNN)
-        memory, times = {}, []
+        stream, times = TinyStream(), []
         for chunk in z.split(3, dim=2):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            tiny_decode_chunk(tiny, chunk, memory)
+            stream.decode(tiny, chunk)
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
@@ -108,10 +106,10 @@ def profile_chunk(vae, z) -> tuple[dict, list]:
     convolutions (by input shapes)."""
     from torch.profiler import ProfilerActivity, profile
 
-    cache = [None] * count_conv3d(vae.decoder)  # compiled by now (compiled_row)
-    decode_latents(vae, z[:, :, :3], cache, fast=True, graphs=False)
+    stream = DecodeStream(count_conv3d(vae.decoder))  # compiled by now (compiled_row)
+    stream.decode(vae, z[:, :, :3], fast=True, graphs=False)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-        decode_latents(vae, z[:, :, 3:6], cache, fast=True, graphs=False)
+        stream.decode(vae, z[:, :, 3:6], fast=True, graphs=False)
         torch.cuda.synchronize()
     kinds: dict[str, float] = {}
     kernels = []

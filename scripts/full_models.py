@@ -30,7 +30,7 @@ UMT5_LAYERS = 24
 def write_longlive(models: pathlib.Path, device: str) -> None:
     import torch
 
-    from longlive_core.synthetic import random_model, write_longlive_checkpoint, write_lora
+    from longlive_core.tools.synthetic import random_model, write_longlive_checkpoint, write_lora
 
     model_path, lora_path = models / "diffusion_models" / "longlive_base.pt", models / "loras" / "lora.pt"
     if model_path.exists() and lora_path.exists():

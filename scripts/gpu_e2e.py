@@ -36,23 +36,32 @@ log = logging.getLogger("longlive.e2e")
 FRAMES_PER_BLOCK = 3
 PROMPTS = ("a corgi runs along a sunny beach, waves rolling in", "the corgi digs in the sand as seagulls land nearby",
            "sunset: the corgi sits and watches the waves, the sky turning orange")
-FAULT_NODE = '''"""Written by scripts/gpu_e2e.py: makes LongLive's fused norm kernel raise inside every CUDA graph capture."""
+FAULT_NODE = '''"""Written by scripts/gpu_e2e.py: makes LongLive's fused norm kernel raise inside every CUDA graph capture. The
+pack's engine is a submodule of the pack's own package: it is patched when a prompt is queued (all packs loaded)."""
 import sys
+
 import torch
-sys.path.insert(0, {pack!r})
-import longlive_core.kernels as kernels
-
-_norm = kernels._norm
+from server import PromptServer
 
 
-def _failing_norm(*args, **kwargs):
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("capture failure injected by the GPU end-to-end harness")
-    return _norm(*args, **kwargs)
+def _failing(norm):
+    def failing_norm(*args, **kwargs):
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("capture failure injected by the GPU end-to-end harness")
+        return norm(*args, **kwargs)
+    failing_norm.injected = True
+    return failing_norm
 
 
-kernels._norm = _failing_norm
-NODE_CLASS_MAPPINGS = {{}}
+def _patch(prompt):
+    for name, module in list(sys.modules.items()):
+        if name.endswith("longlive_core.kernels.ops") and not getattr(module._norm, "injected", False):
+            module._norm = _failing(module._norm)
+    return prompt
+
+
+PromptServer.instance.add_on_prompt_handler(_patch)
+NODE_CLASS_MAPPINGS = {}
 '''
 
 
@@ -138,7 +147,7 @@ class Harness:
         if fault:
             node = base / "custom_nodes" / "longlive_e2e_fault" / "__init__.py"
             node.parent.mkdir(parents=True)
-            node.write_text(FAULT_NODE.format(pack=str(REPO)))
+            node.write_text(FAULT_NODE)
         cold = not any(pathlib.Path("/tmp").glob("torchinductor_*"))
         log.info("== group %s: ComfyUI %s%s", name, " ".join(server_args) or "(default arguments)",
                  " + injected capture failure" if fault else "")

@@ -229,8 +229,8 @@ def make_tiny_models(models: pathlib.Path) -> dict:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from longlive_core.config import WanConfig
-    from longlive_core.synthetic import random_model, write_longlive_checkpoint, write_lora
+    from longlive_core.model.config import WanConfig
+    from longlive_core.tools.synthetic import random_model, write_longlive_checkpoint, write_lora
 
     paths = {"model": models / "diffusion_models" / "longlive_tiny_random.pt",
              "lora": models / "loras" / "longlive_tiny_random_lora.pt",

@@ -17,9 +17,13 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from longlive_core import StreamSession, WanConfig, graphs, kernels  # noqa: E402
-from longlive_core.fast import GraphRunner, make_fast, warm_up  # noqa: E402
-from longlive_core.synthetic import random_model  # noqa: E402
+from longlive_core import StreamSession, WanConfig  # noqa: E402
+from longlive_core.fast import graphs  # noqa: E402
+from longlive_core.fast.runner import GraphRunner, warm_up  # noqa: E402
+from longlive_core.fast.setup import make_fast  # noqa: E402
+from longlive_core.kernels import ops as kernels  # noqa: E402
+from longlive_core.tools.synthetic import random_model  # noqa: E402
+from longlive_core.vae.head import causal_conv3d_narrow  # noqa: E402
 
 CFG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, text_dim=64)
 
@@ -53,9 +57,9 @@ def head_kernel_in_a_graph() -> float | str:
     cache, x = (torch.randn(1, 32, n, 40, 56, device="cuda", generator=gen, dtype=torch.bfloat16) for n in (2, 4))
     weight = torch.randn(3, 32, 3, 3, 3, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.1
     bias = torch.randn(3, device="cuda", generator=gen, dtype=torch.bfloat16)
-    eager = kernels.causal_conv3d_narrow(cache, x * 2, weight, bias)
+    eager = causal_conv3d_narrow(cache, x * 2, weight, bias)
     try:
-        graph, out = graphs.capture(lambda: kernels.causal_conv3d_narrow(cache, x * 2, weight, bias), x.device)
+        graph, out = graphs.capture(lambda: causal_conv3d_narrow(cache, x * 2, weight, bias), x.device)
     except graphs.CaptureError as exc:
         return str(exc)
     graph.replay()
@@ -65,10 +69,10 @@ def head_kernel_in_a_graph() -> float | str:
 def main() -> None:
     model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
     eager, _ = stream(model, fast=False)
-    make_fast(model, attention="auto")
+    fast_model = make_fast(model, attention="auto")
     if sys.argv[1:] in (["--fail-capture"], ["--break-capture"]):
         fail_inside_captures(sys.argv[1])
-    fast, session = stream(model, fast=True)
+    fast, session = stream(fast_model, fast=True)
     head = head_kernel_in_a_graph()
     print(json.dumps({"allocator": torch.cuda.memory.get_allocator_backend(), "graphs": len(session.runner.graphs),
                       "failed": session.runner.failed, "rel": ((fast - eager).norm() / eager.norm()).item(),

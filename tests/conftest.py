@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():  # the Triton kernels run in Triton's interpreter (before triton is imported)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from longlive_core.synthetic import TINY, random_model
+from longlive_core.tools.synthetic import TINY, random_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = pathlib.Path(os.environ.get("LONGLIVE_GOLDEN", REPO.parent / "shared" / "golden"))

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from longlive_core import StreamSession
-from longlive_core.cache import KVCache
-from longlive_core.config import TEXT_LEN
+from longlive_core.model.cache import KVCache
+from longlive_core.model.config import TEXT_LEN
 from longlive_core.errors import ConfigError
 
 

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from longlive_core import CheckpointError, StreamSession, export_safetensors, load_model
-from longlive_core.checkpoint import canonical_key
-from longlive_core.quantize import Float8Linear, apply_precision, swap_linears
-from longlive_core.synthetic import TINY, random_model, write_longlive_checkpoint, write_lora
+from longlive_core.io.checkpoint import canonical_key
+from longlive_core.quant.precision import PRECISIONS
+from longlive_core.tools.synthetic import TINY, random_model, write_longlive_checkpoint, write_lora
 
 
 def _generate(model, prompt, frames=9):
@@ -82,19 +82,16 @@ def test_export_merged_model_round_trips(tmp_path, tiny_model, prompt):
 
 @pytest.mark.parametrize("precision", ["fp8", "int8 dynamic", "int8 weight-only"])
 def test_export_refuses_a_quantized_model(tmp_path, precision):
-    model = random_model(TINY, dtype=torch.float32)
-    if precision == "fp8":  # apply_precision refuses fp8 on the CPU: the same conversion, directly
-        swap_linears(model.blocks, Float8Linear)
-    else:
-        model = apply_precision(model, precision)
+    model = random_model(TINY, dtype=torch.bfloat16)
+    PRECISIONS[precision].apply(model)  # (resolve() would refuse fp8 on the CPU: apply is the same conversion)
     out = tmp_path / "quantized.safetensors"
-    with pytest.raises(CheckpointError, match="quantized .*export it before apply_precision"):
+    with pytest.raises(CheckpointError, match="quantized .*export it unquantized"):
         export_safetensors(model, str(out))
     assert not out.exists()
 
 def test_heads_default_to_dim_over_128():
     model = random_model(TINY.__class__(dim=256, ffn_dim=64, num_heads=2, num_layers=1, text_dim=16))
-    from longlive_core.config import WanConfig
+    from longlive_core.model.config import WanConfig
     assert WanConfig.from_state_dict(model.state_dict()).num_heads == 2
 
 

@@ -398,7 +398,7 @@ def test_loader_inputs_are_checked_at_queue_time(host, inputs, message):
 def test_model_files_by_content_and_broken_weights(host):
     """A safetensors file named .sft loads; NaN weights are refused naming the file."""
     from longlive_core import load_model
-    from longlive_core.checkpoint import export_safetensors
+    from longlive_core.io.checkpoint import export_safetensors
 
     folder = host.base / "models" / "diffusion_models"
     model = load_model(str(folder / host.names["model"]), dtype=torch.float32, num_heads=1)

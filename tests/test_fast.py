@@ -1,6 +1,6 @@
-"""The fast path's rewrites of the model (fused q|k|v, the FFN through linear_gelu, cache-only passes)
-against the plain model, on the CPU in float32. The compiled stages are checked against the golden
-runs in test_golden; CUDA graphs in test_gpu."""
+"""The fast model (make_fast: a FastWan on the eager model's weights), the FFN through linear_gelu and cache-only
+passes against the plain model, on the CPU in float32. The fused blocks are checked in test_kernels, the compiled
+stages against the golden runs in test_golden, CUDA graphs in test_gpu."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import dataclasses
 import pytest
 import torch
 
-from longlive_core.attention import E4M3_MAX, Q_TILE, merge_pad, resolve, wave_split
 from longlive_core.errors import BackendUnavailableError, ConfigError
-from longlive_core.fast import compile_blocks, make_fast
-from longlive_core.model import linear_gelu
-from longlive_core.session import StreamSession
-from longlive_core.synthetic import TINY, random_model
+from longlive_core.fast.setup import make_fast
+from longlive_core.model.attention import Q_TILE, merge_pad, resolve, wave_split
+from longlive_core.model.fused import FastWan, linear_gelu
+from longlive_core.model.wan import Block, CausalWan
+from longlive_core.quant.fp8 import E4M3_MAX
+from longlive_core.runtime.session import StreamSession
+from longlive_core.tools.synthetic import TINY, random_model
 
 
 def video(model, prompt, frames=15):
@@ -23,26 +25,17 @@ def video(model, prompt, frames=15):
     return torch.cat(list(session.generate(frames)), 1)
 
 
-def test_fast_rewrites_keep_the_video_and_the_state_dict(tiny_model, prompt):
+def test_make_fast_leaves_the_eager_model_as_it_was_and_makes_its_video(tiny_model, prompt):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    stages = tiny_model.stages
     plain = video(tiny_model, prompt)
-    make_fast(tiny_model, attention="sdpa", compile=False)
-    attn = tiny_model.blocks[0].self_attn
-    assert attn.qkv is not None and tiny_model.blocks[0].fused_gelu
-    # q, k and v now view the fused weight: nothing is stored twice
-    assert attn.k.weight.data_ptr() == attn.qkv.weight.data_ptr() + attn.q.weight.numel() * attn.q.weight.element_size()
+    fast = make_fast(tiny_model, attention="sdpa", compile=False)
+    assert isinstance(fast, FastWan) and type(tiny_model) is CausalWan and tiny_model.stages is stages
+    assert all(type(b) is Block for b in tiny_model.blocks)
     after = tiny_model.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], before[k]) for k in before)
-    fast = video(tiny_model, prompt)
-    assert ((fast - plain).norm() / plain.norm()).item() < 1e-5
-
-
-def test_make_fast_twice_fuses_once(tiny_model):
-    make_fast(tiny_model, attention="sdpa", compile=False)
-    fused = tiny_model.blocks[1].self_attn.qkv
-    make_fast(tiny_model, attention="sdpa", compile=False)
-    assert tiny_model.blocks[1].self_attn.qkv is fused
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert fast.head.head.weight.data_ptr() == tiny_model.head.head.weight.data_ptr()  # shared, not copied
+    assert ((video(fast, prompt) - plain).norm() / plain.norm()).item() < 1e-5
 
 
 def test_linear_gelu_is_the_tanh_gelu_of_the_linear():
@@ -155,8 +148,9 @@ def test_fp8_attention_keeps_an_fp8_cache_written_once_per_token(prompt):
     fp8 = video(model, prompt)
     assert set(caches) == {torch.float8_e4m3fn}
     assert 1e-4 < ((fp8 - plain).norm() / plain.norm()).item() < 0.1
-    compile_blocks(model)  # the compiled stages write FP8 directly instead of through a byte view
-    compiled = video(model, prompt)
+    fast = make_fast(model, attention="sdpa", fused=False)  # compiled stages write FP8 directly, not through bytes
+    fast.attention_backend, fast.attend = model.attention_backend, attend
+    compiled = video(fast, prompt)
     assert ((compiled - fp8).norm() / fp8.norm()).item() < 1e-3  # a few values may round to the other FP8 neighbour
     session = StreamSession(model, height=64, width=96, local_attn_size=9, sink_size=3)
     assert session.cache.k.dtype == torch.float8_e4m3fn and session.cache.nbytes == session.cache.k.numel() * 2

@@ -9,7 +9,7 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
-from longlive_core.verify import TOLERANCE, as_recorded, block_errors, run_case
+from longlive_core.tools.verify import TOLERANCE, as_recorded, block_errors, run_case
 from conftest import REPO, golden_cases
 
 

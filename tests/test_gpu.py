@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from longlive_core import StreamSession, WanConfig
-from longlive_core.attention import text_attention
-from longlive_core.fast import GraphRunner, make_fast, warm_up
-from longlive_core.quantize import COMPILABLE, apply_precision
-from longlive_core.synthetic import random_model
+from longlive_core.fast.runner import GraphRunner, warm_up
+from longlive_core.fast.setup import make_fast
+from longlive_core.model.attention import cross_attention
+from longlive_core.model.wan import Block, Stages
+from longlive_core.quant.precision import resolve as resolve_precision
+from longlive_core.tools.synthetic import random_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -33,8 +35,7 @@ def rel(a, b):
 def test_graphs_replay_the_eager_path_through_two_switches():
     model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
     eager, _ = stream(model, None)
-    make_fast(model, attention="sdpa", compile=False)
-    fast, session = stream(model, GraphRunner)
+    fast, session = stream(make_fast(model, attention="sdpa", compile=False), GraphRunner)
     runner = session.runner
     assert len(runner.graphs) >= 5  # the 4 steps and the clean pass of steady blocks
     assert rel(fast, eager) < 1e-2
@@ -43,8 +44,7 @@ def test_graphs_replay_the_eager_path_through_two_switches():
 def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
     eager, _ = stream(model, None)
-    make_fast(model, attention="auto")
-    fast, session = stream(model, GraphRunner, prepare=True)
+    fast, session = stream(make_fast(model, attention="auto"), GraphRunner, prepare=True)
     assert len(session.runner.graphs) == 6  # captured before the first block: 4 steps, clean pass, recache
     assert rel(fast, eager) < 2e-2
 
@@ -52,10 +52,10 @@ def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
 
 @pytest.mark.parametrize("precision", ["int8 dynamic", "int8 weight-only"])
 def test_int8_models_run_the_fast_path_under_graphs_as_the_loader_sets_them_up(precision):
-    model = apply_precision(random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05), precision)
+    model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
+    resolve_precision(precision, model.device).apply(model)
     eager, _ = stream(model, None)
-    make_fast(model, attention="sdpa", compile=precision in COMPILABLE)
-    fast, session = stream(model, GraphRunner, prepare=True)
+    fast, session = stream(make_fast(model, attention="sdpa"), GraphRunner, prepare=True)
     assert len(session.runner.graphs) == 6
     assert rel(fast, eager) < 3e-2
 
@@ -69,25 +69,24 @@ def test_flash_text_attention_reads_the_prompt_and_merges_the_padding_key():
     assert session.text.used.tolist() == [30]
     q = torch.randn(1, 700, CFG.num_heads, CFG.head_dim, device="cuda", dtype=torch.bfloat16)
     text = session.text.layer(2)
-    full = text_attention("sdpa", torch.device("cuda"))(q, text)
-    prefix = text_attention("auto", torch.device("cuda"), compiled=True)
+    full = cross_attention("sdpa", torch.device("cuda"))(q, text)
+    prefix = cross_attention("auto", torch.device("cuda"), fast=True)
     assert rel(prefix(q, text).float(), full.float()) < 1e-2
 
 
 def test_fp8_self_attention_follows_the_bf16_fast_path():
-    model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
-    make_fast(model, attention="auto")
+    model = make_fast(random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05), attention="auto")
     if model.attention_backend != "flash-attn 3":
         pytest.skip("FP8 attention needs FlashAttention-3 on a Hopper GPU")
     bf16, _ = stream(model, GraphRunner, prepare=True)
-    assert model.set_attention("flash-attn 3 fp8", compiled=True) == "flash-attn 3 fp8"
+    assert model.set_attention("flash-attn 3 fp8", fast=True) == "flash-attn 3 fp8"
     fp8, session = stream(model, GraphRunner, prepare=True)
     assert torch.isfinite(fp8).all() and len(session.runner.graphs) == 6
     assert 0 < rel(fp8, bf16) < 0.2
 
 
 def test_gelu_rowwise_fp8_kernel_equals_the_torch_ops():
-    from longlive_core.quantize import gelu_rowwise_fp8
+    from longlive_core.quant.linears import gelu_rowwise_fp8
 
     gen = torch.Generator(device="cuda").manual_seed(5)
     x = torch.randn(300, 8960, device="cuda", generator=gen).to(torch.bfloat16) * 3
@@ -108,7 +107,7 @@ def test_attention_cut_into_whole_waves_equals_one_call(backend, batch):
     """4680 queries x 12 heads: 4224 queries in whole waves of the H100's 132 SMs, the rest with split keys,
     both written into one output (for batch 2, views strided over the samples); against FA3 over all
     queries at once."""
-    from longlive_core.attention import resolve
+    from longlive_core.model.attention import resolve
 
     try:
         fa3 = pytest.importorskip("fa3_fwd_interface")
@@ -137,12 +136,9 @@ def test_attention_cut_into_whole_waves_equals_one_call(backend, batch):
 def test_compiled_vae_decode_replays_steady_chunks_from_a_cuda_graph():
     """The decode node's `compile`: the first chunk eager, the next compiled, then captured and replayed; the
     frames follow the eager chunked decode (bf16 rounding, cuDNN's algorithms). Needs ComfyUI's comfy package."""
-    import pathlib
-    import sys
+    from longlive_core.vae.stream import DecodeStream
 
     wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nodes"))
-    import vae_stream
 
     torch.manual_seed(0)
     vae = wan_vae.WanVAE(dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
@@ -151,11 +147,13 @@ def test_compiled_vae_decode_replays_steady_chunks_from_a_cuda_graph():
         for name, p in vae.named_parameters():
             p.copy_(torch.ones_like(p) if name.endswith("gamma") else torch.randn_like(p) / p[0].numel() ** 0.5)
     z = torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16)
-    caches = [[None] * wan_vae.count_conv3d(vae.decoder) for _ in range(2)]
+    streams = [DecodeStream(wan_vae.count_conv3d(vae.decoder)) for _ in range(2)]
     with torch.inference_mode():
-        plain = torch.cat([vae_stream.decode_latents(vae, part, caches[0]) for part in z.split(3, dim=2)], 2)
-        fast = torch.cat([vae_stream.decode_latents(vae, part, caches[1], fast=True) for part in z.split(3, dim=2)], 2)
-    assert isinstance(vae_stream._GRAPHS[vae.decoder], vae_stream.SteadyGraph)
+        plain = torch.cat([streams[0].decode(vae, part) for part in z.split(3, dim=2)], 2)
+        fast = torch.cat([streams[1].decode(vae, part, fast=True) for part in z.split(3, dim=2)], 2)
+    assert streams[1].has_graph and not streams[0].has_graph
+    streams[1].close()
+    assert not streams[1].has_graph
     assert fast.shape == plain.shape == (1, 3, 57, 128, 192)
     assert rel(fast.float(), plain.float()) < 2e-2
 
@@ -215,8 +213,8 @@ def test_a_compile_that_fails_falls_back_to_the_eager_stages():
     Triton kernels, and captures the eager stages."""
     model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
     eager, _ = stream(model, None)
-    make_fast(model, attention="sdpa", compile_options={"_raise_error_for_testing": True})
-    fast, session = stream(model, GraphRunner, prepare=True)
-    assert not model.blocks[0].fused_norms and "self_qkv" not in vars(model.blocks[0])
+    fast_model = make_fast(model, attention="sdpa", compile_options={"_raise_error_for_testing": True})
+    fast, session = stream(fast_model, GraphRunner, prepare=True)
+    assert not fast_model.fused and fast_model.stages == Stages.of(Block)
     assert len(session.runner.graphs) == 6
     assert rel(fast, eager) < 1e-2

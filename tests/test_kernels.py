@@ -1,23 +1,27 @@
-"""The Triton kernels (kernels.py) against the eager Block expressions they replace: on a CUDA GPU, or
+"""The Triton kernels (kernels/ops.py, vae/head.py) and the fused block (model/fused.py) against the eager Block
+expressions they replace: on a CUDA GPU, or
 on the CPU in Triton's interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU). The
 interpreter rounds to bfloat16 by truncation, so on the CPU 16-bit rounding is checked in float16."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
 import torch
 
-from longlive_core import kernels
-from longlive_core.attention import text_attention, to_fp8
-from longlive_core.cache import TextCache
-from longlive_core.config import WanConfig
 from longlive_core.errors import BackendUnavailableError
-from longlive_core.fast import fuse_qkv, make_fast
-from longlive_core.model import Block, RopeTable, gated_add
-from longlive_core.synthetic import TINY, random_model
+from longlive_core.fast.setup import make_fast
+from longlive_core.kernels import ops as kernels
+from longlive_core.model.attention import cross_attention
+from longlive_core.model.cache import TextCache
+from longlive_core.model.config import WanConfig
+from longlive_core.model.fused import FusedBlock
+from longlive_core.model.wan import Block, RopeTable, gated_add
+from longlive_core.quant.fp8 import rowwise_fp8, to_fp8
+from longlive_core.quant.precision import PRECISIONS, plain
+from longlive_core.tools.synthetic import TINY, random_model
+from longlive_core.vae.head import causal_conv3d_narrow
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16
@@ -31,10 +35,13 @@ def blocks(dtype, seed=0):
     for p in eager.parameters():
         p.data.normal_(0, 0.5)
     eager = eager.to(DEVICE, dtype)
-    fuse_qkv(eager.self_attn)
-    fused = copy.deepcopy(eager)
-    fused.fused_norms = True
-    return eager, fused
+    return eager, kernels_only(FusedBlock(eager, plain(dtype)))
+
+
+def kernels_only(fused: FusedBlock) -> FusedBlock:
+    """The FFN as the eager block runs it (its GELU as a GEMM epilogue rounds differently: test_fast checks it)."""
+    fused.gelu_epilogue = False
+    return fused
 
 
 def inputs(dtype):
@@ -108,12 +115,12 @@ def test_text_attention_kernel_is_the_normed_q_attending_to_every_key(dtype):
     x, mod, y, *_ = inputs(dtype)
     text = text_cache(dtype)
     x, mod, y = x[:1].expand(3, -1, -1), mod[:1].expand(3, -1, -1), y[:1].expand(3, -1, -1, -1)
-    sdpa = text_attention("sdpa", torch.device(DEVICE))
+    sdpa = cross_attention("sdpa", torch.device(DEVICE))
     with torch.no_grad():
-        want = eager._cross(eager.self_out_cross_q(x, y, mod)[1], text, sdpa)
-        got = fused._cross(fused.self_out_cross_q(x, y, mod)[1], text, sdpa)
-        unpadded = fused._cross(fused.self_out_cross_q(x, y, mod)[1], dataclasses.replace(
-            text, log_pad=torch.full_like(text.log_pad, -torch.inf)), sdpa)
+        want = eager.cross(eager.self_out_cross_q(x, y, mod)[1], text, sdpa)
+        got = fused.cross(fused.self_out_cross_q(x, y, mod)[1], text)
+        unpadded = fused.cross(fused.self_out_cross_q(x, y, mod)[1], dataclasses.replace(
+            text, log_pad=torch.full_like(text.log_pad, -torch.inf)))
     assert got.shape == want.shape and got.dtype == want.dtype
     if dtype == torch.float32:
         assert steps_apart(got, want, dtype) == 0
@@ -144,7 +151,7 @@ def test_fp8_cache_holds_what_the_eager_write_holds():
 
 def test_norm_kernel_adds_any_residual_and_broadcasts_one_sample_vectors():
     """add_norm_affine(x, x): the residual is still added; a [1, 1, N] scale/shift serves every sample."""
-    from longlive_core.model import layer_norm
+    from longlive_core.model.wan import layer_norm
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(3, 5, 64, generator=gen).to(DEVICE)
@@ -160,8 +167,6 @@ def test_norm_kernel_adds_any_residual_and_broadcasts_one_sample_vectors():
 def test_norm_kernel_quantizes_its_rows_as_the_fp8_linear_would(residual):
     """For an FP8 linear the norm kernel hands over e4m3 rows and their scales: those of rowwise_fp8 of its 16-bit
     output."""
-    from longlive_core.quantize import rowwise_fp8
-
     x, mod, y, *_ = inputs(HALF)
     extra = (y.flatten(2), mod[:, 2:3]) if residual else None
     new_x, h = kernels.norm(x, extra, mod[:, 1:2], mod[:, 0:1], 1e-6, True)
@@ -179,17 +184,16 @@ def test_norm_kernel_quantizes_its_rows_as_the_fp8_linear_would(residual):
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter's FP8 rounding differs from torch's (the norm kernel's "
                                               "quantization is checked on the CPU above)")
 def test_fp8_block_on_the_fused_path_computes_what_the_eager_fp8_block_computes():
-    from longlive_core.quantize import Float8Linear, swap_linears
-
+    fp8 = PRECISIONS["fp8"]
     torch.manual_seed(0)
     eager = Block(CFG)
     for p in eager.parameters():
         p.data.normal_(0, 0.5)
     eager = eager.to(DEVICE, torch.bfloat16)
-    swap_linears(eager, Float8Linear)
-    fuse_qkv(eager.self_attn)
-    fused = copy.deepcopy(eager)
-    fused.fused_norms = True
+    for attn in (eager.self_attn, eager.cross_attn):
+        attn.q, attn.k, attn.v, attn.o = (fp8.linear(m) for m in (attn.q, attn.k, attn.v, attn.o))
+    eager.ffn[0], eager.ffn[2] = fp8.linear(eager.ffn[0]), fp8.linear(eager.ffn[2])
+    fused = FusedBlock(eager, fp8)
     x, mod, y, cos, sin, index = inputs(torch.bfloat16)
     caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=torch.bfloat16) for _ in range(4)]
     with torch.no_grad():
@@ -206,18 +210,18 @@ def rel_err(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def test_make_fast_fuses_the_norms_where_triton_runs_and_keeps_the_video(prompt):
+def test_make_fast_fuses_the_blocks_where_triton_runs_and_keeps_the_video(prompt):
     from test_fast import video
 
     model = random_model(TINY, seed=2, device=DEVICE, dtype=torch.float32, std=0.3)
     prompt = prompt.to(DEVICE)
-    plain = video(model, prompt)
-    make_fast(model, attention="sdpa", compile=False)
-    assert all(b.fused_norms for b in model.blocks)
-    fast = video(model, prompt)
-    assert ((fast - plain).norm() / plain.norm()).item() < 1e-5
-    make_fast(model, attention="sdpa", compile=False, fused_norms=False)
-    assert not any(b.fused_norms for b in model.blocks)
+    eager = video(model, prompt)
+    fast = make_fast(model, attention="sdpa", compile=False)
+    assert fast.fused and all(type(b) is FusedBlock for b in fast.blocks)
+    assert ((video(fast, prompt) - eager).norm() / eager.norm()).item() < 1e-5
+    assert not make_fast(model, attention="sdpa", compile=False, fused=False).fused
+    fast.unfuse()  # the eager blocks on the fused weights (q, k, v as views of q|k|v): the same video
+    assert not fast.fused and ((video(fast, prompt) - eager).norm() / eager.norm()).item() < 1e-5
 
 
 @pytest.mark.parametrize("channels, outs", [(96, 3), (20, 4)])  # the Wan VAE's head; channels not a step multiple
@@ -229,11 +233,11 @@ def test_narrow_causal_conv_equals_conv3d_after_the_cached_frames(channels, outs
     weight = (torch.randn(outs, channels, 3, 3, 3, generator=gen) / (27 * channels) ** 0.5).to(DEVICE, dtype)
     bias = torch.randn(outs, generator=gen).to(DEVICE, dtype)
     want = torch.nn.functional.conv3d(torch.cat([cache, x], 2).float(), weight.float(), bias.float(), padding=(0, 1, 1))
-    got = kernels.causal_conv3d_narrow(cache, x.contiguous(memory_format=torch.channels_last_3d), weight, bias)
+    got = causal_conv3d_narrow(cache, x.contiguous(memory_format=torch.channels_last_3d), weight, bias)
     assert got.shape == want.shape and got.dtype == dtype and got.is_contiguous()
     assert rel_err(got, want) < (4e-3 if dtype == torch.bfloat16 else 1e-6)
     with pytest.raises(ValueError, match="not a 3x3x3 convolution to at most 4 channels"):
-        kernels.causal_conv3d_narrow(cache[:, :, :1], x, weight, bias)
+        causal_conv3d_narrow(cache[:, :, :1], x, weight, bias)
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="a CPU without Triton's interpreter")

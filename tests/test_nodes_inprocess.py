@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO
 from longlive_core import ConfigError, PromptError
-from longlive_core.prompt_text import parse_schedule_text, seconds_to_latent
+from longlive_core.runtime.prompt_text import parse_schedule_text, seconds_to_latent
 
 sys.path.insert(0, str(REPO / "scripts"))
 from host import comfy_dir, write_tiny_wan_vae  # noqa: E402
@@ -41,9 +41,14 @@ def tiny_vae(comfy, tmp_path_factory):
 
 
 def load_pack():
-    """The pack's node modules, imported as ComfyUI imports a custom node package."""
+    """The pack's node modules, imported as ComfyUI imports a custom node package. The nodes reach the engine as
+    `longlive_pack.longlive_core`: here that is the `longlive_core` the tests import (one copy of its classes and
+    custom ops in the process)."""
     import importlib.util
 
+    import longlive_core
+
+    sys.modules.setdefault("longlive_pack.longlive_core", longlive_core)
     spec = importlib.util.spec_from_file_location("longlive_pack", REPO / "__init__.py",
                                                   submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)
@@ -54,16 +59,18 @@ def load_pack():
 
 def test_streaming_decode_in_chunks_equals_comfys_full_decode(tiny_vae):
     load_pack()
-    from longlive_pack.nodes.decode import new_cache, stream_decode
+    from longlive_pack.nodes.decode import new_stream, stream_decode
 
     z = torch.randn(1, 16, 11, 8, 12, generator=torch.Generator().manual_seed(0))
     full = tiny_vae.decode(z).reshape(-1, 64, 96, 3)  # what ComfyUI's VAEDecode returns
-    cache = new_cache(tiny_vae)
-    chunks = [stream_decode(tiny_vae, part, cache) for part in z.split([3, 6, 1, 1], dim=2)]
+    stream = new_stream(tiny_vae)
+    chunks = [stream_decode(tiny_vae, part, stream) for part in z.split([3, 6, 1, 1], dim=2)]
     assert [c.shape[0] for c in chunks] == [9, 24, 4, 4]  # 4T - 3, then 4T
     torch.testing.assert_close(torch.cat(chunks), full, rtol=1e-5, atol=1e-5)
     # without the kept cache the second piece would be another video
-    alone = stream_decode(tiny_vae, z[:, :, 3:9], new_cache(tiny_vae))
+    alone = stream_decode(tiny_vae, z[:, :, 3:9], new_stream(tiny_vae))
+    with pytest.raises(ConfigError, match=r"batch x height x width \(1, 8, 12\), these are \(2, 8, 12\)"):
+        stream_decode(tiny_vae, z.expand(2, -1, -1, -1, -1)[:, :, :3], stream)
     assert alone.shape[0] == 21 and not torch.allclose(alone[-20:], full[9:33][-20:], atol=1e-3)
 
 
@@ -79,9 +86,9 @@ def set_comfy_cast(decoder, cast: bool) -> None:
 def test_steady_decode_equals_the_decoder(tiny_vae, cast):
     """With resident weights within float32 rounding: the upsamplers run as sub-pixel convs (kernel rows summed), the
     RGB head in the Triton kernel (here in its interpreter). With ComfyUI-cast weights exactly: its modules run."""
-    load_pack()
     from comfy.ldm.wan.vae import count_conv3d
-    from longlive_pack.nodes.vae_stream import is_steady, steady_decode
+
+    from longlive_core.vae.stream import is_steady, steady_decode
 
     vae = tiny_vae.first_stage_model
     set_comfy_cast(vae.decoder, cast)
@@ -107,10 +114,10 @@ def test_steady_decode_equals_the_decoder(tiny_vae, cast):
 
 def test_compiled_streaming_decode_gives_the_same_frames(tiny_vae):
     load_pack()
-    from longlive_pack.nodes.decode import new_cache, stream_decode
+    from longlive_pack.nodes.decode import new_stream, stream_decode
 
     z = torch.randn(1, 16, 9, 8, 12, generator=torch.Generator().manual_seed(1))
-    plain, fast = new_cache(tiny_vae), new_cache(tiny_vae)
+    plain, fast = new_stream(tiny_vae), new_stream(tiny_vae)
     for part in z.split(3, dim=2):
         torch.testing.assert_close(stream_decode(tiny_vae, part, fast, fast=True), stream_decode(tiny_vae, part, plain),
                                    rtol=1e-4, atol=1e-4)
@@ -123,7 +130,7 @@ def test_conditioning_schedule(comfy):
     conds = [[[torch.full((1, 20, 4096), float(i)), {"pooled_output": None}]] for i in range(3)]
     out = ConditioningSchedule.execute(starts="0, 5s, f45", conditioning_1=conds[0], conditioning_2=conds[1],
                                        conditioning_3=conds[2])
-    segments = out.result[0].segments
+    segments = out.result[0].prompts
     assert [s.start for s in segments] == [0, 21, 45]  # the starts the schedule text takes ('f45' too)
     assert [s.embeds[0, 0, 0].item() for s in segments] == [0.0, 1.0, 2.0]
     with pytest.raises(PromptError, match="lists 2 start"):
@@ -172,30 +179,30 @@ def test_session_cap_from_the_environment(comfy, caplog):
         assert f"LONGLIVE_SESSION_CAP_GB={value!r} is not a number of GiB" in caplog.text
 
 
-class Runner:
-    """Counts clears; GraphRunner itself needs a GPU."""
+class Video:
+    """Counts graph drops; a Video's GraphRunner needs a GPU."""
 
     def __init__(self):
         self.cleared = 0
 
-    def clear(self):
+    def drop_graphs(self):
         self.cleared += 1
 
 
 def test_graphs_are_dropped_when_comfy_moves_the_weights(comfy):
     load_pack()
     from longlive_pack.nodes.state import LongLiveModel
-    from longlive_core.synthetic import TINY, random_model
+    from longlive_core.tools.synthetic import TINY, random_model
 
     wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), "bf16", fast=True)
-    runner = Runner()
-    wrapper.runners.add(runner)
+    video = Video()
+    wrapper.videos.add(video)
     wrapper.refresh_graphs()
     wrapper.refresh_graphs()
-    assert runner.cleared == 0  # loaded where it was: the graphs stay
+    assert video.cleared == 0  # loaded where it was: the graphs stay
     wrapper.model.to(torch.float64).to(torch.float32)  # every weight gets a new address, as after an unload
     wrapper.refresh_graphs()
-    assert runner.cleared == 1
+    assert video.cleared == 1
 
 
 def test_a_model_left_partly_off_its_device_is_refused_before_any_capture(comfy):
@@ -204,7 +211,7 @@ def test_a_model_left_partly_off_its_device_is_refused_before_any_capture(comfy)
     load_pack()
     from longlive_pack.nodes.state import LongLiveModel
     from longlive_core import ConfigError
-    from longlive_core.synthetic import TINY, random_model
+    from longlive_core.tools.synthetic import TINY, random_model
 
     wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), "bf16", fast=True)
     wrapper.model.blocks[1].self_attn.q.to("meta")
@@ -225,8 +232,7 @@ def random_tiny_decoder(seed: int = 0):
 
 
 def test_tiny_decoder_in_chunks_equals_its_whole_decode(comfy):
-    load_pack()
-    from longlive_pack.nodes.tiny_stream import tiny_decode_chunk
+    from longlive_core.vae.tiny import tiny_decode_chunk
 
     model, _ = random_tiny_decoder()
     z = torch.randn(1, 16, 7, 8, 12, generator=torch.Generator().manual_seed(2))
@@ -244,12 +250,13 @@ def test_decode_node_draft_mode_streams_through_the_tiny_decoder(comfy, tiny_vae
     import folder_paths
     from safetensors.torch import save_file
 
-    from longlive_core import StreamSession
-    from longlive_core.synthetic import TINY, random_model
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
     from longlive_pack.nodes.decode import VAEDecode
-    from longlive_pack.nodes.state import SESSIONS, NodeSession
+    from longlive_pack.nodes.state import SESSIONS
 
-    SESSIONS.put("draft-session", NodeSession(StreamSession(random_model(TINY), height=64, width=96), {}), 0)
+    settings = VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "draft-session")
+    SESSIONS.put("draft-session", Video(random_model(TINY), settings, fast=False), 0)
 
     z = torch.randn(1, 16, 6, 8, 12, generator=torch.Generator().manual_seed(3))
     empty = tmp_path / "empty"

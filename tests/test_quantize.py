@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from longlive_core import BackendUnavailableError, ConfigError, StreamSession
-from longlive_core.fast import make_fast
-from longlive_core.quantize import Float8Linear, Int8DynamicLinear, apply_precision, check_precision, swap_linears
-from longlive_core.synthetic import TINY, random_model
+from longlive_core.fast.setup import make_fast
+from longlive_core.model.fused import FusedBlock
+from longlive_core.quant.fp8 import rowwise_fp8
+from longlive_core.quant.linears import Float8Linear, Int8DynamicLinear
+from longlive_core.quant.precision import PRECISIONS, resolve
+from longlive_core.tools.synthetic import TINY, random_model
 
 
 def video(model, prompt, frames=9):
@@ -23,16 +26,24 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def quantized(name: str, dtype=torch.bfloat16, seed: int = 0):
+    """A random model loaded in dtype with a precision applied (resolve() would refuse fp8 on the CPU: apply alone
+    is the same conversion)."""
+    model = random_model(TINY, seed=seed, dtype=dtype, std=0.1)
+    PRECISIONS[name].apply(model)
+    return model
+
+
 def test_int8_weight_only_really_quantizes_and_stays_close(prompt):
     ref = random_model(TINY, dtype=torch.float32, std=0.1)
-    quant = apply_precision(random_model(TINY, dtype=torch.float32, std=0.1), "int8 weight-only")
+    quant = quantized("int8 weight-only")
     weight = quant.blocks[0].self_attn.q.weight
     assert "Int8" in type(weight).__name__ and quant.head.head.weight.dtype == torch.bfloat16
-    quantized = video(quant, prompt)
-    assert 0 < rel(quantized, video(ref, prompt)) < 0.05
-    make_fast(quant, attention="sdpa", compile=False)  # torchao's tensors stay apart: no fused q|k|v
-    assert quant.blocks[0].self_attn.qkv is None and not quant.blocks[0].fused_norms
-    assert torch.equal(video(quant, prompt), quantized)
+    eager = video(quant, prompt)
+    assert 0 < rel(eager, video(ref, prompt)) < 0.05
+    fast = make_fast(quant, attention="sdpa", compile=False)  # torchao's tensors stay apart: no fused q|k|v
+    assert not fast.fused and quant.precision.name == fast.precision.name == "int8 weight-only"
+    assert torch.equal(video(fast, prompt), eager)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -60,21 +71,20 @@ def test_int8_dynamic_linear_quantizes_as_torchao_does(dtype):
 
 def test_int8_dynamic_model_stays_close_to_float32(prompt):
     ref = random_model(TINY, dtype=torch.float32, std=0.1)
-    quant = apply_precision(random_model(TINY, dtype=torch.float32, std=0.1), "int8 dynamic")
+    quant = quantized("int8 dynamic")
     assert isinstance(quant.blocks[1].ffn[2], Int8DynamicLinear) and isinstance(quant.head.head, torch.nn.Linear)
     assert quant.dtype == torch.bfloat16
     assert 0 < rel(video(quant, prompt), video(ref, prompt)) < 0.05
 
 
 def test_int8_dynamic_linears_fuse_on_the_fast_path(prompt):
-    model = random_model(TINY, dtype=torch.float32, std=0.1)
-    swap_linears(model.blocks, Int8DynamicLinear)  # in float32: Triton's interpreter rounds bf16 its own way
+    model = quantized("int8 dynamic", torch.float32)  # in float32: Triton's interpreter rounds bf16 its own way
     eager = video(model, prompt)
-    make_fast(model, attention="sdpa", compile=False)  # q|k|v as one int8 linear, the norms in Triton kernels
-    assert isinstance(model.blocks[0].self_attn.qkv, Int8DynamicLinear) and model.blocks[0].fused_norms
+    fast = make_fast(model, attention="sdpa", compile=False)  # q|k|v as one int8 linear, the norms in Triton kernels
+    assert isinstance(fast.blocks[0], FusedBlock) and isinstance(fast.blocks[0].self_attn.qkv, Int8DynamicLinear)
     # the norm kernels' float32 rounding differs from eager torch by ~1e-7, which can move an activation across
     # an int8 rounding boundary: close, not equal
-    assert rel(video(model, prompt), eager) < 4e-3
+    assert rel(video(fast, prompt), eager) < 4e-3
 
 
 def test_fp8_linear_matches_its_definition_and_survives_zero_rows():
@@ -95,34 +105,33 @@ def test_fp8_ffn_hands_over_quantized_activations_as_its_definition():
     x = torch.randn(3, 7, 64, dtype=torch.bfloat16)
     x[1, 2] = 0
     expect = down(torch.nn.functional.gelu(up(x), approximate="tanh"))  # each linear quantizes its own input
-    torch.testing.assert_close(up.gelu_into(down, x), expect, rtol=0, atol=0)
+    got = up.gelu_rows_into(down, *rowwise_fp8(x.reshape(-1, 64)), x.dtype)
+    torch.testing.assert_close(got.view(3, 7, 64), expect, rtol=0, atol=0)
 
 
 def test_fp8_blocks_stay_close_to_bf16(prompt):
     ref = random_model(TINY, dtype=torch.bfloat16, std=0.1)
-    quant = random_model(TINY, dtype=torch.bfloat16, std=0.1)
-    with torch.no_grad():
-        swap_linears(quant.blocks, Float8Linear)  # apply_precision refuses fp8 on the CPU: the same conversion
+    quant = quantized("fp8")
     assert isinstance(quant.blocks[1].ffn[2], Float8Linear) and isinstance(quant.head.head, torch.nn.Linear)
     assert rel(video(quant, prompt), video(ref, prompt)) < 0.1
 
 
 def test_options_this_machine_cannot_run_are_refused():
     with pytest.raises(BackendUnavailableError, match="'fp8' needs an NVIDIA GPU of compute capability 8.9"):
-        check_precision("fp8", torch.device("cpu"))
+        resolve("fp8", torch.device("cpu"))
     with pytest.raises(ConfigError, match="precision 'int4' is unknown"):
-        check_precision("int4", torch.device("cpu"))
+        resolve("int4", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="already in precision 'int8 dynamic'; load it again"):
+        PRECISIONS["fp8"].apply(quantized("int8 dynamic"))
 
 
 def test_fp8_attention_bounds_read_quantized_weights(prompt):
     """The FP8 attention's v bound needs the v weights as numbers, also when torchao or our FP8 hold them."""
-    from longlive_core.model import _dense_weight
-
     plain = random_model(TINY, dtype=torch.float32, std=0.1)
     weight = plain.blocks[0].self_attn.v.weight.detach().clone()
-    int8 = apply_precision(random_model(TINY, dtype=torch.float32, std=0.1), "int8 weight-only")
-    assert rel(_dense_weight(int8.blocks[0].self_attn.v), weight) < 0.02
+    int8 = quantized("int8 weight-only")
+    assert rel(int8.precision.dense_weight(int8.blocks[0].self_attn.v), weight) < 0.02
     fp8 = Float8Linear(plain.blocks[0].self_attn.v.to(torch.bfloat16))
-    assert rel(_dense_weight(fp8), weight) < 0.06
+    assert rel(PRECISIONS["fp8"].dense_weight(fp8), weight) < 0.06
     int8.set_fp8_scales()
     assert torch.isfinite(int8.blocks[1].self_attn.fp8_scales).all()

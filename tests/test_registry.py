@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from longlive_core.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
+from longlive_core.runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
 
 
 def test_the_least_recently_used_session_goes_and_says_so():
@@ -29,3 +29,48 @@ def test_a_session_larger_than_the_whole_cap_is_refused_and_evicts_nothing():
     assert [k for k, _ in registry.items()] == ["small"]
     with pytest.raises(UnknownSessionError):
         registry.get("huge")
+
+
+def test_a_value_is_made_outside_the_lock_and_a_second_caller_waits_for_it():
+    """Making a session compiles and captures for tens of seconds: the HTTP routes must still read the registry, and
+    a second run with the same id must get the same value, made once."""
+    import threading
+
+    registry = SessionRegistry(cap_bytes=100)
+    started, release, made = threading.Event(), threading.Event(), []
+
+    def make():
+        started.set()
+        release.wait(10)
+        made.append(object())
+        return made[-1]
+
+    results = []
+    first = threading.Thread(target=lambda: results.append(registry.get_or_create("a", make, lambda v: 1)))
+    first.start()
+    assert started.wait(10)
+    assert registry.items() == []  # answered while "a" is being made
+    second = threading.Thread(target=lambda: results.append(registry.get_or_create("a", make, lambda v: 1)))
+    second.start()
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(made) == 1 and sorted(created for _, created in results) == [False, True]
+    assert all(value is made[0] for value, _ in results)
+
+
+def test_values_are_closed_when_the_registry_drops_them():
+    class Value:
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    registry = SessionRegistry(cap_bytes=10)
+    a, b, c = Value(), Value(), Value()
+    registry.put("a", a, 6)
+    registry.put("b", b, 6)  # evicts a
+    registry.delete("b")
+    registry.put("c", c, 1)
+    registry.clear()
+    assert (a.closed, b.closed, c.closed) == (1, 1, 1)

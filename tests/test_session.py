@@ -9,8 +9,8 @@ import torch
 
 from longlive_core import (BackendUnavailableError, ConfigError, PromptError, RecordedNoise, StreamSession,
                            WanConfig)
-from longlive_core.attention import resolve
-from longlive_core.synthetic import random_model
+from longlive_core.model.attention import resolve
+from longlive_core.tools.synthetic import random_model
 
 
 def session(model, **kw):
@@ -211,7 +211,7 @@ def test_noise_depends_on_seed_and_block_only(tiny_model, prompt):
 
 @pytest.mark.parametrize("how", ["linear", "slerp"])
 def test_blended_switch_moves_to_the_new_prompt_over_n_blocks(tiny_model, prompt, how):
-    from longlive_core.session import prepare_embeds
+    from longlive_core.runtime.session import prepare_embeds
 
     new = prompt.flip(1) * 2
     s = session(tiny_model, seed=1)

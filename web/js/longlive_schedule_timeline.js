@@ -7,7 +7,7 @@ const BLOCK = 3;
 const HEIGHT = 26;
 const COLORS = ["#3b7dd8", "#d8893b", "#4caf50", "#b34fc2", "#c2b34f", "#4fc2c2"];
 
-// mirrors longlive_core/prompt_text.py: "10s:" or "10:" seconds, "frame 42:" / "f42:" latent frames
+// mirrors longlive_core/runtime/prompt_text.py: "10s:" or "10:" seconds, "frame 42:" / "f42:" latent frames
 export function parseSchedule(text) {
   const segments = [];
   for (const line of text.split("\n")) {

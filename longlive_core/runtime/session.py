@@ -8,11 +8,11 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .cache import FRAMES_PER_BLOCK, KVCache, TextCache, check_window
-from .config import ROPE_POSITIONS, TEXT_LEN
-from .errors import ConfigError, PromptError
-from .model import CausalWan, PassPlan, RopeTable, TimeEmbedding
-from .schedule import NoiseSource, Schedule, SeededNoise
+from ..errors import ConfigError, PromptError
+from ..model.cache import FRAMES_PER_BLOCK, KVCache, TextCache, check_window
+from ..model.config import ROPE_POSITIONS, TEXT_LEN
+from ..model.wan import CausalWan, PassPlan, RopeTable, TimeEmbedding
+from .schedule import DenoisingSchedule, NoiseSource, SeededNoise
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class StreamSession:
                                       cfg.num_heads, cfg.head_dim, dev, self.model.kv_dtype)
         self.text = TextCache.allocate(cfg.num_layers, self.batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, dt)
         self.rope = RopeTable(cfg.head_dim, dev)
-        self.schedule = Schedule.warped()
+        self.schedule = DenoisingSchedule.warped()
         self._embed_times()
 
     def _embed_times(self) -> None:

@@ -1,10 +1,11 @@
-"""Triton kernels for the memory-bound work between the fast path's GEMMs, as torch custom ops.
+"""Triton kernels for the memory-bound work between the fast path's GEMMs, as torch custom ops (the fused block,
+model/fused.py, calls them).
 
 Inductor fuses the norms, the modulation, RoPE and the cache writes around the GEMMs too, but compiles
 the 1536-wide row reductions as loops that reach a third to a half of the memory bandwidth (runs 17-24).
 Here one program holds one token's row in registers: read once, written once.
 
-The ops compute what the eager Block computes, rounding where it rounds (the eager path is the
+The ops compute what the eager Block (model/wan.py) computes, rounding where it rounds (the eager path is the
 reference and the tests hold the kernels to it). They run where Triton runs: CUDA tensors, or CPU
 tensors under Triton's interpreter (TRITON_INTERPRET=1, what the CPU tests use).
 """
@@ -15,17 +16,14 @@ import os
 
 import torch
 
-from .attention import E4M3_MAX
-from .errors import BackendUnavailableError
+from ..errors import BackendUnavailableError
+from ..quant.fp8 import E4M3_MAX, SCALE_FLOOR
 
 # (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms and
 # text sections on the H100 (runs 25, 35-36, 38); in the interpreter, many rows per program (it pays per program).
-# text: (queries, keys a step, warps, stages); conv narrow: (pixels, input channels a step, warps).
-GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3),
-              "conv narrow": (256, 32, 4)}
+# text: (queries, keys a step, warps, stages).
+GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3)}
 INTERPRETER_ROWS = 64
-NARROW = 4  # causal_conv3d_narrow's most output channels (3 time taps x 4 outputs: 16 product columns)
-TINY = 1e-12  # FP8 row-scale floor: an all-zero row (padded text tokens) must not divide by zero
 
 
 def available(device: torch.device) -> bool:
@@ -37,7 +35,7 @@ def available(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check(x: torch.Tensor) -> None:
+def check(x: torch.Tensor) -> None:
     if not available(x.device):
         raise BackendUnavailableError(f"the fused Triton kernels need a CUDA tensor and the triton package; "
                                       f"got a {x.device.type} tensor: use the eager path there")
@@ -72,7 +70,7 @@ def _(x, y, gate, a, b, eps, plus_one):
 
 
 # The same for an FP8 linear after the norm: the normed rows, rounded to x's dtype, leave quantized as
-# quantize.rowwise_fp8 quantizes them (e4m3 values [rows, N], float32 scales [rows, 1] = row max / e4m3 max).
+# quant.fp8.rowwise_fp8 quantizes them (e4m3 values [rows, N], float32 scales [rows, 1] = row max / e4m3 max).
 
 
 @torch.library.custom_op("longlive::norm_affine_fp8", mutates_args=())
@@ -120,7 +118,7 @@ def _batch_stride(v: torch.Tensor, batch: int) -> int:
 
 
 def _norm(x, y, gate, a, b, eps, plus_one, fp8=False):
-    _check(x)
+    check(x)
     x = x.contiguous()
     rows, n = x.shape[-2], x.shape[-1]  # rows of one sample, row width
     batch = x.numel() // (rows * n)
@@ -135,7 +133,7 @@ def _norm(x, y, gate, a, b, eps, plus_one, fp8=False):
     per, warps = _shape(x, "norm")
     strides = (_batch_stride(a, batch), _batch_stride(b, batch), _batch_stride(g, batch))
     _run("norm", (-(-batch * rows // per),),
-        x, y, g, a, b, new_x, h, scales, batch * rows, rows, n, *strides, eps, E4M3_MAX, TINY,
+        x, y, g, a, b, new_x, h, scales, batch * rows, rows, n, *strides, eps, E4M3_MAX, SCALE_FLOOR,
         ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, FP8=fp8, ROWS=per, BLOCK=row_block(n), num_warps=warps)
     return (new_x, h, scales) if fp8 else (new_x, h)
 
@@ -151,7 +149,7 @@ def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: tor
     RoPE (cos/sin [S, D/2], adjacent pairs), k and v written to cache rows `index` [S] of cache_k/cache_v
     [B, T, H, D]; returns q [B, S, H, D]. With an FP8 cache (the FP8 attention) k, v and the returned q are e4m3:
     divided by their per-head steps (steps [3, H], rows q, k, v), clamped to the e4m3 range."""
-    _check(qkv)
+    check(qkv)
     qkv = qkv.contiguous()
     rows, n = qkv.shape[-2], qkv.shape[-1] // 3
     q = _q_like(qkv, cache_k, heads)
@@ -191,7 +189,7 @@ def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.T
     One program takes a tile of queries of one head: the padding key starts its running softmax, the
     prompt's keys follow in tiles (the count is read on the device: graphs stay valid across prompts).
     The norm's per-token scale comes from a first pass over q (it spans every head)."""
-    _check(q)
+    check(q)
     q = q.contiguous()
     batch, rows, n = q.shape
     heads, d = k.shape[-2], k.shape[-1]
@@ -205,7 +203,7 @@ def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.T
          num_warps=warps)
     out = q.new_empty(batch, rows, heads, d)
     block_q, block_k, warps, stages = GPU_LAUNCH["text"] if q.is_cuda else (INTERPRETER_ROWS, INTERPRETER_ROWS, 1, 1)
-    _run("text_attention", (-(-rows // block_q), batch * heads),
+    _run("text_attention_kernel", (-(-rows // block_q), batch * heads),
         q, rstd, weight, k, v, used, pad_k, pad_v, log_pad, out, rows, heads, d, k.stride(0),
         pad_k.stride(0), d ** -0.5, BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, row_block(d)),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages)
@@ -215,40 +213,6 @@ def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.T
 @text_attention.register_fake
 def _(q, weight, eps, k, v, used, pad_k, pad_v, log_pad):
     return q.new_empty(*q.shape[:2], *k.shape[-2:])
-
-
-# --- The Wan VAE's RGB head: a 3x3x3 causal convolution to 3 channels ----------------------------------------
-
-
-@torch.library.custom_op("longlive::causal_conv3d_narrow", mutates_args=())
-def causal_conv3d_narrow(cache: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """conv3d(cat([cache, x], 2), weight, bias, padding=(0, 1, 1)) without the cat, for few output channels.
-    cache: [B, C, 2, H, W], x: [B, C, T, H, W] (channels-last 3-D, else copied so); weight: [O, C, 3, 3, 3],
-    O <= 4; returns [B, O, T, H, W] contiguous, in x's dtype.
-
-    cuDNN runs the Wan VAE's head (96 to 3 channels at 480x832) far below its memory speed: as a GEMM of 3 columns
-    that reads each input 27 times. Here each frame is read once per spatial tap, for all 3 time taps."""
-    _check(x)
-    batch, channels, frames, height, width = x.shape
-    outs = weight.shape[0]
-    if outs > NARROW or weight.shape[1:] != (channels, 3, 3, 3) or cache.shape != (batch, channels, 2, height, width):
-        raise ValueError(f"causal_conv3d_narrow: cache {list(cache.shape)}, x {list(x.shape)} and weight "
-                         f"{list(weight.shape)} are not a 3x3x3 convolution to at most {NARROW} channels")
-    last = torch.channels_last_3d
-    packed = weight.new_zeros(9, channels, 4, 4, dtype=x.dtype)  # [spatial tap, in, time tap (padded), out]
-    packed[:, :, :3, :outs] = weight.permute(3, 4, 1, 2, 0).reshape(9, channels, 3, outs)
-    out = x.new_empty(batch, outs, frames, height, width)
-    block_m, block_k, warps = GPU_LAUNCH["conv narrow"] if x.is_cuda else (8192, 16, 1)
-    _run("conv3_narrow", (-(-height * width // block_m), batch),
-        cache.contiguous(memory_format=last), x.contiguous(memory_format=last), packed, bias, out, frames, height,
-        width, channels, outs, BLOCK_M=block_m, BLOCK_K=block_k, CHUNKS=-(-channels // block_k),
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps)
-    return out
-
-
-@causal_conv3d_narrow.register_fake
-def _(cache, x, weight, bias):
-    return x.new_empty(x.shape[0], weight.shape[0], *x.shape[2:])
 
 
 # --- The kernels ------------------------------------------------------------------------------------
@@ -264,7 +228,7 @@ def _shape(x: torch.Tensor, kernel: str) -> tuple[int, int]:
 
 
 def _run(name: str, grid: tuple, *args, **meta) -> None:
-    """Launches triton_kernels.<name> (imported only now: it needs triton)."""
-    from . import triton_kernels
+    """Launches jit.<name> (imported only now: it needs the triton package)."""
+    from . import jit, launch
 
-    triton_kernels.launch(getattr(triton_kernels, name), grid, *args, **meta)
+    launch.launch(getattr(jit, name), grid, *args, **meta)

@@ -19,14 +19,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import BackendUnavailableError
+from ..fast.compile import compiled
+from ..quant.fp8 import to_fp8
 from .cache import TextCache
-from .errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "sdpa", "flash-attn 3", "flash-attn 3 fp8", "flash-attn 2")
 FP8 = "flash-attn 3 fp8"  # self-attention in FP8 (Hopper); the text cross-attention stays bf16
-E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 # (q, k, v, scales): scales [3, H] float32 are the per-head FP8 steps of q, k, v; only FP8 reads them
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 TextAttentionFn = Callable[[torch.Tensor, TextCache], torch.Tensor]  # one layer's TextCache
@@ -119,11 +120,6 @@ def _flash(module, waves: bool) -> AttentionFn:
     return run
 
 
-def to_fp8(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """x [..., H, D] -> e4m3 values of x / step (step [H] per head), clamped to the e4m3 range."""
-    return (x.float() / step[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-
-
 def _descales(scales: torch.Tensor, batch: int) -> torch.Tensor:
     """The per-head steps [3, H] of q, k, v as FA3's descales [3, B, H]."""
     return scales[:, None, :].expand(3, batch, -1).contiguous()
@@ -134,18 +130,16 @@ def _fp8_inputs(q, scales, batch: int):
     return to_fp8(q, scales[0]), _descales(scales, batch)
 
 
-_fp8_inputs_compiled = torch.compile(_fp8_inputs, fullgraph=True)
-
-
 def _flash_fp8(module) -> AttentionFn:
     fwd = _raw_fa3()
+    fp8_inputs = compiled(_fp8_inputs, fullgraph=True)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales=None) -> torch.Tensor:
         # k, v: the FP8 cache, quantized when written (Block.self_qkv); q too where the fused kernel made it
         if q.dtype == torch.float8_e4m3fn:
             q8, descale = q, _descales(scales, q.shape[0])
         else:
-            q8, descale = _fp8_inputs_compiled(q, scales, q.shape[0])
+            q8, descale = fp8_inputs(q, scales, q.shape[0])
         steps = {"q_descale": descale[0], "k_descale": descale[1], "v_descale": descale[2]}
         out = _in_waves(fwd, q8, k, v, **steps)
         if out is None:
@@ -207,25 +201,24 @@ def merge_pad(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, pad_k: torc
     return ((a * out.float() + b * pad_v.float()) / (a + b)).type_as(out).contiguous()
 
 
-_merge_pad_compiled = torch.compile(merge_pad, fullgraph=True)
-
-
 def _prefix_text(module) -> TextAttentionFn:
+    merge = compiled(merge_pad, fullgraph=True)
+
     def run(q: torch.Tensor, text: TextCache) -> torch.Tensor:
         res = module.flash_attn_with_kvcache(q, text.k, text.v, cache_seqlens=text.used, num_splits=1,
                                              return_softmax_lse=True)
-        return _merge_pad_compiled(res[0], res[1], q, text.pad_k, text.pad_v, text.log_pad)
+        return merge(res[0], res[1], q, text.pad_k, text.pad_v, text.log_pad)
 
     return run
 
 
-def text_attention(name: str, device: torch.device, compiled: bool = False) -> TextAttentionFn:
-    """The cross-attention for a backend name. `compiled` (the fast path) takes the prefix shortcut where
+def cross_attention(name: str, device: torch.device, fast: bool = False) -> TextAttentionFn:
+    """The cross-attention for a backend name. `fast` (the fast path) takes the prefix shortcut where
     the flash module has a length-aware kernel, with the merge compiled into one kernel (graphs hide the
     compiled call's overhead). Otherwise, and in eager use, where the merge's separate ops cost more than
     the skipped keys save (run 15), plain attention over every key."""
     resolved, fn = resolve("flash-attn 3" if name == FP8 else name, device.type, _is_hopper(device))
     module = _flash_module(resolved) if resolved.startswith("flash") else None
-    if compiled and module is not None and hasattr(module, "flash_attn_with_kvcache"):
+    if fast and module is not None and hasattr(module, "flash_attn_with_kvcache"):
         return _prefix_text(module)
     return lambda q, text: fn(q, text.k, text.v)

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 PATCH = (1, 2, 2)
 TEXT_LEN = 512

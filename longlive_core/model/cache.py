@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 FRAMES_PER_BLOCK = 3
 

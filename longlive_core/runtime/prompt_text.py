@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from .cache import FRAMES_PER_BLOCK
-from .errors import PromptError
+from ..errors import PromptError
+from ..model.cache import FRAMES_PER_BLOCK
 
 FPS = 16
 MAX_DIGITS = 7  # a start of at most 9,999,999 latent frames or seconds: anything longer is a typo

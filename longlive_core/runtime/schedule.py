@@ -13,14 +13,14 @@ DENOISING_STEPS = (1000, 750, 500, 250)
 
 
 @dataclasses.dataclass(frozen=True)
-class Schedule:
+class DenoisingSchedule:
     """timesteps[i] and sigmas[i] of each denoising step; the clean-context pass uses t = 0."""
 
     timesteps: tuple[float, ...]
     sigmas: tuple[float, ...]
 
     @classmethod
-    def warped(cls, steps=DENOISING_STEPS, shift: float = SHIFT) -> "Schedule":
+    def warped(cls, steps=DENOISING_STEPS, shift: float = SHIFT) -> "DenoisingSchedule":
         """Upstream's table: sigma = linspace(1, 0, 1001)[:-1] shifted, indexed at 1000 - step."""
         sigma = torch.linspace(1.0, 0.0, TRAIN_STEPS + 1)[:-1]
         sigma = shift * sigma / (1 + (shift - 1) * sigma)

@@ -1,23 +1,26 @@
-"""The causal Wan2.1 transformer that LongLive generates with.
+"""The causal Wan2.1 transformer that LongLive generates with: the eager reference (the fast path's own classes are
+in fused.py and are tested against this).
 
-Files read in data-flow order: RoPE tables -> pass plan -> norms -> attention layers ->
-block -> model. Latents cross this module as [B, F, C, H, W] (normalized latent space).
+Read in data-flow order: RoPE tables -> pass plan -> norms -> attention layers -> block -> model. Latents cross
+this module as [B, F, C, H, W] (normalized latent space).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import kernels
-from .attention import E4M3_MAX, FP8, AttentionFn, TextAttentionFn, for_device, text_attention, to_fp8
+from ..errors import ConfigError
+from ..quant.fp8 import E4M3_MAX, to_fp8
+from ..quant.precision import Precision, plain
+from .attention import FP8, TextAttentionFn, cross_attention, for_device
 from .cache import KVCache, TextCache
 from .config import PATCH, ROPE_POSITIONS, WanConfig
-from .errors import ConfigError
 
 # --- RoPE ---------------------------------------------------------------------------------
 
@@ -83,27 +86,6 @@ class PassPlan:
         self.write_index.copy_(other.write_index)
 
 
-# --- The FFN's first GEMM with its GELU as an epilogue -------------------------------------------
-
-
-@torch.library.custom_op("longlive::linear_gelu", mutates_args=())
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """gelu_tanh(x @ weight.T + bias), x: [..., in]. On CUDA one cuBLASLt GEMM applies the GELU to the
-    float32 accumulator (Wan's GELU is the tanh form, which is what that epilogue computes); the
-    [tokens, ffn_dim] product is never written and read back. Elsewhere: the two ops."""
-    flat = x.reshape(-1, x.shape[-1])
-    if x.is_cuda:
-        out = torch._addmm_activation(bias, flat, weight.t(), use_gelu=True)
-    else:
-        out = F.gelu(F.linear(flat, weight, bias), approximate="tanh")
-    return out.reshape(*x.shape[:-1], weight.shape[0])
-
-
-@linear_gelu.register_fake
-def _(x, weight, bias):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
 # --- Norms -------------------------------------------------------------------------------
 
 
@@ -144,49 +126,34 @@ class AffineLayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """q/k/v/o projections with RMSNorm on q and k; the attention itself runs in Block.
-
-    `qkv`, when the fast path sets it, is one linear holding q, k and v (their weights are views
-    of its weights): one GEMM instead of three. It is not part of the state dict, nor are the
-    FP8 attention steps (CausalWan.set_fp8_scales).
-    """
+    """q/k/v/o projections with RMSNorm on q and k; the attention itself runs in CausalWan.layer. The FP8
+    attention's per-head steps (set_fp8_scales) are not part of the state dict."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
         self.heads = cfg.num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
-        self.qkv: nn.Module | None = None
-        self.register_state_dict_post_hook(_drop_fused_keys)
         self.register_buffer("fp8_scales", None, persistent=False)  # [3, H]: FP8 attention's q/k/v steps
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1))
 
-    def project_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.qkv is None:
-            return self.q(h), self.k(h), self.v(h)
-        return self.qkv(h).chunk(3, dim=-1)
-
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # context: [B, L, dim] -> k, v: [B, L, H, D]
         return self.split(self.norm_k(self.k(context))), self.split(self.v(context))
 
-
-def _drop_fused_keys(module, state_dict, prefix, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + "qkv.")]:
-        del state_dict[key]
+    def v_dense(self, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+        """v's weight [dim, dim] and bias [dim] in float32 (for the FP8 attention's bounds)."""
+        return precision.dense_weight(self.v), self.v.bias.float()
 
 
 # --- Transformer block -------------------------------------------------------------------------
 
 
 class Block(nn.Module):
-    """One Wan layer. The three dense stages around the two attentions are separate methods so
-    that the fast path can compile them (the first one also writes the cache); attention stays
-    between them. The fast path sets fused_gelu (the FFN through linear_gelu) and fused_norms (the norms,
-    residuals, RoPE, cache writes and the text cross-attention through the Triton kernels of kernels.py;
-    needs the fused q|k|v)."""
+    """One Wan layer. The three dense stages around the two attentions are separate methods (CausalWan.layer runs
+    them, compiled on the fast path); the first one also writes the KV cache."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -197,38 +164,22 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
-        self.fused_gelu = False
-        self.fused_norms = False
-
-    def forward(self, x, carry, mod, plan: PassPlan, cache_k, cache_v, text: TextCache, attend: AttentionFn,
-                cross_attend: TextAttentionFn):
-        """x: [B, S, dim]; carry: None, or the previous layer's FFN output and gate not yet added to x (the
-        fused path adds them in this layer's first norm); mod: [B, 6, dim] float32, this layer's modulation
-        plus the time embedding (TimeEmbedding.mods), shared by every frame of the pass; cache_k/v: [B,
-        window tokens, H, D], written in place at plan.write_index. Returns (x, carry) for the next layer."""
-        x, q = self.self_qkv(x, carry, mod, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
-        y = attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len], self.self_attn.fp8_scales)
-        x, q = self.self_out_cross_q(x, y, mod)
-        y = self._cross(q, text, cross_attend)
-        return self.cross_out_ffn(x, y, mod)
 
     @staticmethod
-    def _mod(mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def mods(mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # shift, scale, gate of attention, then of the FFN: each [B, 1, dim]
         return mod.unsqueeze(2).unbind(1)
 
     def self_qkv(self, x, carry, mod, cos, sin, write_index, cache_k, cache_v):
-        """Returns (x with the carry added, q); k (after RoPE) and v go straight into their cache slots (an FP8
-        cache: quantized with the FP8 attention's per-head steps, and on the fused path q too)."""
-        shift, scale = self._mod(mod)[:2]
+        """x: [B, S, dim]; carry: None, or the previous layer's FFN output and gate not yet added to x; mod: [B, 6,
+        dim] float32, this layer's modulation plus the time embedding; cache_k/v: [B, window tokens, H, D]. Returns
+        (x with the carry added, q [B, S, H, D]); k (after RoPE) and v go straight into their cache slots (an FP8
+        cache: quantized with the FP8 attention's per-head steps)."""
+        shift, scale = self.mods(mod)[:2]
         a = self.self_attn
-        if self.fused_norms:
-            x, h = kernels.norm(x, carry, scale, shift, self.eps, True, fp8=_takes_fp8(a.qkv))
-            return x, kernels.qkv_norm_rope_write(_project(a.qkv, h, x), a.norm_q.weight, a.norm_k.weight, cos, sin,
-                                                  write_index, cache_k, cache_v, a.fp8_scales, a.heads, a.norm_q.eps)
         x = x if carry is None else gated_add(x, *carry)
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
-        q, k, v = a.project_qkv(h)
+        q, k, v = a.q(h), a.k(h), a.v(h)
         self._write(cache_k, write_index, apply_rope(a.split(a.norm_k(k)), cos, sin), 1)
         self._write(cache_v, write_index, a.split(v), 2)
         return x, apply_rope(a.split(a.norm_q(q)), cos, sin)
@@ -243,59 +194,36 @@ class Block(nn.Module):
         cache.index_copy_(1, index, x)
 
     def self_out_cross_q(self, x, y, mod):
-        """Returns (x, the cross-attention's q): normed [B, S, H, D], or on the fused path the raw projection
-        [B, S, dim] (the text attention kernel norms it)."""
-        gate = self._mod(mod)[2]
-        o, n3, c = self.self_attn.o(y.flatten(2)), self.norm3, self.cross_attn
-        if self.fused_norms:
-            x, h = kernels.norm(x, (o, gate), n3.weight, n3.bias, n3.eps, False, fp8=_takes_fp8(c.q))
-            return x, _project(c.q, h, x)
-        x = gated_add(x, o, gate)
-        return x, c.split(c.norm_q(c.q(n3(x))))
+        """y: the self-attention's output [B, S, H, D]. Returns (x, the cross-attention's normed q [B, S, H, D])."""
+        gate = self.mods(mod)[2]
+        c = self.cross_attn
+        x = gated_add(x, self.self_attn.o(y.flatten(2)), gate)
+        return x, c.split(c.norm_q(c.q(self.norm3(x))))
 
-    def _cross(self, q, text: TextCache, cross_attend: TextAttentionFn) -> torch.Tensor:
-        if not self.fused_norms:
-            return cross_attend(q, text)
-        n = self.cross_attn.norm_q
-        return kernels.text_attention(q, n.weight, n.eps, text.k, text.v, text.used, text.pad_k, text.pad_v,
-                                      text.log_pad)
+    def cross(self, q, text: TextCache, cross_attend: TextAttentionFn) -> torch.Tensor:
+        return cross_attend(q, text)
 
     def cross_out_ffn(self, x, y, mod):
-        """Returns (x, carry): the fused path leaves the FFN's gated residual to the next layer's first norm."""
-        _, _, _, shift, scale, gate = self._mod(mod)
-        o = self.cross_attn.o(y.flatten(2))
-        if self.fused_norms:
-            x, h = kernels.norm(x, (o, None), scale, shift, self.eps, True, fp8=_takes_fp8(self.ffn[0]))
-            return x, (self._ffn(h, x), gate)
-        x = x + o
+        """Returns (x, carry): carry is None here (the fused block leaves its FFN's gated residual to the next
+        layer's first norm)."""
+        _, _, _, shift, scale, gate = self.mods(mod)
+        x = x + self.cross_attn.o(y.flatten(2))
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
-        return gated_add(x, self._ffn(h), gate), None
-
-    def _ffn(self, h, like: torch.Tensor | None = None) -> torch.Tensor:
-        """h: the normed activations, or an FP8 FFN's quantized rows from the norm kernel (`like`: x, for the
-        output's shape and dtype)."""
-        up, down = self.ffn[0], self.ffn[2]
-        if isinstance(h, tuple):
-            out = up.gelu_rows_into(down, *h, like.dtype)
-            return out.view(*like.shape[:-1], out.shape[-1])
-        if self.fused_gelu:
-            return down(linear_gelu(h, up.weight, up.bias))
-        if hasattr(up, "gelu_into"):  # FP8: hands over quantized
-            return up.gelu_into(down, h)
-        return self.ffn(h)
+        return gated_add(x, self.ffn(h), gate), None
 
 
-def _takes_fp8(linear: nn.Module) -> bool:
-    """An FP8 linear (quantize.Float8Linear) takes the norm kernel's quantized rows."""
-    return hasattr(linear, "matmul")
+@dataclasses.dataclass(frozen=True)
+class Stages:
+    """The three dense stages of a layer as functions of (block, ...): a block class's own methods, or the fast
+    path's compiled versions of them (fast/compile.py)."""
 
+    self_qkv: Callable
+    self_out_cross_q: Callable
+    cross_out_ffn: Callable
 
-def _project(linear: nn.Module, h, like: torch.Tensor) -> torch.Tensor:
-    """linear(h), h from kernels.norm: normed activations, or an FP8 linear's (values, scales) rows."""
-    if not isinstance(h, tuple):
-        return linear(h)
-    out = linear.matmul(*h, like.dtype)
-    return out.view(*like.shape[:-1], out.shape[-1])
+    @classmethod
+    def of(cls, block_class: type) -> "Stages":
+        return cls(block_class.self_qkv, block_class.self_out_cross_q, block_class.cross_out_ffn)
 
 
 class Head(nn.Module):
@@ -334,14 +262,6 @@ class TimeEmbedding:
     mods: torch.Tensor | None = None
 
 
-def _dense_weight(linear: nn.Module) -> torch.Tensor:
-    """A linear's weight in float32, also when quantized (torchao tensors, our row-wise FP8)."""
-    w = linear.weight
-    w = (w.dequantize() if type(w) not in (torch.Tensor, nn.Parameter) else w).float()
-    scale = getattr(linear, "weight_scale", None)
-    return w if scale is None else w * scale.t()
-
-
 # --- The model ----------------------------------------------------------------------------------
 
 
@@ -359,7 +279,13 @@ class CausalWan(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.attention_backend, self.attend = "sdpa", for_device("sdpa", torch.device("cpu"))[1]
-        self.cross_attend = text_attention("sdpa", torch.device("cpu"))
+        self.cross_attend = cross_attention("sdpa", torch.device("cpu"))
+        self.stages = Stages.of(Block)
+        self.quantized: Precision | None = None  # set by Precision.apply
+
+    @property
+    def precision(self) -> Precision:
+        return self.quantized or plain(self.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -374,14 +300,14 @@ class CausalWan(nn.Module):
         """What the self-attention KV cache holds: FP8 for the FP8 attention (written quantized), else dtype."""
         return torch.float8_e4m3fn if self.attention_backend == FP8 else self.dtype
 
-    def set_attention(self, backend: str, cross: str | None = None, compiled: bool = False) -> str:
-        """Chooses the attention kernels (cross-attention: the same unless given; `compiled`: see
-        text_attention); float32 always uses SDPA (flash kernels need 16-bit)."""
+    def set_attention(self, backend: str, cross: str | None = None, fast: bool = False) -> str:
+        """Chooses the attention kernels (cross-attention: the same unless given; `fast`: see cross_attention);
+        float32 always uses SDPA (flash kernels need 16-bit). Returns the backend chosen."""
         half = self.dtype in (torch.bfloat16, torch.float16)
         if backend == FP8 and self.dtype == torch.float16:
             raise ConfigError(f"attention '{FP8}' returns bf16 and needs precision bf16 or fp8, not fp16")
         self.attention_backend, self.attend = for_device(backend if half else "sdpa", self.device)
-        self.cross_attend = text_attention((cross or backend) if half else "sdpa", self.device, compiled)
+        self.cross_attend = cross_attention((cross or backend) if half else "sdpa", self.device, fast)
         if self.attention_backend == FP8 and self.blocks[0].self_attn.fp8_scales is None:
             self.set_fp8_scales()
         return self.attention_backend
@@ -399,9 +325,9 @@ class CausalWan(nn.Module):
         for block in self.blocks:
             a = block.self_attn
             mod = block.modulation.float() + e0
-            w = _dense_weight(a.v)
+            w, b = a.v_dense(self.precision)
             spread = root * ((w * w) @ ((1 + mod[:, 1]) ** 2).t()).sqrt()  # [dim, T]
-            offset = (mod[:, 0] @ w.t() + a.v.bias.float()).abs().t()
+            offset = (mod[:, 0] @ w.t() + b).abs().t()
             v_max = (spread + offset).amax(1)
             bounds = torch.stack([root * a.norm_q.weight.float().abs(), root * a.norm_k.weight.float().abs(), v_max])
             a.fp8_scales = bounds.unflatten(1, (a.heads, -1)).amax(-1) * 1.01 / E4M3_MAX
@@ -451,10 +377,18 @@ class CausalWan(nn.Module):
         mods = self.layer_mods(time.e0) if time.mods is None else time.mods
         carry = None
         for i, block in enumerate(self.blocks[:full]):
-            h, carry = block(h, carry, mods[i], plan, cache.k[i], cache.v[i], text.layer(i), self.attend,
-                             self.cross_attend)
+            h, carry = self.layer(block, h, carry, mods[i], plan, cache.k[i], cache.v[i], text.layer(i))
         if plan.cache_only:
-            self.blocks[-1].self_qkv(h, carry, mods[-1], plan.rope_cos, plan.rope_sin, plan.write_index, cache.k[-1],
-                                     cache.v[-1])
+            self.stages.self_qkv(self.blocks[-1], h, carry, mods[-1], plan.rope_cos, plan.rope_sin, plan.write_index,
+                                 cache.k[-1], cache.v[-1])
             return None
         return self.unpatchify(self.head(h, carry, time.e), frames, grid_h, grid_w)
+
+    def layer(self, block, x, carry, mod, plan: PassPlan, cache_k, cache_v, text: TextCache):
+        """One layer: x [B, S, dim]; carry: see Block.self_qkv; mod: [B, 6, dim] float32 (TimeEmbedding.mods);
+        cache_k/v: [B, window tokens, H, D], written in place at plan.write_index. Returns (x, carry)."""
+        s = self.stages
+        x, q = s.self_qkv(block, x, carry, mod, plan.rope_cos, plan.rope_sin, plan.write_index, cache_k, cache_v)
+        y = self.attend(q, cache_k[:, :plan.kv_len], cache_v[:, :plan.kv_len], block.self_attn.fp8_scales)
+        x, q = s.self_out_cross_q(block, x, y, mod)
+        return s.cross_out_ffn(block, x, block.cross(q, text, self.cross_attend), mod)

@@ -1,45 +1,20 @@
-"""The real-time path: compiled dense stages and CUDA graphs of the passes that repeat.
-
-GraphRunner decides which passes to capture; graphs.capture captures them (the one capture mechanism, which the
-VAE's steady chunk uses too). torch.compile only fuses (no cudagraphs mode), and only the three dense stages of a
-layer (the first one writes the KV cache); attention stays outside.
-"""
+"""CUDA graphs of the passes that repeat: GraphRunner decides which passes to capture (graphs.capture captures them)
+and warm_up captures the steady ones before a session's first block."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import logging
 
 import torch
-import torch._dynamo
 
-from . import kernels
-from .cache import FRAMES_PER_BLOCK, KVCache, TextCache
-from .errors import LongLiveError
+from ..errors import LongLiveError
+from ..model.cache import FRAMES_PER_BLOCK, KVCache, TextCache
+from ..model.fused import FastWan
+from ..model.wan import CausalWan, PassPlan, TimeEmbedding
 from .graphs import CaptureError, capture
-from .model import Block, CausalWan, PassPlan, TimeEmbedding
-from .quantize import Float8Linear, Int8DynamicLinear
 
 log = logging.getLogger(__name__)
-
-STAGES = ("self_qkv", "self_out_cross_q", "cross_out_ffn")
-
-
-def compile_blocks(model: CausalWan, options: dict | None = None) -> None:
-    """Compiles the dense stages once; all layers share the compiled code (modules are inputs).
-
-    The default mode keeps cuBLAS for the GEMMs and fuses the norms, modulation, RoPE and gated
-    residuals around them; max-autotune costs minutes per shape for little gain at these sizes.
-    `options`: inductor settings. The first shape compiles static (the steady block); a second one
-    makes dynamo compile a dynamic variant that serves every later shape (recache chunks, batches).
-    """
-    for name in STAGES:
-        fn = torch.compile(getattr(Block, name), fullgraph=True, options=options)
-        for block in model.blocks:
-            setattr(block, name, functools.partial(fn, block))
-    log.info("compiled the dense stages of %d layers (%s)", len(model.blocks), options or "default")
 
 
 @dataclasses.dataclass
@@ -127,6 +102,12 @@ def warm_up(session) -> None:
         _warm_up(session)
 
 
+def drop_compiled(model: FastWan) -> None:
+    """Undoes what make_fast compiled and the Triton kernels it chose: eager blocks, plain attention."""
+    model.unfuse()
+    model.set_attention(model.attention_backend)
+
+
 def _warm_up(session) -> None:
     """The dummy passes write garbage K/V at steady positions; the cache is zeroed afterwards, and while the window
     fills a block only reads slots that earlier blocks wrote."""
@@ -149,54 +130,3 @@ def _warm_up(session) -> None:
     finally:
         session.cache.zero_()
     log.info("captured %d pass graphs for a %dx%d session", len(runner.graphs), *session.latent_hw)
-
-
-def drop_compiled(model: CausalWan) -> None:
-    """Undoes what make_fast compiled and the Triton kernels it chose: the eager stages, plain attention."""
-    for block in model.blocks:
-        for name in STAGES:
-            block.__dict__.pop(name, None)  # the class's own method again
-        block.fused_norms = False
-    model.set_attention(model.attention_backend, compiled=False)
-
-
-@torch.no_grad()
-def fuse_qkv(attn) -> None:
-    """Gives a self-attention one q|k|v linear whose weights the three linears then view (no extra
-    memory while they share it). Plain, FP8 and int8 dynamic linears fuse (their weight steps are per output
-    row); torchao's quantized ones stay apart."""
-    parts = (attn.q, attn.k, attn.v)
-    kind = type(attn.q)
-    if attn.qkv is not None or kind not in (torch.nn.Linear, Float8Linear, Int8DynamicLinear) or any(
-            type(m) is not kind or type(m.weight) is not torch.nn.Parameter or m.bias is None for m in parts):
-        return
-    fused = copy.copy(attn.q)  # same class and settings; every tensor is replaced below
-    fused._parameters, fused._buffers = dict(fused._parameters), dict(fused._buffers)
-    for name, dim in (("weight", 0), ("bias", 0)) + ((("weight_scale", 1),) if kind is not torch.nn.Linear else ()):
-        whole = torch.cat([getattr(m, name) for m in parts], dim=dim)  # weight_scale: [1, out]
-        setattr(fused, name, whole if name == "weight_scale" else torch.nn.Parameter(whole, requires_grad=False))
-        for m, piece in zip(parts, whole.chunk(3, dim=dim)):
-            getattr(m, name).data = piece
-    attn.qkv = fused
-
-
-RECOMPILE_LIMIT = 64  # each loaded model (module types differ: fp8, bf16) and batch size adds variants
-
-
-def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True, cross: str | None = None,
-              compile_options: dict | None = None, fused_norms: bool = True) -> str:
-    """Explicit setup of the fast path: attention backend, the FFN's GELU as a GEMM epilogue, the Triton
-    kernels around the GEMMs (`fused_norms`, where Triton runs), compiled stages. Returns the backend.
-    Raises dynamo's recompile limit for the process (a server-wide setting): each loaded model and
-    batch size needs its own compiled variants, and past the limit dynamo silently runs eagerly."""
-    backend = model.set_attention(attention, cross, compiled=compile)
-    for block in model.blocks:  # quantized FFNs keep their own linear
-        block.fused_gelu = type(block.ffn[0]) is torch.nn.Linear and type(block.ffn[0].weight) is torch.nn.Parameter
-        fuse_qkv(block.self_attn)
-        block.fused_norms = fused_norms and kernels.available(model.device) and block.self_attn.qkv is not None
-    if fused_norms and not model.blocks[0].fused_norms:
-        log.info("norms through inductor: the Triton kernels need triton, a CUDA model and fused q|k|v linears")
-    if compile:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        compile_blocks(model, compile_options)
-    return backend

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import LongLiveError
+from ..errors import LongLiveError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def check_can_capture(device: torch.device) -> None:
     if _OFF:
         raise CaptureError(_OFF[0])
     if async_allocator():
-        from . import triton_kernels  # noqa: PLC0415 (imports triton)
+        from ..kernels.launch import raw_launch_works  # noqa: PLC0415 (imports triton)
 
-        if not triton_kernels.raw_launch_works(device):
+        if not raw_launch_works(device):
             raise CaptureError("under PyTorch's cudaMallocAsync allocator the Triton kernels cannot be captured by "
                                "this Triton version; start ComfyUI with --disable-cuda-malloc to use CUDA graphs")
 

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .errors import LongLiveError
+from ..errors import LongLiveError
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,15 @@ class Entry:
 
 
 class SessionRegistry:
-    """Named live objects with a total byte cap; the least recently used go first."""
+    """Named live objects with a total byte cap; the least recently used go first. A value with a close() method is
+    closed when the registry drops it. The lock guards only the registry's own bookkeeping: a value is made outside
+    it (making one compiles and captures for tens of seconds, while the HTTP routes read the registry)."""
 
     def __init__(self, cap_bytes: int):
         self.cap = cap_bytes
         self._items: "collections.OrderedDict[str, Entry]" = collections.OrderedDict()
         self._evicted: set[str] = set()
+        self._making: dict[str, threading.Event] = {}  # keys whose value is being made, set when it is done
         self._lock = threading.RLock()
 
     def get(self, key: str) -> Any:
@@ -60,24 +63,38 @@ class SessionRegistry:
             raise UnknownSessionError(f"no session '{key}'; run the LongLive sampler with this session id first")
 
     def get_or_create(self, key: str, make: Callable[[], Any], nbytes: Callable[[Any], int]) -> tuple[Any, bool]:
-        """Returns (value, created). A key that was evicted raises SessionEvictedError."""
-        with self._lock:
-            try:
-                return self.get(key), False
-            except UnknownSessionError:
-                pass
+        """Returns (value, created). A key that was evicted raises SessionEvictedError. A caller asking for a key
+        that another is making waits for it."""
+        while True:
+            with self._lock:
+                try:
+                    return self.get(key), False
+                except UnknownSessionError:
+                    pass
+                making = self._making.get(key)
+                if making is None:
+                    self._making[key] = threading.Event()
+                    break
+            making.wait()
+        try:
             value = make()
             size = nbytes(value)
             if size > self.cap:
+                _close(value)
                 raise SessionTooLargeError(f"session '{key}' needs {size / 2**30:.2f} GiB of cache, more than the whole "
                                            f"session cap of {self.cap / 2**30:.2f} GiB (LONGLIVE_SESSION_CAP_GB); raise "
                                            f"the cap, or make the video smaller or its window shorter")
             self.put(key, value, size)
             return value, True
+        finally:
+            with self._lock:
+                self._making.pop(key).set()
 
     def put(self, key: str, value: Any, nbytes: int) -> None:
         with self._lock:
-            self._items.pop(key, None)
+            old = self._items.pop(key, None)
+            if old is not None and old.value is not value:
+                _close(old.value)
             self._evicted.discard(key)
             self._items[key] = Entry(value, nbytes)
             self._evict(keep=key)
@@ -85,7 +102,7 @@ class SessionRegistry:
     def _evict(self, keep: str) -> None:
         while sum(e.nbytes for e in self._items.values()) > self.cap and len(self._items) > 1:
             oldest = next(k for k in self._items if k != keep)
-            self._items.pop(oldest)
+            _close(self._items.pop(oldest).value)
             self._evicted.add(oldest)
             log.warning("evicted LongLive session '%s' (memory cap %.1f GiB)", oldest, self.cap / 2**30)
 
@@ -93,7 +110,10 @@ class SessionRegistry:
         """Frees a session; a later run with the same id starts a new video."""
         with self._lock:
             self._evicted.discard(key)
-            return self._items.pop(key, None) is not None
+            entry = self._items.pop(key, None)
+        if entry is not None:
+            _close(entry.value)
+        return entry is not None
 
     def items(self) -> list[tuple[str, Entry]]:
         with self._lock:
@@ -101,5 +121,14 @@ class SessionRegistry:
 
     def clear(self) -> None:
         with self._lock:
+            entries = list(self._items.values())
             self._items.clear()
             self._evicted.clear()
+        for entry in entries:
+            _close(entry.value)
+
+
+def _close(value: Any) -> None:
+    close = getattr(value, "close", None)
+    if close is not None:
+        close()

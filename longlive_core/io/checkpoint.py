@@ -17,9 +17,10 @@ from typing import Mapping
 
 import torch
 
-from .config import WanConfig
-from .errors import CheckpointError
-from .model import CausalWan
+from ..errors import CheckpointError
+from ..model.config import WanConfig
+from ..model.wan import CausalWan
+from ..quant.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,10 @@ def stored_num_heads(path: str) -> int | None:
 
 def load_model(path: str, *, lora_path: str | None = None, lora_strength: float = 1.0,
                lora_alpha: float | None = None, num_heads: int | None = None, device="cpu",
-               dtype: torch.dtype = torch.bfloat16, prefer: str = "generator") -> CausalWan:
-    """Loads a LongLive / Wan2.1 checkpoint (+ optional LoRA merged at load) into a CausalWan."""
+               dtype: torch.dtype = torch.bfloat16, precision: Precision | None = None,
+               prefer: str = "generator") -> CausalWan:
+    """Loads a LongLive / Wan2.1 checkpoint (+ optional LoRA merged at load) into a CausalWan, in `dtype`, or in a
+    precision's dtype with its quantization applied."""
     if not math.isfinite(lora_strength):
         raise CheckpointError(f"lora_strength={lora_strength} is not a finite number; use e.g. 1.0")
     sd = canonical_state_dict(read_tensors(path, prefer), path)
@@ -223,8 +226,10 @@ def load_model(path: str, *, lora_path: str | None = None, lora_strength: float 
         model = CausalWan(cfg)
     check_keys(model, sd, path)
     model.load_state_dict(sd, assign=True)
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=precision.dtype if precision else dtype).eval().requires_grad_(False)
     check_finite(model, lora, path, lora_path)
+    if precision is not None:
+        precision.apply(model)
     model.set_attention("sdpa")
     log.info("loaded %s (%d layers, dim %d, %d heads)%s", os.path.basename(path), cfg.num_layers, cfg.dim,
              cfg.num_heads, f" + LoRA {os.path.basename(lora_path)} x{lora_strength}" if lora_path else "")
@@ -258,6 +263,6 @@ def export_safetensors(model: CausalWan, path: str) -> None:
     quantized = [k for k, v in state.items() if type(v) is not torch.Tensor or v.dtype in QUANTIZED_DTYPES]
     if quantized:
         raise CheckpointError(f"{path}: the model's linears are quantized ({quantized[0]} and {len(quantized) - 1} "
-                              "more); export it before apply_precision, and quantize at load")
+                              "more); export it unquantized (load it in bf16), and quantize at load")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(tensors, path, metadata={"format": "pt", "longlive_num_heads": str(model.cfg.num_heads)})

@@ -1,20 +1,13 @@
-"""The Triton code behind kernels.py and the FP8 FFN's GELU quantization (quantize.py); imported only when
-a kernel runs (it needs the triton package). Under TRITON_INTERPRET=1, set before triton is first
-imported, the kernels run on CPU tensors.
+"""The Triton programs behind ops.py and the FP8 FFN's GELU quantization (quant/linears.py); imported only when a
+kernel runs (it needs the triton package). Under TRITON_INTERPRET=1, set before triton is first imported, the
+kernels run on CPU tensors.
 
-The norm and q/k/v programs take ROWS whole rows (tokens) of the [tokens, n] activations: on a GPU a few,
-in the interpreter many (its cost is per program). Every launch goes through `launch`, which also works while a
-CUDA graph is being captured (see there)."""
+The norm and q/k/v programs take ROWS whole rows (tokens) of the [tokens, n] activations: on a GPU a few, in the
+interpreter many (its cost is per program). Every launch goes through launch.launch, which also works while a CUDA
+graph is being captured."""
 
-import functools
-import inspect
-import logging
-
-import torch
 import triton
 import triton.language as tl
-
-log = logging.getLogger(__name__)
 
 
 @triton.jit
@@ -42,7 +35,7 @@ def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, s_ptr, total, rows, n
         a = a + 1.0
     b = tl.load(b_ptr + batch * b_stride + cols, mask=mask, other=0.0).to(tl.float32)
     h = (d * rstd * a + b).to(x_ptr.dtype.element_ty)
-    if FP8:  # the 16-bit rows quantized with their max, as quantize.rowwise_fp8
+    if FP8:  # the 16-bit rows quantized with their max, as quant.fp8.rowwise_fp8
         h = h.to(tl.float32)
         scale = tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0), axis=1)[:, None], tiny) / e4m3_max
         tl.store(s_ptr + row, scale, mask=row < total)
@@ -104,8 +97,8 @@ def _gelu16(h, dtype: tl.constexpr):
 
 
 @triton.jit
-def gelu_rowwise_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, negative_bound, CHUNK: tl.constexpr):
-    # one row per program in chunks (quantize.py): a first pass finds the row's largest |gelu|, a second quantizes
+def gelu_fp8(x_ptr, q_ptr, s_ptr, n, e4m3_max, tiny, negative_bound, CHUNK: tl.constexpr):
+    # one row per program in chunks (quant/linears.py): a first pass finds the row's largest |gelu|, a second quantizes
     # (its reads hit the cache); few registers a thread, so many rows run on an SM at once. GELU rises from its
     # minimum, so the largest |gelu| is gelu(max h) unless that is below every |gelu| of a negative h
     # (negative_bound): then the first pass runs again through the GELU.
@@ -140,10 +133,10 @@ def rms(x_ptr, r_ptr, total, n, eps, ROWS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def text_attention(q_ptr, r_ptr, w_ptr, k_ptr, v_ptr, used_ptr, pk_ptr, pv_ptr, lp_ptr, o_ptr, rows, heads, d,
+def text_attention_kernel(q_ptr, r_ptr, w_ptr, k_ptr, v_ptr, used_ptr, pk_ptr, pv_ptr, lp_ptr, o_ptr, rows, heads, d,
                    k_stride, pad_stride, scale, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
                    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    # one program: BLOCK_Q queries of one (sample, head); see kernels.text_attention
+    # one program: BLOCK_Q queries of one (sample, head); see ops.text_attention
     b, h = tl.program_id(1) // heads, tl.program_id(1) % heads
     tok = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dim = tl.arange(0, BLOCK_D)
@@ -181,117 +174,3 @@ def text_attention(q_ptr, r_ptr, w_ptr, k_ptr, v_ptr, used_ptr, pk_ptr, pv_ptr, 
         top = new_top
     out = acc / total[:, None]
     tl.store(o_ptr + (row[:, None] * heads + h) * d + dim[None, :], out.to(o_ptr.dtype.element_ty), mask=q_mask)
-
-
-@triton.jit
-def conv3_narrow(c_ptr, x_ptr, w_ptr, b_ptr, o_ptr, frames, height, width, channels, outs, BLOCK_M: tl.constexpr,
-                 BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr, PRECISION: tl.constexpr):
-    # one program: BLOCK_M pixels through every frame (see kernels.causal_conv3d_narrow). Each input frame is read
-    # once for its 9 spatial taps; one tap's [C, 16] weight holds the 3 time taps x 4 outputs, so the product p of a
-    # frame serves the 3 output frames that read it: output u adds the dt-th column group of frame u + dt's p.
-    pix = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    b = tl.program_id(1).to(tl.int64)
-    hw = height * width
-    row, col, inside = pix // width, pix % width, pix < hw
-    ks, ns = tl.arange(0, BLOCK_K), tl.arange(0, 16)
-    group = ns[None, :] // 4  # the time tap of each product column
-    older = tl.zeros((BLOCK_M, 16), tl.float32)  # the products of the two frames before
-    old = tl.zeros((BLOCK_M, 16), tl.float32)
-    bias = tl.load(b_ptr + tl.arange(0, 4), mask=tl.arange(0, 4) < outs, other=0.0).to(tl.float32)
-    for tau in range(0, frames + 2):
-        if tau < 2:  # the cached frames come first in time
-            frame = c_ptr + (b * 2 + tau) * hw * channels
-        else:
-            frame = x_ptr + (b * frames + tau - 2) * hw * channels
-        p = tl.zeros((BLOCK_M, 16), tl.float32)
-        for dh in tl.static_range(3):
-            for dw in tl.static_range(3):
-                r, c = row + dh - 1, col + dw - 1
-                m = inside & (r >= 0) & (r < height) & (c >= 0) & (c < width)
-                at = (r * width + c).to(tl.int64) * channels
-                for kc in tl.static_range(CHUNKS):
-                    k = kc * BLOCK_K + ks
-                    a = tl.load(frame + at[:, None] + k[None, :], mask=m[:, None] & (k[None, :] < channels), other=0.0)
-                    w = tl.load(w_ptr + ((dh * 3 + dw) * channels + k[:, None]) * 16 + ns[None, :],
-                                mask=k[:, None] < channels, other=0.0)
-                    p = tl.dot(a, w, p, input_precision=PRECISION)
-        if tau >= 2:
-            taps = tl.where(group == 0, older, 0.0) + tl.where(group == 1, old, 0.0) + tl.where(group == 2, p, 0.0)
-            y = tl.sum(tl.reshape(taps, (BLOCK_M, 4, 4)), axis=1) + bias[None, :]  # [BLOCK_M, output]
-            o = tl.arange(0, 4)[None, :]
-            out = o_ptr + ((b * outs + o) * frames + tau - 2) * hw + pix[:, None]
-            tl.store(out, y.to(o_ptr.dtype.element_ty), mask=inside[:, None] & (o < outs))
-        older, old = old, p
-
-
-# --- Launching, also while a CUDA graph is being captured ----------------------------------------------------
-#
-# Triton's launcher asks the driver about every tensor argument before it launches (cuPointerGetAttribute). Under
-# PyTorch's cudaMallocAsync allocator (ComfyUI's default on CUDA), memory allocated while a graph is captured is a
-# graph allocation: it gets physical memory only when the graph first runs, so the driver answers "invalid value"
-# and Triton raises "Pointer argument cannot be accessed from Triton (cpu tensor?)". Its launcher takes integers as
-# addresses without asking, so during a capture our kernels are compiled for their arguments as usual and launched
-# on the raw addresses. Whether this Triton's compiled kernels accept that is checked once per device, outside any
-# capture (raw_launch_works); until then, and where they do not, kernels launch the ordinary way.
-
-_RAW_LAUNCH: dict[int, bool] = {}  # CUDA device index -> whether raw-address launches work there
-
-
-def launch(kernel, grid: tuple, *args, **meta) -> None:
-    """kernel[grid](*args, **meta); args[0] is a tensor (every kernel here takes one first)."""
-    x = args[0]
-    if x.is_cuda and _RAW_LAUNCH.get(x.device.index) and torch.cuda.is_current_stream_capturing():
-        compiled = kernel.warmup(*args, grid=grid, **meta)  # compiles or finds the kernel; launches nothing
-        compiled[_three(grid)](*_raw_arguments(kernel, args, meta))
-        return
-    kernel[grid](*args, **meta)
-
-
-def _three(grid: tuple) -> tuple:
-    """A compiled kernel takes its grid in three dimensions (the JIT function pads it)."""
-    return (*grid, 1, 1)[:3]
-
-
-def _raw_arguments(kernel, args: tuple, meta: dict) -> list:
-    """Every parameter of the kernel in order (constexprs and defaults too, as Triton's launcher takes them), with
-    tensors replaced by their addresses; launch options such as num_warps are not parameters."""
-    signature = _signature(kernel)
-    bound = signature.bind(*args, **{k: v for k, v in meta.items() if k in signature.parameters})
-    bound.apply_defaults()
-    return [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in bound.arguments.values()]
-
-
-@functools.cache
-def _signature(kernel) -> inspect.Signature:
-    return inspect.signature(kernel.fn)
-
-
-def raw_launch_works(device: torch.device) -> bool:
-    """Checks once per device, outside any capture, that a compiled kernel launched on raw addresses computes what
-    the ordinary launch computes (a Triton whose launch convention differs fails here, not inside a capture)."""
-    index = torch.device(device).index or 0
-    if index not in _RAW_LAUNCH:
-        _RAW_LAUNCH[index] = _probe(torch.device("cuda", index))
-    return _RAW_LAUNCH[index]
-
-
-def _probe(device: torch.device) -> bool:
-    x = torch.arange(100, device=device, dtype=torch.float32)
-    out = torch.full_like(x, -1.0)
-    try:
-        meta = dict(SCALE=3, BLOCK=128)
-        compiled = _scale.warmup(x, out, x.numel(), grid=(1,), **meta)
-        compiled[_three((1,))](*_raw_arguments(_scale, (x, out, x.numel()), meta))
-        ok = bool(torch.equal(out, x * 3))
-    except Exception as exc:  # any Triton whose compiled-kernel call differs
-        log.warning("Triton %s cannot launch compiled kernels on raw addresses (%s: %s)", triton.__version__,
-                    type(exc).__name__, exc)
-        ok = False
-    return ok
-
-
-@triton.jit
-def _scale(x_ptr, o_ptr, n, SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    # the raw-launch probe: o = x * SCALE
-    i = tl.arange(0, BLOCK)
-    tl.store(o_ptr + i, tl.load(x_ptr + i, mask=i < n) * SCALE, mask=i < n)

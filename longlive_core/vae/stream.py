@@ -1,31 +1,44 @@
-"""Chunked causal decoding through ComfyUI's Wan 2.1 decoder module (plain torch, no ComfyUI imports).
+"""Chunked causal decoding through ComfyUI's Wan 2.1 decoder module (plain torch: the module comes from the host, and
+its ops' weight-casting attributes are read where they exist).
 
-Every causal conv keeps the last 2 frames of its input in `cache`, so several latent frames can go
-through the decoder in one call and give the frames of a frame-by-frame decode. The very first
-frame must go alone: the temporal upsamplers treat it specially (it gives 1 frame, not 4).
+A DecodeStream is the decode of one video: every causal conv keeps the last 2 frames of its input in the stream's
+cache, so several latent frames can go through the decoder in one call and give the frames of a frame-by-frame
+decode. The very first frame must go alone: the temporal upsamplers treat it specially (it gives 1 frame, not 4).
 
 Compiled (`fast`), steady chunks go through `steady_decode`: the decoder's own modules in its order, with the
 steady branch of its causal convs, residual blocks, upsamplers and attention written out. The upsamplers' forward
 compares a cache tensor with the string 'Rep', which breaks torch.compile's graph inside the decoder's loop (dynamo
 then ran the decoder eagerly between separately compiled blocks); the convs' forward pads a copy of its input. On a
-GPU the compiled chunk is then captured as a CUDA graph (SteadyGraph) that writes the cache in place.
+GPU the stream captures its compiled chunk as a CUDA graph (SteadyGraph) that writes the cache in place.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 
 import torch
 import torch.nn.functional as F
 
-from longlive_core import kernels
-from longlive_core.graphs import CaptureError, capture
+from ..errors import ConfigError
+from ..fast.compile import compiled
+from ..fast.graphs import CaptureError, capture
+from ..kernels import ops
+from .head import NARROW, causal_conv3d_narrow
 
-log = logging.getLogger("longlive")
+log = logging.getLogger(__name__)
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
-_COMPILED: "weakref.WeakSet" = weakref.WeakSet()  # decoders whose steady chunks have been compiled
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def check_shape(shape: tuple | None, z: torch.Tensor) -> tuple:
+    """A stream decodes latents [B, 16, T, h, w] of one batch x height x width: its cache holds their frames."""
+    now = (z.shape[0], *z.shape[3:])
+    if shape is not None and shape != now:
+        raise ConfigError(f"this session has been decoding latents of batch x height x width {shape}, these are "
+                          f"{now}; decode them without a session id, or reset the session")
+    return now
 
 
 def channels_last(decoder) -> None:
@@ -51,9 +64,9 @@ def _causal(conv, x: torch.Tensor, cache: list, idx: list, head: bool = False) -
     last = x[:, :, -2:] if x.shape[2] >= 2 else torch.cat([cache[i][:, :, -1:], x], dim=2)  # one frame: keep one
     if _cast(conv):
         x = conv(x, cache[i])
-    elif head and conv.out_channels <= kernels.NARROW and conv.kernel_size == (3, 3, 3) and cache[i].shape[2] == 2 \
-            and conv.bias is not None and kernels.available(x.device):
-        x = kernels.causal_conv3d_narrow(cache[i], x, conv.weight, conv.bias)
+    elif head and conv.out_channels <= NARROW and conv.kernel_size == (3, 3, 3) and cache[i].shape[2] == 2 \
+            and conv.bias is not None and ops.available(x.device):
+        x = causal_conv3d_narrow(cache[i], x, conv.weight, conv.bias)
     else:
         pad_w, _, pad_h, _, _, _ = conv._padding
         x = F.conv3d(torch.cat([cache[i], x], dim=2), conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w),
@@ -152,17 +165,17 @@ def is_steady(cache: list) -> bool:
     return cache[0] is not None and not any(isinstance(entry, str) for entry in cache)
 
 
-_steady_compiled = torch.compile(steady_decode, dynamic=False)  # compiles at its first call, once per decoder
+@functools.cache
+def _compiled_steady_decode():
+    log.info("compiling the Wan VAE decoder's steady chunks (once per process and size)")
+    return compiled(steady_decode, dynamic=False)
 
 
 def compiled_steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
     """steady_decode under torch.compile, one graph a chunk: the norms, SiLU, residuals and cache frames fused
     around cuDNN's convolutions (on the H100 99 ms a chunk against 202 eager, run 55; compiling the decoder
     module itself, which dynamo splits at every upsampler, gave 130)."""
-    if decoder not in _COMPILED:
-        log.info("compiling the Wan VAE decoder's steady chunks (one time, 20-30 s on an H100)")
-        _COMPILED.add(decoder)
-    return _steady_compiled(decoder, x, cache)
+    return _compiled_steady_decode()(decoder, x, cache)
 
 
 def _addresses(decoder, x: torch.Tensor, cache: list) -> tuple:
@@ -173,8 +186,7 @@ def _addresses(decoder, x: torch.Tensor, cache: list) -> tuple:
 
 class SteadyGraph:
     """The compiled steady chunk of one decoder and one cache, captured as a CUDA graph: it reads the chunk from a
-    fixed buffer and writes the cache in place, so it replays while the weights and the cache stay where they are.
-    Captured at the second steady chunk of a cache (the first compiles and autotunes cuDNN)."""
+    fixed buffer and writes the cache in place, so it replays while the weights and the cache stay where they are."""
 
     def __init__(self, decoder, x: torch.Tensor, cache: list):
         self.key = _addresses(decoder, x, cache)
@@ -189,52 +201,65 @@ class SteadyGraph:
         return self.out.clone()
 
 
-_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> its SteadyGraph, or a key seen once
-_NO_GRAPH = "capture failed"
+class DecodeStream:
+    """The decode of one video through a Wan decoder: its causal cache (`slots`: the decoder's causal convs, which
+    the host counts) and, compiled on a GPU, its steady chunk's CUDA graph (captured at the second steady chunk:
+    the first compiles and autotunes cuDNN; captured anew where the weights or the cache moved). A capture that
+    fails leaves the chunks to the compiled decoder (the capture ran nothing, the cache is as it was), logged, and
+    is not tried again for that placement."""
 
+    def __init__(self, slots: int):
+        self.cache: list = [None] * slots
+        self.shape: tuple | None = None  # batch, height, width of the latents it decodes
+        self._graph: SteadyGraph | None = None
+        self._seen: tuple | None = None  # the placement of the last steady chunk, captured when it comes again
+        self._failed: tuple | None = None
 
-def graphed_steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
-    """compiled_steady_decode, replayed from a CUDA graph from the second chunk of a cache on (one graph a decoder:
-    another cache, shape or weight placement captures anew). A capture that fails leaves the chunk to the compiled
-    decoder (the capture ran nothing, the cache is as it was), logged, and is not tried again for that key."""
-    key = _addresses(decoder, x, cache)
-    held = _GRAPHS.get(decoder)
-    if isinstance(held, SteadyGraph) and held.key == key:
-        return held(x)
-    if held == key:
-        try:
-            _GRAPHS[decoder] = graph = SteadyGraph(decoder, x, cache)
-            return graph(x)
-        except CaptureError as exc:
-            log.warning("the Wan VAE decoder's steady chunk could not be captured as a CUDA graph; decoding it "
-                        "compiled without one: %s", exc)
-            _GRAPHS[decoder] = (_NO_GRAPH, key)
-    elif held != (_NO_GRAPH, key):
-        _GRAPHS[decoder] = key
-    return compiled_steady_decode(decoder, x, cache)
+    def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int = FRAMES_PER_CALL,
+               channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
+        """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
+        fast: steady chunks through the compiled decoder (the first two calls stay eager), replayed as a CUDA graph
+        where `graphs`. channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off)."""
+        self.shape = check_shape(self.shape, z)
+        x = vae_model.conv2(z)
+        if channels_last_3d if channels_last_3d is not None else (x.is_cuda or fast):
+            channels_last(vae_model.decoder)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
+        pieces = []
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+            for a, b in zip(starts, starts[1:] + [x.shape[2]]):
+                chunk = x[:, :, a:b]
+                if fast and is_steady(self.cache):
+                    pieces.append(self._steady(vae_model.decoder, chunk, graphs and x.is_cuda))
+                else:
+                    pieces.append(vae_model.decoder(chunk, feat_cache=self.cache, feat_idx=[0]))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
 
+    def _steady(self, decoder, x: torch.Tensor, graphs: bool) -> torch.Tensor:
+        if not graphs:
+            return compiled_steady_decode(decoder, x, self.cache)
+        key = _addresses(decoder, x, self.cache)
+        if self._graph is not None and self._graph.key == key:
+            return self._graph(x)
+        self._graph = None  # a graph of another placement: its memory goes before a new capture
+        if self._seen == key and self._failed != key:
+            try:
+                self._graph = SteadyGraph(decoder, x, self.cache)
+                return self._graph(x)
+            except CaptureError as exc:
+                log.warning("the Wan VAE decoder's steady chunk could not be captured as a CUDA graph; decoding it "
+                            "compiled without one: %s", exc)
+                self._failed = key
+        self._seen = key
+        return compiled_steady_decode(decoder, x, self.cache)
 
-def release_graphs() -> None:
-    """Frees the captured chunks' memory (about 2.7 GB at 480x832); the next steady chunks capture anew."""
-    _GRAPHS.clear()
+    @property
+    def has_graph(self) -> bool:
+        return self._graph is not None
 
-
-def decode_latents(vae_model, z: torch.Tensor, cache: list, frames_per_call: int = FRAMES_PER_CALL,
-                   fast: bool = False, channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
-    """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
-    fast: steady chunks through the compiled decoder (the first two calls stay eager).
-    channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off to measure without)."""
-    x = vae_model.conv2(z)
-    if channels_last_3d if channels_last_3d is not None else (x.is_cuda or fast):
-        channels_last(vae_model.decoder)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    starts = sorted({0, *range(1 if cache[0] is None else 0, x.shape[2], frames_per_call)})
-    pieces = []
-    with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-        for a, b in zip(starts, starts[1:] + [x.shape[2]]):
-            if fast and is_steady(cache):
-                steady = graphed_steady_decode if graphs and x.is_cuda else compiled_steady_decode
-                pieces.append(steady(vae_model.decoder, x[:, :, a:b], cache))
-            else:
-                pieces.append(vae_model.decoder(x[:, :, a:b], feat_cache=cache, feat_idx=[0]))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
+    def close(self) -> None:
+        """Frees the steady chunk's graph (about 2.7 GB at 480x832); the stream stays usable (its next steady chunks
+        capture anew)."""
+        self._graph = None
+        self._seen = None

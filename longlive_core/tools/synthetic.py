@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
 
-from .config import WanConfig
-from .model import CausalWan
+from ..model.config import WanConfig
+from ..model.wan import CausalWan
 
 TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32)
 
@@ -50,3 +51,9 @@ def write_lora(model: CausalWan, path: str, rank: int = 4, seed: int = 1, std: f
             lora[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * std
             lora[f"{prefix}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * std
     torch.save({"generator_lora": lora}, path)
+
+
+def hashed_embeds(text: str, text_dim: int, tokens: int = 16) -> torch.Tensor:
+    """Deterministic pseudo-embeddings [1, tokens, text_dim] of a text, for tiny random models only."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return torch.randn(1, tokens, text_dim, generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,1 @@
+"""Checkpoint files: every format users have, mapped to canonical Wan keys in one module (checkpoint.py)."""

@@ -1,0 +1,308 @@
+"""A named video: the one owner of what a video is made of between runs (its StreamSession, the CUDA graphs of its
+passes, its decoder streams, the prompts posted to it while it runs live, its stats), and how a run generates it.
+
+The host (ComfyUI's nodes) passes in what only it can do as RunHooks: encode a text, decode a block, show
+progress. A run that is interrupted keeps its finished blocks (and their decoded frames) for the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ConfigError, LongLiveError
+from ..fast.runner import GraphRunner, warm_up
+from ..model.cache import FRAMES_PER_BLOCK
+from ..model.config import ROPE_POSITIONS
+from ..model.wan import CausalWan
+from .prompt_text import check_starts
+from .session import StreamSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSettings:
+    """What a video is made with; a run that continues it must ask for the same (the seed may differ)."""
+
+    model: tuple  # what the model was loaded with: the same means the same weights
+    batch: int
+    width: int
+    height: int
+    local_attn_size: int
+    sink_size: int
+    switch_policy: str
+    seed: int
+    session_id: str = ""
+
+    def changes(self, wanted: "VideoSettings") -> list[str]:
+        """The settings `wanted` changes, as 'name: old -> new' (the seed may change)."""
+        old, new = dataclasses.asdict(self), dataclasses.asdict(wanted)
+        return [f"{k}: {old[k]} -> {new[k]}" for k in old if k != "seed" and old[k] != new[k]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One prompt of a run: its start (latent frame, relative to the run), its text (may be empty) and embeddings
+    (None: the run's hooks make them from the text)."""
+
+    start: int
+    text: str
+    embeds: torch.Tensor | None = None
+
+    def key(self) -> str:
+        """Identity of the prompt, to tell whether a continuing run changed it."""
+        if self.embeds is None:
+            return "text:" + self.text
+        data = self.embeds.detach().float().cpu().contiguous().numpy().tobytes()
+        return "embeds:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class PostedPrompt:
+    """A prompt posted to a live run: it switches at the next block, or blends in over blend_blocks blocks."""
+
+    text: str
+    posted_at: float  # time.time()
+    blend_blocks: int = 1
+    blend: str = "linear"
+
+
+@dataclasses.dataclass
+class Stats:
+    warm_up_s: float | None = None
+    last_block_ms: float | None = None
+    fps: float | None = None
+    graphs: str | None = None
+    last_switch_ms: float | None = None
+
+    def as_dict(self) -> dict:
+        """The figures known so far."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockDone:
+    """A block of a run: its index of `blocks`, latents [B, 3, C, h, w], decoded images [B * 12 or 9, H, W, 3] or
+    None, and the posted prompt it switched to."""
+
+    index: int
+    blocks: int
+    latents: torch.Tensor
+    images: torch.Tensor | None
+    posted: PostedPrompt | None
+
+
+def _nothing(_done: BlockDone) -> None:
+    return None
+
+
+@dataclasses.dataclass
+class RunHooks:
+    """What the host does around a run. encode: the text encoder of posted prompts (None: none connected);
+    embed_text: embeddings of a prompt that has none (raises where that cannot be); decode: block latents -> images
+    [B * frames, H, W, 3] (None: no decoding); made: after a block is generated (stats are current); shown: after it
+    is decoded (progress, preview; may raise to interrupt the run). Embeddings are [1 or B, tokens, text_dim]."""
+
+    embed_text: Callable[[str], torch.Tensor]
+    encode: Callable[[str], torch.Tensor] | None = None
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    made: Callable[[BlockDone], None] = _nothing
+    shown: Callable[[BlockDone], None] = _nothing
+
+
+class Video:
+    """One named video. Make it with Video.open (which warms up its graphs before the first block)."""
+
+    def __init__(self, model: CausalWan, settings: VideoSettings, fast: bool):
+        self.settings = settings
+        self.session = StreamSession(model, batch=settings.batch, height=settings.height, width=settings.width,
+                                     local_attn_size=settings.local_attn_size, sink_size=settings.sink_size,
+                                     seed=settings.seed, switch_policy=settings.switch_policy,
+                                     runner=GraphRunner(model) if fast else None)
+        self.prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
+        self.upcoming: dict[int, str] = {}  # frame -> key of the prompt starting there
+        self.undelivered: list[torch.Tensor] = []  # blocks of an interrupted run
+        self.undelivered_images: list[torch.Tensor] = []  # and their decoded frames
+        self.decoders: dict[str, Any] = {}  # decoder streams by the decoder's identity
+        self.stats = Stats()
+        self.live = False  # a live run is generating: posted prompts are taken
+        self.inbox: "queue.Queue[PostedPrompt]" = queue.Queue()
+        self.stop = threading.Event()
+        self.switches: list[dict] = []
+
+    @classmethod
+    def open(cls, model: CausalWan, settings: VideoSettings, fast: bool) -> "Video":
+        start = time.perf_counter()
+        video = cls(model, settings, fast)
+        warm_up(video.session)  # compile + capture now: no later block or switch pays for it
+        video.stats.warm_up_s = round(time.perf_counter() - start, 2)
+        return video
+
+    # --- what the video holds ---------------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        s = self.session
+        return s.cache.nbytes + 2 * s.text.k.numel() * s.text.k.element_size()
+
+    def graph_state(self) -> str:
+        """Whether the video's passes replay as CUDA graphs, and why not."""
+        runner = self.session.runner
+        if not isinstance(runner, GraphRunner):
+            return "off (fast is off or not on CUDA)"
+        return f"off: {runner.failed}" if runner.failed else f"{len(runner.graphs)} captured"
+
+    def describe(self) -> dict:
+        s = self.session
+        return {"frames": s.frame, "blocks": s.frame // FRAMES_PER_BLOCK, "settings": dataclasses.asdict(self.settings),
+                "state": "live" if self.live else "idle", "switches": self.switches[-20:],
+                "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
+                "cache_gib": round(self.nbytes / 2**30, 4), **self.stats.as_dict()}
+
+    def decoder(self, key: str, make: Callable[[], Any]) -> Any:
+        """The video's decoder stream for a decoder identity (made on first use)."""
+        if key not in self.decoders:
+            self.decoders[key] = make()
+        return self.decoders[key]
+
+    def use_model(self, model: CausalWan, fast: bool) -> None:
+        """Continues with another load of the same weights (the host loaded the file again)."""
+        self.session.use_model(model, GraphRunner(model) if fast else None)
+
+    def drop_graphs(self) -> None:
+        """After the weights moved: every graph is captured again (a runner whose capture failed stays without)."""
+        if isinstance(self.session.runner, GraphRunner):
+            self.session.runner.clear()
+
+    def close(self) -> None:
+        """Frees the GPU memory the graphs hold; the video stays usable (graphs are captured again if it runs)."""
+        self.drop_graphs()
+        for stream in self.decoders.values():
+            stream.close()
+
+    def reset(self) -> None:
+        """A block that failed half way may have written part of the cache: the video starts over."""
+        self.session.reset()
+        self.prompt_key = None
+        self.upcoming.clear()
+        self.undelivered.clear()
+        self.undelivered_images.clear()
+        self.decoders.clear()
+
+    # --- a run ------------------------------------------------------------------------------------------------
+
+    def fit(self, frames: int, live: bool) -> int:
+        """A video can run to latent frame 1024 (Wan's RoPE table); a live run stops there, others are refused."""
+        room = (ROPE_POSITIONS - self.session.pos) // FRAMES_PER_BLOCK * FRAMES_PER_BLOCK
+        if frames <= room:
+            return frames
+        if live and room > 0:
+            log.info("live run limited to %d latent frames (RoPE table ends at %d)", room, ROPE_POSITIONS)
+            return room
+        raise ConfigError(f"length: this run needs {frames} latent frames but the session has room for {room} more "
+                          f"(the model's RoPE table ends at latent frame {ROPE_POSITIONS}, about 4 minutes); shorten "
+                          f"the run or reset the session")
+
+    def schedule(self, prompts: list[Prompt], frames: int, embed_text: Callable[[str], torch.Tensor]) -> None:
+        """Schedules a run's prompts relative to its first frame; an unchanged first prompt is no switch."""
+        check_starts([p.start for p in prompts], frames)
+        base = self.session.frame
+        self.session.clear_pending()  # prompts of an earlier run that stopped early do not carry over
+        self.upcoming.clear()
+        for i, prompt in enumerate(prompts):
+            self.upcoming[base + prompt.start] = prompt.key()
+            if i == 0 and prompt.key() == self.prompt_key:
+                continue
+            embeds = prompt.embeds if prompt.embeds is not None else embed_text(prompt.text)
+            self.session.set_prompt(embeds, at_frame=base + prompt.start)
+
+    def post(self, prompt: PostedPrompt) -> int:
+        """Queues a prompt for the live run's next block; returns the frame it was posted at."""
+        self.inbox.put(prompt)
+        return self.session.frame
+
+    def run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Generates a run's blocks (a live run also takes posted prompts between blocks and ends early on stop).
+        Returns (latents [B, T, C, h, w] float32, images [B * frames, H, W, 3] sample after sample, or None)."""
+        blocks = frames // FRAMES_PER_BLOCK
+        _drain(self.inbox)
+        self.stop.clear()
+        self.live = live
+        try:
+            for i in range(blocks):
+                if live and i > 0 and self.stop.is_set():  # a live run makes at least one block
+                    break
+                self._block(i, blocks, live, hooks)
+        finally:
+            self.live = False
+            _drain(self.inbox)  # a prompt posted as the run ended belongs to no run
+        latents, images = torch.cat(self.undelivered, dim=1), self.undelivered_images
+        self.undelivered, self.undelivered_images = [], []
+        if hooks.decode is None or not images:
+            return latents, None
+        return latents, torch.cat(images, dim=1).flatten(0, 1)
+
+    def _block(self, index: int, blocks: int, live: bool, hooks: RunHooks) -> None:
+        posted = self._take_posted(hooks) if live else None
+        started_at = self.session.frame
+        latents, ms = self._timed_block()
+        self.prompt_key = self.upcoming.pop(started_at, self.prompt_key)  # the prompt now in force
+        self.undelivered.append(latents.float())
+        self._record(ms, posted)
+        hooks.made(BlockDone(index, blocks, latents, None, posted))
+        images = None
+        if hooks.decode is not None:
+            images = hooks.decode(latents)
+            self.undelivered_images.append(images.view(latents.shape[0], -1, *images.shape[1:]))
+        hooks.shown(BlockDone(index, blocks, latents, images, posted))
+
+    def _take_posted(self, hooks: RunHooks) -> PostedPrompt | None:
+        """Applies the newest prompt posted since the last block (older ones are superseded)."""
+        posted = _drain(self.inbox)
+        if posted is not None:
+            frame = self.session.frame
+            prompt = Prompt(frame, posted.text, hooks.encode(posted.text) if hooks.encode else None)
+            embeds = prompt.embeds if prompt.embeds is not None else hooks.embed_text(posted.text)
+            self.session.set_prompt(embeds, blend_blocks=posted.blend_blocks, blend=posted.blend)
+            self.upcoming[frame + FRAMES_PER_BLOCK * (posted.blend_blocks - 1)] = prompt.key()
+        return posted
+
+    def _timed_block(self) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        try:
+            latents = self.session.step_block()
+        except LongLiveError:
+            raise  # refused before any work: the session is unchanged
+        except Exception:
+            self.reset()
+            log.exception("LongLive block failed; the session was reset")
+            raise
+        if latents.is_cuda:  # the preview needs the block anyway; this makes the stats wall time
+            torch.cuda.current_stream().synchronize()
+        return latents, (time.perf_counter() - start) * 1e3
+
+    def _record(self, ms: float, posted: PostedPrompt | None) -> None:
+        self.stats.last_block_ms = round(ms, 1)
+        self.stats.fps = round(4 * FRAMES_PER_BLOCK * 1e3 / max(ms, 1e-3), 1)
+        self.stats.graphs = self.graph_state()
+        if posted is not None:
+            latency = round((time.time() - posted.posted_at) * 1e3, 1)
+            self.switches.append({"frame": self.session.frame - FRAMES_PER_BLOCK, "text": posted.text[:200],
+                                  "prompt_to_block_ms": latency})
+            self.stats.last_switch_ms = latency
+
+
+def _drain(inbox: queue.Queue) -> PostedPrompt | None:
+    """Empties the inbox; returns the newest entry."""
+    newest = None
+    while not inbox.empty():
+        newest = inbox.get_nowait()
+    return newest

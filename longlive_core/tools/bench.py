@@ -1,0 +1,285 @@
+"""GPU benchmark: the eager reference path against the fast path, on random full-size weights.
+
+    python -m longlive_core.bench [--rows main,fp8-attention,window9,batch,fp8,fp8-all,...] [--profile] [--json PATH]
+
+Every row generates the same schedule (20 blocks, prompt switches at frames 24 and 42, prompts of
+128 tokens) and reports ms per block and per latent frame in steady state, the extra stream time of each switch,
+the first block, peak GPU memory, frames per second, and the max relative difference of the
+latents from the eager bf16 path (same seed, same prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+
+import torch
+
+from ..fast.runner import GraphRunner, warm_up
+from ..fast.setup import make_fast
+from ..model.attention import FP8
+from ..model.config import WanConfig
+from ..quant.precision import resolve
+from ..runtime.session import StreamSession
+from .synthetic import random_model
+from .verify import block_errors
+
+log = logging.getLogger("longlive_core.bench")
+
+BLOCKS = 20
+SWITCH_BLOCKS = (8, 14)
+HEIGHT, WIDTH = 480, 832
+PROMPT_TOKENS = 128  # LongLive's prompts are a paragraph: about 100-200 umt5 tokens
+ROWS = ("main", "unfused", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all", "int8-weight-only",
+        "int8-dynamic")
+
+
+def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(1234)
+    out = []
+    for _ in range(count):
+        e = torch.randn(batch, 512, text_dim, generator=gen, device=device) * 0.1
+        e[:, PROMPT_TOKENS:] = 0  # zeros after the prompt's tokens, as umt5 embeddings come padded
+        out.append(e)
+    return out
+
+
+def run_stream(model, runner, *, batch=1, window=12, sink=3, blocks=BLOCKS, seed=0) -> dict:
+    """Generates `blocks` blocks with the standard schedule; block times from CUDA events."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    session = StreamSession(model, batch=batch, height=HEIGHT, width=WIDTH, local_attn_size=window,
+                            sink_size=sink, seed=seed, runner=runner(model) if runner else None)
+    warm_up(session)
+    embeds = prompts(batch, model.cfg.text_dim, len(SWITCH_BLOCKS) + 1, model.device)
+    session.set_schedule([(0, embeds[0])] + [(3 * b, e) for b, e in zip(SWITCH_BLOCKS, embeds[1:])])
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(blocks + 1)]
+    events[0].record()
+    latents, first_ms = [], None
+    for i in range(blocks):
+        latents.append(session.step_block())
+        events[i + 1].record()
+        if i == 0:
+            torch.cuda.synchronize()
+            first_ms = (time.perf_counter() - t0) * 1e3
+        log.info("block %d queued after %.0f ms", i, (time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    ms = [events[i].elapsed_time(events[i + 1]) for i in range(blocks)]
+    return {"block_ms": ms, "first_block_ms": first_ms, "latents": torch.cat(latents, 1).float(),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def summarize(name: str, run: dict, reference: torch.Tensor | None, batch: int) -> dict:
+    ms = run["block_ms"]
+    near_switch = {b + d for b in SWITCH_BLOCKS for d in (-1, 0)}
+    steady = statistics.median(m for i, m in enumerate(ms) if i >= 5 and i not in near_switch)
+    switches = [ms[b - 1] + ms[b] - 2 * steady for b in SWITCH_BLOCKS]
+    row = {"row": name, "batch": batch, "ms_per_block": steady, "ms_per_latent_frame": steady / 3,
+           "switch_extra_ms": switches, "first_block_ms": run["first_block_ms"], "peak_gib": run["peak_gib"],
+           "latent_fps": 3 * batch * 1e3 / steady, "pixel_fps": 12 * batch * 1e3 / steady, "block_ms_all": ms}
+    if reference is not None and reference.shape == run["latents"].shape:
+        row["max_rel_diff_vs_eager"] = max_block_diff(run["latents"], reference)
+    return row
+
+
+def max_block_diff(latents: torch.Tensor, reference: torch.Tensor) -> float:
+    return max(block_errors(latents, reference))
+
+
+def profile_block(model, runner, out_path: str | None) -> dict:
+    """Kernel-time breakdown of one steady block, per layer per pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    session = StreamSession(model, height=HEIGHT, width=WIDTH, runner=runner(model) if runner else None)
+    warm_up(session)
+    session.set_prompt(prompts(1, model.cfg.text_dim, 1, model.device)[0])
+    for _ in range(7):
+        session.step_block()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        session.step_block()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1e3
+    if out_path:
+        prof.export_chrome_trace(out_path)
+    return breakdown(prof, wall, passes=5 * model.cfg.num_layers)
+
+
+def _category(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("flash", "fmha", "attention", "cudnn", "sdpa")):
+        return "attention"
+    # Triton kernels are fused elementwise work even when named after the GEMM they feed (`fused__scaled_mm_`)
+    if not n.startswith("triton") and any(s in n for s in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "_mm", "wgmma")):
+        return "gemm"
+    if any(s in n for s in ("index_copy", "index_put", "scatter", "indexing")):
+        return "cache_write"
+    return "norm_mod_other"
+
+
+def breakdown(prof, wall_ms: float, passes: int, top: int = 15) -> dict:
+    """Kernel time per category and layer pass, and the kernels that take the most time in the block."""
+    totals: dict[str, float] = {}
+    kernels = []
+    for evt in prof.key_averages():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        cat = _category(evt.key)
+        ms = evt.self_device_time_total / 1e3
+        totals[cat] = totals.get(cat, 0.0) + ms
+        kernels.append({"kernel": evt.key[:100], "category": cat, "ms_per_block": ms, "calls": evt.count})
+    kernel = sum(totals.values())
+    totals["gaps"] = max(0.0, wall_ms - kernel)
+    kernels.sort(key=lambda k: -k["ms_per_block"])
+    return {"block_wall_ms": wall_ms, "per_layer_pass_ms": {k: v / passes for k, v in totals.items()},
+            "top_kernels": kernels[:top]}
+
+
+def main_rows(args, cfg, rows, record, result) -> dict:
+    """Eager reference, eager with the fast attention, fast path; window 9 and batch rows.
+    Returns the latents of the eager and the fast bf16 rows."""
+    model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
+    model.set_attention("sdpa")
+    eager = run_stream(model, None)
+    record(summarize("eager bf16 w12 s3 (sdpa)", eager, None, 1))
+    attention = model.set_attention(args.attention)
+    # before the eager profile: right after it, this row ran up to 40% slow (runs 19, 30)
+    same_kernels = run_stream(model, None)
+    record(summarize(f"eager bf16 w12 s3 ({attention})", same_kernels, eager["latents"], 1))
+    if args.profile:
+        model.set_attention("sdpa")
+        result["profile"]["eager"] = profile_block(model, None, args.trace_dir and f"{args.trace_dir}/eager.json")
+    fast_model = make_fast(model, attention=args.attention, compile_options=args.inductor)
+    result["attention"] = fast_model.attention_backend
+    fast = run_stream(fast_model, GraphRunner)
+    row = summarize(f"fast bf16 w12 s3 ({attention})", fast, eager["latents"], 1)
+    row["max_rel_diff_vs_eager_same_attention"] = max_block_diff(fast["latents"], same_kernels["latents"])
+    record(row)
+    if args.profile:
+        result["profile"]["fast"] = profile_block(fast_model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
+    if "unfused" in rows:  # the eager blocks compiled (inductor fuses the norms) instead of the fused blocks
+        unfused = make_fast(model, attention=args.attention, compile_options=args.inductor, fused=False)
+        record(summarize(f"fast bf16 w12 s3 ({attention}, eager blocks compiled)", run_stream(unfused, GraphRunner),
+                         eager["latents"], 1))
+        del unfused
+    if "fp8-attention" in rows:  # bf16 linears, FP8 self-attention
+        fast_model.set_attention(FP8, fast=True)
+        run = run_stream(fast_model, GraphRunner)
+        row = summarize("fast bf16 w12 s3 (flash-attn 3 fp8 self-attention)", run, eager["latents"], 1)
+        row["max_rel_diff_vs_fast_bf16"] = max_block_diff(run["latents"], fast["latents"])
+        record(row)
+        if args.profile:
+            result["profile"]["fast, fp8 attention"] = profile_block(fast_model, GraphRunner, None)
+        fast_model.set_attention(args.attention, fast=True)
+    if "cross-sdpa" in rows:  # the text cross-attention (512 keys) through cuDNN instead
+        plain = make_fast(model, attention=args.attention, compile=False, cross="sdpa", fused=False)
+        record(summarize(f"fast bf16 w12 s3 ({attention}, eager blocks, sdpa cross-attention)",
+                         run_stream(plain, GraphRunner), eager["latents"], 1))
+        del plain
+    if "window9" in rows:
+        record(summarize("fast bf16 w9 s3", run_stream(fast_model, GraphRunner, window=9), None, 1))
+    if "batch" in rows:
+        for b in (2, 4):
+            record(summarize(f"fast bf16 w12 s3 batch {b}", run_stream(fast_model, GraphRunner, batch=b), None, b))
+    return {"eager": eager["latents"], "fast": fast["latents"]}
+
+
+def quantized_row(args, cfg, name, reference, result, attention: str | None = None) -> dict:
+    """Quantized linears under CUDA graphs. FP8 and int8 dynamic are plain torch and compile like bf16;
+    torchao's int8 weight-only tensors run uncompiled (Precision.compilable)."""
+    start = time.perf_counter()
+    model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
+    precision = resolve(name, model.device)
+    precision.apply(model)
+    torch.cuda.synchronize()
+    quantize_s = time.perf_counter() - start
+    fast_model = make_fast(model, attention=attention or args.attention, compile_options=args.inductor)
+    del model
+    run = run_stream(fast_model, GraphRunner)
+    backend = fast_model.attention_backend
+    label = ("compiled, " if precision.compilable else "") + f"graphs, {backend}"
+    row = summarize(f"fast {name} w12 s3 ({label})", run, reference and reference["eager"], 1)
+    row["load_and_quantize_s"] = quantize_s
+    if args.profile:
+        result["profile"][f"fast {name}, {backend}"] = profile_block(fast_model, GraphRunner, None)
+    if reference is not None:
+        row["max_rel_diff_vs_fast_bf16"] = max_block_diff(run["latents"], reference["fast"])
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="main,window9,batch", help=f"comma list of {ROWS}")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--profile", action="store_true", help="kernel breakdown of one steady block")
+    parser.add_argument("--trace-dir", default=None, help="where --profile writes chrome traces")
+    parser.add_argument("--json", default="bench.json")
+    parser.add_argument("--layers", type=int, default=30, help="fewer layers for a quick look")
+    parser.add_argument("--reference", default=None, help="file of the bf16 latents: written by a run with "
+                        "'main', read by runs of precision rows alone (each precision can run in its own process)")
+    parser.add_argument("--inductor", type=json.loads, default=None,
+                        help='inductor options for the fast rows\' stages, as JSON: \'{"triton.multi_kernel": 1}\'')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not torch.cuda.is_available():
+        log.error("the benchmark needs a CUDA GPU")
+        return 2
+    rows = args.rows.split(",")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": [], "profile": {}}
+
+    def record(row: dict) -> None:  # keep partial results if a later row fails or runs out of time
+        result["rows"].append(row)
+        log.info("row: %s", json.dumps({k: v for k, v in row.items() if k != "block_ms_all"}))
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+    cfg = WanConfig(num_layers=args.layers)
+    if "main" in rows:
+        reference = main_rows(args, cfg, rows, record, result)
+        if args.reference:
+            torch.save(reference, args.reference)
+    else:
+        reference = torch.load(args.reference) if args.reference else None
+    for precision in ("fp8", "int8 weight-only", "int8 dynamic"):
+        if precision.replace(" ", "-") in rows:
+            torch.cuda.empty_cache()
+            record(quantized_row(args, cfg, precision, reference, result))
+    if "fp8-all" in rows:  # FP8 linears and FP8 self-attention
+        torch.cuda.empty_cache()
+        record(quantized_row(args, cfg, "fp8", reference, result, attention=FP8))
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print_table(result)
+    return 0
+
+
+def print_table(result: dict) -> None:
+    base = result["rows"][0]["ms_per_block"]
+    sys.stdout.write(f"\n{result['device']}, torch {result['torch']}, {HEIGHT}x{WIDTH}, 4 steps, 3 frames/block\n")
+    sys.stdout.write("| row | ms/block | ms/latent frame | switch extra ms | first block ms | peak GiB | "
+                     "pixel fps | speedup | max rel diff of the latents |\n|---|---|---|---|---|---|---|---|---|\n")
+    for r in result["rows"]:
+        sw = "/".join(f"{s:.0f}" for s in r["switch_extra_ms"])
+        keys = ("max_rel_diff_vs_eager", "max_rel_diff_vs_eager_same_attention", "max_rel_diff_vs_fast_bf16")
+        diff = " / ".join(f"{k.removeprefix('max_rel_diff_vs_')} {r[k]:.1e}" for k in keys if k in r)
+        sys.stdout.write(f"| {r['row']} | {r['ms_per_block']:.1f} | {r['ms_per_latent_frame']:.1f} | {sw} | "
+                         f"{r['first_block_ms']:.0f} | {r['peak_gib']:.2f} | {r['pixel_fps']:.1f} | "
+                         f"{base / r['ms_per_block'] * r['batch']:.2f}x | {diff} |\n")
+    for name, prof in result["profile"].items():
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in prof["per_layer_pass_ms"].items())
+        sys.stdout.write(f"profile {name}: block {prof['block_wall_ms']:.1f} ms; per layer per pass (ms): {parts}\n")
+    for name, prof in result["profile"].items():
+        if name != "eager":
+            sys.stdout.write(f"{name}: top kernels of one block (ms, calls):\n")
+            for k in prof["top_kernels"]:
+                sys.stdout.write(f"  {k['ms_per_block']:7.2f} {k['calls']:5d}  {k['kernel']}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

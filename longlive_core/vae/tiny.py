@@ -1,0 +1,62 @@
+"""Draft decoding with the tiny Wan 2.1 video decoder (lighttaew2_1 / taew2_1: ComfyUI's TAEHV module, taken as the
+host gives it), chunk by chunk with its temporal memory kept, so that chunks give the frames of one whole decode.
+
+Each memory block of the decoder looks at the previous frame's input; a chunk takes that frame from
+`memory` (the last frame of the previous chunk) where the whole decode would take it from the same
+video. The first chunk drops the decoder's leading frames as a whole decode does (4T - 3 frames for T
+latent frames; 4T for every later chunk).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .stream import check_shape
+
+
+class TinyStream:
+    """The draft decode of one video: its memory between chunks (see tiny_decode_chunk)."""
+
+    def __init__(self):
+        self.memory: dict = {}
+        self.shape: tuple | None = None
+
+    def decode(self, model, z: torch.Tensor) -> torch.Tensor:
+        self.shape = check_shape(self.shape, z)
+        return tiny_decode_chunk(model, z, self.memory)
+
+    def close(self) -> None:
+        """Holds no GPU memory beyond its last frames: nothing to free."""
+
+
+def _remembers(block) -> bool:
+    """TAEHV's MemBlock: a block that also reads the previous frame's input (it has a skip path; nothing else does)."""
+    return hasattr(block, "skip")
+
+
+def _time_stride(block) -> int:
+    """TAEHV's TGrow multiplies the frames by its integer stride (a convolution's stride is a tuple)."""
+    stride = getattr(block, "stride", 1)
+    return stride if isinstance(stride, int) else 1
+
+
+@torch.inference_mode()
+def tiny_decode_chunk(model, z: torch.Tensor, memory: dict) -> torch.Tensor:
+    """z: [B, 16, T, h, w] latents (as ComfyUI's VAE takes them for this decoder) -> pixels
+    [B, 3, frames, 8h, 8w] in [0, 1]. `memory` starts empty and carries on between chunks."""
+    b, t = z.shape[0], z.shape[2]
+    x = model.process_in(z).movedim(2, 1).flatten(0, 1)  # [B * T, C, h, w]
+    for i, block in enumerate(model.decoder):
+        if _remembers(block):
+            frames = x.unflatten(0, (b, t))
+            previous = memory.get(i, torch.zeros_like(frames[:, :1]))
+            past = torch.cat([previous, frames[:, :-1]], dim=1).flatten(0, 1)
+            memory[i] = frames[:, -1:].clone()
+            x = block(x, past)
+        else:
+            x = block(x)
+            t *= _time_stride(block)
+    out = x.unflatten(0, (b, t))
+    if not memory.get("started"):
+        out, memory["started"] = out[:, model.frames_to_trim:], True
+    return out.movedim(1, 2).clamp(0, 1)
