@@ -11,6 +11,7 @@ failed capture's pool is simply released.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import traceback
@@ -107,6 +108,8 @@ def _keep(failure: BaseException, graph, out) -> None:
     storages = []
     for frame, _ in traceback.walk_tb(failure.__traceback__):
         storages += [t.untyped_storage() for t in _tensors(list(frame.f_locals.values()) + [out])]
+    if not _KEPT:  # the list outlives the interpreter's clean-up too, which would free them and abort at exit
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(_KEPT))
     _KEPT.append((graph, storages))
     traceback.clear_frames(failure.__traceback__)
     log.warning("a failed CUDA graph capture keeps %.1f MiB of GPU memory for the life of the process",
