@@ -17,9 +17,8 @@ from .quant.precision import PRECISIONS, Precision, resolve as resolve_precision
 from .runtime.prompt_text import FPS, check_starts, check_text, parse_schedule_text, parse_start
 from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
 from .runtime.schedule import DenoisingSchedule, RecordedNoise, SeededNoise
-from .runtime.session import BLENDS, MAX_BLEND_BLOCKS, SWITCH_POLICIES, StreamSession
+from .runtime.session import BLENDS, MAX_BLEND_BLOCKS, SWITCH_POLICIES, StreamSession, hashed_embeds
 from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings
-from .tools.synthetic import hashed_embeds
 from .vae.stream import DecodeStream
 from .vae.tiny import TinyStream
 

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from longlive_core.vae import head  # noqa: E402
 from longlive_core.vae.stream import _upsample2d  # noqa: E402
 

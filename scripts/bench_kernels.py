@@ -1,7 +1,7 @@
 """GPU micro-benchmark of the kernels one layer pass is made of, at the steady LongLive shape
 (480x832: 4680 query tokens, window 12 -> 18720 keys, 512 text keys, dim 1536, 12 heads, FFN 8960).
 
-    python scripts/bench_kernels.py [--sections gemm,attention,norms,text,epilogue,fp8_gelu,scaling] [--json PATH]
+    PYTHONPATH=. python scripts/bench_kernels.py [--sections gemm,attention,norms,text,epilogue,fp8_gelu,scaling] [--json PATH]
 
 Sections. gemm: bf16 GEMMs (separate and fused q/k/v, the FFN up-projection with a separate GELU and with
 cuBLASLt's GELU epilogue), the same GEMMs in row-wise and in tensor-wise FP8 (torch._scaled_mm) with the cost of
@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from longlive_core.kernels import ops as kernels  # noqa: E402
 from longlive_core.model.attention import resolve, wave_split  # noqa: E402
 from longlive_core.model.wan import RopeTable, apply_rope, layer_norm  # noqa: E402

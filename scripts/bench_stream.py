@@ -22,12 +22,10 @@ import time
 import torch
 
 ARGV = sys.argv[1:]  # bench_vae replaces sys.argv for comfy's own argument parser
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_vae import model as random_vae, to_channels_last  # noqa: E402  (sets up comfy's args first)
 from comfy.latent_formats import Wan21  # noqa: E402
 from comfy.ldm.wan.vae import count_conv3d  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from longlive_core import DecodeStream, StreamSession, WanConfig, make_fast, resolve_precision  # noqa: E402
 from longlive_core.fast.runner import GraphRunner, warm_up  # noqa: E402
 from longlive_core.tools.bench import PROMPT_TOKENS  # noqa: E402

@@ -1,6 +1,6 @@
 """GPU benchmark of Wan 2.1 VAE decoding at 480x832 (random weights, ComfyUI's decoder module).
 
-    PYTHONPATH=<ComfyUI dir> python scripts/bench_vae.py [--json PATH] [--profile]
+    PYTHONPATH=<ComfyUI dir>:. python scripts/bench_vae.py [--json PATH] [--profile]
 
 Rows: frame-by-frame decoding (how ComfyUI's WanVAE.decode and upstream work) and our chunked
 decoding (a block of 3 latent frames per call), each with and without channels-last 3D, then
@@ -26,7 +26,6 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing()
 from comfy.ldm.wan.vae import WanVAE, count_conv3d  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from longlive_core import DecodeStream, TinyStream  # noqa: E402
 
 CHUNKS = 8

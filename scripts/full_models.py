@@ -1,6 +1,7 @@
 """Writes full-size random-weight files of every model the shipped workflows load, in the formats users have:
 
-    python scripts/full_models.py MODELS_DIR      (run from the ComfyUI directory; a CUDA GPU draws the weights)
+    python scripts/full_models.py MODELS_DIR      (with ComfyUI and this repository on PYTHONPATH: host.child_env;
+                                                   a CUDA GPU draws the weights)
 
 - diffusion_models/longlive_base.pt: LongLive-1.3B's layout ({"generator": {"model.<wan key>": bf16}});
 - loras/lora.pt: LongLive's PEFT LoRA on every linear of the blocks, rank 256;
@@ -17,12 +18,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import pathlib
 import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from host import REPO, child_env
+
 log = logging.getLogger("longlive.full_models")
 UMT5_LAYERS = 24
 
@@ -103,13 +104,13 @@ def write_vae(models: pathlib.Path) -> None:
     path = models / "vae" / "wan_2.1_vae.safetensors"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_vae.py"), str(path), "96"], check=True)
+        subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_vae.py"), str(path), "96"], check=True,
+                       env=child_env())
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = pathlib.Path(sys.argv[1]).resolve()
-    sys.path[:0] = [os.getcwd(), str(REPO)]
     sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI's modules parse arguments; the weights are drawn on the GPU
     import comfy.options
 

@@ -28,9 +28,8 @@ import threading
 import time
 from typing import Callable
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from host import REPO, ComfyHost, Events, comfy_dir, make_tiny_models, python  # noqa: E402
-from run_main import tiny_graph  # noqa: E402
+from host import REPO, ComfyHost, Events, child_env, comfy_dir, make_tiny_models, python
+from run_main import tiny_graph
 
 log = logging.getLogger("longlive.e2e")
 FRAMES_PER_BLOCK = 3
@@ -127,7 +126,7 @@ class Harness:
             self.names = make_tiny_models(self.models)
         else:
             subprocess.run([python(), str(REPO / "scripts" / "full_models.py"), str(self.models)], check=True,
-                           cwd=comfy_dir())
+                           cwd=comfy_dir(), env=child_env())
         log.info("model files ready in %.1f s", time.time() - t0)
 
     def graph(self, workflow: str, **changes) -> dict:

@@ -45,6 +45,12 @@ def python() -> str:
     return str(venv_python) if venv_python.exists() else sys.executable
 
 
+def child_env() -> dict:
+    """The environment of a helper process that imports ComfyUI's modules and the engine (this repository)."""
+    paths = [str(comfy_dir()), str(REPO), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -225,22 +231,15 @@ def output_files(entry: dict) -> list[dict]:
 
 
 def make_tiny_models(models: pathlib.Path) -> dict:
-    """Tiny random-weight files in the real formats: LongLive .pt + lora.pt, a Wan 2.1 VAE."""
-    sys.path.insert(0, str(REPO))
-    import torch
-
-    from longlive_core.model.config import WanConfig
-    from longlive_core.tools.synthetic import random_model, write_longlive_checkpoint, write_lora
-
+    """Tiny random-weight files in the real formats: LongLive .pt + lora.pt (longlive_core.tools.synthetic), a Wan 2.1
+    VAE; written by child processes, so that the caller imports neither torch nor comfy."""
     paths = {"model": models / "diffusion_models" / "longlive_tiny_random.pt",
              "lora": models / "loras" / "longlive_tiny_random_lora.pt",
              "vae": models / "vae" / "wan_2.1_vae_tiny_random.safetensors"}
     for p in paths.values():
         p.parent.mkdir(parents=True, exist_ok=True)
-    model = random_model(WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=2, text_dim=32),
-                         dtype=torch.float32, std=0.1)
-    write_longlive_checkpoint(model, str(paths["model"]))
-    write_lora(model, str(paths["lora"]), rank=4)
+    subprocess.run([python(), "-m", "longlive_core.tools.synthetic", str(paths["model"]), str(paths["lora"])],
+                   check=True, cwd=REPO)
     write_tiny_wan_vae(paths["vae"])
     return {k: p.name for k, p in paths.items()}
 
@@ -248,4 +247,5 @@ def make_tiny_models(models: pathlib.Path) -> dict:
 def write_tiny_wan_vae(path: pathlib.Path, dim: int = 4) -> None:
     """A random Wan 2.1 VAE of width `dim`, built from ComfyUI's own WanVAE class (in a child process,
     so that importing comfy does not touch the caller)."""
-    subprocess.run([python(), str(REPO / "scripts" / "tiny_vae.py"), str(path), str(dim)], check=True, cwd=comfy_dir())
+    subprocess.run([python(), str(REPO / "scripts" / "tiny_vae.py"), str(path), str(dim)], check=True,
+                   cwd=comfy_dir(), env=child_env())

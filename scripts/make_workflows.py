@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import tempfile
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from host import REPO, ComfyHost  # noqa: E402
-from workflow_format import api_to_ui  # noqa: E402
+from host import REPO, ComfyHost
+from workflow_format import api_to_ui
 
 MODEL, LORA, VAE = "longlive_base.pt", "lora.pt", "wan_2.1_vae.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"

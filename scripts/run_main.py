@@ -23,9 +23,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from host import REPO, ComfyHost, Events, error_of, make_tiny_models, output_files  # noqa: E402
-from make_workflows import LORA, MODEL, UMT5, VAE  # noqa: E402
+from host import REPO, ComfyHost, Events, error_of, make_tiny_models, output_files
+from make_workflows import LORA, MODEL, UMT5, VAE
 
 log = logging.getLogger("longlive.main")
 REAL_FILES = (f"diffusion_models/{MODEL}", f"loras/{LORA}", f"text_encoders/{UMT5}", f"vae/{VAE}")

@@ -1,13 +1,11 @@
 """Writes a tiny random-weight Wan 2.1 VAE .safetensors that ComfyUI's VAELoader accepts.
 
-    python scripts/tiny_vae.py OUT.safetensors [DIM]      (run from the ComfyUI directory)
+    python scripts/tiny_vae.py OUT.safetensors [DIM]      (with ComfyUI on PYTHONPATH: host.child_env)
 """
 
-import os
 import sys
 
 out, dim = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 4
-sys.path.insert(0, os.getcwd())
 sys.argv = [sys.argv[0], "--cpu"]
 import comfy.options  # noqa: E402
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from typing import Callable, Iterator, Sequence
 
@@ -57,6 +58,13 @@ def prepare_embeds(embeds: torch.Tensor, batch: int, text_dim: int, field: str =
     if embeds.shape[1] < TEXT_LEN:
         embeds = torch.nn.functional.pad(embeds, (0, 0, 0, TEXT_LEN - embeds.shape[1]))
     return embeds.expand(batch, -1, -1)
+
+
+def hashed_embeds(text: str, text_dim: int, tokens: int = 16) -> torch.Tensor:
+    """Deterministic pseudo-embeddings [1, tokens, text_dim] of a text, for tiny random models (no text encoder has
+    their width)."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return torch.randn(1, tokens, text_dim, generator=torch.Generator().manual_seed(seed))
 
 
 class StreamSession:

@@ -134,6 +134,8 @@ class Video:
         self.decoders: dict[str, Any] = {}  # decoder streams by the decoder's identity
         self.stats = Stats()
         self.live = False  # a live run is generating: posted prompts are taken
+        self.running = False  # a run is generating (live or not)
+        self._close_when_done = False
         self.inbox: "queue.Queue[PostedPrompt]" = queue.Queue()
         self.stop = threading.Event()
         self.switches: list[dict] = []
@@ -183,7 +185,11 @@ class Video:
             self.session.runner.clear()
 
     def close(self) -> None:
-        """Frees the GPU memory the graphs hold; the video stays usable (graphs are captured again if it runs)."""
+        """Frees the GPU memory the graphs hold, now or, while a run generates, when it ends; the video stays usable
+        (graphs are captured again if it runs again)."""
+        if self.running:
+            self._close_when_done = True
+            return
         self.drop_graphs()
         for stream in self.decoders.values():
             stream.close()
@@ -235,15 +241,18 @@ class Video:
         blocks = frames // FRAMES_PER_BLOCK
         _drain(self.inbox)
         self.stop.clear()
-        self.live = live
+        self.live, self.running = live, True
         try:
             for i in range(blocks):
                 if live and i > 0 and self.stop.is_set():  # a live run makes at least one block
                     break
                 self._block(i, blocks, live, hooks)
         finally:
-            self.live = False
+            self.live = self.running = False
             _drain(self.inbox)  # a prompt posted as the run ended belongs to no run
+            if self._close_when_done:
+                self._close_when_done = False
+                self.close()
         latents, images = torch.cat(self.undelivered, dim=1), self.undelivered_images
         self.undelivered, self.undelivered_images = [], []
         if hooks.decode is None or not images:

@@ -1,8 +1,11 @@
-"""Random-weight models in the real file formats, for tests, demos and benchmarks."""
+"""Random-weight models in the real file formats, for tests, demos and benchmarks.
+
+    python -m longlive_core.tools.synthetic MODEL.pt LORA.pt    (the tiny model the main job runs without weights)
+"""
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import os
 
 import torch
@@ -11,6 +14,7 @@ from ..model.config import WanConfig
 from ..model.wan import CausalWan
 
 TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32)
+TINY_FILES = WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=2, text_dim=32)  # the main job's tiny model
 
 
 def random_model(cfg: WanConfig = WanConfig(), seed: int = 0, device="cpu", dtype=torch.bfloat16,
@@ -53,7 +57,16 @@ def write_lora(model: CausalWan, path: str, rank: int = 4, seed: int = 1, std: f
     torch.save({"generator_lora": lora}, path)
 
 
-def hashed_embeds(text: str, text_dim: int, tokens: int = 16) -> torch.Tensor:
-    """Deterministic pseudo-embeddings [1, tokens, text_dim] of a text, for tiny random models only."""
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    return torch.randn(1, tokens, text_dim, generator=torch.Generator().manual_seed(seed))
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="where to write the LongLive checkpoint (longlive_base.pt format)")
+    parser.add_argument("lora", help="where to write its LoRA (lora.pt format, rank 4)")
+    args = parser.parse_args(argv)
+    model = random_model(TINY_FILES, dtype=torch.float32, std=0.1)
+    write_longlive_checkpoint(model, args.model)
+    write_lora(model, args.lora, rank=4)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

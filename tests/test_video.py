@@ -1,0 +1,91 @@
+"""A named video (longlive_core.Video) through its runs, with hooks in place of ComfyUI's, on the CPU."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from longlive_core import PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+from longlive_core.errors import ConfigError
+from longlive_core.tools.synthetic import TINY, random_model
+
+
+def embed(text: str) -> torch.Tensor:
+    return hashed_embeds(text, TINY.text_dim)
+
+
+def new_video(model, policy: str = "recache") -> Video:
+    return Video.open(model, VideoSettings(("tiny",), 1, 96, 64, 9, 3, policy, 0, "v"), fast=False)
+
+
+def test_runs_continue_one_video_as_one_session_makes_it(tiny_model):
+    """Two runs of a named video (the second with the first prompt unchanged: no switch) give the frames of one
+    session generating them in one go."""
+    video = new_video(tiny_model)
+    prompts = [Prompt(0, "a boy"), Prompt(6, "he runs")]
+    video.schedule(prompts, 9, embed)
+    first, _ = video.run(9, live=False, hooks=RunHooks(embed_text=embed))
+    video.schedule([Prompt(0, "he runs")], 6, embed)
+    second, _ = video.run(6, live=False, hooks=RunHooks(embed_text=embed))
+    one = new_video(tiny_model)
+    one.schedule(prompts, 15, embed)
+    whole, _ = one.run(15, live=False, hooks=RunHooks(embed_text=embed))
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=0, atol=0)
+    assert video.describe()["frames"] == 15 and video.describe()["settings"]["session_id"] == "v"
+    with pytest.raises(ConfigError, match="room for 1008 more"):
+        video.fit(1020, live=False)
+
+
+def test_an_interrupted_run_keeps_its_blocks_and_images_for_the_next(tiny_model):
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 12, embed)
+
+    def stop_after_two(done):
+        if done.index == 1:
+            raise KeyboardInterrupt  # as ComfyUI's progress bar raises on /interrupt
+
+    decode = lambda latents: latents[:, :, :3].mean(2).repeat_interleave(4, 0)[..., None]  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        video.run(12, live=False, hooks=RunHooks(embed_text=embed, decode=decode, shown=stop_after_two))
+    latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    assert latents.shape[1] == 9 and images.shape[0] == 3 * 4  # the two kept blocks and the new one
+
+
+def test_a_live_run_takes_the_newest_posted_prompt_at_the_next_block(tiny_model):
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 12, embed)
+
+    def post(done):
+        if done.index == 0:
+            video.post(PostedPrompt("an older prompt", time.time()))
+            video.post(PostedPrompt("a dog", time.time()))
+        if done.index == 2:
+            video.stop.set()
+
+    latents, _ = video.run(12, live=True, hooks=RunHooks(embed_text=embed, made=post))
+    assert latents.shape[1] == 9  # stopped after the third block
+    assert [s["text"] for s in video.switches] == ["a dog"] and video.switches[0]["frame"] == 3
+    assert video.prompt_key == Prompt(3, "a dog").key() and not video.live and video.inbox.empty()
+
+
+def test_close_waits_for_the_run_in_progress(tiny_model):
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+
+    class Stream:
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    stream = video.decoder("test decoder", Stream)
+    seen = []
+
+    def close_now(done):
+        video.close()  # as DELETE /longlive/sessions/{id} does while a run generates
+        seen.append(stream.closed)
+
+    video.run(6, live=False, hooks=RunHooks(embed_text=embed, made=close_now))
+    assert seen == [0, 0] and stream.closed == 1
