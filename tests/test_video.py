@@ -9,7 +9,7 @@ import torch
 
 from longlive_core import PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
 from longlive_core.errors import ConfigError
-from longlive_core.tools.synthetic import TINY, random_model
+from longlive_core.tools.synthetic import TINY
 
 
 def embed(text: str) -> torch.Tensor:
