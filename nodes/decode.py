@@ -138,9 +138,10 @@ class VAEDecode(io.ComfyNode):
         video = SESSIONS.get(session_id)
         key = f"tiny {tiny_decoder_path()}" if tiny else weights_id(vae)
         stream = video.decoder(key, TinyStream if tiny else lambda: new_stream(vae))
-        if tiny:
-            return io.NodeOutput(draft_decode(z, stream))
-        return io.NodeOutput(stream_decode(vae, z, stream, compile))
+        latents = torch.cat([*video.undecoded_before(z), z], dim=2)  # with runs whose decode was interrupted
+        images = draft_decode(latents, stream) if tiny else stream_decode(vae, latents, stream, compile)
+        video.decoded(z)
+        return io.NodeOutput(images)
 
 
 class SessionReset(io.ComfyNode):

@@ -40,20 +40,26 @@ async def delete_session(request: web.Request) -> web.Response:
     entry = dict(SESSIONS.items()).get(key)
     if entry is not None and entry.value.live:
         return web.json_response({"error": f"session '{key}' is generating live; stop it first"}, status=409)
+    if entry is not None and entry.value.running:
+        return web.json_response({"error": f"session '{key}' is generating; wait for its run to end, or interrupt "
+                                           f"it (POST /interrupt: its finished blocks are kept), then delete it"},
+                                 status=409)
     if not SESSIONS.delete(key):
         return web.json_response({"error": f"no session '{key}'"}, status=404)
     return web.json_response({"deleted": key})
 
 
 async def delete_all(_request: web.Request) -> web.Response:
-    """Frees every idle session; live ones keep running (stop them first)."""
-    deleted, kept_live = 0, []
+    """Frees every idle session; those generating keep going (stop or interrupt them first)."""
+    deleted, kept_live, kept_running = 0, [], []
     for key, entry in SESSIONS.items():
         if entry.value.live:
             kept_live.append(key)
+        elif entry.value.running:
+            kept_running.append(key)
         else:
             deleted += SESSIONS.delete(key)
-    return web.json_response({"deleted": deleted, "kept_live": kept_live})
+    return web.json_response({"deleted": deleted, "kept_live": kept_live, "kept_running": kept_running})
 
 
 def _live_session(request: web.Request):

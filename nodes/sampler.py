@@ -116,13 +116,16 @@ class StreamingSampler(io.ComfyNode):
         settings = VideoSettings(model.signature, batch_size, width, height, local_attn_size, sink_size,
                                  switch_policy, seed, session_id)
         load(model)
-        video = open_video(model, settings, reset)
+        video, note = open_video(model, settings, reset)
         frames = video.fit(frames, live)
         node_id = cls.hidden.unique_id if cls.hidden else None
         hooks = run_hooks(video, model, schedule, vae, compile_vae, frames // FRAMES_PER_BLOCK, node_id)
         video.schedule(schedule.prompts, frames, hooks.embed_text)
         latents, images = video.run(frames, live, hooks)
-        return io.NodeOutput({"samples": raw_latents(latents).to(mm.intermediate_device())}, images)
+        samples = raw_latents(latents).to(mm.intermediate_device())
+        if session_id:
+            video.deliver(samples)  # kept until LongLive VAE Decode takes it (an interrupt there keeps it)
+        return io.NodeOutput({"samples": samples}, images, ui={"text": [note]})
 
 
 def raw_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -136,8 +139,8 @@ def load(model: LongLiveModel) -> None:
     model.refresh_graphs()
 
 
-def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> Video:
-    """The named video (made outside the registry's lock), or a new unnamed one."""
+def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tuple[Video, str]:
+    """The named video (made outside the registry's lock), or a new unnamed one; and what the node shows about it."""
     key = settings.session_id
 
     def make() -> Video:
@@ -146,7 +149,7 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> Vi
         return video
 
     if not key:
-        return make()
+        return make(), "a new video (no session id)"
     if reset:
         SESSIONS.delete(key)
     video, created = SESSIONS.get_or_create(key, make, lambda v: v.nbytes)
@@ -158,36 +161,37 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> Vi
         log.info("LongLive session '%s' continues with the model loaded again", key)
         video.use_model(model.model, model.fast)
         model.videos.add(video)
-    log.info("%s LongLive session '%s' at frame %d", "new" if created else "continuing", key, video.session.frame)
-    return video
+    if created and not reset:
+        note = (f"session '{key}' is new: this server had no session of that name (a restart or a DELETE ends one), "
+                f"so this run starts a new video at frame 0")
+        log.warning("LongLive %s", note)
+    else:
+        note = f"session '{key}' {'starts' if created else 'continues'} at latent frame {video.session.frame}"
+        log.info("LongLive %s", note)
+    return video, note
 
 
 def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, vae, compile_vae: bool, blocks: int,
               node_id) -> RunHooks:
-    """ComfyUI's side of a run: the text encoder (ComfyUI may move our weights out to run it), the decode of each
-    block, the progress bar with a preview, the `longlive.block` event for the page."""
-    encode = None
-    if schedule.encoder is not None:
-        def encode(text: str) -> torch.Tensor:
-            embeds = schedule.encoder(text)
-            load(model)
-            return embeds
-    decoder = BlockDecoder(video, model, vae, compile_vae) if vae is not None else None
-    return RunHooks(embed_text=lambda text: text_embeddings(text, model), encode=encode, decode=decoder,
+    """ComfyUI's side of a run: the text encoder, the weights loaded before each block (the encoder and the VAE may
+    have made ComfyUI move them out), its interrupt between passes, the decode of each block, the progress bar with
+    a preview, the `longlive.block` event for the page."""
+    decoder = BlockDecoder(video, vae, compile_vae) if vae is not None else None
+    return RunHooks(embed_text=lambda text: text_embeddings(text, model), encode=schedule.encoder,
+                    prepare=lambda: load(model), check=mm.throw_exception_if_processing_interrupted, decode=decoder,
                     made=lambda done: send_block_event(video, done), shown=progress(video, blocks, node_id))
 
 
 class BlockDecoder:
     """Decodes each block right after it is made, continuing the video's own decoder stream."""
 
-    def __init__(self, video: Video, model: LongLiveModel, vae, fast: bool = False):
+    def __init__(self, video: Video, vae, fast: bool = False):
         check_wan_vae(vae)
-        self.vae, self.model, self.fast = vae, model, fast
+        self.vae, self.fast = vae, fast
         self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         images = stream_decode(self.vae, raw_latents(block), self.stream, self.fast)  # [B * frames, H, W, 3]
-        load(self.model)  # the VAE may have made ComfyUI move our weights out
         return images.to(mm.intermediate_device())
 
 

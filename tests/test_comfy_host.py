@@ -158,6 +158,29 @@ def test_interrupt_mid_run_leaves_the_session_usable(host):
     assert host.get("/longlive/sessions")["sessions"]["interrupt"]["undelivered_frames"] == 0
 
 
+def test_a_session_that_is_generating_cannot_be_deleted_and_a_new_one_says_so(host):
+    """DELETE during a run would lose its frames (its decode would then find no session): refused until the run
+    ends. A named session the server does not know starts a new video, and the sampler says so."""
+    graph = graph_of(host, "longlive_interactive", session_id="busy", reset=False, length=900,
+                     length_unit="latent frames")
+    prompt_id = host.queue(graph)
+    wait_for(lambda: (s := live_state(host, "busy")) and s["frames"] >= 3)
+    status, body = host.request("DELETE", "/longlive/sessions/busy")
+    assert status == 409 and "is generating; wait for its run to end, or interrupt it" in body["error"]
+    assert host.request("DELETE", "/longlive/sessions")[1]["kept_running"] == ["busy"]
+    host.request("POST", "/interrupt", {})
+    assert error_of(host.wait(prompt_id))["event"] == "execution_interrupted"
+    assert host.request("DELETE", "/longlive/sessions/busy") == (200, {"deleted": "busy"})
+
+    notes = []
+    for _ in range(2):
+        entry = run_ok(host, graph_of(host, "longlive_interactive", session_id="busy", reset=False, length=3,
+                                      length_unit="latent frames"))
+        notes += [text for out in entry["outputs"].values() for text in out.get("text", []) if "session" in text]
+    assert notes[0].startswith("session 'busy' is new: this server had no session of that name")
+    assert notes[1] == "session 'busy' continues at latent frame 3"
+
+
 def test_session_routes(host):
     run_ok(host, graph_of(host, "longlive_interactive", session_id="routes", reset=True, length=3,
                           length_unit="latent frames"))

@@ -279,3 +279,42 @@ def test_decode_node_draft_mode_streams_through_the_tiny_decoder(comfy, tiny_vae
         folder_paths.folder_names_and_paths["vae_approx"] = saved
         folder_paths.filename_list_cache.clear()
         SESSIONS.delete("draft-session")
+
+
+def test_a_decode_interrupted_half_way_is_decoded_again_with_the_next_run(comfy, tiny_vae):
+    """ComfyUI's ops raise its interrupt inside the decoder: the stream's cache is rolled back, and the decode node's
+    next run of that session decodes the interrupted run's latents too (the sampler delivered them), so the two runs'
+    frames are the frames of one whole decode."""
+    load_pack()
+    import comfy.model_management as mm
+
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import VAEDecode
+    from longlive_pack.nodes.state import SESSIONS
+
+    video = Video(random_model(TINY), VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "cut"), fast=False)
+    SESSIONS.put("cut", video, 0)
+    z = torch.randn(1, 16, 9, 8, 12, generator=torch.Generator().manual_seed(5))
+    runs = [z[:, :, :6].clone(), z[:, :, 6:].clone()]
+    decoder = tiny_vae.first_stage_model.decoder
+    calls = []
+
+    def interrupt_in_the_second_chunk(module, args):
+        calls.append(1)
+        if len(calls) == 2:
+            mm.interrupt_current_processing(True)  # as POST /interrupt does; the next op raises
+
+    hook = decoder.upsamples[1].register_forward_pre_hook(interrupt_in_the_second_chunk)
+    try:
+        video.deliver(runs[0])
+        with pytest.raises(mm.InterruptProcessingException):
+            VAEDecode.execute(tiny_vae, {"samples": runs[0]}, "cut")
+        video.deliver(runs[1])
+        second = VAEDecode.execute(tiny_vae, {"samples": runs[1]}, "cut").result[0]
+    finally:
+        hook.remove()
+        SESSIONS.delete("cut")
+    full = tiny_vae.decode(z).reshape(-1, 64, 96, 3)
+    assert second.shape[0] == 4 * 9 - 3
+    torch.testing.assert_close(second, full, rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 from longlive_core import (BackendUnavailableError, ConfigError, PromptError, RecordedNoise, StreamSession,
                            WanConfig)
 from longlive_core.model.attention import resolve
-from longlive_core.tools.synthetic import random_model
+from longlive_core.tools.synthetic import TINY, random_model
 
 
 def session(model, **kw):
@@ -259,3 +259,17 @@ def test_another_load_of_the_weights_continues_the_video(tiny_model, prompt):
         again.blocks[1].modulation.add_(1.0)
     two.use_model(again)
     assert torch.equal(two.times[0].mods, again.layer_mods(two.times[0].e0))
+
+
+def test_a_session_that_cannot_fit_is_refused_before_it_allocates(tiny_model, monkeypatch):
+    """The estimate is checked against what the device has free (here a host said to have 64 MiB available)."""
+    from longlive_core.runtime import session as session_module
+
+    needs = session_module.session_bytes(tiny_model, 4, 512, 512, 12)
+    assert needs["KV cache"] == 2 * TINY.num_layers * 4 * 12 * 32 * 32 * TINY.dim * 4  # float32, 1024 tokens a frame
+    monkeypatch.setattr(session_module, "free_bytes", lambda device: 64 * 2**20)
+    with pytest.raises(ConfigError, match=r"batch 4 at 512x512 with a 12-frame window needs about 0\.\d GiB \(KV cache "
+                                          r"0\.\d, text cache 0\.0, activations 0\.\d\) but cpu has 0\.1 GiB free; "
+                                          r"lower batch_size"):
+        StreamSession(tiny_model, batch=4, height=512, width=512)
+    StreamSession(tiny_model, height=64, width=96)  # a small one fits

@@ -89,3 +89,63 @@ def test_close_waits_for_the_run_in_progress(tiny_model):
 
     video.run(6, live=False, hooks=RunHooks(embed_text=embed, made=close_now))
     assert seen == [0, 0] and stream.closed == 1
+
+
+class Stop(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException."""
+
+
+def test_a_stop_between_passes_leaves_the_block_to_be_made_again_exactly(tiny_model):
+    """An interrupt inside a block (before its third pass): the block is not counted, nothing is reset, and the next
+    run makes the video an uninterrupted run makes."""
+    prompts = [Prompt(0, "a boy"), Prompt(3, "he runs")]
+    video = new_video(tiny_model)
+    video.schedule(prompts, 9, embed)
+    passes = []
+
+    def stop_in_the_second_block():
+        passes.append(1)
+        if len(passes) == 4 + 2 + 1:  # the first block's 4 passes, then the second block's third
+            raise Stop
+
+    with pytest.raises(Stop):
+        video.run(9, live=False, hooks=RunHooks(embed_text=embed, check=stop_in_the_second_block))
+    assert video.session.frame == 3 and video.prompt_key is not None
+    rest, _ = video.run(6, live=False, hooks=RunHooks(embed_text=embed))
+    straight = new_video(tiny_model)
+    straight.schedule(prompts, 9, embed)
+    whole, _ = straight.run(9, live=False, hooks=RunHooks(embed_text=embed))
+    torch.testing.assert_close(rest, whole, rtol=0, atol=0)  # the kept block, then the two made after the stop
+
+
+def test_a_decode_cut_off_by_an_interrupt_is_made_at_the_next_run(tiny_model):
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    decoded = []
+
+    def decode(latents):
+        if len(decoded) == 1:
+            decoded.append(None)
+            raise Stop  # inside the second block's decode
+        decoded.append(latents)
+        return latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+
+    with pytest.raises(Stop):
+        video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    assert latents.shape[1] == 9 and images.shape[0] == 3 * 12  # the second block's images are not lost
+    torch.testing.assert_close(images[12:24, ..., 0], latents[0, 3:6, :1].repeat_interleave(4, 0))
+
+
+def test_delivered_latents_wait_for_a_decode_that_takes_them(tiny_model):
+    video = new_video(tiny_model)
+    runs = [torch.zeros(1, 16, n, 2, 2) for n in (21, 24, 24)]
+    for samples in runs[:2]:
+        video.deliver(samples)  # the first run's decode was interrupted
+    assert video.undecoded_before(runs[1]) == [runs[0]] and video.undecoded_before(torch.zeros(1)) == []
+    video.decoded(runs[1])
+    video.deliver(runs[2])
+    assert video.undecoded_before(runs[2]) == []
+    for _ in range(12):  # a session nothing decodes keeps at most MAX_UNDECODED_FRAMES of them
+        video.deliver(torch.zeros(1, 16, 24, 2, 2))
+    assert sum(s.shape[2] for s in video.delivered) <= 256

@@ -79,6 +79,7 @@ class StreamSession:
                  noise: NoiseSource | None = None, switch_policy: str = "recache", runner: Runner | None = None):
         _check_size(batch, height, width)
         check_window(local_attn_size, sink_size)
+        check_fits(model, batch, height, width, local_attn_size)
         if switch_policy not in SWITCH_POLICIES:
             raise ConfigError(f"switch_policy '{switch_policy}' is unknown; choose one of {', '.join(SWITCH_POLICIES)}")
         self.model, self.cfg = model, model.cfg
@@ -193,15 +194,18 @@ class StreamSession:
         self.pending.clear()
 
     @torch.inference_mode()
-    def step_block(self) -> torch.Tensor:
-        """Generates the next block, applying a prompt switch scheduled for it first."""
+    def step_block(self, between_passes: Callable[[], None] | None = None) -> torch.Tensor:
+        """Generates the next block, applying a prompt switch scheduled for it first. `between_passes` runs before
+        each denoising pass and may raise to stop the block there (an interrupt): the session is then as if the
+        block had not begun, but with its prompt switch already applied, and the next call makes the same block (its
+        noise comes from the block index; a pass rewrites only the block's own cache slots)."""
         switch = self.pending.get(self.frame)
         self._check_can_generate(switch)
         self._settle_skipped_clean_pass(recache_follows=switch is not None and self.switch_policy == "recache")
         if switch is not None:
             self._switch(self.pending.pop(self.frame))
         plan = self.plan(self.pos, FRAMES_PER_BLOCK)
-        x0 = self._denoise(plan)
+        x0 = self._denoise(plan, between_passes)
         clean = dataclasses.replace(plan, cache_only=True)  # the same positions: no second RoPE table or index
         if self._clean_pass_overwritten():
             self._skipped_clean = (x0, clean)
@@ -228,13 +232,15 @@ class StreamSession:
             self.runner(x0, self.times[-1], plan, self.cache, self.text)
         self._skipped_clean = None
 
-    def _denoise(self, plan: PassPlan) -> torch.Tensor:
+    def _denoise(self, plan: PassPlan, between_passes: Callable[[], None] | None) -> torch.Tensor:
         c, (h, w) = self.cfg.in_dim, self.latent_hw
         shape = (len(self.schedule), self.batch, FRAMES_PER_BLOCK, c, h, w)
         noise = self.noise.block_noise(self.block, shape, self.model.device, torch.float32)
         x = noise[0]
         sigmas = self.schedule.sigmas
         for i, sigma in enumerate(sigmas):
+            if between_passes is not None:
+                between_passes()
             x0 = x - sigma * self.runner(x, self.times[i], plan, self.cache, self.text).float()
             if i + 1 < len(sigmas):
                 x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise[i + 1]
@@ -284,6 +290,47 @@ class StreamSession:
             return
         frames = torch.cat(self.recent, dim=1)[:, start - c:]
         self.runner(frames, self.times[-1], self.plan(start, c - start, cache_only=True), self.cache, self.text)
+
+
+def session_bytes(model: CausalWan, batch: int, height: int, width: int, window: int) -> dict[str, int]:
+    """What a session allocates (its caches) and what its largest pass needs (a recache of the whole window), in
+    bytes: the activations as the layers hold them at once, in the model's dtype with float32 norms (H200, full
+    model, 480x832: 1.2 GiB estimated where the eager path's peak showed about 0.9, run 66)."""
+    cfg = model.cfg
+    frame_tokens = (height // VAE_STRIDE // 2) * (width // VAE_STRIDE // 2)
+    size = torch.empty((), dtype=model.dtype).element_size()
+    kv_size = torch.empty((), dtype=model.kv_dtype).element_size()
+    tokens = batch * window * frame_tokens
+    return {"KV cache": 2 * cfg.num_layers * tokens * cfg.dim * kv_size,
+            "text cache": 2 * cfg.num_layers * batch * (TEXT_LEN + 1) * cfg.dim * size,
+            "activations": tokens * ((2 * cfg.ffn_dim + 6 * cfg.dim) * size + 2 * cfg.dim * 4)}
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory a session can still take on the device: on CUDA what the driver has free plus what PyTorch holds unused;
+    on the CPU the host's available memory (Linux), else None (unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_fits(model: CausalWan, batch: int, height: int, width: int, window: int) -> None:
+    """Refuses, before allocating, a session that cannot fit where the model runs, with the numbers and the fix."""
+    needs = session_bytes(model, batch, height, width, window)
+    free = free_bytes(model.device)
+    if free is None or sum(needs.values()) <= free:
+        return
+    parts = ", ".join(f"{name} {n / 2**30:.1f}" for name, n in needs.items())
+    raise ConfigError(f"a session of batch {batch} at {width}x{height} with a {window}-frame window needs about "
+                      f"{sum(needs.values()) / 2**30:.1f} GiB ({parts}) but {model.device} has {free / 2**30:.1f} GiB "
+                      f"free; lower batch_size, width and height or local_attn_size, or free memory (reset other "
+                      f"sessions)")
 
 
 def _check_size(batch: int, height: int, width: int) -> None:

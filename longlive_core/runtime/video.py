@@ -26,6 +26,7 @@ from .prompt_text import check_starts
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
+MAX_UNDECODED_FRAMES = 256  # latent frames of delivered runs kept for a decode that was interrupted (100 MB at 480x832)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +108,16 @@ def _nothing(_done: BlockDone) -> None:
 @dataclasses.dataclass
 class RunHooks:
     """What the host does around a run. encode: the text encoder of posted prompts (None: none connected);
-    embed_text: embeddings of a prompt that has none (raises where that cannot be); decode: block latents -> images
-    [B * frames, H, W, 3] (None: no decoding); made: after a block is generated (stats are current); shown: after it
-    is decoded (progress, preview; may raise to interrupt the run). Embeddings are [1 or B, tokens, text_dim]."""
+    embed_text: embeddings of a prompt that has none (raises where that cannot be); prepare: before each block (the
+    host makes sure the weights are where the model runs); check: before each denoising pass (raises to interrupt
+    the run inside a block); decode: block latents -> images [B * frames, H, W, 3] (None: no decoding); made: after a
+    block is generated (stats are current); shown: after it is decoded (progress, preview; may raise to interrupt the
+    run). Embeddings are [1 or B, tokens, text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
     encode: Callable[[str], torch.Tensor] | None = None
+    prepare: Callable[[], None] = lambda: None
+    check: Callable[[], None] | None = None
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     made: Callable[[BlockDone], None] = _nothing
     shown: Callable[[BlockDone], None] = _nothing
@@ -131,6 +136,7 @@ class Video:
         self.upcoming: dict[int, str] = {}  # frame -> key of the prompt starting there
         self.undelivered: list[torch.Tensor] = []  # blocks of an interrupted run
         self.undelivered_images: list[torch.Tensor] = []  # and their decoded frames
+        self.delivered: list[torch.Tensor] = []  # runs' latents as handed on, until a decode of the video takes them
         self.decoders: dict[str, Any] = {}  # decoder streams by the decoder's identity
         self.stats = Stats()
         self.live = False  # a live run is generating: posted prompts are taken
@@ -175,6 +181,26 @@ class Video:
             self.decoders[key] = make()
         return self.decoders[key]
 
+    def deliver(self, samples: torch.Tensor) -> None:
+        """Records a run's latents [B, C, T, h, w] as the host hands them on (undecoded_before, decoded)."""
+        self.delivered.append(samples)
+        while len(self.delivered) > 1 and sum(s.shape[2] for s in self.delivered) > MAX_UNDECODED_FRAMES:
+            dropped = self.delivered.pop(0)
+            log.warning("LongLive session '%s': %d latent frames delivered earlier were never decoded with it; they "
+                        "are dropped", self.settings.session_id, dropped.shape[2])
+
+    def undecoded_before(self, samples: torch.Tensor) -> list[torch.Tensor]:
+        """The latents of earlier runs that no decode of this video took (their decode was interrupted), when
+        `samples` is a run's delivered latents; else nothing."""
+        ids = [id(s) for s in self.delivered]
+        return self.delivered[:ids.index(id(samples))] if id(samples) in ids else []
+
+    def decoded(self, samples: torch.Tensor) -> None:
+        """A decode of this video took `samples` and everything delivered before it."""
+        ids = [id(s) for s in self.delivered]
+        if id(samples) in ids:
+            del self.delivered[:ids.index(id(samples)) + 1]
+
     def use_model(self, model: CausalWan, fast: bool) -> None:
         """Continues with another load of the same weights (the host loaded the file again)."""
         self.session.use_model(model, GraphRunner(model) if fast else None)
@@ -201,6 +227,7 @@ class Video:
         self.upcoming.clear()
         self.undelivered.clear()
         self.undelivered_images.clear()
+        self.delivered.clear()
         self.decoders.clear()
 
     # --- a run ------------------------------------------------------------------------------------------------
@@ -243,6 +270,7 @@ class Video:
         self.stop.clear()
         self.live, self.running = live, True
         try:
+            self._decode_owed(hooks.decode)
             for i in range(blocks):
                 if live and i > 0 and self.stop.is_set():  # a live run makes at least one block
                     break
@@ -259,10 +287,19 @@ class Video:
             return latents, None
         return latents, torch.cat(images, dim=1).flatten(0, 1)
 
+    def _decode_owed(self, decode: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Decodes the kept blocks whose decode an interrupt cut off (their images are owed to this run's IMAGE)."""
+        if decode is None or not self.undelivered_images:
+            return
+        for latents in self.undelivered[len(self.undelivered_images):]:
+            images = decode(latents)
+            self.undelivered_images.append(images.view(latents.shape[0], -1, *images.shape[1:]))
+
     def _block(self, index: int, blocks: int, live: bool, hooks: RunHooks) -> None:
         posted = self._take_posted(hooks) if live else None
+        hooks.prepare()
         started_at = self.session.frame
-        latents, ms = self._timed_block()
+        latents, ms = self._timed_block(hooks.check)
         self.prompt_key = self.upcoming.pop(started_at, self.prompt_key)  # the prompt now in force
         self.undelivered.append(latents.float())
         self._record(ms, posted)
@@ -284,15 +321,25 @@ class Video:
             self.upcoming[frame + FRAMES_PER_BLOCK * (posted.blend_blocks - 1)] = prompt.key()
         return posted
 
-    def _timed_block(self) -> tuple[torch.Tensor, float]:
+    def _timed_block(self, check: Callable[[], None] | None) -> tuple[torch.Tensor, float]:
         start = time.perf_counter()
+        stopped: list[BaseException] = []
+
+        def between_passes() -> None:
+            try:
+                check()
+            except BaseException as exc:
+                stopped.append(exc)
+                raise
+
         try:
-            latents = self.session.step_block()
+            latents = self.session.step_block(between_passes if check else None)
         except LongLiveError:
             raise  # refused before any work: the session is unchanged
         except Exception:
-            self.reset()
-            log.exception("LongLive block failed; the session was reset")
+            if not stopped:  # a stop between passes leaves the session able to make the block again
+                self.reset()
+                log.exception("LongLive block failed; the session was reset")
             raise
         if latents.is_cuda:  # the preview needs the block anyway; this makes the stats wall time
             torch.cuda.current_stream().synchronize()

@@ -226,15 +226,23 @@ class DecodeStream:
             channels_last(vae_model.decoder)
             x = x.contiguous(memory_format=torch.channels_last_3d)
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
-        pieces = []
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-            for a, b in zip(starts, starts[1:] + [x.shape[2]]):
-                chunk = x[:, :, a:b]
-                if fast and is_steady(self.cache):
-                    pieces.append(self._steady(vae_model.decoder, chunk, graphs and x.is_cuda))
-                else:
-                    pieces.append(vae_model.decoder(chunk, feat_cache=self.cache, feat_idx=[0]))
+        before, pieces = list(self.cache), []
+        try:
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+                for a, b in zip(starts, starts[1:] + [x.shape[2]]):
+                    pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], fast, graphs))
+        except BaseException:
+            self.cache[:] = before  # an interrupt: the next decode starts where this one did
+            raise
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
+
+    def _chunk(self, decoder, x: torch.Tensor, fast: bool, graphs: bool) -> torch.Tensor:
+        """The host's decoder module replaces cache entries (and checks the host's interrupt in its ops), so the
+        entries taken before a decode restore it; the steady path writes them in place, compiled or replayed, where
+        no interrupt is checked."""
+        if fast and is_steady(self.cache):
+            return self._steady(decoder, x, graphs and x.is_cuda)
+        return decoder(x, feat_cache=self.cache, feat_idx=[0])
 
     def _steady(self, decoder, x: torch.Tensor, graphs: bool) -> torch.Tensor:
         if not graphs:

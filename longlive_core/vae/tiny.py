@@ -22,8 +22,14 @@ class TinyStream:
         self.shape: tuple | None = None
 
     def decode(self, model, z: torch.Tensor) -> torch.Tensor:
+        """As tiny_decode_chunk; an interrupt leaves the memory as it was (its entries are replaced, not written)."""
         self.shape = check_shape(self.shape, z)
-        return tiny_decode_chunk(model, z, self.memory)
+        before = dict(self.memory)
+        try:
+            return tiny_decode_chunk(model, z, self.memory)
+        except BaseException:
+            self.memory = before
+            raise
 
     def close(self) -> None:
         """Holds no GPU memory beyond its last frames: nothing to free."""
