@@ -15,6 +15,7 @@ from .model.fused import FastWan
 from .model.wan import CausalWan
 from .quant.precision import PRECISIONS, Precision, resolve as resolve_precision
 from .runtime.prompt_text import FPS, check_starts, check_text, parse_schedule_text, parse_start
+from .runtime.durable import restore as restore_video, save as save_video
 from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
 from .runtime.schedule import DenoisingSchedule, RecordedNoise, SeededNoise
 from .runtime.session import BLENDS, MAX_BLEND_BLOCKS, SWITCH_POLICIES, StreamSession, hashed_embeds
@@ -28,5 +29,5 @@ __all__ = [
     "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise", "RunHooks", "SWITCH_POLICIES",
     "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "StreamSession", "TinyStream",
     "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts", "check_text", "export_safetensors",
-    "hashed_embeds", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision",
+    "hashed_embeds", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision", "restore_video", "save_video",
 ]

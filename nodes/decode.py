@@ -19,7 +19,7 @@ from comfy.taesd.taehv import TAEHV
 from comfy_api.latest import io
 
 from ..longlive_core import ConfigError, DecodeStream, TinyStream
-from .state import SESSIONS, check_session_id
+from .state import SESSIONS, check_session_id, forget_save
 
 DECODERS = ("wan vae", "tiny draft")
 DRAFT_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
@@ -150,7 +150,8 @@ class SessionReset(io.ComfyNode):
         return io.Schema(
             node_id="LongLive_SessionReset", display_name="LongLive Session Reset", category="LongLive",
             description="Frees a LongLive session: its KV cache, history and decoder cache (and the compiled "
-                        "decoder's CUDA graph). The next run with that id starts a new video.",
+                        "decoder's CUDA graph), and its save if it has one. The next run with that id starts a new "
+                        "video.",
             inputs=[io.String.Input("session_id", default="")],
             outputs=[], is_output_node=True, not_idempotent=True,
         )
@@ -163,5 +164,6 @@ class SessionReset(io.ComfyNode):
     def execute(cls, session_id) -> io.NodeOutput:
         session_id = check_session_id(session_id)
         freed = SESSIONS.delete(session_id)  # closing the video frees its graphs
+        forget_save(session_id)
         text = f"session '{session_id}' {'freed' if freed else 'was not open'}"
         return io.NodeOutput(ui={"text": [text]})

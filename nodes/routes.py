@@ -1,17 +1,19 @@
-"""HTTP routes (also under /api): GET /longlive/sessions lists sessions, DELETE frees one or all,
-POST /longlive/sessions/{id}/prompt and .../stop steer a live session."""
+"""HTTP routes (also under /api): GET /longlive/sessions lists sessions, DELETE frees one or all (with their saves),
+POST /longlive/sessions/{id}/prompt and .../stop steer a live session, POST .../save writes one to a file."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 
 import torch
 from aiohttp import web
 
-from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, PostedPrompt, PromptError, SessionEvictedError,
-                             UnknownSessionError, check_text)
-from .state import SESSIONS
+from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, ConfigError, PostedPrompt, PromptError, SessionEvictedError,
+                             UnknownSessionError, check_text, save_video)
+from .state import SESSIONS, forget_save, save_path
 
 MAX_PROMPT_CHARS = 2000
 
@@ -44,8 +46,10 @@ async def delete_session(request: web.Request) -> web.Response:
         return web.json_response({"error": f"session '{key}' is generating; wait for its run to end, or interrupt "
                                            f"it (POST /interrupt: its finished blocks are kept), then delete it"},
                                  status=409)
-    if not SESSIONS.delete(key):
+    saved = os.path.exists(save_path(key))
+    if not SESSIONS.delete(key) and not saved:
         return web.json_response({"error": f"no session '{key}'"}, status=404)
+    forget_save(key)
     return web.json_response({"deleted": key})
 
 
@@ -59,6 +63,7 @@ async def delete_all(_request: web.Request) -> web.Response:
             kept_running.append(key)
         else:
             deleted += SESSIONS.delete(key)
+            forget_save(key)
     return web.json_response({"deleted": deleted, "kept_live": kept_live, "kept_running": kept_running})
 
 
@@ -103,6 +108,25 @@ async def post_prompt(request: web.Request) -> web.Response:
     return web.json_response({"queued": text.strip(), "at_frame": frame}, status=202)
 
 
+async def post_save(request: web.Request) -> web.Response:
+    """Writes the session to ComfyUI's output folder (longlive_sessions/); after a restart the same session id
+    resumes from it. A save lasts until the session is reset or deleted."""
+    key = request.match_info["session_id"]
+    try:
+        video = SESSIONS.get(key)
+    except (UnknownSessionError, SessionEvictedError) as err:
+        return web.json_response({"error": str(err)}, status=404)
+    path = save_path(key)
+    try:
+        size = await asyncio.to_thread(save_video, video, path)  # seconds for a full-size cache: off the event loop
+    except ConfigError as err:  # a run generates it
+        return web.json_response({"error": str(err)}, status=409)
+    except OSError as err:
+        return web.json_response({"error": f"could not write {path} ({err.strerror or err}); free disk space or make "
+                                           f"ComfyUI's output folder writable"}, status=507)
+    return web.json_response({"saved": path, "frames": video.session.frame, "bytes": size})
+
+
 async def post_stop(request: web.Request) -> web.Response:
     video, error = _live_session(request)
     if error:
@@ -124,3 +148,4 @@ def register() -> None:
     server.routes.delete("/longlive/sessions/{session_id}")(delete_session)
     server.routes.post("/longlive/sessions/{session_id}/prompt")(post_prompt)
     server.routes.post("/longlive/sessions/{session_id}/stop")(post_stop)
+    server.routes.post("/longlive/sessions/{session_id}/save")(post_save)

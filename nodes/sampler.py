@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import comfy.latent_formats
 import comfy.model_management as mm
@@ -13,11 +14,11 @@ import torch
 from comfy_api.latest import io
 
 from ..longlive_core import (FPS, FRAMES_PER_BLOCK, SWITCH_POLICIES, BlockDone, ConfigError, PromptError, RunHooks,
-                             Video, VideoSettings, hashed_embeds)
+                             Video, VideoSettings, hashed_embeds, restore_video)
 from .decode import check_wan_vae, new_stream, stream_decode, weights_id
 from .loader import ModelType
 from .schedule import ScheduleType
-from .state import SESSIONS, LongLiveModel, PromptList, check_session_id, first_error
+from .state import SESSIONS, LongLiveModel, PromptList, check_session_id, first_error, forget_save, save_path
 
 log = logging.getLogger("longlive")
 LENGTH_UNITS = ("seconds", "pixel frames", "latent frames")
@@ -143,8 +144,13 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
     """The named video (made outside the registry's lock), or a new unnamed one; and what the node shows about it."""
     key = settings.session_id
 
+    saved = save_path(key) if key and not reset else None
+
     def make() -> Video:
         video = Video.open(model.model, settings, model.fast)
+        if saved and os.path.exists(saved):  # a session saved before the server restarted resumes
+            restore_video(video, saved)
+            video.resumed_from = saved
         model.videos.add(video)
         return video
 
@@ -152,6 +158,7 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
         return make(), "a new video (no session id)"
     if reset:
         SESSIONS.delete(key)
+        forget_save(key)
     video, created = SESSIONS.get_or_create(key, make, lambda v: v.nbytes)
     changed = video.settings.changes(settings)
     if changed:
@@ -161,9 +168,12 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
         log.info("LongLive session '%s' continues with the model loaded again", key)
         video.use_model(model.model, model.fast)
         model.videos.add(video)
-    if created and not reset:
-        note = (f"session '{key}' is new: this server had no session of that name (a restart or a DELETE ends one), "
-                f"so this run starts a new video at frame 0")
+    if created and video.resumed_from:
+        note = f"session '{key}' resumes from its save {video.resumed_from} at latent frame {video.session.frame}"
+        log.info("LongLive %s", note)
+    elif created and not reset:
+        note = (f"session '{key}' is new: this server had no session of that name (a restart or a DELETE ends one) "
+                f"and no save of it, so this run starts a new video at frame 0")
         log.warning("LongLive %s", note)
     else:
         note = f"session '{key}' {'starts' if created else 'continues'} at latent frame {video.session.frame}"

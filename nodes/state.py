@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import math
 import os
+import re
 import threading
 import weakref
 from typing import Any, Callable
@@ -46,6 +48,24 @@ def check_session_id(session_id: str, field: str = "session_id") -> str:
         raise ConfigError(f"{field} must be at most {MAX_SESSION_ID} printable characters (got {len(key)} characters"
                           f"{'' if key.isprintable() else ', some of them control characters'}); use a short name")
     return key
+
+
+def save_path(session_id: str) -> str:
+    """Where a session's save goes: ComfyUI's output folder, longlive_sessions/<id as a file name>-<hash>.safetensors
+    (the hash keeps ids apart that differ only in characters a file name cannot hold)."""
+    import folder_paths
+
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", session_id)[:40]
+    digest = hashlib.sha256(session_id.encode()).hexdigest()[:12]
+    return os.path.join(folder_paths.get_output_directory(), "longlive_sessions", f"{slug}-{digest}.safetensors")
+
+
+def forget_save(session_id: str) -> None:
+    """A save lasts until its session is reset or deleted: then the session's video is gone for good."""
+    path = save_path(session_id)
+    if os.path.exists(path):
+        os.remove(path)
+        log.info("LongLive session '%s': its save %s was removed with it", session_id, path)
 
 
 def first_error(*checks: bool | str) -> bool | str:

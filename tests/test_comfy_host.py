@@ -73,6 +73,15 @@ def video_of(host, entry) -> tuple[int, int, int]:
         return sum(1 for _ in container.decode(video=0)), stream.width, stream.height
 
 
+def pixels_of(host, entry) -> torch.Tensor:
+    """The frames of the run's saved MP4, [frames, H, W, 3] uint8."""
+    import av
+
+    (f,) = [f for f in output_files(entry) if f["filename"].endswith(".mp4")]
+    with av.open(str(host.base / "output" / f["subfolder"] / f["filename"])) as container:
+        return torch.stack([torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)])
+
+
 def failure(host, graph: dict) -> str:
     entry = host.run(graph, timeout=300)
     error = error_of(entry)
@@ -449,3 +458,58 @@ def test_one_attention_line_per_model_load(host):
     log = host.log()
     loads = len(re.findall(r"loaded \S+ \(\d+ layers", log))
     assert loads >= 1 and log.count("attention backend:") == loads
+
+
+def test_a_saved_session_resumes_after_a_restart_as_if_the_server_had_kept_it(host, tmp_path):
+    """Two runs of a session, POST .../save, the server stopped and started again: the third run continues the video
+    (latents and decoded frames) exactly as a session the server kept does."""
+    prompts = ["a corgi on a beach", "the corgi jumps into the waves", "the sun sets over the sea"]
+
+    def third_of(server, session: str, restart=None) -> tuple[dict, torch.Tensor]:
+        graphs = [with_latent_output(g, f"test/{session}_{i}")
+                  for i, g in enumerate(continuation_graphs(graph_of(host, "longlive_interactive"), prompts, session))]
+        for graph in graphs[:2]:
+            run_ok(server, graph)
+        if restart:
+            server = restart(server)
+        entry = run_ok(server, graphs[2])
+        return entry, latents_of(server, entry)
+
+    kept_entry, kept = third_of(host, "kept")
+    base = tmp_path / "restart"
+    names = make_tiny_models(base / "models")
+    assert names == host.names
+    with ComfyHost(base) as first:
+        def restart(server):
+            status, body = server.request("POST", "/longlive/sessions/durable/save")
+            assert status == 200 and body["frames"] == 42 and body["saved"].endswith(".safetensors")
+            first.stop()
+            first.start()
+            assert first.get("/longlive/sessions")["sessions"] == {}  # a new server process
+            return first
+
+        entry, resumed = third_of(first, "durable", restart)
+        notes = [text for out in entry["outputs"].values() for text in out.get("text", []) if "session" in text]
+        assert notes[0].startswith("session 'durable' resumes from its save ") and notes[0].endswith("frame 42")
+        torch.testing.assert_close(resumed, kept, rtol=0, atol=0)
+        assert video_of(first, entry)[0] == video_of(host, kept_entry)[0] == 84  # the decoder continued, not restarted
+        assert torch.equal(pixels_of(first, entry), pixels_of(host, kept_entry))
+        assert first.request("DELETE", "/longlive/sessions/durable") == (200, {"deleted": "durable"})
+        assert not list((base / "output" / "longlive_sessions").glob("*.safetensors"))  # deleted with its session
+
+
+def test_an_interrupted_live_run_that_decodes_keeps_every_frame_for_the_next(host):
+    """The live workflow decodes inside the sampler: wherever /interrupt lands (between passes, or inside a block's
+    decode), the next run's video holds the frames of every latent frame it delivers (4T - 3 from frame 0)."""
+    graph = graph_of(host, "longlive_live", session_id="cut_live", reset=True, length=900,
+                     length_unit="latent frames")
+    prompt_id = host.queue(graph)
+    wait_for(lambda: (s := live_state(host, "cut_live")) and s["frames"] >= 6)
+    host.request("POST", "/interrupt", {})
+    assert error_of(host.wait(prompt_id))["event"] == "execution_interrupted"
+    kept = live_state(host, "cut_live")["undelivered_frames"]
+    graph = graph_of(host, "longlive_live", session_id="cut_live", reset=False, live=False, length=3,
+                     length_unit="latent frames")
+    entry = run_ok(host, with_latent_output(graph, "test/cut_live"))
+    frames = latents_of(host, entry).shape[2]
+    assert frames == kept + 3 and video_of(host, entry)[0] == 4 * frames - 3

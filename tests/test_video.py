@@ -149,3 +149,49 @@ def test_delivered_latents_wait_for_a_decode_that_takes_them(tiny_model):
     for _ in range(12):  # a session nothing decodes keeps at most MAX_UNDECODED_FRAMES of them
         video.deliver(torch.zeros(1, 16, 24, 2, 2))
     assert sum(s.shape[2] for s in video.delivered) <= 256
+
+
+def test_a_saved_video_restored_in_a_new_one_continues_exactly(tiny_model, tmp_path):
+    from longlive_core import DecodeStream, restore_video, save_video
+
+    prompts = [Prompt(0, "a boy"), Prompt(6, "he runs")]
+    straight = new_video(tiny_model)
+    straight.schedule(prompts, 15, embed)
+    whole, _ = straight.run(15, live=False, hooks=RunHooks(embed_text=embed))
+
+    video = new_video(tiny_model)
+    video.schedule(prompts, 9, embed)  # the switch at frame 6 skips frame 3's clean pass: saved pending
+    first, _ = video.run(9, live=False, hooks=RunHooks(embed_text=embed))
+    stream = video.decoder("wan 1234", lambda: DecodeStream(3))
+    stream.cache, stream.shape = [torch.ones(1, 2, 2, 3, 3), None, "Rep"], (1, 8, 12)
+    video.deliver(torch.full((1, 16, 3, 8, 12), 2.0))
+    path = tmp_path / "saved.safetensors"
+    assert save_video(video, str(path)) == path.stat().st_size
+
+    resumed = new_video(tiny_model)
+    restore_video(resumed, str(path))
+    assert resumed.session.frame == 9 and resumed.prompt_key == video.prompt_key
+    restored = resumed.decoders["wan 1234"]
+    assert torch.equal(restored.cache[0], stream.cache[0]) and restored.cache[1:] == [None, "Rep"]
+    assert restored.shape == (1, 8, 12) and torch.equal(resumed.delivered[0], video.delivered[0])
+    resumed.schedule([Prompt(0, "he runs")], 6, embed)
+    rest, _ = resumed.run(6, live=False, hooks=RunHooks(embed_text=embed))
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, rtol=0, atol=0)
+
+
+def test_a_save_that_does_not_fit_is_refused_naming_the_file(tiny_model, tmp_path):
+    from longlive_core import restore_video, save_video
+
+    video = new_video(tiny_model)
+    path = tmp_path / "saved.safetensors"
+    save_video(video, str(path))
+    other = Video.open(tiny_model, VideoSettings(("tiny",), 1, 96, 64, 12, 3, "recache", 0, "v"), fast=False)
+    with pytest.raises(ConfigError, match=r"saved.safetensors: saved with other settings \(local_attn_size: 9 -> 12\)"):
+        restore_video(other, str(path))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x80\x04 not a save")
+    with pytest.raises(ConfigError, match=r"broken.safetensors: not a saved LongLive session \(not a safetensors"):
+        restore_video(video, str(broken))
+    with video.busy:  # a run generating it
+        with pytest.raises(ConfigError, match="is generating; save it when its run has ended"):
+            save_video(video, str(path))

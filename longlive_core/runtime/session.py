@@ -140,6 +140,41 @@ class StreamSession:
     def sink(self) -> int:
         return self.cache.sink
 
+    # --- durable state (runtime/durable.py writes it to a file) ----------------------------------------------
+
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything the next block depends on, as tensors and JSON-able fields (the noise comes from the seed and
+        the block index; the time embeddings from the model)."""
+        tensors = {"cache.k": self.cache.k, "cache.v": self.cache.v}
+        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
+            tensors[f"text.{name}"] = getattr(self.text, name)
+        if self.prompt is not None:
+            tensors["prompt"] = self.prompt
+        tensors.update({f"pending.{frame}": embeds for frame, embeds in self.pending.items()})
+        tensors.update({f"recent.{i}": x for i, x in enumerate(self.recent)})
+        if self._skipped_clean is not None:
+            tensors["skipped_clean"] = self._skipped_clean[0]
+        fields = {"frame": self.frame, "pos": self.pos, "block": self.block, "pending": sorted(self.pending),
+                  "recent": len(self.recent)}
+        return tensors, fields
+
+    @torch.inference_mode()
+    def import_state(self, tensors: dict[str, torch.Tensor], fields: dict) -> None:
+        """The inverse of export_state, into this session's own buffers (its CUDA graphs stay valid). The caller
+        checked the tensors' shapes against export_state's."""
+        dev = self.model.device
+        self.cache.k.copy_(tensors["cache.k"])
+        self.cache.v.copy_(tensors["cache.v"])
+        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
+            getattr(self.text, name).copy_(tensors[f"text.{name}"])
+        self.prompt = tensors["prompt"].to(dev) if "prompt" in tensors else None
+        self.pending = {frame: tensors[f"pending.{frame}"].to(dev) for frame in fields["pending"]}
+        self.recent = [tensors[f"recent.{i}"].to(dev) for i in range(fields["recent"])]
+        self.frame, self.pos, self.block = fields["frame"], fields["pos"], fields["block"]
+        skipped = tensors.get("skipped_clean")
+        self._skipped_clean = None if skipped is None else (
+            skipped.to(dev), self.plan(self.pos - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK, cache_only=True))
+
     # --- prompts --------------------------------------------------------------------------------
 
     @torch.inference_mode()

@@ -141,10 +141,12 @@ class Video:
         self.stats = Stats()
         self.live = False  # a live run is generating: posted prompts are taken
         self.running = False  # a run is generating (live or not)
+        self.busy = threading.Lock()  # held by a run and by a save (runtime/durable.py): one at a time
         self._close_when_done = False
         self.inbox: "queue.Queue[PostedPrompt]" = queue.Queue()
         self.stop = threading.Event()
         self.switches: list[dict] = []
+        self.resumed_from: str | None = None  # the save it was restored from (runtime/durable.py)
 
     @classmethod
     def open(cls, model: CausalWan, settings: VideoSettings, fast: bool) -> "Video":
@@ -265,6 +267,10 @@ class Video:
     def run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Generates a run's blocks (a live run also takes posted prompts between blocks and ends early on stop).
         Returns (latents [B, T, C, h, w] float32, images [B * frames, H, W, 3] sample after sample, or None)."""
+        with self.busy:
+            return self._run(frames, live, hooks)
+
+    def _run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
         blocks = frames // FRAMES_PER_BLOCK
         _drain(self.inbox)
         self.stop.clear()

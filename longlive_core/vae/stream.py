@@ -262,6 +262,19 @@ class DecodeStream:
         self._seen = key
         return compiled_steady_decode(decoder, x, self.cache)
 
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The cache (tensors, empty slots and the decoder's 'Rep' marks) and the latents' shape."""
+        kinds = ["tensor" if isinstance(e, torch.Tensor) else "none" if e is None else str(e) for e in self.cache]
+        tensors = {str(i): e for i, e in enumerate(self.cache) if isinstance(e, torch.Tensor)}
+        return tensors, {"kind": "wan", "entries": kinds, "shape": self.shape}
+
+    def import_state(self, tensors: dict[str, torch.Tensor], fields: dict, device: torch.device) -> None:
+        if len(fields["entries"]) != len(self.cache):
+            raise ValueError(f"{len(fields['entries'])} cache entries, the decoder has {len(self.cache)}")
+        self.cache = [tensors[str(i)].to(device) if kind == "tensor" else None if kind == "none" else kind
+                      for i, kind in enumerate(fields["entries"])]
+        self.shape = tuple(fields["shape"]) if fields["shape"] else None
+
     @property
     def has_graph(self) -> bool:
         return self._graph is not None

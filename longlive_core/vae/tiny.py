@@ -31,6 +31,16 @@ class TinyStream:
             self.memory = before
             raise
 
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {str(k): v for k, v in self.memory.items() if isinstance(v, torch.Tensor)}
+        return tensors, {"kind": "tiny", "started": bool(self.memory.get("started")), "shape": self.shape}
+
+    def import_state(self, tensors: dict[str, torch.Tensor], fields: dict, device: torch.device) -> None:
+        self.memory = {int(k): v.to(device) for k, v in tensors.items()}
+        if fields["started"]:
+            self.memory["started"] = True
+        self.shape = tuple(fields["shape"]) if fields["shape"] else None
+
     def close(self) -> None:
         """Holds no GPU memory beyond its last frames: nothing to free."""
 

@@ -1,0 +1,117 @@
+"""A named video in a safetensors file: everything its next block and its next decode depend on, so that a video
+saved, then restored after a restart, continues exactly as if the server had kept it.
+
+The file holds tensors only (no pickle) and one JSON metadata entry; it is read with the rules model files are read
+with (told apart by content, shapes checked against the session it is restored into, values finite).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch
+
+from ..errors import ConfigError
+from ..vae.stream import DecodeStream
+from ..vae.tiny import TinyStream
+from .video import Video, VideoSettings
+
+VERSION = 1
+META_KEY = "longlive_video"
+_LISTS = ("undelivered", "undelivered_images", "delivered")
+
+
+def save(video: Video, path: str) -> int:
+    """Writes the video to `path` (atomically: a file beside it, then renamed), while no run generates it (a run that
+    starts meanwhile waits). Returns the bytes written."""
+    if not video.busy.acquire(blocking=False):
+        raise ConfigError(f"session '{video.settings.session_id}' is generating; save it when its run has ended")
+    try:
+        return _save(video, path)
+    finally:
+        video.busy.release()
+
+
+def _save(video: Video, path: str) -> int:
+    from safetensors.torch import save_file
+
+    tensors, session = video.session.export_state()
+    tensors = {f"session.{k}": v for k, v in tensors.items()}
+    for name in _LISTS:
+        tensors.update({f"{name}.{i}": x for i, x in enumerate(getattr(video, name))})
+    decoders = []
+    for n, (key, stream) in enumerate(video.decoders.items()):
+        parts, fields = stream.export_state()
+        tensors.update({f"decoder.{n}.{k}": v for k, v in parts.items()})
+        decoders.append({"key": key, **fields})
+    meta = {"version": VERSION, "settings": dataclasses.asdict(video.settings), "session": session,
+            "prompt_key": video.prompt_key, "upcoming": {str(k): v for k, v in video.upcoming.items()},
+            "switches": video.switches, "decoders": decoders, **{name: len(getattr(video, name)) for name in _LISTS}}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    save_file(tensors, partial, metadata={META_KEY: json.dumps(meta)})
+    os.replace(partial, path)
+    return os.path.getsize(path)
+
+
+def restore(video: Video, path: str) -> None:
+    """Reads a saved video into a new Video made with the same settings (its caches allocated, its graphs captured).
+    Raises ConfigError naming the file and the fix where the file is not such a save or does not fit."""
+    tensors, meta = _read(path)
+    saved = VideoSettings(**{**meta["settings"], "model": tuple(meta["settings"]["model"])})
+    changed = saved.changes(video.settings)
+    if changed:
+        raise ConfigError(f"{path}: saved with other settings ({', '.join(changed)}); run the session with the "
+                          f"settings it was saved with, or reset it to start a new video")
+    session = {k.removeprefix("session."): v for k, v in tensors.items() if k.startswith("session.")}
+    _check_shapes(path, session, video.session.export_state()[0])
+    video.session.import_state(session, meta["session"])
+    video.prompt_key, video.switches = meta["prompt_key"], meta["switches"]
+    video.upcoming = {int(k): v for k, v in meta["upcoming"].items()}
+    for name in _LISTS:
+        setattr(video, name, [tensors[f"{name}.{i}"] for i in range(meta[name])])
+    video.decoders = {d["key"]: _stream(d, n, tensors, video.session.model.device) for n, d in enumerate(meta["decoders"])}
+
+
+def _read(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from ..io.checkpoint import file_format
+
+    fix = "delete it, or reset the session to start a new video"
+    if file_format(path) != "safetensors":
+        raise ConfigError(f"{path}: not a saved LongLive session (not a safetensors file); {fix}")
+    try:
+        with safe_open(path, "pt") as f:
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "null"))
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable saved session ({exc}); {fix}") from exc
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        raise ConfigError(f"{path}: not a saved LongLive session of format {VERSION}; {fix}")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not k.endswith("log_pad")
+           and not torch.isfinite(v.float()).all()]
+    if bad:
+        raise ConfigError(f"{path}: {bad[0]} holds NaN or infinite values; the file is damaged: {fix}")
+    return tensors, meta
+
+
+def _check_shapes(path: str, saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> None:
+    for name, tensor in fresh.items():
+        if name.startswith(("cache.", "text.")) and (saved.get(name) is None or saved[name].shape != tensor.shape
+                                                     or saved[name].dtype != tensor.dtype):
+            got = "missing" if saved.get(name) is None else f"{tuple(saved[name].shape)} {saved[name].dtype}"
+            raise ConfigError(f"{path}: {name} is {got}, the session holds {tuple(tensor.shape)} {tensor.dtype} (another "
+                              f"model or precision); load the model it was saved with, or reset the session")
+
+
+def _stream(fields: dict, n: int, tensors: dict[str, torch.Tensor], device: torch.device):
+    prefix = f"decoder.{n}."
+    parts = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    stream = DecodeStream(len(fields["entries"])) if fields["kind"] == "wan" else TinyStream()
+    stream.import_state(parts, fields, device)
+    return stream
