@@ -124,7 +124,7 @@ class StreamingSampler(io.ComfyNode):
         video.schedule(schedule.prompts, frames, hooks.embed_text)
         latents, images = video.run(frames, live, hooks)
         samples = raw_latents(latents).to(mm.intermediate_device())
-        if session_id:
+        if session_id and vae is None:
             video.deliver(samples)  # kept until LongLive VAE Decode takes it (an interrupt there keeps it)
         return io.NodeOutput({"samples": samples}, images, ui={"text": [note]})
 

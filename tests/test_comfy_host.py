@@ -513,3 +513,11 @@ def test_an_interrupted_live_run_that_decodes_keeps_every_frame_for_the_next(hos
     entry = run_ok(host, with_latent_output(graph, "test/cut_live"))
     frames = latents_of(host, entry).shape[2]
     assert frames == kept + 3 and video_of(host, entry)[0] == 4 * frames - 3
+
+
+def test_the_template_browser_lists_the_shipped_workflows(host):
+    """ComfyUI lists workflows/*.json as the pack's templates (their thumbnails, <name>.jpg beside them:
+    test_package.py; ComfyUI serves them from the pack's folder, which aiohttp does not follow through the symlink
+    this test server installs the pack with)."""
+    shipped = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+    assert sorted(host.get("/workflow_templates")["ComfyUI-LongLive"]) == shipped
