@@ -5,6 +5,8 @@ stages against the golden runs in test_golden, CUDA graphs in test_gpu."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from longlive_core.errors import BackendUnavailableError, ConfigError
 from longlive_core.fast.setup import make_fast
 from longlive_core.model.attention import Q_TILE, merge_pad, resolve, wave_split
 from longlive_core.model.fused import FastWan, linear_gelu
-from longlive_core.model.wan import Block, CausalWan
+from longlive_core.model.wan import Block, CausalWan, Stages
 from longlive_core.quant.fp8 import E4M3_MAX
 from longlive_core.runtime.session import StreamSession
 from longlive_core.tools.synthetic import TINY, random_model
@@ -175,3 +177,40 @@ def test_wave_split_fills_whole_waves_and_splits_the_rest(batch, queries, split)
     if split is not None:
         cut, _ = split
         assert cut % Q_TILE == 0 and (cut // Q_TILE) * batch * 12 % 132 == 0
+
+
+def unimportable(monkeypatch, *modules: str) -> None:
+    """Makes modules fail to import, as on a machine without them."""
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+    resolve.cache_clear()
+
+
+def test_without_triton_or_torch_compile_the_fast_path_runs_eager_with_one_line(tiny_model, prompt, monkeypatch,
+                                                                                caplog):
+    unimportable(monkeypatch, "triton")
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with caplog.at_level(logging.INFO, logger="longlive_core"):
+        fast = make_fast(tiny_model, attention="auto")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LongLive fast path")]
+    assert lines == [f"LongLive fast path: eager blocks (the fused ones need the triton package and a CUDA model); "
+                     f"stages not compiled (torch.compile does not support this Python "
+                     f"({sys.version.split()[0]})); CUDA graphs still capture where they run"]
+    assert not fast.fused and fast.stages == Stages.of(Block)
+    torch.testing.assert_close(video(fast, prompt), video(tiny_model, prompt), rtol=0, atol=0)
+
+
+def test_without_flashattention_auto_falls_back_and_fp8_attention_says_why(monkeypatch):
+    unimportable(monkeypatch, "flash_attn_interface", "fa3_fwd_interface", "flash_attn")
+    try:
+        assert resolve("auto", "cuda", True)[0] == "sdpa"  # a Hopper GPU without FA3 or FA2
+        assert resolve("auto", "cuda", False)[0] == "sdpa"
+        with pytest.raises(BackendUnavailableError, match="'flash-attn 3 fp8' is not installed; pip install fa3-fwd "
+                                                          r"\(PyPI\) or flash-attn 3, or use 'auto'"):
+            resolve("flash-attn 3 fp8", "cuda", True)
+        with pytest.raises(BackendUnavailableError, match="'flash-attn 2' is not installed; pip install flash-attn"):
+            resolve("flash-attn 2", "cuda", False)
+        with pytest.raises(BackendUnavailableError, match="'flash-attn 3 fp8' needs a Hopper GPU"):
+            resolve("flash-attn 3 fp8", "cuda", False)
+    finally:
+        resolve.cache_clear()

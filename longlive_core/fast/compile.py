@@ -9,6 +9,8 @@ size adds variants of the same code, and past the limit dynamo silently runs eag
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
 from typing import Callable
 
 import torch
@@ -27,3 +29,12 @@ def compiled(fn: Callable, **options) -> Callable:
             return inner(*args, **kwargs)
 
     return run
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot compile for `device` on this machine (None: it can)."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not support this Python ({sys.version.split()[0]})"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (torch.compile needs it for CUDA)"
+    return None

@@ -12,7 +12,7 @@ import logging
 from ..kernels import ops
 from ..model.fused import FastWan
 from ..model.wan import CausalWan, Stages
-from .compile import compiled
+from .compile import compiled, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +25,30 @@ def make_fast(model: CausalWan, *, attention: str = "auto", compile: bool = True
     the rest around them; max-autotune costs minutes per shape for little gain at these sizes. The first shape
     compiles static (the steady block); a second one makes dynamo compile a dynamic variant that serves every later
     shape (recache chunks, batches)."""
-    precision = model.precision
-    can_fuse = ops.available(model.device) and precision.fuses_qkv
-    if fused and not can_fuse:
-        need = ("a precision whose q, k and v linears concatenate" if ops.available(model.device) else
-                "the triton package and a CUDA model")
-        log.info("LongLive runs the eager blocks: the fused ones need %s (precision %s)", need, precision.name)
-    fast = FastWan.of(model, fused and can_fuse)
-    fast.set_attention(attention, cross, fast=compile)
-    if compile and precision.compilable:
+    fuse, can_compile = _what_runs(model, fused, compile)
+    fast = FastWan.of(model, fuse)
+    fast.set_attention(attention, cross, fast=can_compile)
+    if can_compile and model.precision.compilable:
         fast.stages = compile_stages(fast.stages, compile_options)
         log.info("compiled the dense stages of %d layers (%s)", len(fast.blocks), compile_options or "default")
     return fast
 
+
+def _what_runs(model: CausalWan, fused: bool, compile: bool) -> tuple[bool, bool]:
+    """(fused blocks, torch.compile) as asked where this machine runs them; one log line says what falls back and
+    why (eager blocks and uncompiled stages still run under CUDA graphs)."""
+    precision, triton = model.precision, ops.available(model.device)
+    no_compile = unavailable(model.device) if compile else None
+    notes = []
+    if fused and not (triton and precision.fuses_qkv):
+        need = (f"q, k and v linears that concatenate, not {precision.name}'s" if triton else
+                "the triton package and a CUDA model")
+        notes.append(f"eager blocks (the fused ones need {need})")
+    if no_compile:
+        notes.append(f"stages not compiled ({no_compile})")
+    if notes:
+        log.info("LongLive fast path: %s; CUDA graphs still capture where they run", "; ".join(notes))
+    return fused and triton and precision.fuses_qkv, compile and not no_compile
 
 def compile_stages(stages: Stages, options: dict | None = None) -> Stages:
     return Stages(*(compiled(fn, fullgraph=True, options=options) for fn in
