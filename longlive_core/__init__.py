@@ -18,7 +18,8 @@ from .runtime.prompt_text import FPS, check_starts, check_text, parse_schedule_t
 from .runtime.durable import restore as restore_video, save as save_video
 from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
 from .runtime.schedule import DenoisingSchedule, RecordedNoise, SeededNoise
-from .runtime.session import BLENDS, MAX_BLEND_BLOCKS, SWITCH_POLICIES, StreamSession, hashed_embeds
+from .runtime.session import (BLENDS, MAX_BLEND_BLOCKS, POSITION_MODES, SWITCH_POLICIES, StreamSession,
+                              hashed_embeds)
 from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings
 from .vae.stream import DecodeStream
 from .vae.tiny import TinyStream
@@ -26,7 +27,7 @@ from .vae.tiny import TinyStream
 __all__ = [
     "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
     "DecodeStream", "DenoisingSchedule", "FPS", "FRAMES_PER_BLOCK", "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS",
-    "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise", "RunHooks", "SWITCH_POLICIES",
+    "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise", "RunHooks", "SWITCH_POLICIES",
     "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "StreamSession", "TinyStream",
     "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts", "check_text", "export_safetensors",
     "hashed_embeds", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision", "restore_video", "save_video",

@@ -13,8 +13,8 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import (FPS, FRAMES_PER_BLOCK, SWITCH_POLICIES, BlockDone, ConfigError, PromptError, RunHooks,
-                             Video, VideoSettings, hashed_embeds, restore_video)
+from ..longlive_core import (FPS, FRAMES_PER_BLOCK, POSITION_MODES, SWITCH_POLICIES, BlockDone, ConfigError, PromptError,
+                             RunHooks, Video, VideoSettings, hashed_embeds, restore_video)
 from .decode import check_wan_vae, new_stream, stream_decode, weights_id
 from .loader import ModelType
 from .schedule import ScheduleType
@@ -83,6 +83,10 @@ class StreamingSampler(io.ComfyNode):
                              "video seamlessly). Without it IMAGE is empty: decode LATENT with LongLive VAE Decode"),
                 io.Boolean.Input("compile_vae", default=False, optional=True, tooltip="With a VAE: decode through the "
                                  "compiled decoder, as LongLive VAE Decode's `compile` (faster after a one-time compile)"),
+                io.Combo.Input("position_mode", options=list(POSITION_MODES), default="absolute", optional=True,
+                               tooltip="absolute: upstream's default; a video ends at latent frame 1024 (about 4 "
+                                       "minutes). relative: upstream's infinite-length mode (block-relativistic "
+                                       "RoPE): no end, for live sessions. A session keeps the mode it was made with"),
             ],
             outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="IMAGE")],
             hidden=[io.Hidden.unique_id],
@@ -94,7 +98,7 @@ class StreamingSampler(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
-    def validate_inputs(cls, length, length_unit, switch_policy, session_id) -> bool | str:
+    def validate_inputs(cls, length, length_unit, switch_policy, session_id, position_mode="absolute") -> bool | str:
         """At queue time: ComfyUI checks neither a V3 node's lists nor NaN against bounds. (An input fed by a link
         is None here: execute checks it.)"""
         if None in (length, length_unit, switch_policy, session_id):
@@ -104,18 +108,20 @@ class StreamingSampler(io.ComfyNode):
         except ConfigError as exc:
             return str(exc)
         return first_error(length_error(length, length_unit), switch_policy in SWITCH_POLICIES
-                           or f"switch_policy: '{switch_policy}' is not one of {', '.join(SWITCH_POLICIES)}")
+                           or f"switch_policy: '{switch_policy}' is not one of {', '.join(SWITCH_POLICIES)}",
+                           position_mode in (None, *POSITION_MODES)
+                           or f"position_mode: '{position_mode}' is not one of {', '.join(POSITION_MODES)}")
 
     @classmethod
     def execute(cls, model: LongLiveModel, schedule: PromptList, width, height, length, length_unit, seed,
                 local_attn_size, sink_size, switch_policy, session_id, reset, batch_size, live=False, vae=None,
-                compile_vae=False) -> io.NodeOutput:
+                compile_vae=False, position_mode="absolute") -> io.NodeOutput:
         session_id = check_session_id(session_id)
         if live and not session_id:
             raise PromptError("live needs a session_id: the panel and the routes find the session by it")
         frames = latent_frames(length, length_unit)
         settings = VideoSettings(model.signature, batch_size, width, height, local_attn_size, sink_size,
-                                 switch_policy, seed, session_id)
+                                 switch_policy, seed, session_id, position_mode)
         load(model)
         video, note = open_video(model, settings, reset)
         frames = video.fit(frames, live)

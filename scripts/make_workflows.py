@@ -29,7 +29,7 @@ frame 201: the camera slowly pulls back to show the whole valley in the evening 
 
 def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix: str, live: bool = False) -> dict:
     """Loader, schedule (umt5), sampler, VAE decode, video. A live graph decodes inside the sampler, block by
-    block, so the page shows decoded frames while it runs."""
+    block, so the page shows decoded frames while it runs, in relative positions (no end)."""
     graph = {
         "1": {"class_type": "LongLive_ModelLoader", "inputs": {
             "model_name": MODEL, "lora_name": LORA, "lora_strength": 1.0, "precision": "bf16",
@@ -39,7 +39,8 @@ def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix:
         "4": {"class_type": "LongLive_StreamingSampler", "inputs": {
             "model": ["1", 0], "schedule": ["3", 0], "width": 832, "height": 480, "length": length,
             "length_unit": unit, "seed": 0, "local_attn_size": 12, "sink_size": 3, "switch_policy": "recache",
-            "session_id": session_id, "reset": False, "batch_size": 1, "live": live, "compile_vae": False}},
+            "session_id": session_id, "reset": False, "batch_size": 1, "live": live, "compile_vae": False,
+            "position_mode": "relative" if live else "absolute"}},
         "5": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
         "6": {"class_type": "LongLive_VAEDecode", "inputs": {"vae": ["5", 0], "samples": ["4", 0],
                                                                "session_id": session_id, "compile": False,
@@ -59,8 +60,8 @@ WORKFLOWS = {
     "longlive_one_minute": base_graph(ONE_MINUTE_SCHEDULE, 240, "latent frames", "", "longlive/one_minute"),
     "longlive_interactive": base_graph("0: a corgi runs along a sunny beach, waves rolling in", 5.0, "seconds",
                                        "interactive", "longlive/interactive"),
-    # generates until stopped from the LongLive panel (or 4 minutes); type prompts in the panel
-    "longlive_live": base_graph("0: a paper boat drifts down a rain-soaked city street", 240.0, "seconds", "live",
+    # generates until stopped from the LongLive panel (or an hour); type prompts in the panel
+    "longlive_live": base_graph("0: a paper boat drifts down a rain-soaked city street", 3600.0, "seconds", "live",
                                 "longlive/live", live=True),
 }
 

@@ -15,12 +15,14 @@ from longlive_core.tools.synthetic import TINY, random_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = pathlib.Path(os.environ.get("LONGLIVE_GOLDEN", REPO.parent / "shared" / "golden"))
+GOLDEN_INF = pathlib.Path(os.environ.get("LONGLIVE_GOLDEN_INF", REPO.parent / "shared" / "golden_inf"))
 
 
-def golden_cases() -> list[pathlib.Path]:
-    cases = sorted(p for p in GOLDEN.glob("*") if (p / "meta.json").exists())
+def golden_cases(folder: pathlib.Path = GOLDEN) -> list[pathlib.Path]:
+    cases = sorted(p for p in folder.glob("*") if (p / "meta.json").exists())
     if not cases:
-        raise FileNotFoundError(f"no reference runs under {GOLDEN}; set LONGLIVE_GOLDEN to the golden/ folder")
+        raise FileNotFoundError(f"no reference runs under {folder}; set LONGLIVE_GOLDEN / LONGLIVE_GOLDEN_INF to the "
+                                f"golden/ and golden_inf/ folders")
     return cases
 
 

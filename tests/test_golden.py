@@ -10,11 +10,13 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from longlive_core.tools.verify import TOLERANCE, as_recorded, block_errors, run_case
-from conftest import REPO, golden_cases
+from conftest import GOLDEN_INF, REPO, golden_cases
 
 
-@pytest.mark.parametrize("case", golden_cases(), ids=lambda p: p.name)
+@pytest.mark.parametrize("case", golden_cases() + golden_cases(GOLDEN_INF), ids=lambda p: p.name)
 def test_golden_case_matches_every_block(case):
+    """Absolute RoPE (golden/) and upstream's infinite-length mode, block-relativistic RoPE (golden_inf/: the
+    engine's position mode 'relative'), past the full window and through two switches."""
     ours, meta = run_case(str(case))
     ref = load_file(str(case / "io.safetensors"))["output"]
     errs = block_errors(as_recorded(ours), ref)
@@ -65,3 +67,15 @@ def test_compiled_stages_match_the_golden_runs():
     ours, _ = run_case(str(case), compiled=True)
     ref = load_file(str(case / "io.safetensors"))["output"]
     assert max(block_errors(as_recorded(ours), ref)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", golden_cases(GOLDEN_INF), ids=lambda p: p.name)
+def test_relative_positions_with_compiled_stages_match_and_differ_from_absolute(case):
+    ours, meta = run_case(str(case), compiled=True)
+    ref = load_file(str(case / "io.safetensors"))["output"]
+    assert max(block_errors(as_recorded(ours), ref)) <= TOLERANCE
+    meta_path = case / "meta.json"
+    absolute, _ = run_case(str(case), position_mode="absolute")  # the sinks at their own positions
+    errs = block_errors(as_recorded(absolute), ref)
+    full = meta["local_attn_size"] // 3  # the first block whose pass needs more than the window
+    assert max(errs[:full]) <= TOLERANCE and min(errs[full:]) > 1e-3, (errs, meta_path)

@@ -273,3 +273,39 @@ def test_a_session_that_cannot_fit_is_refused_before_it_allocates(tiny_model, mo
                                           r"lower batch_size"):
         StreamSession(tiny_model, batch=4, height=512, width=512)
     StreamSession(tiny_model, height=64, width=96)  # a small one fits
+
+
+def test_relative_positions_run_past_frame_1024_as_exactly_as_near_frame_0(tiny_model, prompt):
+    """2004 latent frames with a switch past 1024 and one past 1800: no end, flat memory, and the same video as a
+    session whose every position is 98,000 frames later (RoPE sees only differences): frame 100,000 rotates as
+    exactly as frame 2000 (float32 angles there are 0.008 rad off: 1.5e-5 apart)."""
+    from longlive_core.model.wan import RopeTable
+
+    class Later(RopeTable):
+        def time(self, start_frame, num_frames):
+            return super().time(start_frame + 98_000, num_frames)
+
+    videos, sizes = [], []
+    for table in (RopeTable, Later):
+        session = StreamSession(tiny_model, height=32, width=48, local_attn_size=9, sink_size=3,
+                                position_mode="relative")
+        session.rope = table(TINY.head_dim)
+        session.set_schedule([(0, prompt), (1503, prompt.flip(1)), (1899, -prompt)])
+        sizes.append(session.cache.nbytes)
+        blocks = list(session.generate(2004))
+        videos.append(torch.cat(blocks[-40:], 1))
+        assert session.frame == 2004 and session.cache.sinks_at == 2004 - 9 and session.cache.nbytes == sizes[-1]
+    assert torch.isfinite(videos[0]).all()
+    assert ((videos[0] - videos[1]).norm() / videos[0].norm()).item() < 2e-6  # float32 rounding (2e-7 measured)
+
+
+def test_position_modes_are_checked_and_absolute_ends_at_frame_1024(tiny_model, prompt):
+    with pytest.raises(ConfigError, match="position_mode 'infinite' is unknown; choose one of absolute, relative"):
+        StreamSession(tiny_model, height=32, width=48, position_mode="infinite")
+    session = StreamSession(tiny_model, height=32, width=48, local_attn_size=9, sink_size=3)
+    session.set_prompt(prompt)
+    session.step_block()
+    session.pos = session.frame = 1023  # as if it had made 1023 frames
+    with pytest.raises(ConfigError, match="exceeds the 1024-position RoPE table of position mode 'absolute'.*"
+                                          "position mode 'relative' \\(no limit\\)"):
+        session.step_block()

@@ -31,21 +31,30 @@ def check_window(local_attn_size: int, sink_size: int) -> None:
 
 @dataclasses.dataclass
 class KVCache:
-    """Self-attention K/V of every layer. k, v: [layers, B, window * frame_tokens, H, D]."""
+    """Self-attention K/V of every layer. k, v: [layers, B, window * frame_tokens, H, D].
+
+    Relative positions (StreamSession's position_mode) also keep sink_keys [layers, B, sink * frame_tokens, H, D]:
+    the sink frames' keys at their own positions, from which the keys in the sink slots are moved `sinks_at`
+    frames later."""
 
     k: torch.Tensor
     v: torch.Tensor
     window: int
     sink: int
     frame_tokens: int
+    sink_keys: torch.Tensor | None = None
+    sinks_at: int = 0
 
     @classmethod
     def allocate(cls, layers: int, batch: int, window: int, sink: int, frame_tokens: int,
-                 heads: int, head_dim: int, device, dtype) -> "KVCache":
+                 heads: int, head_dim: int, device, dtype, sink_keys_dtype: torch.dtype | None = None) -> "KVCache":
         check_window(window, sink)
         shape = (layers, batch, window * frame_tokens, heads, head_dim)
+        sinks = None
+        if sink_keys_dtype is not None and sink:
+            sinks = torch.zeros(layers, batch, sink * frame_tokens, heads, head_dim, device=device, dtype=sink_keys_dtype)
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
-                   window, sink, frame_tokens)
+                   window, sink, frame_tokens, sinks)
 
     def slot(self, frame: int) -> int:
         if frame < self.sink:
@@ -68,10 +77,12 @@ class KVCache:
     def zero_(self) -> None:
         self.k.view(torch.uint8).zero_()  # zero bytes are 0.0 in every float format, FP8 included
         self.v.view(torch.uint8).zero_()
+        self.sinks_at = 0
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        sinks = 0 if self.sink_keys is None else self.sink_keys.numel() * self.sink_keys.element_size()
+        return 2 * self.k.numel() * self.k.element_size() + sinks
 
 
 @dataclasses.dataclass

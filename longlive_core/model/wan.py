@@ -25,31 +25,49 @@ from .config import PATCH, ROPE_POSITIONS, WanConfig
 # --- RoPE ---------------------------------------------------------------------------------
 
 
-def _rope_angles(positions: int, pairs: int, theta: float = 10000.0) -> torch.Tensor:
-    """Angles [positions, pairs] in float64, as upstream's rope_params (dim = 2 * pairs)."""
-    inv = 1.0 / theta ** (torch.arange(0, 2 * pairs, 2, dtype=torch.float64) / (2 * pairs))
-    return torch.outer(torch.arange(positions, dtype=torch.float64), inv)
+def _inv_freqs(pairs: int, theta: float = 10000.0) -> torch.Tensor:
+    """[pairs] float64 frequencies, as upstream's rope_params (dim = 2 * pairs)."""
+    return 1.0 / theta ** (torch.arange(0, 2 * pairs, 2, dtype=torch.float64) / (2 * pairs))
 
 
 class RopeTable:
-    """Per-axis RoPE angles; head_dim / 2 pairs split between time, height and width."""
+    """Per-axis RoPE angles; head_dim / 2 pairs split between time, height and width. Time angles are computed for
+    the frames asked, in float64 (frame 100,000 rotates as exactly as frame 0; absolute mode stops at 1024 as
+    upstream's table does, relative mode does not stop); height and width come from 1024-row tables."""
 
     def __init__(self, head_dim: int, device=None):
         pairs = head_dim // 2
         hw = pairs // 3
-        self.time = _rope_angles(ROPE_POSITIONS, pairs - 2 * hw).to(device)
-        self.height = _rope_angles(ROPE_POSITIONS, hw).to(device)
-        self.width = _rope_angles(ROPE_POSITIONS, hw).to(device)
+        self.time_freqs = _inv_freqs(pairs - 2 * hw).to(device)
+        rows = torch.arange(ROPE_POSITIONS, dtype=torch.float64)
+        self.height = torch.outer(rows, _inv_freqs(hw)).to(device)
+        self.width = torch.outer(rows, _inv_freqs(hw)).to(device)
+
+    def time(self, start_frame: int, num_frames: int) -> torch.Tensor:
+        """Angles [num_frames, time pairs] of frames start_frame .. start_frame + num_frames - 1, float64."""
+        frames = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64, device=self.time_freqs.device)
+        return torch.outer(frames, self.time_freqs)
 
     def cos_sin(self, start_frame: int, num_frames: int, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [num_frames * grid_h * grid_w, head_dim / 2] for tokens in (f, h, w) order."""
         f, h, w = num_frames, grid_h, grid_w
         angles = torch.cat([
-            self.time[start_frame:start_frame + f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            self.time(start_frame, f).view(f, 1, 1, -1).expand(f, h, w, -1),
             self.height[:h].view(1, h, 1, -1).expand(f, h, w, -1),
             self.width[:w].view(1, 1, w, -1).expand(f, h, w, -1),
         ], dim=-1).reshape(f * h * w, -1)
         return angles.cos().float(), angles.sin().float()
+
+    def move(self, keys: torch.Tensor, frames: int) -> torch.Tensor:
+        """Keys [..., H, D] after RoPE, moved `frames` later in time: their time pairs rotated on by the angle of
+        that many frames (RoPE of p, then of d, is RoPE of p + d). Float32, cast back to the keys' dtype."""
+        angle = frames * self.time_freqs  # float64: exact for any distance
+        pairs = keys.float().unflatten(-1, (-1, 2))
+        t = angle.numel()
+        c, s = angle.cos().float(), angle.sin().float()
+        x0, x1 = pairs[..., :t, 0], pairs[..., :t, 1]
+        moved = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
+        return torch.cat([moved, pairs[..., t:, :]], dim=-2).flatten(-2).to(keys.dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -70,7 +88,7 @@ class PassPlan:
     rope_cos/rope_sin: [tokens, head_dim / 2]; write_index: [tokens] cache slots of the pass's
     tokens; kv_len: how many cache tokens the queries attend to (a prefix of the buffer);
     cache_only: the pass only writes the cache (a clean pass, a recache), so the last layer stops
-    once its K/V are written and the model returns nothing.
+    once its K/V are written and the model returns nothing. sink_shift is placed before the pass, outside it.
     """
 
     rope_cos: torch.Tensor
@@ -78,6 +96,7 @@ class PassPlan:
     write_index: torch.Tensor
     kv_len: int
     cache_only: bool = False
+    sink_shift: int = 0  # relative positions: how many frames the sink keys sit later for this pass (StreamSession)
 
     def copy_(self, other: "PassPlan") -> None:
         """Writes another plan of the same shape into this one's buffers (graph inputs)."""
@@ -311,6 +330,10 @@ class CausalWan(nn.Module):
         if self.attention_backend == FP8 and self.blocks[0].self_attn.fp8_scales is None:
             self.set_fp8_scales()
         return self.attention_backend
+
+    def key_steps(self) -> torch.Tensor:
+        """[layers, H] float32: the FP8 attention's per-head key steps of every layer (set_fp8_scales)."""
+        return torch.stack([block.self_attn.fp8_scales[1] for block in self.blocks])
 
     @torch.no_grad()
     def set_fp8_scales(self) -> None:

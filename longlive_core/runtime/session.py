@@ -13,11 +13,13 @@ from ..errors import ConfigError, PromptError
 from ..model.cache import FRAMES_PER_BLOCK, KVCache, TextCache, check_window
 from ..model.config import ROPE_POSITIONS, TEXT_LEN
 from ..model.wan import CausalWan, PassPlan, RopeTable, TimeEmbedding
+from ..quant.fp8 import to_fp8
 from .schedule import DenoisingSchedule, NoiseSource, SeededNoise
 
 log = logging.getLogger(__name__)
 
 SWITCH_POLICIES = ("recache", "reset", "keep")
+POSITION_MODES = ("absolute", "relative")
 VAE_STRIDE = 8
 Runner = Callable[[torch.Tensor, TimeEmbedding, PassPlan, KVCache, TextCache], torch.Tensor]
 
@@ -76,12 +78,16 @@ class StreamSession:
     @torch.inference_mode()
     def __init__(self, model: CausalWan, *, batch: int = 1, height: int = 480, width: int = 832,
                  local_attn_size: int = 12, sink_size: int = 3, seed: int = 0,
-                 noise: NoiseSource | None = None, switch_policy: str = "recache", runner: Runner | None = None):
+                 noise: NoiseSource | None = None, switch_policy: str = "recache", runner: Runner | None = None,
+                 position_mode: str = "absolute"):
         _check_size(batch, height, width)
         check_window(local_attn_size, sink_size)
         check_fits(model, batch, height, width, local_attn_size)
         if switch_policy not in SWITCH_POLICIES:
             raise ConfigError(f"switch_policy '{switch_policy}' is unknown; choose one of {', '.join(SWITCH_POLICIES)}")
+        if position_mode not in POSITION_MODES:
+            raise ConfigError(f"position_mode '{position_mode}' is unknown; choose one of {', '.join(POSITION_MODES)}")
+        self.position_mode = position_mode
         self.model, self.cfg = model, model.cfg
         self.batch, self.switch_policy, self.seed = batch, switch_policy, seed
         self.latent_hw = (height // VAE_STRIDE, width // VAE_STRIDE)
@@ -95,7 +101,8 @@ class StreamSession:
     def _allocate(self, window: int, sink: int) -> None:
         cfg, dev, dt = self.cfg, self.model.device, self.model.dtype
         self.cache = KVCache.allocate(cfg.num_layers, self.batch, window, sink, self.frame_tokens,
-                                      cfg.num_heads, cfg.head_dim, dev, self.model.kv_dtype)
+                                      cfg.num_heads, cfg.head_dim, dev, self.model.kv_dtype,
+                                      sink_keys_dtype=dt if self.position_mode == "relative" else None)
         self.text = TextCache.allocate(cfg.num_layers, self.batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, dt)
         self.rope = RopeTable(cfg.head_dim, dev)
         self.schedule = DenoisingSchedule.warped()
@@ -154,8 +161,10 @@ class StreamSession:
         tensors.update({f"recent.{i}": x for i, x in enumerate(self.recent)})
         if self._skipped_clean is not None:
             tensors["skipped_clean"] = self._skipped_clean[0]
+        if self.cache.sink_keys is not None:
+            tensors["cache.sink_keys"] = self.cache.sink_keys
         fields = {"frame": self.frame, "pos": self.pos, "block": self.block, "pending": sorted(self.pending),
-                  "recent": len(self.recent)}
+                  "recent": len(self.recent), "sinks_at": self.cache.sinks_at}
         return tensors, fields
 
     @torch.inference_mode()
@@ -165,6 +174,9 @@ class StreamSession:
         dev = self.model.device
         self.cache.k.copy_(tensors["cache.k"])
         self.cache.v.copy_(tensors["cache.v"])
+        if self.cache.sink_keys is not None:
+            self.cache.sink_keys.copy_(tensors["cache.sink_keys"])
+        self.cache.sinks_at = fields["sinks_at"]
         for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
             getattr(self.text, name).copy_(tensors[f"text.{name}"])
         self.prompt = tensors["prompt"].to(dev) if "prompt" in tensors else None
@@ -245,7 +257,7 @@ class StreamSession:
         if self._clean_pass_overwritten():
             self._skipped_clean = (x0, clean)
         else:
-            self.runner(x0, self.times[-1], clean, self.cache, self.text)
+            self._pass(x0, self.times[-1], clean)
         self._remember(x0)
         return x0
 
@@ -255,16 +267,17 @@ class StreamSession:
             raise PromptError("no prompt is set for this session; call set_prompt before generating")
         restarts = switch is not None and self.prompt is not None and self.switch_policy == "reset"
         pos = 0 if restarts else self.pos
-        if pos + FRAMES_PER_BLOCK > ROPE_POSITIONS:
+        if self.position_mode == "absolute" and pos + FRAMES_PER_BLOCK > ROPE_POSITIONS:
             raise ConfigError(f"frame position {pos + FRAMES_PER_BLOCK} exceeds the {ROPE_POSITIONS}-position "
-                              f"RoPE table; reset the session or switch with policy 'reset'")
+                              f"RoPE table of position mode 'absolute'; reset the session, switch with policy 'reset', "
+                              f"or make the video with position mode 'relative' (no limit)")
 
     def _settle_skipped_clean_pass(self, recache_follows: bool) -> None:
         """The last block skipped its clean pass for a recache; if that recache is not coming (the
         schedule changed, or the run stopped), the clean pass runs now, under the prompt it belongs to."""
         if self._skipped_clean is not None and not recache_follows:
             x0, plan = self._skipped_clean
-            self.runner(x0, self.times[-1], plan, self.cache, self.text)
+            self._pass(x0, self.times[-1], plan)
         self._skipped_clean = None
 
     def _denoise(self, plan: PassPlan, between_passes: Callable[[], None] | None) -> torch.Tensor:
@@ -276,7 +289,7 @@ class StreamSession:
         for i, sigma in enumerate(sigmas):
             if between_passes is not None:
                 between_passes()
-            x0 = x - sigma * self.runner(x, self.times[i], plan, self.cache, self.text).float()
+            x0 = x - sigma * self._pass(x, self.times[i], plan).float()
             if i + 1 < len(sigmas):
                 x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise[i + 1]
         return x0
@@ -294,9 +307,34 @@ class StreamSession:
         self.block += 1
 
     def plan(self, start: int, frames: int, cache_only: bool = False) -> PassPlan:
-        """Positions of a pass over frames [start, start + frames) at cache position `start`."""
+        """Positions of a pass over frames [start, start + frames) at cache position `start`. In relative mode the
+        sinks then sit just before the oldest window frame the cache holds after the pass (upstream's
+        block-relativistic RoPE: every frame at its slot, which with RoPE's shift invariance is absolute positions
+        with the sinks moved): `sink_shift` frames later than their own positions once the window is full."""
         cos, sin = self.rope.cos_sin(start, frames, *self.grid)
-        return PassPlan(cos, sin, self.cache.token_index(start, frames), self.cache.kv_len(start + frames), cache_only)
+        shift = max(0, start + frames - self.window) if self.position_mode == "relative" else 0
+        return PassPlan(cos, sin, self.cache.token_index(start, frames), self.cache.kv_len(start + frames), cache_only,
+                        shift)
+
+    def _pass(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan) -> torch.Tensor:
+        self._place_sinks(plan.sink_shift)
+        return self.runner(x, time, plan, self.cache, self.text)
+
+    def _place_sinks(self, shift: int) -> None:
+        """Writes the sink keys moved `shift` frames into their cache slots (relative mode; outside any graph, once
+        per block). Their keys at their own positions are kept aside when first moved: every move starts from
+        them, so rounding never accumulates."""
+        cache = self.cache
+        if cache.sink_keys is None or shift == cache.sinks_at:
+            return
+        slots = cache.k[:, :, :cache.sink * cache.frame_tokens]  # [layers, B, sink tokens, H, D]
+        steps = self.model.key_steps() if cache.k.dtype == torch.float8_e4m3fn else None
+        if cache.sinks_at == 0:
+            cache.sink_keys.copy_(slots if steps is None else slots.float() * steps[:, None, None, :, None])
+        for i, keys in enumerate(cache.sink_keys):
+            moved = self.rope.move(keys, shift)
+            slots[i].copy_(moved if steps is None else to_fp8(moved, steps[i]))
+        cache.sinks_at = shift
 
     # --- prompt switches --------------------------------------------------------------------------
 
@@ -324,7 +362,7 @@ class StreamSession:
         if start >= c:
             return
         frames = torch.cat(self.recent, dim=1)[:, start - c:]
-        self.runner(frames, self.times[-1], self.plan(start, c - start, cache_only=True), self.cache, self.text)
+        self._pass(frames, self.times[-1], self.plan(start, c - start, cache_only=True))
 
 
 def session_bytes(model: CausalWan, batch: int, height: int, width: int, window: int) -> dict[str, int]:

@@ -42,6 +42,7 @@ class VideoSettings:
     switch_policy: str
     seed: int
     session_id: str = ""
+    position_mode: str = "absolute"  # "relative": unbounded length (StreamSession)
 
     def changes(self, wanted: "VideoSettings") -> list[str]:
         """The settings `wanted` changes, as 'name: old -> new' (the seed may change)."""
@@ -131,7 +132,7 @@ class Video:
         self.session = StreamSession(model, batch=settings.batch, height=settings.height, width=settings.width,
                                      local_attn_size=settings.local_attn_size, sink_size=settings.sink_size,
                                      seed=settings.seed, switch_policy=settings.switch_policy,
-                                     runner=GraphRunner(model) if fast else None)
+                                     runner=GraphRunner(model) if fast else None, position_mode=settings.position_mode)
         self.prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
         self.upcoming: dict[int, str] = {}  # frame -> key of the prompt starting there
         self.undelivered: list[torch.Tensor] = []  # blocks of an interrupted run
@@ -235,7 +236,10 @@ class Video:
     # --- a run ------------------------------------------------------------------------------------------------
 
     def fit(self, frames: int, live: bool) -> int:
-        """A video can run to latent frame 1024 (Wan's RoPE table); a live run stops there, others are refused."""
+        """In absolute positions a video can run to latent frame 1024 (Wan's RoPE table): a live run stops there,
+        others are refused. Relative positions have no end."""
+        if self.session.position_mode == "relative":
+            return frames
         room = (ROPE_POSITIONS - self.session.pos) // FRAMES_PER_BLOCK * FRAMES_PER_BLOCK
         if frames <= room:
             return frames
@@ -244,7 +248,7 @@ class Video:
             return room
         raise ConfigError(f"length: this run needs {frames} latent frames but the session has room for {room} more "
                           f"(the model's RoPE table ends at latent frame {ROPE_POSITIONS}, about 4 minutes); shorten "
-                          f"the run or reset the session")
+                          f"the run, reset the session, or make the video with position_mode 'relative' (no limit)")
 
     def schedule(self, prompts: list[Prompt], frames: int, embed_text: Callable[[str], torch.Tensor]) -> None:
         """Schedules a run's prompts relative to its first frame; an unchanged first prompt is no switch."""

@@ -23,12 +23,14 @@ from ..runtime.schedule import RecordedNoise
 from ..runtime.session import StreamSession
 
 TOLERANCE = 2e-5
+POSITION_MODES = {None: "absolute", "absolute": "absolute", "block_relativistic": "relative"}  # meta.json's "rope"
 
 
 def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-             lora_strength: float = 1.0, compiled: bool = False) -> tuple[torch.Tensor, dict]:
-    """Generates a recorded case (through the fast path's compiled stages if asked);
-    returns (latents [B, F, C, h, w], meta)."""
+             lora_strength: float = 1.0, compiled: bool = False, position_mode: str | None = None
+             ) -> tuple[torch.Tensor, dict]:
+    """Generates a recorded case (through the fast path's compiled stages if asked; in the case's position mode
+    unless another is given); returns (latents [B, F, C, h, w], meta)."""
     from safetensors.torch import load_file
 
     with open(os.path.join(case_dir, "meta.json")) as f:
@@ -41,7 +43,8 @@ def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     h, w = meta["latent_hw"]
     session = StreamSession(model, batch=meta["batch"], height=h * 8, width=w * 8,
                             local_attn_size=meta["local_attn_size"], sink_size=meta["sink_size"],
-                            noise=RecordedNoise(io["noise"], io["renoise"]))
+                            noise=RecordedNoise(io["noise"], io["renoise"]),
+                            position_mode=position_mode or POSITION_MODES[meta.get("rope")])
     starts = [0, *meta["switch_frame_indices"]]
     session.set_schedule([(s, io[f"prompt_embeds_{i}"]) for i, s in enumerate(starts)])
     blocks = list(session.generate(meta["num_output_frames"]))
