@@ -264,6 +264,9 @@ def test_changed_settings_of_a_session(host):
     assert "session 'sizes' was made with other settings (width: 96 -> 128)" in failure(host, graph)
     graph["4"]["inputs"]["reset"] = True
     run_ok(host, graph)
+    graph = graph_of(host, "longlive_interactive", session_id="sizes", width=128, length=3,
+                     length_unit="latent frames", position_mode="relative")
+    assert "other settings (position_mode: absolute -> relative); turn on reset" in failure(host, graph)
 
 
 # --- live sessions -------------------------------------------------------------------------------
@@ -406,6 +409,7 @@ def test_a_prompt_that_is_not_valid_unicode(host):
     ({"length": float("nan")}, "length: nan is not a number above 0 and at most 4096"),
     ({"length_unit": "hours"}, "length_unit: 'hours' is not one of seconds, pixel frames, latent frames"),
     ({"switch_policy": "sometimes"}, "switch_policy: 'sometimes' is not one of recache, reset, keep"),
+    ({"position_mode": "infinite"}, "position_mode: 'infinite' is not one of absolute, relative"),
     ({"session_id": "x" * 100_000}, "session_id must be at most 128 printable characters (got 100000 characters)"),
 ])
 def test_sampler_inputs_are_checked_at_queue_time(host, inputs, message):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longlive_core import StreamSession, WanConfig
+from longlive_core import BackendUnavailableError, StreamSession, WanConfig
 from longlive_core.fast.runner import GraphRunner, warm_up
 from longlive_core.fast.setup import make_fast
 from longlive_core.model.attention import cross_attention
@@ -18,10 +18,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CFG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, text_dim=64)
 
 
-def stream(model, runner, blocks=20, switches=(8, 14), prepare=False):
+def stream(model, runner, blocks=20, switches=(8, 14), prepare=False, position_mode="absolute"):
     gen = torch.Generator(device="cuda").manual_seed(0)
     prompts = [torch.randn(1, 30, CFG.text_dim, device="cuda", generator=gen) for _ in range(len(switches) + 1)]
-    session = StreamSession(model, height=128, width=192, seed=3, runner=runner(model) if runner else None)
+    session = StreamSession(model, height=128, width=192, seed=3, runner=runner(model) if runner else None,
+                            position_mode=position_mode)
     if prepare:
         warm_up(session)
     session.set_schedule([(0, prompts[0])] + [(3 * b, p) for b, p in zip(switches, prompts[1:])])
@@ -48,6 +49,21 @@ def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     assert len(session.runner.graphs) == 6  # captured before the first block: 4 steps, clean pass, recache
     assert rel(fast, eager) < 2e-2
 
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flash-attn 3 fp8"])
+def test_relative_positions_under_graphs_follow_the_eager_path(attention):
+    """The sinks are moved outside the captured passes, once a block: graphs replay the eager relative-mode video
+    (FP8 attention: its FP8 cache holds the moved sinks quantized)."""
+    model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
+    try:
+        fast_model = make_fast(model, attention=attention)
+    except BackendUnavailableError as err:
+        pytest.skip(str(err))
+    eager, _ = stream(model, None, blocks=24, switches=(8, 18), position_mode="relative")
+    fast, session = stream(fast_model, GraphRunner, blocks=24, switches=(8, 18), prepare=True, position_mode="relative")
+    assert len(session.runner.graphs) == 6 and session.cache.sinks_at == 3 * 24 - 12
+    assert rel(fast, eager) < (0.2 if attention.endswith("fp8") else 2e-2)
 
 
 @pytest.mark.parametrize("precision", ["int8 dynamic", "int8 weight-only"])
