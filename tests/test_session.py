@@ -309,3 +309,25 @@ def test_position_modes_are_checked_and_absolute_ends_at_frame_1024(tiny_model, 
     with pytest.raises(ConfigError, match="exceeds the 1024-position RoPE table of position mode 'absolute'.*"
                                           "position mode 'relative' \\(no limit\\)"):
         session.step_block()
+
+
+@pytest.mark.parametrize("sink", [0, 1, 3])
+def test_relative_positions_at_batch_2_give_each_sample_its_own_batch_1_video(tiny_model, prompt, sink):
+    """Upstream's infinite mode fails at batch > 1; its semantics are per sample: a batch-2 session past the window
+    and through a switch equals two batch-1 sessions on the same draws."""
+    gen = torch.Generator().manual_seed(11)
+    blocks = 10
+    noise = torch.randn(2, 3 * blocks, TINY.in_dim, 4, 6, generator=gen)
+    renoise = torch.randn(3 * blocks, 2, 3, TINY.in_dim, 4, 6, generator=gen)
+    prompts = [torch.cat([prompt, -prompt]), torch.cat([prompt.flip(1), prompt * 2])]
+
+    def video(batch_slice):
+        session = StreamSession(tiny_model, batch=batch_slice.stop - batch_slice.start, height=32, width=48,
+                                local_attn_size=9, sink_size=sink, position_mode="relative",
+                                noise=RecordedNoise(noise[batch_slice], renoise[:, batch_slice]))
+        session.set_schedule([(0, prompts[0][batch_slice]), (15, prompts[1][batch_slice])])
+        return torch.cat(list(session.generate(3 * blocks)), 1)
+
+    both, alone = video(slice(0, 2)), torch.cat([video(slice(0, 1)), video(slice(1, 2))])
+    for sample in range(2):  # equal up to float32 sums of another batch shape
+        assert ((both[sample] - alone[sample]).norm() / alone[sample].norm()).item() < 2e-6
