@@ -118,23 +118,39 @@ def test_a_stop_between_passes_leaves_the_block_to_be_made_again_exactly(tiny_mo
     torch.testing.assert_close(rest, whole, rtol=0, atol=0)  # the kept block, then the two made after the stop
 
 
-def test_a_decode_cut_off_by_an_interrupt_is_made_at_the_next_run(tiny_model):
+@pytest.mark.parametrize("cut", [0, 1])
+def test_a_decode_cut_off_by_an_interrupt_is_made_at_the_next_run(tiny_model, cut):
     video = new_video(tiny_model)
     video.schedule([Prompt(0, "a boy")], 9, embed)
     decoded = []
 
     def decode(latents):
-        if len(decoded) == 1:
+        if len(decoded) == cut:
             decoded.append(None)
-            raise Stop  # inside the second block's decode
+            raise Stop  # inside the first or the second block's decode
         decoded.append(latents)
         return latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
 
     with pytest.raises(Stop):
         video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
     latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
-    assert latents.shape[1] == 9 and images.shape[0] == 3 * 12  # the second block's images are not lost
-    torch.testing.assert_close(images[12:24, ..., 0], latents[0, 3:6, :1].repeat_interleave(4, 0))
+    kept = 3 * (cut + 1)
+    assert latents.shape[1] == kept + 3 and images.shape[0] == 4 * (kept + 3)  # the cut block's images are not lost
+    torch.testing.assert_close(images[4 * cut * 3:4 * kept, ..., 0], latents[0, kept - 3:kept, :1].repeat_interleave(4, 0))
+
+
+def test_blocks_of_a_run_without_a_decoder_are_decoded_by_the_next_that_has_one(tiny_model):
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+
+    def stop(done):
+        raise Stop
+
+    with pytest.raises(Stop):
+        video.run(6, live=False, hooks=RunHooks(embed_text=embed, shown=stop))  # interrupted, nothing decoded
+    decode = lambda latents: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]  # noqa: E731
+    latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    assert latents.shape[1] == 6 and images.shape[0] == 24
 
 
 def test_delivered_latents_wait_for_a_decode_that_takes_them(tiny_model):

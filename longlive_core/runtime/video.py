@@ -298,8 +298,9 @@ class Video:
         return latents, torch.cat(images, dim=1).flatten(0, 1)
 
     def _decode_owed(self, decode: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        """Decodes the kept blocks whose decode an interrupt cut off (their images are owed to this run's IMAGE)."""
-        if decode is None or not self.undelivered_images:
+        """Decodes the kept blocks without images (an interrupt cut their decode off, or their run decoded nothing):
+        this run's IMAGE holds the frames of every block its LATENT holds."""
+        if decode is None:
             return
         for latents in self.undelivered[len(self.undelivered_images):]:
             images = decode(latents)
