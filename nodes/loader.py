@@ -75,8 +75,8 @@ class ModelLoader(io.ComfyNode):
         else:
             model.set_attention(attention)
         log.info("LongLive attention backend: %s (asked for %s)", model.attention_backend, attention)
-        wrapper = LongLiveModel(model, precision, on_gpu,
-                                signature=(model_name, lora_name, lora_strength, precision, attention, fast))
+        wrapper = LongLiveModel(model, on_gpu, signature=(model_name, lora_name, lora_strength, precision, attention,
+                                                          fast))
         wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,
                                                            offload_device=mm.unet_offload_device(),
                                                            size=_nbytes(model))

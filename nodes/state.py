@@ -77,8 +77,7 @@ def first_error(*checks: bool | str) -> bool | str:
 class LongLiveModel:
     """What the loader hands to the sampler (type LONGLIVE_MODEL)."""
 
-    model: Any  # longlive_core.CausalWan, or its FastWan
-    precision: str
+    model: Any  # longlive_core.CausalWan, or its FastWan (its precision: model.precision)
     fast: bool
     signature: tuple = ()  # what the loader was asked for: the same signature means the same weights
     patcher: Any = None  # comfy ModelPatcher, so ComfyUI can unload us when memory is short

@@ -194,7 +194,7 @@ def test_graphs_are_dropped_when_comfy_moves_the_weights(comfy):
     from longlive_pack.nodes.state import LongLiveModel
     from longlive_core.tools.synthetic import TINY, random_model
 
-    wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), "bf16", fast=True)
+    wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), fast=True)
     video = Video()
     wrapper.videos.add(video)
     wrapper.refresh_graphs()
@@ -213,7 +213,7 @@ def test_a_model_left_partly_off_its_device_is_refused_before_any_capture(comfy)
     from longlive_core import ConfigError
     from longlive_core.tools.synthetic import TINY, random_model
 
-    wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), "bf16", fast=True)
+    wrapper = LongLiveModel(random_model(TINY, dtype=torch.float32), fast=True)
     wrapper.model.blocks[1].self_attn.q.to("meta")
     with pytest.raises(ConfigError, match=r"left 2 of LongLive's \d+ weight tensors off cpu"):
         wrapper.refresh_graphs()
