@@ -19,7 +19,7 @@ from .runtime.durable import restore as restore_video, save as save_video
 from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
 from .runtime.schedule import DenoisingSchedule, RecordedNoise, SeededNoise
 from .runtime.session import (BLENDS, MAX_BLEND_BLOCKS, POSITION_MODES, SWITCH_POLICIES, StreamSession,
-                              hashed_embeds)
+                              hashed_embeds, session_bytes)
 from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings
 from .vae.stream import DecodeStream
 from .vae.tiny import TinyStream
@@ -27,8 +27,9 @@ from .vae.tiny import TinyStream
 __all__ = [
     "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
     "DecodeStream", "DenoisingSchedule", "FPS", "FRAMES_PER_BLOCK", "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS",
-    "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise", "RunHooks", "SWITCH_POLICIES",
-    "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "StreamSession", "TinyStream",
-    "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts", "check_text", "export_safetensors",
-    "hashed_embeds", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision", "restore_video", "save_video",
+    "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise",
+    "RunHooks", "SWITCH_POLICIES", "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError",
+    "StreamSession", "TinyStream", "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts",
+    "check_text", "export_safetensors", "hashed_embeds", "load_model", "make_fast", "parse_schedule_text",
+    "parse_start", "resolve_precision", "restore_video", "save_video", "session_bytes",
 ]

@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..longlive_core import (FPS, FRAMES_PER_BLOCK, POSITION_MODES, SWITCH_POLICIES, BlockDone, ConfigError, PromptError,
-                             RunHooks, Video, VideoSettings, hashed_embeds, restore_video)
+                             RunHooks, Video, VideoSettings, hashed_embeds, restore_video, session_bytes)
 from .decode import check_wan_vae, new_stream, stream_decode, weights_id
 from .loader import ModelType
 from .schedule import ScheduleType
@@ -153,6 +153,7 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
     saved = save_path(key) if key and not reset else None
 
     def make() -> Video:
+        make_room(model, settings)
         video = Video.open(model.model, settings, model.fast)
         if saved and os.path.exists(saved):  # a session saved before the server restarted resumes
             restore_video(video, saved)
@@ -185,6 +186,13 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
         note = f"session '{key}' {'starts' if created else 'continues'} at latent frame {video.session.frame}"
         log.info("LongLive %s", note)
     return video, note
+
+
+def make_room(model: LongLiveModel, settings: VideoSettings) -> None:
+    """Asks ComfyUI's model management to free what a new session needs (other models it can unload), before the
+    engine checks that the session fits."""
+    needs = session_bytes(model.model, settings.batch, settings.height, settings.width, settings.local_attn_size)
+    mm.free_memory(sum(needs.values()), model.model.device, keep_loaded=[model.patcher])
 
 
 def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, vae, compile_vae: bool, blocks: int,
