@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -71,6 +72,7 @@ def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
     panel = "document.querySelector('#longlive-panel').dataset"
     page.wait_for_function(f"Number({panel}.frames || 0) >= 6 && Number({panel}.previews || 0) >= 2", timeout=120_000)
     shown = int(page.get_attribute("#longlive-panel", "data-frames"))
+    assert re.search(r": frame \d+ \(0:0\d\.\d\), ", page.inner_text("#longlive-stats"))  # minutes:seconds of video
     page.fill("#longlive-prompt", "the boat reaches the harbour")
     page.press("#longlive-prompt", "Enter")
     page.wait_for_selector(".longlive-switch", timeout=60_000)  # the timeline shows the switch point

@@ -211,3 +211,10 @@ def test_a_save_that_does_not_fit_is_refused_naming_the_file(tiny_model, tmp_pat
     with video.busy:  # a run generating it
         with pytest.raises(ConfigError, match="is generating; save it when its run has ended"):
             save_video(video, str(path))
+
+
+def test_the_session_list_shows_video_time_past_four_minutes():
+    from longlive_core.runtime.video import video_time
+
+    assert [video_time(f) for f in (0, 3, 240, 1023, 2004, 12_000)] == ["0:00.0", "0:00.8", "1:00.0", "4:15.8",
+                                                                        "8:21.0", "50:00.0"]

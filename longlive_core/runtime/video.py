@@ -173,7 +173,8 @@ class Video:
 
     def describe(self) -> dict:
         s = self.session
-        return {"frames": s.frame, "blocks": s.frame // FRAMES_PER_BLOCK, "settings": dataclasses.asdict(self.settings),
+        return {"frames": s.frame, "blocks": s.frame // FRAMES_PER_BLOCK, "video_time": video_time(s.frame),
+                "settings": dataclasses.asdict(self.settings),
                 "state": "live" if self.live else "idle", "switches": self.switches[-20:],
                 "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
                 "cache_gib": round(self.nbytes / 2**30, 4), **self.stats.as_dict()}
@@ -365,6 +366,12 @@ class Video:
             self.switches.append({"frame": self.session.frame - FRAMES_PER_BLOCK, "text": posted.text[:200],
                                   "prompt_to_block_ms": latency})
             self.stats.last_switch_ms = latency
+
+
+def video_time(latent_frames: int) -> str:
+    """Elapsed video time as minutes:seconds (a latent frame is 4 pixel frames at 16 fps), e.g. '12:30.0'."""
+    minutes, seconds = divmod(latent_frames * 4 / 16, 60)
+    return f"{int(minutes)}:{seconds:04.1f}"
 
 
 def _drain(inbox: queue.Queue) -> PostedPrompt | None:

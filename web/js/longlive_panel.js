@@ -75,15 +75,20 @@ async function refreshSwitches() {
   drawTimeline();
 }
 
+// elapsed video time, minutes:seconds (a latent frame is 4 pixel frames at 16 fps), as the session list's video_time
+function videoTime(frame) {
+  const seconds = (4 * frame) / 16;
+  return `${Math.floor(seconds / 60)}:${(seconds % 60).toFixed(1).padStart(4, "0")}`;
+}
+
 function onBlock(event) {
   const d = event.detail;
   const newVideo = (d.session && d.session !== state.session) || d.frame < state.frames;
   state.session = d.session || state.session;
   state.frames = d.frame;
   if (newVideo) state.switches = [];
-  const seconds = (4 * d.frame / 16).toFixed(1);
   const sw = d.last_switch_ms ? `, switch ${d.last_switch_ms} ms` : "";
-  state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${seconds} s), ` +
+  state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${videoTime(d.frame)}), ` +
     `${d.last_block_ms} ms/block, ${d.fps} fps${sw}`;
   state.ui.panel.dataset.frames = d.frame;
   if (d.switched) refreshSwitches();
