@@ -138,7 +138,8 @@ class VAEDecode(io.ComfyNode):
         video = SESSIONS.get(session_id)
         key = f"tiny {tiny_decoder_path()}" if tiny else weights_id(vae)
         stream = video.decoder(key, TinyStream if tiny else lambda: new_stream(vae))
-        latents = torch.cat([*video.undecoded_before(z), z], dim=2)  # with runs whose decode was interrupted
+        earlier = video.undecoded_before(z)  # runs whose decode was interrupted
+        latents = torch.cat([*earlier, z], dim=2) if earlier else z
         images = draft_decode(latents, stream) if tiny else stream_decode(vae, latents, stream, compile)
         video.decoded(z)
         return io.NodeOutput(images)

@@ -197,12 +197,26 @@ def make_room(model: LongLiveModel, settings: VideoSettings) -> None:
 
 def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, vae, compile_vae: bool, blocks: int,
               node_id) -> RunHooks:
-    """ComfyUI's side of a run: the text encoder, the weights loaded before each block (the encoder and the VAE may
-    have made ComfyUI move them out), its interrupt between passes, the decode of each block, the progress bar with
-    a preview, the `longlive.block` event for the page."""
+    """ComfyUI's side of a run: the text encoder, the weights loaded again before a block where the encoder or the
+    VAE ran since (ComfyUI may have moved them out for those), its interrupt between passes, the decode of each
+    block, the progress bar with a preview, the `longlive.block` event for the page."""
+    others_ran = [False]
+
+    def after_others(fn):
+        def run(*args):
+            others_ran[0] = True
+            return fn(*args)
+        return run
+
+    def prepare() -> None:
+        if others_ran[0]:
+            load(model)
+            others_ran[0] = False
+
     decoder = BlockDecoder(video, vae, compile_vae) if vae is not None else None
-    return RunHooks(embed_text=lambda text: text_embeddings(text, model), encode=schedule.encoder,
-                    prepare=lambda: load(model), check=mm.throw_exception_if_processing_interrupted, decode=decoder,
+    return RunHooks(embed_text=lambda text: text_embeddings(text, model),
+                    encode=schedule.encoder and after_others(schedule.encoder), prepare=prepare,
+                    check=mm.throw_exception_if_processing_interrupted, decode=decoder and after_others(decoder),
                     made=lambda done: send_block_event(video, done), shown=progress(video, blocks, node_id))
 
 
