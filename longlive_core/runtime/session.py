@@ -368,7 +368,7 @@ class StreamSession:
 def session_bytes(model: CausalWan, batch: int, height: int, width: int, window: int) -> dict[str, int]:
     """What a session allocates (its caches) and what its largest pass needs (a recache of the whole window), in
     bytes: the activations as the layers hold them at once, in the model's dtype with float32 norms (H200, full
-    model, 480x832: 1.2 GiB estimated where the eager path's peak showed about 0.9, run 66)."""
+    model, 480x832: 1.2 GiB estimated; run 66's eager peak, less the weights and caches, leaves about 0.9)."""
     cfg = model.cfg
     frame_tokens = (height // VAE_STRIDE // 2) * (width // VAE_STRIDE // 2)
     size = torch.empty((), dtype=model.dtype).element_size()
