@@ -5,20 +5,24 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import routes
+from . import boolean_guard, routes
 from .decode import SessionReset, VAEDecode
 from .loader import ModelLoader
 from .sampler import StreamingSampler
 from .schedule import ConditioningSchedule, PromptSchedule
 
 
+NODES = [ModelLoader, PromptSchedule, ConditioningSchedule, StreamingSampler, VAEDecode, SessionReset]
+
+
 class LongLiveExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ModelLoader, PromptSchedule, ConditioningSchedule, StreamingSampler, VAEDecode, SessionReset]
+        return NODES
 
 
 async def comfy_entrypoint() -> LongLiveExtension:
-    """Called once by ComfyUI when it loads the pack: the routes are registered here, not at import."""
-    routes.register()
+    """Called once by ComfyUI when it loads the pack: the routes and the prompt handler are registered here, not at
+    import."""
+    routes.register(boolean_guard.prompt_handler(NODES))
     return LongLiveExtension()

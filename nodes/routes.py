@@ -135,8 +135,8 @@ async def post_stop(request: web.Request) -> web.Response:
     return web.json_response({"stopping": request.match_info["session_id"], "at_frame": video.session.frame})
 
 
-def register() -> None:
-    """Adds the routes to the running ComfyUI server (none exists in unit tests)."""
+def register(prompt_handler) -> None:
+    """Adds the routes and the queued graphs' handler to the running ComfyUI server (none exists in unit tests)."""
     from server import PromptServer
 
     server = getattr(PromptServer, "instance", None)
@@ -149,3 +149,4 @@ def register() -> None:
     server.routes.post("/longlive/sessions/{session_id}/prompt")(post_prompt)
     server.routes.post("/longlive/sessions/{session_id}/stop")(post_stop)
     server.routes.post("/longlive/sessions/{session_id}/save")(post_save)
+    server.add_on_prompt_handler(prompt_handler)

@@ -418,6 +418,16 @@ def test_sampler_inputs_are_checked_at_queue_time(host, inputs, message):
     assert message in rejected(host, graph)
 
 
+def test_a_string_where_a_boolean_is_due_is_refused(host):
+    """ComfyUI reads any non-empty string as True: "reset": "false" would start the video over."""
+    graph = graph_of(host, "longlive_interactive")
+    graph["4"]["inputs"].update(reset="false", live="no")
+    graph["1"]["inputs"]["fast"] = "true"
+    message = rejected(host, graph)
+    for name, value in (("reset", "false"), ("live", "no"), ("fast", "true")):
+        assert f"{name}: got the string '{value}' where a boolean is due; send true or false without quotes" in message
+
+
 @pytest.mark.parametrize("inputs,message", [
     ({"model_name": "nope.pt"}, "model_name: 'nope.pt' is not in models/diffusion_models; download "
                                 "models/longlive_base.pt of huggingface.co/Efficient-Large-Model/LongLive-1.3B there"),

@@ -34,8 +34,10 @@ BLOCKS = 20
 SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
 PROMPT_TOKENS = 128  # LongLive's prompts are a paragraph: about 100-200 umt5 tokens
-ROWS = ("main", "unfused", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all", "int8-weight-only",
-        "int8-dynamic")
+ROWS = ("main", "relative", "long", "unfused", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all",
+        "int8-weight-only", "int8-dynamic")
+LONG_BLOCKS = 1000  # 3,000 latent frames: past frame 1024 twice over
+LONG_SWITCH_BLOCKS = (400, 690)  # latent frames 1200 and 2070
 
 
 def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]:
@@ -48,42 +50,64 @@ def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]
     return out
 
 
-def run_stream(model, runner, *, batch=1, window=12, sink=3, blocks=BLOCKS, seed=0) -> dict:
-    """Generates `blocks` blocks with the standard schedule; block times from CUDA events."""
+def run_stream(model, runner, *, batch=1, window=12, sink=3, blocks=BLOCKS, seed=0, position_mode="absolute",
+               switch_blocks=SWITCH_BLOCKS, keep_latents=True) -> dict:
+    """Generates `blocks` blocks with the standard schedule; block times from CUDA events, the allocated GPU
+    memory after each block (a host-side counter: no sync)."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     session = StreamSession(model, batch=batch, height=HEIGHT, width=WIDTH, local_attn_size=window,
-                            sink_size=sink, seed=seed, runner=runner(model) if runner else None)
+                            sink_size=sink, seed=seed, runner=runner(model) if runner else None,
+                            position_mode=position_mode)
     warm_up(session)
-    embeds = prompts(batch, model.cfg.text_dim, len(SWITCH_BLOCKS) + 1, model.device)
-    session.set_schedule([(0, embeds[0])] + [(3 * b, e) for b, e in zip(SWITCH_BLOCKS, embeds[1:])])
+    embeds = prompts(batch, model.cfg.text_dim, len(switch_blocks) + 1, model.device)
+    session.set_schedule([(0, embeds[0])] + [(3 * b, e) for b, e in zip(switch_blocks, embeds[1:])])
     events = [torch.cuda.Event(enable_timing=True) for _ in range(blocks + 1)]
     events[0].record()
-    latents, first_ms = [], None
+    latents, first_ms, allocated = [], None, []
     for i in range(blocks):
-        latents.append(session.step_block())
+        block = session.step_block()
+        latents.append(block if keep_latents else None)
         events[i + 1].record()
+        allocated.append(torch.cuda.memory_allocated() / 2**30)
         if i == 0:
             torch.cuda.synchronize()
             first_ms = (time.perf_counter() - t0) * 1e3
-        log.info("block %d queued after %.0f ms", i, (time.perf_counter() - t0) * 1e3)
+        if i % 100 == 0 or i < 20:
+            log.info("block %d queued after %.0f ms", i, (time.perf_counter() - t0) * 1e3)
     torch.cuda.synchronize()
     ms = [events[i].elapsed_time(events[i + 1]) for i in range(blocks)]
-    return {"block_ms": ms, "first_block_ms": first_ms, "latents": torch.cat(latents, 1).float(),
+    return {"block_ms": ms, "first_block_ms": first_ms, "allocated_gib": allocated,
+            "latents": torch.cat(latents, 1).float() if keep_latents else block.float(),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
-def summarize(name: str, run: dict, reference: torch.Tensor | None, batch: int) -> dict:
+def summarize(name: str, run: dict, reference: torch.Tensor | None, batch: int,
+              switch_blocks=SWITCH_BLOCKS) -> dict:
     ms = run["block_ms"]
-    near_switch = {b + d for b in SWITCH_BLOCKS for d in (-1, 0)}
+    near_switch = {b + d for b in switch_blocks for d in (-1, 0)}
     steady = statistics.median(m for i, m in enumerate(ms) if i >= 5 and i not in near_switch)
-    switches = [ms[b - 1] + ms[b] - 2 * steady for b in SWITCH_BLOCKS]
+    switches = [ms[b - 1] + ms[b] - 2 * steady for b in switch_blocks]
     row = {"row": name, "batch": batch, "ms_per_block": steady, "ms_per_latent_frame": steady / 3,
            "switch_extra_ms": switches, "first_block_ms": run["first_block_ms"], "peak_gib": run["peak_gib"],
            "latent_fps": 3 * batch * 1e3 / steady, "pixel_fps": 12 * batch * 1e3 / steady, "block_ms_all": ms}
     if reference is not None and reference.shape == run["latents"].shape:
         row["max_rel_diff_vs_eager"] = max_block_diff(run["latents"], reference)
+    return row
+
+
+def long_row(fast_model) -> dict:
+    """A relative-position session of 3,000 latent frames with switches past frames 1024 and 2048: block time and
+    allocated memory over its first and its last hundred blocks."""
+    run = run_stream(fast_model, GraphRunner, blocks=LONG_BLOCKS, position_mode="relative",
+                     switch_blocks=LONG_SWITCH_BLOCKS, keep_latents=False)
+    row = summarize(f"fast bf16 w12 s3 relative, {3 * LONG_BLOCKS} latent frames", run, None, 1, LONG_SWITCH_BLOCKS)
+    near_switch = {b + d for b in LONG_SWITCH_BLOCKS for d in (-1, 0)}
+    for part, span in (("start", range(5, 105)), ("end", range(LONG_BLOCKS - 100, LONG_BLOCKS))):
+        row[f"{part}_ms_per_block"] = statistics.median(run["block_ms"][i] for i in span if i not in near_switch)
+        row[f"{part}_allocated_gib"] = max(run["allocated_gib"][i] for i in span)
+    row["latents_finite"] = bool(torch.isfinite(run["latents"]).all())
     return row
 
 
@@ -161,6 +185,7 @@ def main_rows(args, cfg, rows, record, result) -> dict:
     row = summarize(f"fast bf16 w12 s3 ({attention})", fast, eager["latents"], 1)
     row["max_rel_diff_vs_eager_same_attention"] = max_block_diff(fast["latents"], same_kernels["latents"])
     record(row)
+    fast_ms = row["ms_per_block"]
     if args.profile:
         result["profile"]["fast"] = profile_block(fast_model, GraphRunner, args.trace_dir and f"{args.trace_dir}/fast.json")
     if "unfused" in rows:  # the eager blocks compiled (inductor fuses the norms) instead of the fused blocks
@@ -182,6 +207,17 @@ def main_rows(args, cfg, rows, record, result) -> dict:
         record(summarize(f"fast bf16 w12 s3 ({attention}, eager blocks, sdpa cross-attention)",
                          run_stream(plain, GraphRunner), eager["latents"], 1))
         del plain
+    if "relative" in rows:  # the same schedule with relative positions, right after the absolute row
+        relative = run_stream(fast_model, GraphRunner, position_mode="relative")
+        again = summarize(f"fast bf16 w12 s3 ({attention}), again", run_stream(fast_model, GraphRunner),
+                          eager["latents"], 1)
+        row = summarize(f"fast bf16 w12 s3 ({attention}, relative positions)", relative, None, 1)
+        absolute = (fast_ms + again["ms_per_block"]) / 2  # before and after it
+        row["slower_than_absolute"] = row["ms_per_block"] / absolute - 1
+        record(row)
+        record(again)
+    if "long" in rows:
+        record(long_row(fast_model))
     if "window9" in rows:
         record(summarize("fast bf16 w9 s3", run_stream(fast_model, GraphRunner, window=9), None, 1))
     if "batch" in rows:
@@ -271,6 +307,13 @@ def print_table(result: dict) -> None:
         sys.stdout.write(f"| {r['row']} | {r['ms_per_block']:.1f} | {r['ms_per_latent_frame']:.1f} | {sw} | "
                          f"{r['first_block_ms']:.0f} | {r['peak_gib']:.2f} | {r['pixel_fps']:.1f} | "
                          f"{base / r['ms_per_block'] * r['batch']:.2f}x | {diff} |\n")
+    for r in result["rows"]:
+        if "end_ms_per_block" in r:
+            sys.stdout.write(f"{r['row']}: ms/block {r['start_ms_per_block']:.1f} (blocks 5-104) -> "
+                             f"{r['end_ms_per_block']:.1f} (last 100); allocated GiB {r['start_allocated_gib']:.3f} -> "
+                             f"{r['end_allocated_gib']:.3f}; latents finite: {r['latents_finite']}\n")
+        if "slower_than_absolute" in r:
+            sys.stdout.write(f"{r['row']}: {100 * r['slower_than_absolute']:+.2f}% per steady block against absolute\n")
     for name, prof in result["profile"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in prof["per_layer_pass_ms"].items())
         sys.stdout.write(f"profile {name}: block {prof['block_wall_ms']:.1f} ms; per layer per pass (ms): {parts}\n")
