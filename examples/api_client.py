@@ -85,7 +85,7 @@ def continuation_graphs(base: dict, prompts: list[str], session_id: str) -> list
                 node["inputs"]["session_id"] = session_id
             if node["class_type"] == "LongLive_StreamingSampler":
                 node["inputs"]["reset"] = i == 0
-            if node["class_type"] == "SaveVideo":
+            if node["class_type"] in ("SaveVideo", "LongLive_SaveVideo"):
                 node["inputs"]["filename_prefix"] = f"longlive/{session_id}_part{i + 1}"
         graphs.append(graph)
     return graphs

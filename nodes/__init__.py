@@ -9,10 +9,11 @@ from . import boolean_guard, routes
 from .decode import SessionReset, VAEDecode
 from .loader import ModelLoader
 from .sampler import StreamingSampler
+from .save import SaveVideo
 from .schedule import ConditioningSchedule, PromptSchedule
 
 
-NODES = [ModelLoader, PromptSchedule, ConditioningSchedule, StreamingSampler, VAEDecode, SessionReset]
+NODES = [ModelLoader, PromptSchedule, ConditioningSchedule, StreamingSampler, SaveVideo, VAEDecode, SessionReset]
 
 
 class LongLiveExtension(ComfyExtension):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 
+import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
@@ -22,8 +23,14 @@ from ..longlive_core import ConfigError, DecodeStream, TinyStream
 from .state import SESSIONS, check_session_id, forget_save
 
 DECODERS = ("wan vae", "tiny draft")
+WAN21 = comfy.latent_formats.Wan21()
 DRAFT_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
 _DRAFT_MODELS: dict = {}  # file path -> loaded TAEHV
+
+
+def raw_latents(latents: torch.Tensor) -> torch.Tensor:
+    """Engine blocks [B, T, C, h, w] (normalized) -> ComfyUI's LATENT [B, C, T, h, w] (raw VAE space)."""
+    return WAN21.process_out(latents.transpose(1, 2).contiguous())
 
 
 def check_wan_vae(vae) -> None:
@@ -36,9 +43,16 @@ def check_wan_vae(vae) -> None:
 @torch.inference_mode()
 def stream_decode(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool = False) -> torch.Tensor:
     """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; the stream carries on."""
+    return stream_decode_on_device(vae, samples, stream, fast).to(vae.output_device).float().flatten(0, 1)
+
+
+@torch.inference_mode()
+def stream_decode_on_device(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool = False) -> torch.Tensor:
+    """samples: raw latents [B, 16, T, h, w] -> images [B, frames, H, W, 3] in [0, 1] on the VAE's device (float32:
+    the values ComfyUI's VAE returns)."""
     mm.load_models_gpu([vae.patcher])
     out = stream.decode(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), fast=fast)
-    return vae.process_output(out.to(vae.output_device).float()).movedim(1, -1).flatten(0, 1)
+    return vae.process_output(out.float()).movedim(1, -1)
 
 
 _WEIGHTS_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first_stage_model -> weights_id

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, ConfigError, PostedPrompt, PromptError, SessionEvictedError,
                              UnknownSessionError, check_text, save_video)
+from . import viewer
 from .state import SESSIONS, forget_save, save_path
 
 MAX_PROMPT_CHARS = 2000
@@ -149,4 +150,5 @@ def register(prompt_handler) -> None:
     server.routes.post("/longlive/sessions/{session_id}/prompt")(post_prompt)
     server.routes.post("/longlive/sessions/{session_id}/stop")(post_stop)
     server.routes.post("/longlive/sessions/{session_id}/save")(post_save)
+    server.routes.get("/longlive/sessions/{session_id}/frames")(viewer.watch)
     server.add_on_prompt_handler(prompt_handler)

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 
-import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
 import latent_preview
@@ -15,14 +14,15 @@ from comfy_api.latest import io
 
 from ..longlive_core import (FPS, FRAMES_PER_BLOCK, POSITION_MODES, SWITCH_POLICIES, BlockDone, ConfigError, PromptError,
                              RunHooks, Video, VideoSettings, hashed_embeds, restore_video, session_bytes)
-from .decode import check_wan_vae, new_stream, stream_decode, weights_id
+from .decode import WAN21, raw_latents
 from .loader import ModelType
+from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
+from .save import FilesType
 from .schedule import ScheduleType
 from .state import SESSIONS, LongLiveModel, PromptList, check_session_id, first_error, forget_save, save_path
 
 log = logging.getLogger("longlive")
 LENGTH_UNITS = ("seconds", "pixel frames", "latent frames")
-WAN21 = comfy.latent_formats.Wan21()
 
 
 MAX_LENGTH = 4096.0
@@ -78,9 +78,10 @@ class StreamingSampler(io.ComfyNode):
                 io.Boolean.Input("live", default=False, tooltip="Keep generating until stopped (LongLive panel, or "
                                  "POST /longlive/sessions/{id}/stop) or until `length`; prompts typed in the panel "
                                  "(POST .../prompt) switch at the next block. Needs a session id"),
-                io.Vae.Input("vae", optional=True, tooltip="Wan 2.1 VAE: decode each block as soon as it is made "
-                             "(the preview shows real frames, IMAGE gets this run's frames, continuing the session's "
-                             "video seamlessly). Without it IMAGE is empty: decode LATENT with LongLive VAE Decode"),
+                io.Vae.Input("vae", optional=True, tooltip="Wan 2.1 VAE: decode each block as soon as it is made, "
+                             "continuing the session's video seamlessly: the frames go at once to LongLive Save Video, "
+                             "to the LongLive panel, and to IMAGE when a node takes it. Without it IMAGE is empty: "
+                             "decode LATENT with LongLive VAE Decode"),
                 io.Boolean.Input("compile_vae", default=False, optional=True, tooltip="With a VAE: decode through the "
                                  "compiled decoder, as LongLive VAE Decode's `compile` (faster after a one-time compile)"),
                 io.Combo.Input("position_mode", options=list(POSITION_MODES), default="absolute", optional=True,
@@ -88,8 +89,9 @@ class StreamingSampler(io.ComfyNode):
                                        "minutes). relative: upstream's infinite-length mode (block-relativistic "
                                        "RoPE): no end, for live sessions. A session keeps the mode it was made with"),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="IMAGE")],
-            hidden=[io.Hidden.unique_id],
+            outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="IMAGE"),
+                     FilesType.Output(display_name="video", tooltip="To LongLive Save Video (needs the VAE)")],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -122,22 +124,29 @@ class StreamingSampler(io.ComfyNode):
         frames = latent_frames(length, length_unit)
         settings = VideoSettings(model.signature, batch_size, width, height, local_attn_size, sink_size,
                                  switch_policy, seed, session_id, position_mode)
+        node_id, graph = (cls.hidden.unique_id, cls.hidden.prompt) if cls.hidden else (None, None)
+        requests = save_requests(graph, node_id)
+        if requests and vae is None:
+            raise ConfigError("LongLive Save Video needs decoded frames: connect the Wan 2.1 VAE to the sampler's vae "
+                              "input")
         load(model)
         video, note = open_video(model, settings, reset)
         frames = video.fit(frames, live)
-        node_id = cls.hidden.unique_id if cls.hidden else None
-        hooks = run_hooks(video, model, schedule, vae, compile_vae, frames // FRAMES_PER_BLOCK, node_id)
-        video.schedule(schedule.prompts, frames, hooks.embed_text)
-        latents, images = video.run(frames, live, hooks)
+        files = Files(video, requests, batch_size, width, height)
+        try:
+            decoder = None if vae is None else BlockDecoder(video, vae, compile_vae, files,
+                                                            output_taken(graph, node_id, IMAGE_OUTPUT), live)
+            hooks = run_hooks(video, model, schedule, decoder, frames // FRAMES_PER_BLOCK, node_id)
+            video.schedule(schedule.prompts, frames, hooks.embed_text)
+            latents, images = video.run(frames, live, hooks)
+        except BaseException:
+            files.abandon()
+            raise
+        written = files.finish()
         samples = raw_latents(latents).to(mm.intermediate_device())
         if session_id and vae is None:
             video.deliver(samples)  # kept until LongLive VAE Decode takes it (an interrupt there keeps it)
-        return io.NodeOutput({"samples": samples}, images, ui={"text": [note]})
-
-
-def raw_latents(latents: torch.Tensor) -> torch.Tensor:
-    """Engine blocks [B, T, C, h, w] (normalized) -> ComfyUI's LATENT [B, C, T, h, w] (raw VAE space)."""
-    return WAN21.process_out(latents.transpose(1, 2).contiguous())
+        return io.NodeOutput({"samples": samples}, images, written, ui={"text": [note]})
 
 
 def load(model: LongLiveModel) -> None:
@@ -195,11 +204,12 @@ def make_room(model: LongLiveModel, settings: VideoSettings) -> None:
     mm.free_memory(sum(needs.values()), model.model.device, keep_loaded=[model.patcher])
 
 
-def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, vae, compile_vae: bool, blocks: int,
+def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder: BlockDecoder | None, blocks: int,
               node_id) -> RunHooks:
     """ComfyUI's side of a run: the text encoder, the weights loaded again before a block where the encoder or the
     VAE ran since (ComfyUI may have moved them out for those), its interrupt between passes, the decode of each
-    block, the progress bar with a preview, the `longlive.block` event for the page."""
+    block to its outputs, the progress bar with a preview, the `longlive.block` event for the page, the live pace
+    (the session's viewers)."""
     others_ran = [False]
 
     def after_others(fn):
@@ -213,27 +223,18 @@ def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, vae, com
             load(model)
             others_ran[0] = False
 
-    decoder = BlockDecoder(video, vae, compile_vae) if vae is not None else None
+    def made(done: BlockDone) -> None:
+        if decoder is not None:
+            decoder.made(done)
+        send_block_event(video, done)
+
     return RunHooks(embed_text=lambda text: text_embeddings(text, model),
                     encode=schedule.encoder and after_others(schedule.encoder), prepare=prepare,
                     check=mm.throw_exception_if_processing_interrupted, decode=decoder and after_others(decoder),
-                    made=lambda done: send_block_event(video, done), shown=progress(video, blocks, node_id))
+                    made=made, shown=progress(video, blocks, node_id, decoder), lead=decoder and decoder.lead)
 
 
-class BlockDecoder:
-    """Decodes each block right after it is made, continuing the video's own decoder stream."""
-
-    def __init__(self, video: Video, vae, fast: bool = False):
-        check_wan_vae(vae)
-        self.vae, self.fast = vae, fast
-        self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
-
-    def __call__(self, block: torch.Tensor) -> torch.Tensor:
-        images = stream_decode(self.vae, raw_latents(block), self.stream, self.fast)  # [B * frames, H, W, 3]
-        return images.to(mm.intermediate_device())
-
-
-def progress(video: Video, blocks: int, node_id):
+def progress(video: Video, blocks: int, node_id, decoder: BlockDecoder | None):
     """ComfyUI's progress bar, and the hook that advances it with each block's preview: its last decoded frame with a
     VAE, else ComfyUI's own latent previewer (latent-to-RGB, or with --preview-method taesd the tiny video decoder
     in models/vae_approx)."""
@@ -241,8 +242,8 @@ def progress(video: Video, blocks: int, node_id):
     previewer = latent_preview.get_previewer(video.session.model.device, WAN21)
 
     def shown(done: BlockDone) -> None:
-        if done.images is not None:
-            preview = ("JPEG", _image(done.images[-1]), 512)
+        if decoder is not None:
+            preview = ("JPEG", _image(decoder.last_frame), 512)
         else:
             preview = previewer.decode_latent_to_preview_image("JPEG", done.latents.transpose(1, 2)) if previewer else None
         bar.update_absolute(done.index + 1, done.blocks, preview)
@@ -253,7 +254,7 @@ def progress(video: Video, blocks: int, node_id):
 def _image(frame: torch.Tensor):
     from PIL import Image
 
-    return Image.fromarray(frame.mul(255).round().byte().cpu().numpy())
+    return Image.fromarray(frame.numpy())
 
 
 def text_embeddings(text: str, model: LongLiveModel) -> torch.Tensor:

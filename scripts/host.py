@@ -215,6 +215,40 @@ class Events:
                    for _, kind, d in list(self.items))
 
 
+class FrameWatcher:
+    """A viewer of a session's frames (WebSocket /longlive/sessions/{id}/frames), as the LongLive panel is: records
+    each frame's arrival time and header, on a thread of its own (connected when made)."""
+
+    def __init__(self, url: str, session_id: str):
+        self.url, self.session_id, self.frames = url, session_id, []  # (arrival time.time(), header)
+        self.stop, self.connected = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
+        self.thread.start()
+        if not self.connected.wait(30):
+            raise TimeoutError(f"no frames WebSocket for session '{session_id}' at {url} within 30 s")
+
+    async def _listen(self) -> None:
+        import aiohttp
+
+        ws_url = self.url.replace("http", "ws", 1) + f"/longlive/sessions/{self.session_id}/frames"
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, heartbeat=30) as ws:
+            self.connected.set()
+            while not self.stop.is_set():
+                try:
+                    msg = await ws.receive(timeout=0.5)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    length = int.from_bytes(msg.data[:4], "big")
+                    self.frames.append((time.time(), json.loads(msg.data[4:4 + length])))
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
 def error_of(entry: dict) -> dict | None:
     """The execution_error message of a history entry, if the run failed."""
     for name, data in entry.get("status", {}).get("messages", []):

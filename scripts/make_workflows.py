@@ -28,9 +28,10 @@ frame 201: the camera slowly pulls back to show the whole valley in the evening 
 
 
 def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix: str, live: bool = False) -> dict:
-    """Loader, schedule (umt5), sampler, VAE decode, video. A live graph decodes inside the sampler, block by
-    block, so the page shows decoded frames while it runs, in relative positions (no end)."""
-    graph = {
+    """Loader, schedule (umt5), sampler decoding each block as it is made (the compiled VAE decoder), and LongLive
+    Save Video, which the sampler writes frame by frame while it generates. A live graph runs in relative positions
+    (no end)."""
+    return {
         "1": {"class_type": "LongLive_ModelLoader", "inputs": {
             "model_name": MODEL, "lora_name": LORA, "lora_strength": 1.0, "precision": "bf16",
             "attention": "auto", "fast": True}},
@@ -39,21 +40,12 @@ def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix:
         "4": {"class_type": "LongLive_StreamingSampler", "inputs": {
             "model": ["1", 0], "schedule": ["3", 0], "width": 832, "height": 480, "length": length,
             "length_unit": unit, "seed": 0, "local_attn_size": 12, "sink_size": 3, "switch_policy": "recache",
-            "session_id": session_id, "reset": False, "batch_size": 1, "live": live, "compile_vae": False,
-            "position_mode": "relative" if live else "absolute"}},
+            "session_id": session_id, "reset": False, "batch_size": 1, "live": live, "vae": ["5", 0],
+            "compile_vae": True, "position_mode": "relative" if live else "absolute"}},
         "5": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
-        "6": {"class_type": "LongLive_VAEDecode", "inputs": {"vae": ["5", 0], "samples": ["4", 0],
-                                                               "session_id": session_id, "compile": False,
-                                                               "decoder": "wan vae"}},
-        "7": {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 16.0}},
-        "8": {"class_type": "SaveVideo", "inputs": {"video": ["7", 0], "filename_prefix": prefix,
-                                                     "format": "auto", "codec": "auto"}},
+        "6": {"class_type": "LongLive_SaveVideo", "inputs": {"video": ["4", 2], "filename_prefix": prefix,
+                                                               "mode": "one file per run"}},
     }
-    if live:
-        del graph["6"]
-        graph["4"]["inputs"]["vae"] = ["5", 0]
-        graph["7"]["inputs"]["images"] = ["4", 1]
-    return graph
 
 
 WORKFLOWS = {

@@ -42,7 +42,7 @@ def tiny_graph(graph: dict, names: dict, width: int = 96, height: int = 64) -> d
         elif kind == "LongLive_PromptSchedule":
             inputs.pop("clip", None)
         elif kind == "LongLive_StreamingSampler":
-            inputs.update(width=width, height=height)
+            inputs.update(width=width, height=height, compile_vae=False)  # no compiling on a CPU
         elif kind == "VAELoader":
             inputs["vae_name"] = names["vae"]
     return graph

@@ -70,7 +70,7 @@ def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); await window.app.queuePrompt(0); }", workflow)
 
     panel = "document.querySelector('#longlive-panel').dataset"
-    page.wait_for_function(f"Number({panel}.frames || 0) >= 6 && Number({panel}.previews || 0) >= 2", timeout=120_000)
+    page.wait_for_function(f"Number({panel}.frames || 0) >= 6 && Number({panel}.streamShown || 0) >= 2", timeout=120_000)
     shown = int(page.get_attribute("#longlive-panel", "data-frames"))
     assert re.search(r": frame \d+ \(0:0\d\.\d\), ", page.inner_text("#longlive-stats"))  # minutes:seconds of video
     page.fill("#longlive-prompt", "the boat reaches the harbour")
@@ -90,7 +90,17 @@ def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
         time.sleep(0.2)  # the run ends at the next block, then decodes and saves the video
     history = ui_host.get("/history")
     assert history and all(e["status"]["status_str"] == "success" for e in history.values())
-    assert live_session(ui_host)["frames"] < 900
+    frames = live_session(ui_host)["frames"]
+    assert frames < 900
+
+    # the player got every frame of the video, in order, and played them (the sender paces them at 16 fps)
+    pixels = 4 * frames - 3
+    page.wait_for_function(f"Number({panel}.streamLast) === {pixels - 1} && Number({panel}.streamShown) === {pixels - 1}",
+                           timeout=60_000)
+    assert page.get_attribute("#longlive-panel", "data-stream-frames") == str(pixels)
+    assert page.get_attribute("#longlive-panel", "data-stream-order") == "ok"
+    assert re.search(r"playing frame \d+: [\d.]+ fps delivered, buffer \d+, prompt to pixel \d+ ms",
+                     page.inner_text("#longlive-playback"))
 
 
 def test_schedule_node_shows_its_prompts_on_a_timeline(ui_host, page):

@@ -40,8 +40,20 @@ def host(tmp_path_factory):
 def graph_of(host, name: str, **sampler) -> dict:
     graph = tiny_graph(json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text()), host.names)
     graph["4"]["inputs"].update(sampler)
-    if "6" in graph:  # the live workflow decodes inside the sampler
-        graph["6"]["inputs"]["session_id"] = graph["4"]["inputs"]["session_id"]
+    return graph
+
+
+def with_decode_node(graph: dict, session_id: str) -> dict:
+    """The sampler's LATENT decoded by LongLive VAE Decode (node 6) and saved as lossless WEBP (node 7), in place of
+    the sampler's own decode and LongLive Save Video."""
+    graph = copy.deepcopy(graph)
+    graph["4"]["inputs"].pop("vae", None)
+    graph["6"] = {"class_type": "LongLive_VAEDecode", "inputs": {"vae": ["5", 0], "samples": ["4", 0],
+                                                               "session_id": session_id, "compile": False,
+                                                               "decoder": "wan vae"}}
+    graph["7"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["6", 0], "filename_prefix": "test/node",
+                                                            "fps": 16.0, "lossless": True, "quality": 100,
+                                                            "method": "fastest"}}
     return graph
 
 
@@ -205,8 +217,7 @@ def test_session_routes(host):
 
 
 def test_unknown_session_in_the_decoder(host):
-    graph = graph_of(host, "longlive_interactive", length=3, length_unit="latent frames")
-    graph["6"]["inputs"]["session_id"] = "nope"
+    graph = with_decode_node(graph_of(host, "longlive_interactive", length=3, length_unit="latent frames"), "nope")
     assert "no session 'nope'; run the LongLive sampler with this session id first" in failure(host, graph)
 
 
@@ -343,15 +354,13 @@ def test_sampler_with_a_vae_streams_decoded_frames_equal_to_the_decode_node(host
     from PIL import Image
 
     def graph(reset):
-        g = graph_of(host, "longlive_interactive", session_id="decoded", reset=reset, length=9,
-                     length_unit="latent frames")
+        g = with_decode_node(graph_of(host, "longlive_interactive", session_id="decoded", reset=reset, length=9,
+                                      length_unit="latent frames"), "decoded")
         g["4"]["inputs"]["vae"] = ["5", 0]
         g["20"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["4", 1], "filename_prefix": "test/sampler",
                                                                 "fps": 16.0, "lossless": True, "quality": 100,
                                                                 "method": "fastest"}}
-        g["21"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["6", 0], "filename_prefix": "test/node",
-                                                                "fps": 16.0, "lossless": True, "quality": 100,
-                                                                "method": "fastest"}}
+        g["21"] = g.pop("7")
         return g
 
     def frames(entry, node):
@@ -516,9 +525,11 @@ def test_a_saved_session_resumes_after_a_restart_as_if_the_server_had_kept_it(ho
 
 def test_an_interrupted_live_run_that_decodes_keeps_every_frame_for_the_next(host):
     """The live workflow decodes inside the sampler: wherever /interrupt lands (between passes, or inside a block's
-    decode), the next run's video holds the frames of every latent frame it delivers (4T - 3 from frame 0)."""
+    decode), the interrupted run's file and the next run's hold the frames of every latent frame made, once each
+    (4T - 3 from frame 0)."""
     graph = graph_of(host, "longlive_live", session_id="cut_live", reset=True, length=900,
                      length_unit="latent frames")
+    graph["6"]["inputs"]["filename_prefix"] = "test/cut_live"
     prompt_id = host.queue(graph)
     wait_for(lambda: (s := live_state(host, "cut_live")) and s["frames"] >= 6)
     host.request("POST", "/interrupt", {})
@@ -528,7 +539,11 @@ def test_an_interrupted_live_run_that_decodes_keeps_every_frame_for_the_next(hos
                      length_unit="latent frames")
     entry = run_ok(host, with_latent_output(graph, "test/cut_live"))
     frames = latents_of(host, entry).shape[2]
-    assert frames == kept + 3 and video_of(host, entry)[0] == 4 * frames - 3
+    assert frames == kept + 3
+    (cut,) = [p for p in (host.base / "output" / "test").glob("cut_live_*.mp4")
+              if p.name != entry["outputs"]["6"]["images"][0]["filename"]]
+    written = len(mp4_frames(host, {"subfolder": "test", "filename": cut.name}))
+    assert written + video_of(host, entry)[0] == 4 * frames - 3
 
 
 def test_the_template_browser_lists_the_shipped_workflows(host):
@@ -537,3 +552,73 @@ def test_the_template_browser_lists_the_shipped_workflows(host):
     this test server installs the pack with)."""
     shipped = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
     assert sorted(host.get("/workflow_templates")["ComfyUI-LongLive"]) == shipped
+
+
+# --- the video file, written while generating ----------------------------------------------------------------------
+
+
+def mp4_frames(host, f: dict) -> torch.Tensor:
+    import av
+
+    with av.open(str(host.base / "output" / f["subfolder"] / f["filename"])) as container:
+        return torch.stack([torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)])
+
+
+def test_a_session_appends_to_one_file_and_each_run_to_its_own(host):
+    """Two Save nodes on one sampler: one appends the session's runs to one file, one writes a file per run. The
+    appended file, finished when the session is freed, holds the runs' frames in order."""
+    def graph(i):
+        g = graph_of(host, "longlive_interactive", session_id="appended", reset=i == 0, length=9,
+                     length_unit="latent frames")
+        g["6"]["inputs"].update(filename_prefix="test/per_run")
+        g["16"] = {"class_type": "LongLive_SaveVideo", "inputs": {"video": ["4", 2], "filename_prefix": "test/whole",
+                                                                  "mode": "append to the session's file"}}
+        return g
+
+    entries = [run_ok(host, graph(i)) for i in range(3)]
+    per_run = [mp4_frames(host, e["outputs"]["6"]["images"][0]) for e in entries]
+    assert [len(p) for p in per_run] == [33, 36, 36]  # 9 latent frames a run: 4 * 9 - 3, then 4 * 9
+    names = {e["outputs"]["16"]["images"][0]["filename"] for e in entries}
+    assert len(names) == 1  # every run shows the same growing file
+    (appended,) = [e["outputs"]["16"]["images"][0] for e in entries[-1:]]
+    assert len(mp4_frames(host, appended)) == 104  # between runs: all but the last frame (its duration is unknown)
+    assert host.request("DELETE", "/longlive/sessions/appended")[0] == 200  # finishes the file
+    whole = mp4_frames(host, appended)
+    assert len(whole) == 105
+    # the same frames (H.264 at CRF 18 on noise-like tiny frames: close, not equal)
+    assert (whole.float() - torch.cat(per_run).float()).abs().mean() < 6
+
+
+def test_an_interrupted_run_leaves_a_playable_file(host):
+    graph = graph_of(host, "longlive_interactive", session_id="cut_file", reset=True, length=900,
+                     length_unit="latent frames")
+    graph["6"]["inputs"]["filename_prefix"] = "test/cut_file"
+    prompt_id = host.queue(graph)
+    wait_for(lambda: (s := live_state(host, "cut_file")) and s["frames"] >= 9)
+    host.request("POST", "/interrupt", {})
+    assert error_of(host.wait(prompt_id))["event"] == "execution_interrupted"
+    (path,) = (host.base / "output" / "test").glob("cut_file_*.mp4")
+    frames = mp4_frames(host, {"subfolder": "test", "filename": path.name})
+    assert len(frames) >= 21 and (len(frames) + 3) % 12 == 0  # the blocks decoded before the third: 4T - 3 frames
+
+
+def test_an_unwritable_video_file_fails_the_run_and_the_session_goes_on(host):
+    (host.base / "output" / "blocked").write_text("a file where the folder should be")
+    graph = graph_of(host, "longlive_interactive", session_id="blocked", reset=True, length=3,
+                     length_unit="latent frames")
+    run_ok(host, graph)
+    graph = graph_of(host, "longlive_interactive", session_id="blocked", length=3, length_unit="latent frames")
+    graph["6"]["inputs"]["filename_prefix"] = "blocked/video"
+    message = failure(host, graph)
+    assert "filename_prefix 'blocked/video'" in message or "could not write the video file" in message
+    assert live_state(host, "blocked")["frames"] == 3  # refused before generating
+    graph["6"]["inputs"]["filename_prefix"] = "test/unblocked"
+    entry = run_ok(host, graph)
+    assert video_of(host, entry)[0] == 12 and live_state(host, "blocked")["frames"] == 6
+
+
+def test_a_save_node_needs_the_sampler_to_decode(host):
+    graph = graph_of(host, "longlive_interactive", length=3, length_unit="latent frames")
+    del graph["4"]["inputs"]["vae"]
+    assert "LongLive Save Video needs decoded frames: connect the Wan 2.1 VAE to the sampler's vae input" in \
+        failure(host, graph)

@@ -26,6 +26,7 @@ from .prompt_text import check_starts
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
+PACE_MARGIN_S = 0.25  # a live run starts its next block when less video waits than a block's making time + this
 MAX_UNDECODED_FRAMES = 256  # latent frames of delivered runs kept for a decode that was interrupted (100 MB at 480x832)
 
 
@@ -111,9 +112,11 @@ class RunHooks:
     """What the host does around a run. encode: the text encoder of posted prompts (None: none connected);
     embed_text: embeddings of a prompt that has none (raises where that cannot be); prepare: before each block (the
     host makes sure the weights are where the model runs); check: before each denoising pass (raises to interrupt
-    the run inside a block); decode: block latents -> images [B * frames, H, W, 3] (None: no decoding); made: after a
-    block is generated (stats are current); shown: after it is decoded (progress, preview; may raise to interrupt the
-    run). Embeddings are [1 or B, tokens, text_dim]."""
+    the run inside a block); decode: block latents -> images [B * frames, H, W, 3] (None: no decoding), or None where
+    the frames went elsewhere (a file, the viewers) and the run returns no images; made: after a block is generated
+    (stats are current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
+    live run, seconds of video made and not yet shown to its viewers (the run waits while that is more than a block
+    takes to make, so it stays about one block ahead). Embeddings are [1 or B, tokens, text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
     encode: Callable[[str], torch.Tensor] | None = None
@@ -122,6 +125,7 @@ class RunHooks:
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     made: Callable[[BlockDone], None] = _nothing
     shown: Callable[[BlockDone], None] = _nothing
+    lead: Callable[[], float] | None = None
 
 
 class Video:
@@ -136,7 +140,7 @@ class Video:
         self.prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
         self.upcoming: dict[int, str] = {}  # frame -> key of the prompt starting there
         self.undelivered: list[torch.Tensor] = []  # blocks of an interrupted run
-        self.undelivered_images: list[torch.Tensor] = []  # and their decoded frames
+        self.undelivered_images: list[torch.Tensor] = []  # and their decoded frames (empty: decoded, not kept)
         self.delivered: list[torch.Tensor] = []  # runs' latents as handed on, until a decode of the video takes them
         self.decoders: dict[str, Any] = {}  # decoder streams by the decoder's identity
         self.stats = Stats()
@@ -148,6 +152,9 @@ class Video:
         self.stop = threading.Event()
         self.switches: list[dict] = []
         self.resumed_from: str | None = None  # the save it was restored from (runtime/durable.py)
+        self.outputs: dict[str, Any] = {}  # the host's outputs kept across runs (a file it appends to): closed with it
+        self.decoding_at = 0  # the latent frame where the block the host decodes starts
+        self._block_s = 0.0  # wall time of the last block with its decode and hooks (the live pace)
 
     @classmethod
     def open(cls, model: CausalWan, settings: VideoSettings, fast: bool) -> "Video":
@@ -223,6 +230,16 @@ class Video:
         self.drop_graphs()
         for stream in self.decoders.values():
             stream.close()
+        self.close_outputs()
+
+    def close_outputs(self) -> None:
+        """Finishes the host's outputs (files it appended to across runs)."""
+        outputs, self.outputs = self.outputs, {}
+        for output in outputs.values():
+            try:
+                output.close()
+            except LongLiveError as err:  # the file's own error: what was written stays
+                log.warning("%s", err)
 
     def reset(self) -> None:
         """A block that failed half way may have written part of the cache: the video starts over."""
@@ -233,6 +250,7 @@ class Video:
         self.undelivered_images.clear()
         self.delivered.clear()
         self.decoders.clear()
+        self.close_outputs()
 
     # --- a run ------------------------------------------------------------------------------------------------
 
@@ -283,8 +301,10 @@ class Video:
         try:
             self._decode_owed(hooks.decode)
             for i in range(blocks):
-                if live and i > 0 and self.stop.is_set():  # a live run makes at least one block
-                    break
+                if live and i > 0:
+                    self._pace(hooks)
+                    if self.stop.is_set():  # a live run makes at least one block
+                        break
                 self._block(i, blocks, live, hooks)
         finally:
             self.live = self.running = False
@@ -294,20 +314,34 @@ class Video:
                 self.close()
         latents, images = torch.cat(self.undelivered, dim=1), self.undelivered_images
         self.undelivered, self.undelivered_images = [], []
+        images = [i for i in images if i.numel()]
         if hooks.decode is None or not images:
             return latents, None
         return latents, torch.cat(images, dim=1).flatten(0, 1)
+
+    def _pace(self, hooks: RunHooks) -> None:
+        """A live run waits while its viewers have more video queued than the next block takes to make (a posted
+        prompt, a stop or an interrupt ends the wait)."""
+        if hooks.lead is None:
+            return
+        while hooks.lead() > self._block_s + PACE_MARGIN_S and self.inbox.empty() and not self.stop.is_set():
+            if hooks.check is not None:
+                hooks.check()
+            self.stop.wait(0.005)
 
     def _decode_owed(self, decode: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """Decodes the kept blocks without images (an interrupt cut their decode off, or their run decoded nothing):
         this run's IMAGE holds the frames of every block its LATENT holds."""
         if decode is None:
             return
-        for latents in self.undelivered[len(self.undelivered_images):]:
-            images = decode(latents)
-            self.undelivered_images.append(images.view(latents.shape[0], -1, *images.shape[1:]))
+        owed = self.undelivered[len(self.undelivered_images):]
+        self.decoding_at = self.session.frame - sum(b.shape[1] for b in owed)
+        for latents in owed:
+            self.undelivered_images.append(_per_sample(decode(latents), latents))
+            self.decoding_at += latents.shape[1]
 
     def _block(self, index: int, blocks: int, live: bool, hooks: RunHooks) -> None:
+        start = time.perf_counter()
         posted = self._take_posted(hooks) if live else None
         hooks.prepare()
         started_at = self.session.frame
@@ -318,9 +352,11 @@ class Video:
         hooks.made(BlockDone(index, blocks, latents, None, posted))
         images = None
         if hooks.decode is not None:
+            self.decoding_at = started_at
             images = hooks.decode(latents)
-            self.undelivered_images.append(images.view(latents.shape[0], -1, *images.shape[1:]))
+            self.undelivered_images.append(_per_sample(images, latents))
         hooks.shown(BlockDone(index, blocks, latents, images, posted))
+        self._block_s = time.perf_counter() - start
 
     def _take_posted(self, hooks: RunHooks) -> PostedPrompt | None:
         """Applies the newest prompt posted since the last block (older ones are superseded)."""
@@ -366,6 +402,12 @@ class Video:
             self.switches.append({"frame": self.session.frame - FRAMES_PER_BLOCK, "text": posted.text[:200],
                                   "prompt_to_block_ms": latency})
             self.stats.last_switch_ms = latency
+
+
+def _per_sample(images: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
+    """Decoded frames [B * frames, H, W, 3] -> [B, frames, H, W, 3]; frames not kept (None) -> an empty tensor, which
+    still marks the block decoded."""
+    return torch.empty(0) if images is None else images.view(latents.shape[0], -1, *images.shape[1:])
 
 
 def video_time(latent_frames: int) -> str:

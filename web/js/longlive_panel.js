@@ -1,9 +1,12 @@
-// LongLive panel: live preview, a prompt box (Enter switches at the next block), stop, stats and a
-// timeline of the switch points of the session that is generating.
+// LongLive panel: the session's video played as it is made (every frame, at 16 fps, from the WebSocket
+// /longlive/sessions/{id}/frames), a prompt box (Enter switches at the next block), stop, stats and a timeline of
+// the switch points of the session that is generating. Runs without a session id show ComfyUI's block previews.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
-const state = { session: "", frames: 0, switches: [], previews: 0, metadata: false };
+const state = { session: "", frames: 0, switches: [], previews: 0, metadata: false, player: null };
+const PREBUFFER = 2; // frames waited for before playing (network jitter)
+const MAX_BUFFER = 24; // more waiting than this: play the newest (the viewer fell behind)
 
 function el(tag, attrs = {}, children = []) {
   const node = Object.assign(document.createElement(tag), attrs);
@@ -13,6 +16,8 @@ function el(tag, attrs = {}, children = []) {
 
 function buildPanel() {
   const preview = el("img", { id: "longlive-preview", alt: "LongLive preview" });
+  const screen = el("canvas", { id: "longlive-screen" });
+  const playback = el("div", { id: "longlive-playback", textContent: "" });
   const prompt = el("input", { id: "longlive-prompt", type: "text", placeholder: "New prompt, Enter to switch" });
   const blend = el("input", { id: "longlive-blend", type: "number", min: 1, max: 64, value: 1,
     title: "blend into the new prompt over this many blocks (1: switch at once)" });
@@ -21,7 +26,7 @@ function buildPanel() {
   const timeline = el("div", { id: "longlive-timeline" });
   const message = el("div", { id: "longlive-message" });
   const panel = el("div", { id: "longlive-panel" }, [
-    el("div", { className: "longlive-title", textContent: "LongLive" }), preview, prompt,
+    el("div", { className: "longlive-title", textContent: "LongLive" }), screen, preview, playback, prompt,
     el("label", { textContent: "blend over blocks " }, [blend]), stop, stats, timeline, message,
   ]);
   Object.assign(panel.style, {
@@ -30,6 +35,7 @@ function buildPanel() {
     borderRadius: "6px", font: "12px sans-serif", display: "flex", flexDirection: "column", gap: "4px",
   });
   Object.assign(preview.style, { width: "100%", minHeight: "40px", background: "#000", imageRendering: "pixelated" });
+  Object.assign(screen.style, { width: "100%", background: "#000", display: "none" });
   Object.assign(timeline.style, { position: "relative", height: "10px", background: "#444", borderRadius: "3px" });
   prompt.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && prompt.value.trim()) {
@@ -40,7 +46,7 @@ function buildPanel() {
   });
   stop.addEventListener("click", () => send("stop", {}));
   document.body.append(panel);
-  return { panel, preview, stats, timeline, message };
+  return { panel, preview, screen, playback, stats, timeline, message };
 }
 
 async function send(action, body) {
@@ -81,15 +87,104 @@ function videoTime(frame) {
   return `${Math.floor(seconds / 60)}:${(seconds % 60).toFixed(1).padStart(4, "0")}`;
 }
 
+// --- the stream player ---------------------------------------------------------------------------------------
+
+class Player {
+  constructor(session) {
+    this.session = session;
+    this.buffer = [];
+    this.received = [];  // arrival times of the last frames (delivered fps)
+    this.count = 0;
+    this.lastFrame = -1;
+    this.order = "ok";
+    this.latency = null;
+    this.dropped = 0;
+    this.playing = false;
+    const url = new URL(api.apiURL(`/longlive/sessions/${encodeURIComponent(session)}/frames`), window.location.href);
+    url.protocol = url.protocol.replace("http", "ws");
+    this.ws = new WebSocket(url.href);
+    this.ws.binaryType = "arraybuffer";
+    this.chain = Promise.resolve(); // frames are decoded one after another: they stay in order
+    this.ws.onmessage = (event) => {
+      if (typeof event.data !== "string") this.chain = this.chain.then(() => this.arrive(event.data));
+    };
+    this.timer = setInterval(() => this.tick(), 1000 / 16);
+  }
+
+  async arrive(data) {
+    const length = new DataView(data).getUint32(0);
+    const header = JSON.parse(new TextDecoder().decode(new Uint8Array(data, 4, length)));
+    const image = await createImageBitmap(new Blob([new Uint8Array(data, 4 + length)], { type: "image/jpeg" }));
+    const now = performance.now();
+    const expected = this.count === 0 || header.frame === 0 || header.frame === this.lastFrame + 1;
+    if (!expected && this.order === "ok" && header.dropped === this.dropped) {
+      this.order = `gap before frame ${header.frame}`; // frames the server dropped for this tab are not a gap
+    }
+    this.lastFrame = header.frame;
+    this.dropped = header.dropped;
+    this.count += 1;
+    this.received.push(now);
+    while (this.received.length && this.received[0] < now - 2000) this.received.shift();
+    if (header.posted_at) { // a new prompt's first frame: show it next (the frames before it are in the file)
+      for (const old of this.buffer.splice(0)) old.image.close();
+    }
+    this.buffer.push({ header, image });
+    const data_ = state.ui.panel.dataset;
+    data_.streamFrames = this.count;
+    data_.streamOrder = this.order;
+    data_.streamLast = header.frame;
+  }
+
+  tick() {
+    if (!this.playing && this.buffer.length < PREBUFFER) return;
+    this.playing = this.buffer.length > 0;
+    if (!this.playing) return;
+    while (this.buffer.length > MAX_BUFFER) this.buffer.shift().image.close();
+    const { header, image } = this.buffer.shift();
+    const { screen, preview } = state.ui;
+    screen.width = image.width;
+    screen.height = image.height;
+    screen.getContext("2d").drawImage(image, 0, 0);
+    image.close();
+    screen.style.display = "block";
+    preview.style.display = "none";
+    if (header.posted_at) this.latency = Date.now() / 1000 - header.posted_at;
+    const fps = this.received.length / 2;
+    state.ui.playback.textContent = `playing frame ${header.frame}: ${fps.toFixed(1)} fps delivered, buffer ` +
+      `${this.buffer.length}` + (this.latency !== null ? `, prompt to pixel ${Math.round(this.latency * 1000)} ms` : "") +
+      (this.dropped ? `, ${this.dropped} dropped (slow connection)` : "");
+    state.ui.panel.dataset.streamShown = header.frame;
+  }
+
+  close() {
+    clearInterval(this.timer);
+    this.ws.close();
+  }
+}
+
+function watch(session) {
+  if (!session || state.player?.session === session) return;
+  state.player?.close();
+  state.player = new Player(session);
+}
+
+// a queued graph with a LongLive sampler: watch its session before its first frame
+function onExecutionStart() {
+  const sampler = app.graph?._nodes?.find((n) => n.type === "LongLive_StreamingSampler");
+  const session = sampler?.widgets?.find((w) => w.name === "session_id")?.value;
+  if (session) watch(String(session));
+}
+
 function onBlock(event) {
   const d = event.detail;
+  watch(d.session);
   const newVideo = (d.session && d.session !== state.session) || d.frame < state.frames;
   state.session = d.session || state.session;
   state.frames = d.frame;
   if (newVideo) state.switches = [];
   const sw = d.last_switch_ms ? `, switch ${d.last_switch_ms} ms` : "";
   state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${videoTime(d.frame)}), ` +
-    `${d.last_block_ms} ms/block, ${d.fps} fps${sw}`;
+    `${d.last_block_ms} ms/block (${d.fps} fps made)${sw}`;
   state.ui.panel.dataset.frames = d.frame;
   if (d.switched) refreshSwitches();
   else drawTimeline();
@@ -114,6 +209,7 @@ function onPreview(event) {
 
 function show(blob) {
   const { preview, panel } = state.ui;
+  if (state.player?.playing) return; // the stream shows every frame
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(blob);
   panel.dataset.previews = ++state.previews;
@@ -124,6 +220,7 @@ app.registerExtension({
   setup() {
     state.ui = buildPanel();
     api.addEventListener("longlive.block", onBlock);
+    api.addEventListener("execution_start", onExecutionStart);
     api.addEventListener("b_preview", onPreview);
     api.addEventListener("b_preview_with_metadata", onPreviewWithMetadata);
   },

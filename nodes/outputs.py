@@ -1,0 +1,172 @@
+"""Where a sampler run's decoded frames go, block by block: converted to uint8 on the GPU once, then to the video
+files of the LongLive Save Video nodes it feeds, to the viewers of its session, and (only when a node takes it) to
+the IMAGE output. Nothing here holds the whole video in memory unless IMAGE is taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import comfy.model_management as mm
+import folder_paths
+import torch
+
+from ..longlive_core import BlockDone, ConfigError, Video
+from . import viewer
+from .decode import check_wan_vae, new_stream, raw_latents, stream_decode_on_device, weights_id
+from .recording import FileSpec, Recording, RecordingError
+
+log = logging.getLogger("longlive")
+
+SAVE_NODE = "LongLive_SaveVideo"
+VIDEO_OUTPUT = 2  # the sampler's output that feeds LongLive Save Video
+IMAGE_OUTPUT = 1
+PER_RUN, APPEND = "one file per run", "append to the session's file"
+SAVE_MODES = (PER_RUN, APPEND)
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveRequest:
+    """A LongLive Save Video node fed by the sampler, as queued."""
+
+    node_id: str
+    prefix: str
+    mode: str
+
+
+def output_taken(graph: dict | None, node_id: str, output: int) -> bool:
+    """Whether any node of the queued graph takes the sampler's output (unknown graph: assume so)."""
+    if graph is None:
+        return True
+    link = [str(node_id), output]
+    return any(isinstance(v, list) and [str(x) for x in v[:1]] + v[1:] == link
+               for node in graph.values() for v in node.get("inputs", {}).values())
+
+
+def save_requests(graph: dict | None, node_id: str) -> list[SaveRequest]:
+    """The LongLive Save Video nodes fed by this sampler, read from the queued graph: the sampler writes their files
+    while it generates, so their inputs must be typed in (not links from other nodes)."""
+    found = []
+    for key, node in (graph or {}).items():
+        inputs = node.get("inputs", {})
+        if node.get("class_type") != SAVE_NODE or inputs.get("video") != [str(node_id), VIDEO_OUTPUT]:
+            continue
+        prefix, mode = inputs.get("filename_prefix"), inputs.get("mode", PER_RUN)
+        if not isinstance(prefix, str) or mode not in SAVE_MODES:
+            raise ConfigError(f"LongLive Save Video (node {key}): filename_prefix must be typed into the node (not "
+                              f"linked from another node) and mode one of: {', '.join(SAVE_MODES)}")
+        found.append(SaveRequest(key, prefix, mode))
+    return found
+
+
+def new_file(prefix: str, width: int, height: int, sample: int | None) -> FileSpec:
+    """The next free name in ComfyUI's output folder for the prefix (as SaveVideo names its files)."""
+    try:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            prefix, folder_paths.get_output_directory(), width, height)
+    except Exception as err:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
+        raise ConfigError(f"filename_prefix '{prefix}': {err}") from err
+    filename = f"{name}{'' if sample is None else f'_b{sample}'}_{counter:05}_.mp4"
+    return FileSpec(os.path.join(folder, filename), filename, subfolder)
+
+
+class Files:
+    """The video files of one run: per-run files are opened now and finished with the run; appended ones live in
+    the video (video.outputs) until it is reset or freed."""
+
+    def __init__(self, video: Video, requests: list[SaveRequest], batch: int, width: int, height: int):
+        self.video, self.run_files, self.by_node = video, [], {}
+        named = bool(video.settings.session_id)
+        for request in requests:
+            key = f"file {request.node_id} {request.prefix}"
+            if request.mode == APPEND and named and key in video.outputs:
+                recordings = video.outputs[key].recordings
+            else:
+                recordings = self._open(request.prefix, batch, width, height)
+                if request.mode == APPEND and named:
+                    video.outputs[key] = _Kept(recordings)
+                else:
+                    self.run_files.extend(recordings)
+            self.by_node[request.node_id] = recordings
+
+    def _open(self, prefix: str, batch: int, width: int, height: int) -> list[Recording]:
+        opened = []
+        try:
+            for b in range(batch):
+                opened.append(Recording(new_file(prefix, width, height, b if batch > 1 else None), width, height))
+        except RecordingError:
+            for recording in opened:
+                recording.close()
+            raise
+        return opened
+
+    def write(self, frames: torch.Tensor) -> None:
+        """frames: uint8 [B, N, H, W, 3] on the CPU."""
+        for recordings in self.by_node.values():
+            for recording, sample in zip(recordings, frames):
+                recording.write(sample)
+
+    def finish(self) -> dict[str, list[FileSpec]]:
+        """Finishes the per-run files; returns each Save node's files (what it shows)."""
+        errors = []
+        for recording in self.run_files:
+            try:
+                recording.close()
+            except RecordingError as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
+        return {node: [r.spec for r in recordings] for node, recordings in self.by_node.items()}
+
+    def abandon(self) -> None:
+        """A failed or interrupted run: its per-run files are finished with what they hold (playable)."""
+        for recording in self.run_files:
+            try:
+                recording.close()
+            except RecordingError as err:
+                log.warning("%s", err)
+
+
+class _Kept:
+    """A session's appended files, closed with the video."""
+
+    def __init__(self, recordings: list[Recording]):
+        self.recordings = recordings
+
+    def close(self) -> None:
+        for recording in self.recordings:
+            recording.close()
+
+
+class BlockDecoder:
+    """Decodes each block right after it is made, continuing the video's own decoder stream, and hands the frames
+    to the files, the viewers and (when taken) IMAGE."""
+
+    def __init__(self, video: Video, vae, fast: bool, files: Files, keep_images: bool, live: bool):
+        check_wan_vae(vae)
+        self.video, self.vae, self.fast, self.files = video, vae, fast, files
+        self.keep_images, self.live = keep_images, live
+        self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
+        key = video.settings.session_id
+        self.channel = viewer.channel(key) if key else None
+        self.posted, self.last_frame = None, None
+
+    def made(self, done: BlockDone) -> None:
+        self.posted = done.posted
+
+    def __call__(self, block: torch.Tensor) -> torch.Tensor | None:
+        images = stream_decode_on_device(self.vae, raw_latents(block), self.stream, self.fast)  # [B, N, H, W, 3]
+        frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu()  # the one copy to the host
+        self.files.write(frames)
+        if self.channel is not None:
+            start = self.video.decoding_at
+            self.channel.publish(frames[0], 0 if start == 0 else 4 * start - 3, self.posted, paced=self.live)
+        self.posted, self.last_frame = None, frames[0, -1]
+        if not self.keep_images:
+            return None
+        return images.flatten(0, 1).to(mm.intermediate_device()).float()
+
+    def lead(self) -> float:
+        return self.channel.lead_s() if self.channel is not None else 0.0

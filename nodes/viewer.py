@@ -1,0 +1,162 @@
+"""The live viewer's stream: every decoded frame of a session, JPEG-encoded once on a worker thread and sent to each
+browser tab watching it (WebSocket GET /longlive/sessions/{id}/frames) at the video's frame rate.
+
+A session's Channel is the one place its frames wait for the viewers. Frames leave it paced at 16 fps, so a client
+receives a steady stream; a live run asks the channel how much video is queued (`lead_s`) and stays about one block
+ahead of it. The first frame made under a posted prompt does not wait: it goes at once, with the frames queued
+before it (the panel jumps to it), so a prompt shows as soon as its first block is decoded. A client that reads
+slowly gets frames dropped (its own queue is small) and is told how many; it never slows generation.
+Message: 4 bytes big-endian header length, the header as JSON, the JPEG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import json
+import logging
+import queue
+import threading
+import time
+
+import torch
+from aiohttp import WSMsgType, web
+from PIL import Image
+
+from ..longlive_core import FPS, PostedPrompt
+
+log = logging.getLogger("longlive")
+
+JPEG_QUALITY = 85
+CLIENT_QUEUE = 32  # frames a client may lag behind before its frames are dropped (2 s)
+MAX_WAITING = 30 * FPS  # frames waiting to be sent (a run faster than real time with nobody pacing it): the oldest go
+
+
+class Client:
+    """One WebSocket: its own small queue, and the frames it missed."""
+
+    def __init__(self, ws: web.WebSocketResponse):
+        self.ws, self.queue, self.dropped, self.sent = ws, asyncio.Queue(maxsize=CLIENT_QUEUE), 0, 0
+
+    def offer(self, header: dict, jpeg: bytes) -> None:
+        if self.queue.full():
+            self.dropped += 1
+            return
+        self.queue.put_nowait((header, jpeg))
+
+    async def pump(self) -> None:
+        while True:
+            header, jpeg = await self.queue.get()
+            data = json.dumps({**header, "dropped": self.dropped, "sent_at": time.time()}).encode()
+            await self.ws.send_bytes(len(data).to_bytes(4, "big") + data + jpeg)
+            self.sent += 1
+
+
+class Channel:
+    """The frames of one session on their way to its viewers."""
+
+    def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop):
+        self.session_id, self.loop = session_id, loop
+        self.clients: set[Client] = set()
+        self.waiting: collections.deque = collections.deque()  # (header, jpeg), sent at FPS
+        self.encoding = 0  # frames handed to the encoder thread, not yet waiting (both threads change it: _lock)
+        self._lock = threading.Lock()
+        self.skipped = 0  # frames dropped because too many waited
+        self._jobs: queue.Queue = queue.Queue()
+        self._pacer: asyncio.Task | None = None
+        threading.Thread(target=self._encode_all, name=f"longlive-viewer {session_id}", daemon=True).start()
+
+    # --- the generating thread ----------------------------------------------------------------------------
+
+    def publish(self, frames: torch.Tensor, first_frame: int, posted: PostedPrompt | None, paced: bool) -> None:
+        """frames: uint8 [N, H, W, 3] on the CPU, the video's pixel frames from `first_frame`. Encoded only while
+        someone watches or a live run is paced by the channel."""
+        if not (self.clients or paced):
+            return
+        with self._lock:
+            self.encoding += frames.shape[0]
+        self._jobs.put((frames, first_frame, posted))
+
+    def lead_s(self) -> float:
+        """Seconds of video made and not yet sent."""
+        return (self.encoding + len(self.waiting)) / FPS
+
+    # --- the encoder thread --------------------------------------------------------------------------------
+
+    def _encode_all(self) -> None:
+        while True:
+            frames, first, posted = self._jobs.get()
+            for i, frame in enumerate(frames.numpy()):
+                out = io.BytesIO()
+                Image.fromarray(frame).save(out, "JPEG", quality=JPEG_QUALITY)
+                header = {"frame": first + i, "made_at": time.time(),
+                          "posted_at": posted.posted_at if posted is not None and i == 0 else None,
+                          "prompt": posted.text[:200] if posted is not None and i == 0 else None}
+                self.loop.call_soon_threadsafe(self._arrive, header, out.getvalue())
+
+    # --- the event loop ------------------------------------------------------------------------------------
+
+    def _arrive(self, header: dict, jpeg: bytes) -> None:
+        with self._lock:
+            self.encoding -= 1
+        self.waiting.append((header, jpeg))
+        while len(self.waiting) > MAX_WAITING:
+            self.waiting.popleft()
+            self.skipped += 1
+        if header["posted_at"] is not None:  # a new prompt's first frame: everything before it goes now
+            while self.waiting:
+                self._send(*self.waiting.popleft())
+        if self._pacer is None or self._pacer.done():
+            self._pacer = self.loop.create_task(self._pace())
+
+    async def _pace(self) -> None:
+        """Sends the waiting frames one every 1/FPS seconds (on a fixed clock: no drift), to every client."""
+        due = time.perf_counter()
+        while self.waiting:
+            self._send(*self.waiting.popleft())
+            due = max(due + 1 / FPS, time.perf_counter() - 1 / FPS)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+    def _send(self, header: dict, jpeg: bytes) -> None:
+        for client in list(self.clients):
+            client.offer(header, jpeg)
+
+    async def serve(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30)
+        await ws.prepare(request)
+        client = Client(ws)
+        self.clients.add(client)
+        await ws.send_str(json.dumps({"session": self.session_id, "fps": FPS}))
+        pump = asyncio.create_task(client.pump())
+        try:
+            async for message in ws:  # the client sends nothing; this ends when it goes
+                if message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.clients.discard(client)
+            pump.cancel()
+        return ws
+
+
+CHANNELS: dict[str, Channel] = {}
+
+
+def channel(session_id: str) -> Channel | None:
+    """The session's channel, made on first use (on ComfyUI's event loop); None outside a server."""
+    if session_id not in CHANNELS:
+        from server import PromptServer
+
+        server = getattr(PromptServer, "instance", None)
+        if server is None:
+            return None
+        CHANNELS[session_id] = Channel(session_id, server.loop)
+    return CHANNELS[session_id]
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    """GET /longlive/sessions/{id}/frames (WebSocket): the session's frames as they are made, from now on."""
+    key = request.match_info["session_id"]
+    if not key or len(key) > 128:
+        return web.json_response({"error": "session id: 1 to 128 characters"}, status=400)
+    return await channel(key).serve(request)
