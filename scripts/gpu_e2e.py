@@ -248,10 +248,16 @@ def pixel_frames(latent_frames: int, first: bool) -> int:
     return 4 * latent_frames - 3 if first else 4 * latent_frames
 
 
-def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0) -> None:
     result.expected_frames = pixel_frames(240, True)
-    h.queue(host, events, h.graph("longlive_one_minute"), result, timeout=1800)
+    h.queue(host, events, h.graph("longlive_one_minute", LongLive_StreamingSampler={"seed": seed}), result, timeout=1800)
     result.ok = result.frames == result.expected_frames
+
+
+def run_one_minute_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """The same workflow again on the warm server, with another seed (the same graph would come from ComfyUI's
+    cache): a new video, its graphs captured again."""
+    run_one_minute(h, host, events, result, seed=1)
 
 
 def interactive(h: Harness, host, events, result: Run, session: str, prompt: str, first: bool, **changes) -> None:
@@ -333,8 +339,10 @@ def wait_blocks(events: Events, t0: float, count: int, timeout: float = 300) -> 
 
 
 def run_interrupt(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
-    """/interrupt after 3 blocks of a 30 s run; the next run of the session gets those blocks and its own."""
-    graph = h.graph("longlive_interactive", LongLive_StreamingSampler={"session_id": "e2e_interrupt", "length": 30.0})
+    """/interrupt after 3 blocks of a 30 s run: its file holds the blocks decoded before the interrupt, and the next
+    run of the session the rest of them and its own (no frame lost, none twice)."""
+    graph = h.graph("longlive_interactive", LongLive_StreamingSampler={"session_id": "e2e_interrupt", "length": 30.0},
+                    LongLive_SaveVideo={"filename_prefix": "e2e/interrupted"})
     t0 = time.time()
     prompt_id = host.queue(graph)
     wait_blocks(events, t0, 3)
@@ -343,9 +351,13 @@ def run_interrupt(h: Harness, host: ComfyHost, events: Events, result: Run) -> N
     made = len(events.since(t0, "longlive.block"))
     result.notes["interrupted_status"] = entry.get("status", {}).get("status_str")
     result.notes["blocks_before_interrupt"] = made
+    (cut,) = (host.base / "output" / "e2e").glob("interrupted_*.mp4")
+    cut_frames = h.saved_frames(host, {"outputs": {"cut": {"images": [{"subfolder": "e2e", "filename": cut.name}]}}})
+    result.notes["frames_in_the_interrupted_file"] = cut_frames
     follow = Run(result.group, "after interrupt")
     interactive(h, host, events, follow, "e2e_interrupt", PROMPTS[0], True)
-    result.wall_s, result.stages, result.frames, result.blocks = follow.wall_s, follow.stages, follow.frames, follow.blocks
+    result.wall_s, result.stages, result.blocks = follow.wall_s, follow.stages, follow.blocks
+    result.frames = cut_frames + follow.frames
     result.peak_gpu_gib, result.expected_frames = follow.peak_gpu_gib, pixel_frames(FRAMES_PER_BLOCK * made + 21, True)
     result.ok = result.notes["interrupted_status"] == "error" and result.frames == result.expected_frames
 
@@ -367,14 +379,14 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
         *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
         *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}), run_reload], False)]
     return [
-        ("one-minute", [], [run_one_minute], False),
+        ("one-minute", [], [run_one_minute, run_one_minute_warm], False),
+        ("live", [], [run_live], False),
         ("capture-failure", [], interactive_runs("capture_failure", 2), True),
         ("interactive", [], [*interactive_runs("interactive", 3),
                              *interactive_runs("fast_off", 2, LongLive_ModelLoader={"fast": False}),
                              *interactive_runs("eager_vae", 2, LongLive_StreamingSampler={"compile_vae": False}),
                              *([run_reload] if tiny else []), run_interrupt], False),
         *precisions,
-        ("live", [], [run_live], False),
         ("native-allocator", ["--disable-cuda-malloc"], interactive_runs("native", 2), False),
         *([] if tiny else [("lowvram", ["--lowvram"], interactive_runs("lowvram", 2), False)]),
     ]
