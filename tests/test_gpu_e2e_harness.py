@@ -21,6 +21,10 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
     runs = {r["name"]: r for r in report["runs"]}
     assert set(runs) == {"live", "capture failure 1", "capture failure 2"}
     assert all(r["ok"] and r["notes"]["server_alive"] for r in runs.values())
-    assert runs["live"]["frames"] == 4 * 3 * runs["live"]["blocks"] - 3 and len(runs["live"]["notes"]["post_to_switch_block_s"]) == 2
+    live = runs["live"]
+    assert live["frames"] == 4 * 3 * live["blocks"] - 3 and len(live["notes"]["post_to_switch_block_s"]) == 10
+    stream = live["notes"]["stream"]  # the frames WebSocket, as the panel watches it: every frame, in order
+    assert stream["frames"] == live["frames"] and stream["in_order"] and stream["dropped"] == 0
+    assert len(stream["prompt_to_pixel_ms"]) == 10 and None not in stream["prompt_to_pixel_ms"]
     assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
-    assert "| live | live | yes |" in done.stdout
+    assert "| live | live | yes |" in done.stdout and "live / live, at the viewer: " in done.stdout

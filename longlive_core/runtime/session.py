@@ -26,6 +26,7 @@ Runner = Callable[[torch.Tensor, TimeEmbedding, PassPlan, KVCache, TextCache], t
 
 BLENDS = ("linear", "slerp")
 MAX_BLEND_BLOCKS = 64
+SINK_MOVE_LAYERS = 10  # relative mode: layers whose sink keys are moved in one go (about 100 MB float32 at 480x832)
 
 
 def mix(old: torch.Tensor, new: torch.Tensor, t: float, how: str) -> torch.Tensor:
@@ -331,9 +332,13 @@ class StreamSession:
         steps = self.model.key_steps() if cache.k.dtype == torch.float8_e4m3fn else None
         if cache.sinks_at == 0:
             cache.sink_keys.copy_(slots if steps is None else slots.float() * steps[:, None, None, :, None])
-        for i, keys in enumerate(cache.sink_keys):
-            moved = self.rope.move(keys, shift)
-            slots[i].copy_(moved if steps is None else to_fp8(moved, steps[i]))
+        time_dims = 2 * self.rope.time_freqs.numel()  # a move in time turns only these; the rest stays as written
+        for first in range(0, len(slots), SINK_MOVE_LAYERS):  # a few launches a block, a bounded float32 copy
+            layers = slice(first, first + SINK_MOVE_LAYERS)
+            moved = self.rope.move(cache.sink_keys[layers, ..., :time_dims], shift)
+            if steps is not None:
+                moved = torch.stack([to_fp8(m, step) for m, step in zip(moved, steps[layers])])
+            slots[layers, ..., :time_dims] = moved
         cache.sinks_at = shift
 
     # --- prompt switches --------------------------------------------------------------------------
