@@ -65,15 +65,19 @@ class Recording:
     def write(self, frames: torch.Tensor) -> None:
         """Queues frames [N, H, W, 3] uint8 on the CPU; waits only when the encoder is QUEUE_FRAMES behind."""
         self._raise_error()
+        if not self._thread.is_alive():
+            raise RecordingError(f"the video file {self.spec.path} is already finished")
         self._queue.put(frames)
         self.frames += frames.shape[0]
 
     def close(self) -> None:
-        """Encodes what is queued and finishes the file."""
+        """Encodes what is queued and finishes the file; raises the encoder's error once."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        self._raise_error()
+        error, self._error = self._error, None
+        if error is not None:
+            raise self._failed(error)
 
     def _encode_all(self) -> None:
         try:
@@ -81,7 +85,7 @@ class Recording:
                 if self._error is None:
                     self._encode(frames.numpy())
             self._container.mux(self._stream.encode(None))
-        except (OSError, av.FFmpegError) as err:
+        except Exception as err:  # any failure of the file or the encoder: the next write or the close reports it
             self._error = err
             while self._queue.get() is not None:  # drain: writers never block on a dead encoder
                 pass

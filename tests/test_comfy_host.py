@@ -20,7 +20,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "examples"))
 from api_client import continuation_graphs  # noqa: E402
-from host import ComfyHost, error_of, make_tiny_models, output_files  # noqa: E402
+from host import ComfyHost, FrameWatcher, error_of, make_tiny_models, output_files  # noqa: E402
 from run_main import tiny_graph  # noqa: E402
 from workflow_format import ui_to_api  # noqa: E402
 
@@ -622,3 +622,26 @@ def test_a_save_node_needs_the_sampler_to_decode(host):
     del graph["4"]["inputs"]["vae"]
     assert "LongLive Save Video needs decoded frames: connect the Wan 2.1 VAE to the sampler's vae input" in \
         failure(host, graph)
+
+
+def test_every_viewer_gets_every_frame_and_one_that_leaves_changes_nothing(host):
+    """Two tabs watch a live session from its start and get every frame in order; a third leaves after a few
+    frames; the run and its file are unaffected."""
+    watchers = [FrameWatcher(host.url, "watched") for _ in range(3)]
+    graph = graph_of(host, "longlive_live", session_id="watched", reset=True, length=900, length_unit="latent frames")
+    graph["6"]["inputs"]["filename_prefix"] = "test/watched"
+    prompt_id = host.queue(graph)
+    wait_for(lambda: len(watchers[2].frames) >= 12)
+    watchers[2].close()
+    wait_for(lambda: (s := live_state(host, "watched")) and s["frames"] >= 12)
+    assert host.request("POST", "/longlive/sessions/watched/prompt", {"text": "a lighthouse at night"})[0] == 202
+    wait_for(lambda: any(h.get("prompt") == "a lighthouse at night" for _, h in watchers[0].frames))
+    host.request("POST", "/longlive/sessions/watched/stop", {})
+    entry = host.wait(prompt_id)
+    assert error_of(entry) is None
+    written = video_of(host, entry)[0]
+    wait_for(lambda: all(len(w.frames) == written for w in watchers[:2]), timeout=60)  # sent at 16 fps
+    for watcher in watchers[:2]:
+        watcher.close()
+        assert [h["frame"] for _, h in watcher.frames] == list(range(written))
+        assert all(h["dropped"] == 0 for _, h in watcher.frames)

@@ -319,3 +319,20 @@ def test_a_decode_interrupted_half_way_is_decoded_again_with_the_next_run(comfy,
         full = tiny_vae.decode(z).reshape(-1, 64, 96, 3)
     assert second.shape[0] == 4 * 9 - 3
     torch.testing.assert_close(second, full, rtol=1e-5, atol=1e-5)
+
+
+def test_a_full_disk_fails_the_video_file_naming_it(comfy):
+    """/dev/full answers every write with ENOSPC: the encoder thread's error reaches the run at its next write or at
+    the file's close, naming the file and the fix."""
+    load_pack()
+    from longlive_pack.nodes.recording import FileSpec, Recording, RecordingError
+
+    recording = Recording(FileSpec("/dev/full", "full.mp4", ""), 96, 64)
+    frames = torch.randint(0, 255, (12, 64, 96, 3), dtype=torch.uint8)
+    with pytest.raises(RecordingError, match=r"could not write the video file /dev/full \(.+\); free disk space"):
+        for _ in range(20):
+            recording.write(frames)
+        recording.close()
+    recording.close()  # the error was reported: closing again is quiet
+    with pytest.raises(RecordingError, match="the video file /dev/full is already finished"):
+        recording.write(frames)
