@@ -645,3 +645,4 @@ def test_every_viewer_gets_every_frame_and_one_that_leaves_changes_nothing(host)
         watcher.close()
         assert [h["frame"] for _, h in watcher.frames] == list(range(written))
         assert all(h["dropped"] == 0 for _, h in watcher.frames)
+

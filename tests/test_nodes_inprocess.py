@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -336,3 +337,40 @@ def test_a_full_disk_fails_the_video_file_naming_it(comfy):
     recording.close()  # the error was reported: closing again is quiet
     with pytest.raises(RecordingError, match="the video file /dev/full is already finished"):
         recording.write(frames)
+
+
+def test_a_viewer_that_stops_reading_has_its_frames_dropped_and_counted(comfy):
+    """A client whose socket stopped taking frames (its pump is stuck in a send): the channel keeps offering it
+    frames without waiting; past its queue they are dropped and the next frame it gets says how many."""
+    import asyncio
+
+    load_pack()
+    from longlive_pack.nodes.viewer import CLIENT_QUEUE, Client
+
+    class Socket:  # what the pump sends to: the frames a client would receive
+        def __init__(self):
+            self.messages = []
+
+        async def send_bytes(self, data: bytes) -> None:
+            self.messages.append(data)
+
+    async def wait_until(condition) -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> list[dict]:
+        socket = Socket()
+        client = Client(socket)
+        for frame in range(CLIENT_QUEUE + 10):  # nobody sends: the queue fills, then frames drop
+            client.offer({"frame": frame}, b"jpeg")
+        assert client.dropped == 10
+        pump = asyncio.create_task(client.pump())  # the socket takes frames again
+        await asyncio.wait_for(wait_until(lambda: len(socket.messages) == CLIENT_QUEUE), 10)
+        client.offer({"frame": CLIENT_QUEUE + 10}, b"jpeg")
+        await asyncio.wait_for(wait_until(lambda: len(socket.messages) == CLIENT_QUEUE + 1), 10)
+        pump.cancel()
+        return [json.loads(m[4:4 + int.from_bytes(m[:4], "big")]) for m in socket.messages]
+
+    headers = asyncio.run(scenario())
+    assert [h["frame"] for h in headers] == [*range(CLIENT_QUEUE), CLIENT_QUEUE + 10]
+    assert {h["dropped"] for h in headers} == {10}
