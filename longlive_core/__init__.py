@@ -20,6 +20,8 @@ from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLa
 from .runtime.schedule import DenoisingSchedule, RecordedNoise, SeededNoise
 from .runtime.session import (BLENDS, MAX_BLEND_BLOCKS, POSITION_MODES, SWITCH_POLICIES, StreamSession,
                               hashed_embeds, session_bytes)
+from .runtime.shots import SCENE_CUT_PREFIX, ShotSession, ShotSettings, is_cut
+from .runtime.unipc import UniPCTable, unipc_table
 from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings
 from .vae.stream import DecodeStream
 from .vae.tiny import TinyStream
@@ -28,8 +30,9 @@ __all__ = [
     "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
     "DecodeStream", "DenoisingSchedule", "FPS", "FRAMES_PER_BLOCK", "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS",
     "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise",
-    "RunHooks", "SWITCH_POLICIES", "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError",
-    "StreamSession", "TinyStream", "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts",
-    "check_text", "export_safetensors", "hashed_embeds", "load_model", "make_fast", "parse_schedule_text",
-    "parse_start", "resolve_precision", "restore_video", "save_video", "session_bytes",
+    "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise", "SessionEvictedError", "SessionRegistry",
+    "SessionTooLargeError", "ShotSession", "ShotSettings", "StreamSession", "TinyStream", "UniPCTable",
+    "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts", "check_text", "export_safetensors",
+    "hashed_embeds", "is_cut", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision",
+    "restore_video", "save_video", "session_bytes", "unipc_table",
 ]

@@ -16,13 +16,14 @@ from longlive_core.tools.synthetic import TINY, random_model
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = pathlib.Path(os.environ.get("LONGLIVE_GOLDEN", REPO.parent / "shared" / "golden"))
 GOLDEN_INF = pathlib.Path(os.environ.get("LONGLIVE_GOLDEN_INF", REPO.parent / "shared" / "golden_inf"))
+GOLDEN_V2 = pathlib.Path(os.environ.get("LONGLIVE_GOLDEN_V2", REPO.parent / "shared" / "golden_v2"))
 
 
 def golden_cases(folder: pathlib.Path = GOLDEN) -> list[pathlib.Path]:
     cases = sorted(p for p in folder.glob("*") if (p / "meta.json").exists())
     if not cases:
-        raise FileNotFoundError(f"no reference runs under {folder}; set LONGLIVE_GOLDEN / LONGLIVE_GOLDEN_INF to the "
-                                f"golden/ and golden_inf/ folders")
+        raise FileNotFoundError(f"no reference runs under {folder}; set LONGLIVE_GOLDEN, LONGLIVE_GOLDEN_INF and "
+                                f"LONGLIVE_GOLDEN_V2 to the golden/, golden_inf/ and golden_v2/ folders")
     return cases
 
 

@@ -123,7 +123,8 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, tiny_model):
     (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(5120, 16, 1, 2, 2)), "14B"),
     (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 36, 1, 2, 2)), "image-to-video"),
     (lambda sd: sd.__setitem__("img_emb.proj.0.weight", torch.zeros(2)), "image-to-video"),
-    (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 48, 1, 2, 2)), "Wan 2.2 5B"),
+    (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 48, 1, 2, 2)),
+     "takes 48 latent channels and its head makes 16; LongLive 1.x"),
     (lambda sd: sd.pop("head.modulation"), "not a Wan diffusion model"),
 ])
 def test_other_model_families_are_named(tmp_path, tiny_model, change, family):

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 WAN_ROOTS = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module", "_orig_mod", "module", "model", "diffusion_model", "base_model", "generator")
 GENERATOR_KEYS = ("generator", "generator_ema", "state_dict", "model")
+LATENT_CHANNELS = (16, 48)  # LongLive 1.x (Wan2.1 T2V 1.3B), LongLive 2.0 (Wan2.2 TI2V 5B)
 
 
 def canonical_key(key: str) -> str:
@@ -133,10 +134,13 @@ def _check_family(sd: Mapping[str, torch.Tensor], path: str) -> None:
     dim, in_dim = sd["patch_embedding.weight"].shape[:2]
     if any(k.startswith("img_emb.") for k in sd) or in_dim == 36:
         raise CheckpointError(f"{path}: this is a Wan image-to-video model; LongLive needs the Wan2.1 T2V model")
-    if in_dim == 48:
-        raise CheckpointError(f"{path}: this is a Wan 2.2 5B model (48 latent channels); LongLive is built on Wan2.1 T2V 1.3B")
     if dim == 5120:
         raise CheckpointError(f"{path}: this is a Wan 14B model; LongLive-1.3B needs the Wan2.1 T2V 1.3B weights")
+    out_dim = sd["head.head.weight"].shape[0] // 4 if "head.head.weight" in sd else in_dim
+    if in_dim not in LATENT_CHANNELS or out_dim != in_dim:
+        raise CheckpointError(f"{path}: its patch embedding takes {in_dim} latent channels and its head makes "
+                              f"{out_dim}; LongLive 1.x (Wan2.1 T2V 1.3B) has 16 and 16, LongLive 2.0 (Wan2.2 "
+                              f"TI2V 5B) 48 and 48: the file is not one of these models")
 
 
 def check_keys(model: CausalWan, sd: Mapping[str, torch.Tensor], path: str) -> None:

@@ -81,6 +81,10 @@ class StreamSession:
                  local_attn_size: int = 12, sink_size: int = 3, seed: int = 0,
                  noise: NoiseSource | None = None, switch_policy: str = "recache", runner: Runner | None = None,
                  position_mode: str = "absolute"):
+        if model.cfg.in_dim != 16:
+            raise ConfigError(f"this model has {model.cfg.in_dim} latent channels: it is LongLive 2.0 (Wan2.2 TI2V "
+                              f"5B), which generates in a ShotSession (8-frame blocks, shots); StreamSession runs "
+                              f"LongLive 1.x")
         _check_size(batch, height, width)
         check_window(local_attn_size, sink_size)
         check_fits(model, batch, height, width, local_attn_size)

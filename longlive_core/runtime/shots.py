@@ -1,0 +1,152 @@
+"""A LongLive 2.0 video (LONGLIVE_V2.md): the Wan2.2-TI2V-5B network made causal, generating blocks of 8 latent
+frames with 4-step UniPC, a prompt per block, and shots.
+
+One block: its frames get cache slots, four denoising passes write their post-RoPE K/V there and attend to
+the cached frames plus themselves, the sampler's table (runtime/unipc.py) turns the four velocities into the
+block, and a clean pass at timestep 0 writes the block's final K/V. A scene cut (a block whose prompt starts a
+new shot) moves the time positions of the new shot `shot_offset` frames on, and after its clean pass its first
+frames become the pinned shot sink. What a block attends to: its own frames, the global sink (the first `sink`
+frames), the shot sink, and the most recent other frames that fit in `window` frames in all. No mask: the order
+of the cache slots does not matter, so frames take the lowest free slot and evict the oldest unprotected frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+from ..errors import ConfigError
+from ..model.cache import KVCache, TextCache
+from ..model.config import PATCH, TEXT_LEN
+from ..model.wan import CausalWan, PassPlan, RopeTable
+from .unipc import SHIFT, unipc_table
+
+V2_CHANNELS = 48
+SCENE_CUT_PREFIX = "The scene transitions. "
+
+
+@dataclasses.dataclass(frozen=True)
+class ShotSettings:
+    """Upstream's inference settings (the configs'): 8-frame blocks, a window of 32 frames with a global sink of 8,
+    the multi-shot sink, a RoPE offset of 8 a shot, 4 UniPC steps at shift 5."""
+
+    block: int = 8
+    window: int = 32
+    sink: int = 8
+    shot_sink: bool = True
+    shot_offset: int = 8
+    steps: int = 4
+    shift: float = SHIFT
+
+    def check(self) -> None:
+        if self.block < 1 or self.sink < 0 or self.window < self.sink + self.block or self.shot_offset < 0:
+            raise ConfigError(f"shot settings: window {self.window} must hold the sink ({self.sink}) and a block "
+                              f"({self.block}); sink and shot_offset must be >= 0")
+        if self.sink % self.block or self.window % self.block:
+            raise ConfigError(f"shot settings: window {self.window} and sink {self.sink} must be multiples of the "
+                              f"block ({self.block} frames)")
+        if self.steps not in (2, 3, 4):
+            raise ConfigError(f"steps={self.steps}: LongLive 2.0 samples with 2, 3 or 4 UniPC steps")
+
+
+class ShotSession:
+    """A LongLive 2.0 video being generated, block after block. noise(block) -> [B, 8, 48, h, w]: each block's
+    initial noise (the sampler draws nothing else)."""
+
+    def __init__(self, model: CausalWan, *, batch: int, latent_hw: tuple[int, int],
+                 noise: Callable[[int], torch.Tensor], settings: ShotSettings = ShotSettings()):
+        if model.cfg.in_dim != V2_CHANNELS:
+            raise ConfigError(f"this model has {model.cfg.in_dim} latent channels: a LongLive 2.0 video needs the "
+                              f"Wan2.2-TI2V-5B network (48); LongLive 1.x models run in a StreamSession")
+        settings.check()
+        h, w = latent_hw
+        if h % PATCH[1] or w % PATCH[2]:
+            raise ConfigError(f"latent size {h}x{w} must be even in both directions (pixels: multiples of 32)")
+        self.model, self.cfg, self.settings, self.batch, self.noise = model, model.cfg, settings, batch, noise
+        self.grid = (h // PATCH[1], w // PATCH[2])
+        self.frame_tokens = self.grid[0] * self.grid[1]
+        self.table = unipc_table(settings.steps, settings.shift)
+        cfg, dev = self.cfg, model.device
+        self.cache = KVCache(*(torch.zeros(cfg.num_layers, batch, settings.window * self.frame_tokens, cfg.num_heads,
+                                           cfg.head_dim, device=dev, dtype=model.kv_dtype) for _ in range(2)),
+                             settings.window, settings.sink, self.frame_tokens)
+        self.text = TextCache.allocate(cfg.num_layers, batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, model.dtype)
+        self.rope = RopeTable(cfg.head_dim, dev)
+        self.slots: list[int | None] = [None] * settings.window  # the latent frame each cache slot holds
+        self.pinned: set[int] = set()  # the shot sink's frames
+        self.frame, self.shot, self._embeds = 0, 0, None
+
+    # --- one block ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step_block(self, embeds: torch.Tensor, cut: bool = False) -> torch.Tensor:
+        """Generates the next block under `embeds` ([1 or B, 512, text_dim] umt5 embeddings); `cut`: this block
+        starts a new shot (the first block never does). Returns the block's latents [B, 8, 48, h, w]."""
+        s, index = self.settings, self.frame // self.settings.block
+        cut = cut and index > 0
+        if cut and s.shot_offset:
+            self.shot += 1
+        self._set_text(embeds)
+        plan = self._plan()
+        eps = self.noise(index).to(self.model.device, torch.float32)
+        velocities: list[torch.Tensor] = []
+        for step, timestep in enumerate(self.table.timesteps):
+            x = _combine(eps, self.table.steps[step], velocities)
+            velocities.append(self._pass(x, float(timestep), plan).float())
+        block = _combine(eps, self.table.output, velocities)
+        self._pass(block, 0.0, dataclasses.replace(plan, cache_only=True))  # the clean K/V of the block
+        if cut and s.shot_sink and s.sink:
+            self.pinned = set(range(self.frame, self.frame + min(s.sink, s.block)))
+        self.frame += s.block
+        return block
+
+    def _set_text(self, embeds: torch.Tensor) -> None:
+        if self._embeds is None or self._embeds.shape != embeds.shape or not torch.equal(self._embeds, embeds):
+            self.model.fill_text_cache(embeds.expand(self.batch, -1, -1), self.text)
+            self._embeds = embeds.clone()
+
+    def _pass(self, x: torch.Tensor, timestep: float, plan: PassPlan) -> torch.Tensor | None:
+        t = torch.full((self.batch,), timestep, device=self.model.device)
+        return self.model(x, self.model.time_embed(t, layers=True), plan, self.cache, self.text)
+
+    # --- where the block's K/V go, and what it attends to ------------------------------------------------------
+
+    def held_frames(self) -> list[int]:
+        """The latent frames whose K/V the cache holds: what the next block attends to besides itself (the last
+        block made is among them)."""
+        return sorted(f for f in self.slots if f is not None)
+
+    def _plan(self) -> PassPlan:
+        slots = self._take_slots(self.settings.block)
+        for offset, slot in enumerate(slots):
+            self.slots[slot] = self.frame + offset
+        tokens = (torch.tensor(slots)[:, None] * self.frame_tokens + torch.arange(self.frame_tokens)).flatten()
+        filled = max(i for i, f in enumerate(self.slots) if f is not None) + 1  # frames fill the lowest slots
+        cos, sin = self.rope.cos_sin(self.frame + self.shot * self.settings.shot_offset, self.settings.block,
+                                     *self.grid)
+        return PassPlan(cos, sin, tokens.to(self.model.device), filled * self.frame_tokens)
+
+    def _take_slots(self, count: int) -> list[int]:
+        """The block's slots: free ones first, then those of the oldest frames outside the global and shot sinks."""
+        free = [i for i, f in enumerate(self.slots) if f is None]
+        if len(free) < count:
+            protected = set(range(self.settings.sink)) | self.pinned
+            held = sorted((f, i) for i, f in enumerate(self.slots) if f is not None and f not in protected)
+            free += [i for _, i in held[:count - len(free)]]
+        return sorted(free[:count])
+
+
+def _combine(eps: torch.Tensor, coefficients: tuple[float, ...], velocities: list[torch.Tensor]) -> torch.Tensor:
+    """eps + sum_j c_j v_j (the sampler's table row), float32."""
+    x = eps.clone()
+    for c, v in zip(coefficients, velocities):
+        if c:
+            x.add_(v, alpha=c)
+    return x
+
+
+def is_cut(prompt: str, prefix: str = SCENE_CUT_PREFIX) -> bool:
+    """Whether a block's prompt starts a new shot (upstream marks it with a text prefix)."""
+    return prompt.startswith(prefix)

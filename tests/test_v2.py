@@ -1,0 +1,125 @@
+"""LongLive 2.0 (LONGLIVE_V2.md): the Wan2.2-TI2V-5B network made causal, 8-frame blocks, 4-step UniPC, shots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import GOLDEN_V2, REPO, golden_cases
+from longlive_core import (ConfigError, ShotSession, ShotSettings, StreamSession, WanConfig, is_cut, load_model,
+                           unipc_table)
+from longlive_core.errors import CheckpointError
+from longlive_core.tools.synthetic import random_model
+from longlive_core.tools.verify import TOLERANCE, block_errors, run_v2_case
+
+TINY_V2 = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, in_dim=48, out_dim=48)
+CASES = golden_cases(GOLDEN_V2)
+
+
+def test_unipc_table_is_upstream_sampler():
+    """The sampler's coefficients (LONGLIVE_V2.md section 5, from upstream's UniPC in float64)."""
+    four = unipc_table(4)
+    assert four.timesteps == (999, 937, 833, 624)
+    assert four.sigmas == pytest.approx((0.9997998476, 0.9372654557, 0.833055377, 0.6246873736, 0.0), abs=1e-10)
+    expected = [(0, 0, 0, 0), (-0.062534392, 0, 0, 0), (-0.026650919, -0.140093552, 0, 0),
+                (-0.027460976, 0.004176744, -0.351828243, 0)]
+    for row, want in zip(four.steps, expected):
+        assert row == pytest.approx(want, abs=1e-9)
+    assert four.output == pytest.approx((-0.027460976, 0.004176744, -0.351828243, -0.624687374), abs=1e-9)
+    two = unipc_table(2)
+    assert two.timesteps == (999, 833) and two.steps[1] == pytest.approx((-0.166744471, 0), abs=1e-9)
+    assert two.output == pytest.approx((-0.166744471, -0.833055377), abs=1e-9)
+    assert unipc_table(3).timesteps == (999, 908, 713)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_recorded_upstream_run(case):
+    """Every 8-frame block within 2e-5 of upstream's recorded run (two shots: the RoPE offset from the cut, the
+    shot sink from block 5), and the frames each block attended to are the recorded ones."""
+    from safetensors.torch import load_file
+
+    ours, meta = run_v2_case(str(case))
+    errors = block_errors(ours, load_file(case / "io.safetensors")["output"], meta["num_frame_per_block"])
+    assert max(errors) <= TOLERANCE, errors
+    assert [is_cut(p) for p in meta["block_prompts"][0]] == [k in meta["shot_start_blocks"] for k in range(len(errors))]
+
+
+def attended(case) -> list[list[int]]:
+    meta = json.loads((case / "meta.json").read_text())
+    calls = meta["forward_calls"]
+    return [sorted(calls[5 * k]["attended_frames"]) for k in range(len(calls) // 5)]
+
+
+def held_after_each_block(cfg: WanConfig, cuts: set[int], blocks: int, settings: ShotSettings) -> list[list[int]]:
+    model = random_model(cfg, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 8 * blocks, 48, 4, 6, generator=gen)
+    embeds = torch.randn(1, 512, cfg.text_dim, generator=gen)
+    session = ShotSession(model, batch=1, latent_hw=(4, 6), settings=settings, noise=lambda k: noise[:, 8 * k:8 * k + 8])
+    held = []
+    for k in range(blocks):
+        session.step_block(embeds, cut=k in cuts)
+        held.append(session.held_frames())
+    return held
+
+
+def test_the_cache_holds_what_upstream_attended():
+    """Block by block, the frames in the cache are those the recorded run's calls attended to."""
+    (case,) = [c for c in CASES if c.name == "v2_t2v_2shot"]
+    assert held_after_each_block(TINY_V2, {2}, 7, ShotSettings()) == attended(case)
+
+
+def test_shot_sinks_and_the_window_follow_the_rule():
+    """LONGLIVE_V2.md section 7's example (window 32, sink 8, a cut at block 2), and the same without the
+    multi-shot sink; a second cut replaces the shot sink."""
+    r = lambda *spans: [f for a, b in spans for f in range(a, b + 1)]  # noqa: E731
+    held = held_after_each_block(TINY_V2, {2}, 7, ShotSettings())
+    assert held[3:] == [r((0, 31)), r((0, 7), (16, 39)), r((0, 7), (16, 23), (32, 47)), r((0, 7), (16, 23), (40, 55))]
+    plain = held_after_each_block(TINY_V2, {2}, 6, ShotSettings(shot_sink=False))
+    assert plain[5] == r((0, 7), (24, 47))
+    twice = held_after_each_block(TINY_V2, {2, 5}, 8, ShotSettings())
+    assert twice[6] == r((0, 7), (32, 55)) and twice[7] == r((0, 7), (40, 63))  # 16-23 no longer pinned
+
+
+def test_the_merged_checkpoint_is_the_base_with_its_lora():
+    (case,) = [c for c in CASES if c.name == "v2_t2v_2shot"]
+    meta = json.loads((case / "meta.json").read_text())
+    heads = meta["model"]["num_heads"]
+    merged = load_model(str(case / "model_merged.pt"), num_heads=heads, dtype=torch.float32)
+    base = load_model(str(case / "generator_base.pt"), lora_path=str(case / "lora.pt"), lora_alpha=meta["lora_alpha"],
+                      num_heads=heads, dtype=torch.float32)
+    for (name, a), b in zip(merged.state_dict().items(), base.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_each_family_runs_in_its_own_session(tiny_model):
+    v2 = random_model(TINY_V2, dtype=torch.float32)
+    with pytest.raises(ConfigError, match="this model has 48 latent channels: it is LongLive 2.0"):
+        StreamSession(v2, height=32, width=48)
+    with pytest.raises(ConfigError, match="this model has 16 latent channels: a LongLive 2.0 video needs"):
+        ShotSession(tiny_model, batch=1, latent_hw=(4, 6), noise=lambda k: None)
+    with pytest.raises(ConfigError, match="window 30 and sink 8 must be multiples of the block"):
+        ShotSession(v2, batch=1, latent_hw=(4, 6), noise=lambda k: None, settings=ShotSettings(window=30))
+    with pytest.raises(ConfigError, match="latent size 4x5 must be even"):
+        ShotSession(v2, batch=1, latent_hw=(4, 5), noise=lambda k: None)
+
+
+def test_a_v1_lora_on_a_v2_model_is_refused(tmp_path):
+    (case,) = [c for c in CASES if c.name == "v2_t2v_2shot"]
+    v1_lora = {"generator_lora": {"base_model.model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 128),
+                                  "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(128, 4)}}
+    torch.save(v1_lora, tmp_path / "v1_lora.pt")
+    with pytest.raises(CheckpointError, match=r"LoRA for blocks.0.self_attn.q is 128x128 but the weight is \[64, 64\]; "
+                                              r"the LoRA belongs to another model"):
+        load_model(str(case / "generator_base.pt"), lora_path=str(tmp_path / "v1_lora.pt"), num_heads=2)
+
+
+def test_verify_runs_the_v2_cases():
+    done = subprocess.run([sys.executable, "-m", "longlive_core.verify", str(GOLDEN_V2)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(json.loads(line)["passed"] for line in done.stdout.splitlines())
