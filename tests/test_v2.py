@@ -123,3 +123,35 @@ def test_verify_runs_the_v2_cases():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert all(json.loads(line)["passed"] for line in done.stdout.splitlines())
+
+
+def test_a_timestep_a_frame_equals_one_a_sample_when_they_agree():
+    """The per-frame time embedding (image-to-video's first block) is the per-sample one where every frame of a
+    sample has the same timestep."""
+    model = random_model(TINY_V2, dtype=torch.float32)
+    t = torch.tensor([999.0, 624.0])
+    one, each = model.time_embed(t, layers=True), model.time_embed(t[:, None].expand(2, 8), layers=True)
+    torch.testing.assert_close(each.e, one.e[:, None].expand(2, 8, -1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(each.mods, one.mods[:, :, None].expand(-1, -1, 8, -1, -1), rtol=1e-6, atol=1e-6)
+
+
+def image_to_video(image, blocks=3, seed=0):
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 8 * blocks, 48, 4, 6, generator=gen)
+    embeds = torch.randn(1, 512, TINY_V2.text_dim, generator=gen)
+    session = ShotSession(model, batch=1, latent_hw=(4, 6), image=image, noise=lambda k: noise[:, 8 * k:8 * k + 8])
+    return torch.cat([session.step_block(embeds) for _ in range(blocks)], dim=1), session
+
+
+def test_image_to_video_holds_the_first_frame_at_the_image():
+    image = torch.randn(1, 1, 48, 4, 6, generator=torch.Generator().manual_seed(5))
+    ours, session = image_to_video(image)
+    plain, _ = image_to_video(None)
+    assert torch.equal(ours[:, :1], image) and torch.isfinite(ours).all()
+    assert (ours[:, 1:8] - plain[:, 1:8]).abs().max() > 1e-3  # the image conditions the first block
+    assert (ours[:, 8:] - plain[:, 8:]).abs().max() > 1e-3 and 0 in session.held_frames()  # and what follows it
+    other, _ = image_to_video(image * 2)
+    assert (other[:, 1:8] - ours[:, 1:8]).abs().max() > 1e-3  # through frame 0's keys, at timestep 0
+    with pytest.raises(ConfigError, match=r"image: the first frame's latent must be \[1 or 1, 1, 48, 4, 6\]"):
+        image_to_video(torch.zeros(1, 1, 16, 4, 6))

@@ -114,9 +114,25 @@ def layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Ten
     return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps)
 
 
+def _by_frame(x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """x [B, S, dim] as [B, F, S / F, dim] where `row` holds one row a frame ([B, F, 1, dim]); else x as it is
+    (a row a sample, [B, 1, dim])."""
+    return x if row.dim() == 3 else x.unflatten(1, (row.shape[1], -1))
+
+
+def _tokens(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1, 2).type_as(like) if x.dim() == 4 else x.type_as(like)
+
+
 def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """The gated residual x + y * gate in float32, rounded to x's dtype."""
-    return (x.float() + y.float() * gate).type_as(x)
+    """The gated residual x + y * gate in float32, rounded to x's dtype (gate: a row a sample or a frame)."""
+    return _tokens(_by_frame(x, gate).float() + _by_frame(y, gate).float() * gate, x)
+
+
+def modulate(x: torch.Tensor, eps: float, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """layer_norm(x) * (1 + scale) + shift in float32, rounded to x's dtype (shift, scale: a row a sample or a
+    frame)."""
+    return _tokens(layer_norm(_by_frame(x, shift), eps) * (1 + scale) + shift, x)
 
 
 class RMSNorm(nn.Module):
@@ -186,8 +202,9 @@ class Block(nn.Module):
 
     @staticmethod
     def mods(mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # shift, scale, gate of attention, then of the FFN: each [B, 1, dim]
-        return mod.unsqueeze(2).unbind(1)
+        # shift, scale, gate of attention, then of the FFN: each [B, 1, dim], or [B, F, 1, dim] from a mod [B, F, 6,
+        # dim] with a row a frame (image-to-video's first block: frame 0 at timestep 0)
+        return mod.unsqueeze(-2).unbind(-3)
 
     def self_qkv(self, x, carry, mod, cos, sin, write_index, cache_k, cache_v):
         """x: [B, S, dim]; carry: None, or the previous layer's FFN output and gate not yet added to x; mod: [B, 6,
@@ -197,7 +214,7 @@ class Block(nn.Module):
         shift, scale = self.mods(mod)[:2]
         a = self.self_attn
         x = x if carry is None else gated_add(x, *carry)
-        h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
+        h = modulate(x, self.eps, shift, scale)
         q, k, v = a.q(h), a.k(h), a.v(h)
         self._write(cache_k, write_index, apply_rope(a.split(a.norm_k(k)), cos, sin), 1)
         self._write(cache_v, write_index, a.split(v), 2)
@@ -227,8 +244,7 @@ class Block(nn.Module):
         layer's first norm)."""
         _, _, _, shift, scale, gate = self.mods(mod)
         x = x + self.cross_attn.o(y.flatten(2))
-        h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
-        return gated_add(x, self.ffn(h), gate), None
+        return gated_add(x, self.ffn(modulate(x, self.eps, shift, scale)), gate), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,10 +269,10 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
 
     def forward(self, x, carry, e):
-        # x: [B, S, dim]; carry: see Block.forward; e: [B, dim] float32 time embedding
+        # x: [B, S, dim]; carry: see Block.forward; e: [B, dim] float32 time embedding, or [B, F, dim] a frame
         x = x if carry is None else gated_add(x, *carry)
-        shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)
-        return self.head((layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x))
+        shift, scale = (self.modulation.float() + e.unsqueeze(-2)).unsqueeze(-2).unbind(-3)
+        return self.head(modulate(x, self.eps, shift, scale))
 
 
 # --- Time embedding ------------------------------------------------------------------------------
@@ -357,14 +373,16 @@ class CausalWan(nn.Module):
 
     @torch.no_grad()
     def time_embed(self, t: torch.Tensor, layers: bool = False) -> TimeEmbedding:
-        """t: [B] timesteps (floats) -> TimeEmbedding (with every layer's modulation if `layers`)."""
-        e = self.time_embedding(sinusoid(self.cfg.freq_dim, t).to(self.dtype))
-        e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim)).float()
+        """t: [B] timesteps (floats), or [B, F] a timestep a frame -> TimeEmbedding (e [B, (F,) dim], e0 [B, (F,) 6,
+        dim]; with every layer's modulation if `layers`)."""
+        e = self.time_embedding(sinusoid(self.cfg.freq_dim, t.flatten()).to(self.dtype)).unflatten(0, t.shape)
+        e0 = self.time_projection(e).unflatten(-1, (6, self.cfg.dim)).float()
         return TimeEmbedding(e.float(), e0, self.layer_mods(e0) if layers else None)
 
     def layer_mods(self, e0: torch.Tensor) -> torch.Tensor:
-        """e0 [B, 6, dim] -> [layers, B, 6, dim]: each layer's modulation + e0."""
-        return torch.stack([block.modulation.float() for block in self.blocks]) + e0
+        """e0 [B, (F,) 6, dim] -> [layers, B, (F,) 6, dim]: each layer's modulation + e0."""
+        modulation = torch.stack([block.modulation.float() for block in self.blocks])  # [layers, 1, 6, dim]
+        return modulation.view(len(self.blocks), *[1] * (e0.dim() - 2), 6, -1) + e0
 
     @torch.no_grad()
     def fill_text_cache(self, embeds: torch.Tensor, text: TextCache) -> None:

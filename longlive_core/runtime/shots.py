@@ -53,10 +53,12 @@ class ShotSettings:
 
 class ShotSession:
     """A LongLive 2.0 video being generated, block after block. noise(block) -> [B, 8, 48, h, w]: each block's
-    initial noise (the sampler draws nothing else)."""
+    initial noise (the sampler draws nothing else). image: image-to-video, the normalized latent [1 or B, 1, 48, h,
+    w] of the first frame: in the first block latent frame 0 is held at it, at timestep 0, in every pass."""
 
     def __init__(self, model: CausalWan, *, batch: int, latent_hw: tuple[int, int],
-                 noise: Callable[[int], torch.Tensor], settings: ShotSettings = ShotSettings()):
+                 noise: Callable[[int], torch.Tensor], settings: ShotSettings = ShotSettings(),
+                 image: torch.Tensor | None = None):
         if model.cfg.in_dim != V2_CHANNELS:
             raise ConfigError(f"this model has {model.cfg.in_dim} latent channels: a LongLive 2.0 video needs the "
                               f"Wan2.2-TI2V-5B network (48); LongLive 1.x models run in a StreamSession")
@@ -77,6 +79,14 @@ class ShotSession:
         self.slots: list[int | None] = [None] * settings.window  # the latent frame each cache slot holds
         self.pinned: set[int] = set()  # the shot sink's frames
         self.frame, self.shot, self._embeds = 0, 0, None
+        self.image = None if image is None else self._check_image(image, latent_hw)
+
+    def _check_image(self, image: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+        want = (V2_CHANNELS, *latent_hw)
+        if image.dim() != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != want or image.shape[0] not in (1, self.batch):
+            raise ConfigError(f"image: the first frame's latent must be [1 or {self.batch}, 1, {', '.join(map(str, want))}] "
+                              f"(a frame the video's size, encoded by the Wan 2.2 VAE); got {list(image.shape)}")
+        return image.to(self.model.device, torch.float32).expand(self.batch, -1, -1, -1, -1)
 
     # --- one block ------------------------------------------------------------------------------------------
 
@@ -91,12 +101,13 @@ class ShotSession:
         self._set_text(embeds)
         plan = self._plan()
         eps = self.noise(index).to(self.model.device, torch.float32)
+        image = self.image if index == 0 else None
         velocities: list[torch.Tensor] = []
         for step, timestep in enumerate(self.table.timesteps):
-            x = _combine(eps, self.table.steps[step], velocities)
-            velocities.append(self._pass(x, float(timestep), plan).float())
-        block = _combine(eps, self.table.output, velocities)
-        self._pass(block, 0.0, dataclasses.replace(plan, cache_only=True))  # the clean K/V of the block
+            x = _held(_combine(eps, self.table.steps[step], velocities), image)
+            velocities.append(self._pass(x, self._timesteps(float(timestep), image), plan).float())
+        block = _held(_combine(eps, self.table.output, velocities), image)
+        self._pass(block, self._timesteps(0.0, None), dataclasses.replace(plan, cache_only=True))  # clean K/V
         if cut and s.shot_sink and s.sink:
             self.pinned = set(range(self.frame, self.frame + min(s.sink, s.block)))
         self.frame += s.block
@@ -107,8 +118,15 @@ class ShotSession:
             self.model.fill_text_cache(embeds.expand(self.batch, -1, -1), self.text)
             self._embeds = embeds.clone()
 
-    def _pass(self, x: torch.Tensor, timestep: float, plan: PassPlan) -> torch.Tensor | None:
-        t = torch.full((self.batch,), timestep, device=self.model.device)
+    def _timesteps(self, timestep: float, image: torch.Tensor | None) -> torch.Tensor:
+        """[B]: one timestep a sample; with the image, [B, 8]: frame 0 at timestep 0."""
+        if image is None:
+            return torch.full((self.batch,), timestep, device=self.model.device)
+        t = torch.full((self.batch, self.settings.block), timestep, device=self.model.device)
+        t[:, 0] = 0.0
+        return t
+
+    def _pass(self, x: torch.Tensor, t: torch.Tensor, plan: PassPlan) -> torch.Tensor | None:
         return self.model(x, self.model.time_embed(t, layers=True), plan, self.cache, self.text)
 
     # --- where the block's K/V go, and what it attends to ------------------------------------------------------
@@ -136,6 +154,13 @@ class ShotSession:
             held = sorted((f, i) for i, f in enumerate(self.slots) if f is not None and f not in protected)
             free += [i for _, i in held[:count - len(free)]]
         return sorted(free[:count])
+
+
+def _held(x: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+    """Latent frame 0 replaced by the image's (image-to-video's first block)."""
+    if image is not None:
+        x[:, :1] = image
+    return x
 
 
 def _combine(eps: torch.Tensor, coefficients: tuple[float, ...], velocities: list[torch.Tensor]) -> torch.Tensor:

@@ -4,7 +4,7 @@
 
 Each PATH is a case folder (meta.json, the model files and io.safetensors) or a folder of them; anything else (a
 README beside the cases) is skipped with a note. LongLive 1.x cases (golden/, golden_inf/: longlive_base.pt) run
-in a StreamSession, LongLive 2.0 cases (golden_v2/: generator_base.pt, `num_frame_per_block` in meta.json) in a
+in a StreamSession, LongLive 2.0 cases (golden_v2/: generator_base.pt, `unipc_timesteps` in meta.json) in a
 ShotSession. Runs in float32 on the CPU with the
 recorded noise, prints one JSON line per case, exits 0 only if every block of every case is within the
 tolerance (2 if no case was found).
@@ -94,8 +94,9 @@ def block_errors(ours: torch.Tensor, ref: torch.Tensor, frames_per_block: int = 
 
 
 def is_v2_case(case_dir: str) -> bool:
+    """LongLive 2.0 cases record their sampler's table (`unipc_timesteps`)."""
     with open(os.path.join(case_dir, "meta.json")) as f:
-        return "num_frame_per_block" in json.load(f)
+        return "unipc_timesteps" in json.load(f)
 
 
 def verify(case_dir: str) -> dict:
