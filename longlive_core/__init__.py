@@ -24,6 +24,7 @@ from .runtime.shots import SCENE_CUT_PREFIX, ShotSession, ShotSettings, is_cut
 from .runtime.unipc import UniPCTable, unipc_table
 from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings
 from .vae.stream import DecodeStream
+from .vae.stream22 import Wan22DecodeStream
 from .vae.tiny import TinyStream
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise",
     "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise", "SessionEvictedError", "SessionRegistry",
     "SessionTooLargeError", "ShotSession", "ShotSettings", "StreamSession", "TinyStream", "UniPCTable",
-    "UnknownSessionError", "Video", "VideoSettings", "WanConfig", "check_starts", "check_text", "export_safetensors",
+    "UnknownSessionError", "Video", "VideoSettings", "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "export_safetensors",
     "hashed_embeds", "is_cut", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision",
     "restore_video", "save_video", "session_bytes", "unipc_table",
 ]

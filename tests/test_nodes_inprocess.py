@@ -374,3 +374,42 @@ def test_a_viewer_that_stops_reading_has_its_frames_dropped_and_counted(comfy):
     headers = asyncio.run(scenario())
     assert [h["frame"] for h in headers] == [*range(CLIENT_QUEUE), CLIENT_QUEUE + 10]
     assert {h["dropped"] for h in headers} == {10}
+
+
+def test_wan22_decode_in_pieces_equals_comfys_full_decode(comfy):
+    """LongLive 2.0's decode: the Wan 2.2 VAE (48 channels) continued across calls gives the frames of ComfyUI's
+    one-piece decode (the first latent frame 1 pixel frame, later ones 4); an interrupt leaves the stream as it was."""
+    from comfy.ldm.wan.vae2_2 import WanVAE, count_conv3d
+
+    from longlive_core.vae.stream22 import Wan22DecodeStream
+
+    torch.manual_seed(0)
+    vae = WanVAE(dim=8, dec_dim=8, z_dim=48, dim_mult=[1, 2, 2], num_res_blocks=1,
+                 temperal_downsample=[False, True, True]).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    z = torch.randn(1, 48, 6, 3, 4)
+    with torch.no_grad():
+        full = vae.decode(z)
+        stream = Wan22DecodeStream(count_conv3d(vae.decoder))
+        pieces = [stream.decode(vae, part) for part in z.split([1, 2, 2, 1], dim=2)]
+    assert [p.shape[2] for p in pieces] == [1, 8, 8, 4] and full.shape[2] == 21  # 4T - 3
+    torch.testing.assert_close(torch.cat(pieces, dim=2), full, rtol=1e-5, atol=1e-5)
+
+    fresh = Wan22DecodeStream(count_conv3d(vae.decoder))
+    calls = []
+
+    def interrupt_in_the_second_frame(*_):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as ComfyUI's interrupt raises inside a node
+
+    hook = vae.decoder.upsamples[1].register_forward_pre_hook(interrupt_in_the_second_frame)
+    with pytest.raises(KeyboardInterrupt), torch.no_grad():
+        fresh.decode(vae, z[:, :, :2])
+    hook.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.decode(vae, z[:, :, :3]), full[:, :, :9], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"the Wan 2.2 VAE decodes latents \[B, 48, T, h, w\]; got \[1, 16, 3, 3, 4\]"):
+        fresh.decode(vae, torch.zeros(1, 16, 3, 3, 4))
