@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import io
 import json
 import logging
-import queue
 import threading
 import time
 
@@ -31,6 +31,8 @@ log = logging.getLogger("longlive")
 JPEG_QUALITY = 85
 CLIENT_QUEUE = 32  # frames a client may lag behind before its frames are dropped (2 s)
 MAX_WAITING = 30 * FPS  # frames waiting to be sent (a run faster than real time with nobody pacing it): the oldest go
+# one thread JPEG-encodes the frames of every session, in the order they come (no thread a session)
+_ENCODER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="longlive-viewer")
 
 
 class Client:
@@ -63,9 +65,7 @@ class Channel:
         self.encoding = 0  # frames handed to the encoder thread, not yet waiting (both threads change it: _lock)
         self._lock = threading.Lock()
         self.skipped = 0  # frames dropped because too many waited
-        self._jobs: queue.Queue = queue.Queue()
         self._pacer: asyncio.Task | None = None
-        threading.Thread(target=self._encode_all, name=f"longlive-viewer {session_id}", daemon=True).start()
 
     # --- the generating thread ----------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ class Channel:
             return
         with self._lock:
             self.encoding += frames.shape[0]
-        self._jobs.put((frames, first_frame, posted))
+        _ENCODER.submit(self._encode, frames, first_frame, posted)
 
     def lead_s(self) -> float:
         """Seconds of video made and not yet sent."""
@@ -84,16 +84,14 @@ class Channel:
 
     # --- the encoder thread --------------------------------------------------------------------------------
 
-    def _encode_all(self) -> None:
-        while True:
-            frames, first, posted = self._jobs.get()
-            for i, frame in enumerate(frames.numpy()):
-                out = io.BytesIO()
-                Image.fromarray(frame).save(out, "JPEG", quality=JPEG_QUALITY)
-                header = {"frame": first + i, "made_at": time.time(),
-                          "posted_at": posted.posted_at if posted is not None and i == 0 else None,
-                          "prompt": posted.text[:200] if posted is not None and i == 0 else None}
-                self.loop.call_soon_threadsafe(self._arrive, header, out.getvalue())
+    def _encode(self, frames: torch.Tensor, first: int, posted: PostedPrompt | None) -> None:
+        for i, frame in enumerate(frames.numpy()):
+            out = io.BytesIO()
+            Image.fromarray(frame).save(out, "JPEG", quality=JPEG_QUALITY)
+            header = {"frame": first + i, "made_at": time.time(),
+                      "posted_at": posted.posted_at if posted is not None and i == 0 else None,
+                      "prompt": posted.text[:200] if posted is not None and i == 0 else None}
+            self.loop.call_soon_threadsafe(self._arrive, header, out.getvalue())
 
     # --- the event loop ------------------------------------------------------------------------------------
 
