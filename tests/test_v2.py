@@ -172,3 +172,22 @@ def test_a_batch_gives_each_sample_its_own_video():
     for b in range(2):  # batched GEMMs round differently: compared as the recorded runs are, a block at a time
         assert max(block_errors(both[b:b + 1], run(noise[b:b + 1]), 8)) < 1e-5
     assert (both[0] - both[1]).abs().max() > 1e-2
+
+
+SENSITIVITY = {"no_multi_shot_sink": {"shot_sink": False}, "no_rope_offset": {"shot_offset": 0},
+               "rope_offset_4": {"shot_offset": 4}, "window_24": {"window": 24}, "window_40": {"window": 40},
+               "no_sink": {"sink": 0}, "shot_clean_recache_flipped": {"shot_clean_recache": True}}
+
+
+@pytest.mark.parametrize("mistake", sorted(SENSITIVITY))
+def test_each_setting_moves_the_video_as_upstreams_does(mistake):
+    """The recorded case run with one setting changed (the recording's `sensitivity`: upstream's own run so
+    changed, against its output) moves every block as upstream's moved: the settings mean what upstream's mean,
+    shot_clean_recache included (on in no config, so no run records it)."""
+    from safetensors.torch import load_file
+
+    (case,) = [c for c in CASES if c.name == "v2_t2v_2shot"]
+    want = json.loads((case / "meta.json").read_text())["sensitivity"][mistake]["per_block"]
+    ours, _ = run_v2_case(str(case), **SENSITIVITY[mistake])
+    got = block_errors(ours, load_file(case / "io.safetensors")["output"], 8)
+    assert got == pytest.approx(want, rel=2e-3, abs=2e-6)

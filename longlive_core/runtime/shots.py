@@ -30,7 +30,9 @@ SCENE_CUT_PREFIX = "The scene transitions. "
 @dataclasses.dataclass(frozen=True)
 class ShotSettings:
     """Upstream's inference settings (the configs'): 8-frame blocks, a window of 32 frames with a global sink of 8,
-    the multi-shot sink, a RoPE offset of 8 a shot, 4 UniPC steps at shift 5."""
+    the multi-shot sink, a RoPE offset of 8 a shot, 4 UniPC steps at shift 5. shot_clean_recache (off in every
+    config): at a cut, before the cut block's clean pass, the cache is cut back to the global sink, so the new shot
+    continues from the global sink and its own shot sink only."""
 
     block: int = 8
     window: int = 32
@@ -39,6 +41,7 @@ class ShotSettings:
     shot_offset: int = 8
     steps: int = 4
     shift: float = SHIFT
+    shot_clean_recache: bool = False
 
     def check(self) -> None:
         if self.block < 1 or self.sink < 0 or self.window < self.sink + self.block or self.shot_offset < 0:
@@ -107,6 +110,8 @@ class ShotSession:
             x = _held(_combine(eps, self.table.steps[step], velocities), image)
             velocities.append(self._pass(x, self._timesteps(float(timestep), image), plan).float())
         block = _held(_combine(eps, self.table.output, velocities), image)
+        if cut and s.shot_clean_recache:
+            plan = self._cut_back(plan)
         self._pass(block, self._timesteps(0.0, None), dataclasses.replace(plan, cache_only=True))  # clean K/V
         if cut and s.shot_sink and s.sink:
             self.pinned = set(range(self.frame, self.frame + min(s.sink, s.block)))
@@ -145,6 +150,13 @@ class ShotSession:
         cos, sin = self.rope.cos_sin(self.frame + self.shot * self.settings.shot_offset, self.settings.block,
                                      *self.grid)
         return PassPlan(cos, sin, tokens.to(self.model.device), filled * self.frame_tokens)
+
+    def _cut_back(self, plan: PassPlan) -> PassPlan:
+        """shot_clean_recache: every frame but the global sink leaves the cache; the block's clean pass writes its
+        K/V right after the sink and attends to the sink and itself."""
+        self.slots = [f if f is not None and f < self.settings.sink else None for f in self.slots]
+        self.pinned = set()
+        return self._plan()
 
     def _take_slots(self, count: int) -> list[int]:
         """The block's slots: free ones first, then those of the oldest frames outside the global and shot sinks."""

@@ -13,6 +13,7 @@ tolerance (2 if no case was found).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,9 +56,10 @@ def run_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     return torch.cat(blocks, dim=1).cpu(), meta
 
 
-def run_v2_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
-    """Generates a recorded LongLive 2.0 case (text-to-video) block by block with its prompts and cuts; returns
-    (latents [B, F, 48, h, w], meta)."""
+def run_v2_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                **changes) -> tuple[torch.Tensor, dict]:
+    """Generates a recorded LongLive 2.0 case (text-to-video) block by block with its prompts and cuts, with the
+    case's settings (ShotSettings fields in `changes` replace them); returns (latents [B, F, 48, h, w], meta)."""
     from safetensors.torch import load_file
 
     with open(os.path.join(case_dir, "meta.json")) as f:
@@ -70,7 +72,9 @@ def run_v2_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.f
     inference, block = meta["inference"], meta["num_frame_per_block"]
     settings = ShotSettings(block=block, window=meta["local_attn_size"], sink=inference["sink_size"],
                             shot_sink=inference["multi_shot_sink"], shot_offset=inference["multi_shot_rope_offset"],
-                            steps=inference["sampling_steps"], shift=meta["timestep_shift"])
+                            steps=inference["sampling_steps"], shift=meta["timestep_shift"],
+                            shot_clean_recache=inference.get("shot_clean_recache", False))
+    settings = dataclasses.replace(settings, **changes)
     noise = io["noise"]
     session = ShotSession(model, batch=meta["batch"], latent_hw=tuple(meta["latent_hw"]), settings=settings,
                           noise=lambda k: noise[:, k * block:(k + 1) * block])
