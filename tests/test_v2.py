@@ -191,3 +191,17 @@ def test_each_setting_moves_the_video_as_upstreams_does(mistake):
     ours, _ = run_v2_case(str(case), **SENSITIVITY[mistake])
     got = block_errors(ours, load_file(case / "io.safetensors")["output"], 8)
     assert got == pytest.approx(want, rel=2e-3, abs=2e-6)
+
+
+def test_a_merged_export_loads_back_as_the_same_v2_model(tmp_path):
+    from longlive_core import export_safetensors
+
+    (case,) = [c for c in CASES if c.name == "v2_t2v_2shot"]
+    meta = json.loads((case / "meta.json").read_text())
+    model = load_model(str(case / "generator_base.pt"), lora_path=str(case / "lora.pt"), lora_alpha=meta["lora_alpha"],
+                       num_heads=meta["model"]["num_heads"], dtype=torch.float32)
+    export_safetensors(model, str(tmp_path / "v2.safetensors"))
+    again = load_model(str(tmp_path / "v2.safetensors"), dtype=torch.float32)  # the head count is in the file
+    assert again.cfg == model.cfg and again.cfg.in_dim == 48
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
