@@ -61,15 +61,16 @@ def save_requests(graph: dict | None, node_id: str) -> list[SaveRequest]:
     return found
 
 
-def new_file(prefix: str, width: int, height: int, sample: int | None) -> FileSpec:
-    """The next free name in ComfyUI's output folder for the prefix (as SaveVideo names its files)."""
+def new_files(prefix: str, width: int, height: int, batch: int) -> list[FileSpec]:
+    """The next free name in ComfyUI's output folder for the prefix, as SaveVideo names its files (one counter for
+    the run; a batch's samples are told apart after it: `_b0`, `_b1`, ...)."""
     try:
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             prefix, folder_paths.get_output_directory(), width, height)
     except Exception as err:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
         raise ConfigError(f"filename_prefix '{prefix}': {err}") from err
-    filename = f"{name}{'' if sample is None else f'_b{sample}'}_{counter:05}_.mp4"
-    return FileSpec(os.path.join(folder, filename), filename, subfolder)
+    names = [f"{name}_{counter:05}_.mp4"] if batch == 1 else [f"{name}_{counter:05}_b{b}_.mp4" for b in range(batch)]
+    return [FileSpec(os.path.join(folder, filename), filename, subfolder) for filename in names]
 
 
 class Files:
@@ -94,8 +95,8 @@ class Files:
     def _open(self, prefix: str, batch: int, width: int, height: int) -> list[Recording]:
         opened = []
         try:
-            for b in range(batch):
-                opened.append(Recording(new_file(prefix, width, height, b if batch > 1 else None), width, height))
+            for spec in new_files(prefix, width, height, batch):
+                opened.append(Recording(spec, width, height))
         except RecordingError:
             for recording in opened:
                 recording.close()

@@ -646,3 +646,15 @@ def test_every_viewer_gets_every_frame_and_one_that_leaves_changes_nothing(host)
         assert [h["frame"] for _, h in watcher.frames] == list(range(written))
         assert all(h["dropped"] == 0 for _, h in watcher.frames)
 
+
+
+def test_a_batch_writes_a_file_a_sample_and_runs_never_overwrite_each_other(host):
+    names = []
+    for seed in (1, 2):
+        graph = graph_of(host, "longlive_interactive", session_id="", batch_size=2, seed=seed, length=3,
+                         length_unit="latent frames")
+        graph["6"]["inputs"]["filename_prefix"] = "test/batch"
+        files = run_ok(host, graph)["outputs"]["6"]["images"]
+        assert [len(mp4_frames(host, f)) for f in files] == [9, 9]
+        names += [f["filename"] for f in files]
+    assert names == ["batch_00001_b0_.mp4", "batch_00001_b1_.mp4", "batch_00002_b0_.mp4", "batch_00002_b1_.mp4"]
