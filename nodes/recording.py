@@ -20,8 +20,9 @@ from ..longlive_core import FPS, LongLiveError
 
 log = logging.getLogger("longlive")
 
-# libx264 settings, chosen by scripts/bench_encoder.py (docs/BENCHMARKS.md): 'veryfast' encodes 832x480 at several
-# hundred frames a second on 4 threads, well ahead of generation; slower presets save little size at this CRF.
+# libx264 settings, chosen with scripts/bench_encoder.py (docs/BENCHMARKS.md run 73): at CRF 18 'veryfast' encoded
+# 832x480 at 173 frames a second on 4 threads (over three times what generation makes) and was the smallest file of
+# the CRF-18 rows; 'ultrafast' is faster and larger, 'faster' and 'medium' slower and no smaller.
 ENCODER = {"codec": "libx264", "preset": "veryfast", "crf": 18, "gop": FPS}
 QUEUE_FRAMES = 512  # frames waiting for the encoder before generation waits for it (about 600 MB at 832x480)
 
@@ -44,7 +45,7 @@ class Recording:
     close() finishes the file. An encoder error is raised by the next write() or close(), naming the path."""
 
     def __init__(self, spec: FileSpec, width: int, height: int, encoder: dict = ENCODER):
-        self.spec, self.frames = spec, 0
+        self.spec = spec
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, QUEUE_FRAMES // 12))
         self._error: BaseException | None = None
         try:
@@ -68,7 +69,6 @@ class Recording:
         if not self._thread.is_alive():
             raise RecordingError(f"the video file {self.spec.path} is already finished")
         self._queue.put(frames)
-        self.frames += frames.shape[0]
 
     def close(self) -> None:
         """Encodes what is queued and finishes the file; raises the encoder's error once."""

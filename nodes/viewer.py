@@ -39,7 +39,7 @@ class Client:
     """One WebSocket: its own small queue, and the frames it missed."""
 
     def __init__(self, ws: web.WebSocketResponse):
-        self.ws, self.queue, self.dropped, self.sent = ws, asyncio.Queue(maxsize=CLIENT_QUEUE), 0, 0
+        self.ws, self.queue, self.dropped = ws, asyncio.Queue(maxsize=CLIENT_QUEUE), 0
 
     def offer(self, header: dict, jpeg: bytes) -> None:
         if self.queue.full():
@@ -52,7 +52,6 @@ class Client:
             header, jpeg = await self.queue.get()
             data = json.dumps({**header, "dropped": self.dropped, "sent_at": time.time()}).encode()
             await self.ws.send_bytes(len(data).to_bytes(4, "big") + data + jpeg)
-            self.sent += 1
 
 
 class Channel:
@@ -64,7 +63,6 @@ class Channel:
         self.waiting: collections.deque = collections.deque()  # (header, jpeg), sent at FPS
         self.encoding = 0  # frames handed to the encoder thread, not yet waiting (both threads change it: _lock)
         self._lock = threading.Lock()
-        self.skipped = 0  # frames dropped because too many waited
         self._pacer: asyncio.Task | None = None
 
     # --- the generating thread ----------------------------------------------------------------------------
@@ -99,9 +97,10 @@ class Channel:
         with self._lock:
             self.encoding -= 1
         self.waiting.append((header, jpeg))
-        while len(self.waiting) > MAX_WAITING:
+        while len(self.waiting) > MAX_WAITING:  # every client misses it: each is told
             self.waiting.popleft()
-            self.skipped += 1
+            for client in self.clients:
+                client.dropped += 1
         if header["posted_at"] is not None:  # a new prompt's first frame: everything before it goes now
             while self.waiting:
                 self._send(*self.waiting.popleft())
