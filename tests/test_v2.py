@@ -205,3 +205,41 @@ def test_a_merged_export_loads_back_as_the_same_v2_model(tmp_path):
     assert again.cfg == model.cfg and again.cfg.in_dim == 48
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def policy_run(policy: str, prompts: list[int], cuts: set[int] = frozenset(), noise_from: int = 0):
+    """Blocks under prompts[k] (indices into three fixed prompts) with a switch policy; returns (latents, session)."""
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    gen = torch.Generator().manual_seed(11)
+    noise = torch.randn(1, 8 * 8, 48, 4, 6, generator=gen)
+    texts = [torch.randn(1, 512, TINY_V2.text_dim, generator=gen) for _ in range(3)]
+    session = ShotSession(model, batch=1, latent_hw=(4, 6), settings=ShotSettings(switch_policy=policy),
+                          noise=lambda k: noise[:, 8 * (k + noise_from):8 * (k + noise_from) + 8])
+    blocks = [session.step_block(texts[p], cut=k in cuts) for k, p in enumerate(prompts)]
+    return torch.cat(blocks, dim=1), session
+
+
+def test_reset_starts_a_new_video_at_the_prompt_change():
+    ours, session = policy_run("reset", [0, 0, 0, 1, 1])
+    fresh, _ = policy_run("keep", [1, 1], noise_from=3)
+    torch.testing.assert_close(ours[:, 24:], fresh, rtol=0, atol=0)  # as if the video began there
+    assert session.held_frames() == list(range(24, 40))
+    keep, _ = policy_run("keep", [0, 0, 0, 1, 1])
+    torch.testing.assert_close(ours[:, :24], keep[:, :24], rtol=0, atol=0)
+
+
+def test_recache_rebuilds_the_current_shot_under_the_new_prompt():
+    """A change inside a shot: the shot's cached K/V are run again under the new prompt; frames of earlier shots
+    keep theirs; at a cut (a new shot) nothing is run again."""
+    keep, kept = policy_run("keep", [0, 1, 2], cuts={1})
+    ours, session = policy_run("recache", [0, 1, 2], cuts={1})
+    torch.testing.assert_close(ours[:, :16], keep[:, :16], rtol=0, atol=0)  # the cut at block 1 ran nothing again
+    assert (ours[:, 16:] - keep[:, 16:]).abs().max() > 1e-3  # block 2 attends to block 1 recached under prompt 2
+    earlier, shot = slice(0, 8 * session.frame_tokens), slice(8 * session.frame_tokens, 16 * session.frame_tokens)
+    assert torch.equal(session.cache.k[:, :, earlier], kept.cache.k[:, :, earlier])
+    assert not torch.equal(session.cache.k[:, :, shot], kept.cache.k[:, :, shot])
+    same, _ = policy_run("recache", [0, 0, 0])
+    unchanged, _ = policy_run("keep", [0, 0, 0])
+    torch.testing.assert_close(same, unchanged, rtol=0, atol=0)  # no change, no recache
+    with pytest.raises(ConfigError, match="switch_policy 'sometimes' is unknown; choose one of keep, recache, reset"):
+        ShotSettings(switch_policy="sometimes").check()

@@ -25,6 +25,7 @@ from .unipc import SHIFT, unipc_table
 
 V2_CHANNELS = 48
 SCENE_CUT_PREFIX = "The scene transitions. "
+SHOT_SWITCH_POLICIES = ("keep", "recache", "reset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,9 @@ class ShotSettings:
     """Upstream's inference settings (the configs'): 8-frame blocks, a window of 32 frames with a global sink of 8,
     the multi-shot sink, a RoPE offset of 8 a shot, 4 UniPC steps at shift 5. shot_clean_recache (off in every
     config): at a cut, before the cut block's clean pass, the cache is cut back to the global sink, so the new shot
-    continues from the global sink and its own shot sink only."""
+    continues from the global sink and its own shot sink only. switch_policy, at a prompt change inside a shot (no
+    cut): keep (upstream: only the text changes), recache (v1's: the current shot's cached frames are run again at
+    timestep 0 under the new prompt, so their K/V follow it), reset (a new video starts at that block)."""
 
     block: int = 8
     window: int = 32
@@ -42,6 +45,7 @@ class ShotSettings:
     steps: int = 4
     shift: float = SHIFT
     shot_clean_recache: bool = False
+    switch_policy: str = "keep"
 
     def check(self) -> None:
         if self.block < 1 or self.sink < 0 or self.window < self.sink + self.block or self.shot_offset < 0:
@@ -50,6 +54,9 @@ class ShotSettings:
         if self.sink % self.block or self.window % self.block:
             raise ConfigError(f"shot settings: window {self.window} and sink {self.sink} must be multiples of the "
                               f"block ({self.block} frames)")
+        if self.switch_policy not in SHOT_SWITCH_POLICIES:
+            raise ConfigError(f"switch_policy '{self.switch_policy}' is unknown; choose one of "
+                              f"{', '.join(SHOT_SWITCH_POLICIES)}")
         if self.steps not in (2, 3, 4):
             raise ConfigError(f"steps={self.steps}: LongLive 2.0 samples with 2, 3 or 4 UniPC steps")
 
@@ -82,6 +89,9 @@ class ShotSession:
         self.slots: list[int | None] = [None] * settings.window  # the latent frame each cache slot holds
         self.pinned: set[int] = set()  # the shot sink's frames
         self.frame, self.shot, self._embeds = 0, 0, None
+        self.origin = 0  # the frame at time position 0 (a reset starts a new video there)
+        self.shot_start = 0  # the first frame of the current shot
+        self.clean: dict[int, tuple[torch.Tensor, int]] = {}  # recache: held frame -> (its latent, its position)
         self.image = None if image is None else self._check_image(image, latent_hw)
 
     def _check_image(self, image: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -99,9 +109,14 @@ class ShotSession:
         starts a new shot (the first block never does). Returns the block's latents [B, 8, 48, h, w]."""
         s, index = self.settings, self.frame // self.settings.block
         cut = cut and index > 0
-        if cut and s.shot_offset:
-            self.shot += 1
-        self._set_text(embeds)
+        if cut:
+            self.shot += 1 if s.shot_offset else 0
+            self.shot_start = self.frame
+        if self._set_text(embeds) and index > 0 and not cut:
+            if s.switch_policy == "reset":
+                self._restart()
+            elif s.switch_policy == "recache":
+                self._recache()
         plan = self._plan()
         eps = self.noise(index).to(self.model.device, torch.float32)
         image = self.image if index == 0 else None
@@ -115,13 +130,49 @@ class ShotSession:
         self._pass(block, self._timesteps(0.0, None), dataclasses.replace(plan, cache_only=True))  # clean K/V
         if cut and s.shot_sink and s.sink:
             self.pinned = set(range(self.frame, self.frame + min(s.sink, s.block)))
+        if s.switch_policy == "recache":
+            self._keep_clean(block)
         self.frame += s.block
         return block
 
-    def _set_text(self, embeds: torch.Tensor) -> None:
-        if self._embeds is None or self._embeds.shape != embeds.shape or not torch.equal(self._embeds, embeds):
-            self.model.fill_text_cache(embeds.expand(self.batch, -1, -1), self.text)
-            self._embeds = embeds.clone()
+    def _set_text(self, embeds: torch.Tensor) -> bool:
+        """Fills the text cache for a new prompt; returns whether the prompt changed."""
+        if self._embeds is not None and self._embeds.shape == embeds.shape and torch.equal(self._embeds, embeds):
+            return False
+        self.model.fill_text_cache(embeds.expand(self.batch, -1, -1), self.text)
+        self._embeds = embeds.clone()
+        return True
+
+    # --- switch policies -------------------------------------------------------------------------------------
+
+    def _restart(self) -> None:
+        """reset: the cache empties and time positions start again at this block (a new video from here)."""
+        self.slots = [None] * self.settings.window
+        self.pinned, self.clean = set(), {}
+        self.origin = self.shot_start = self.frame
+        self.shot = 0
+
+    def _keep_clean(self, block: torch.Tensor) -> None:
+        """recache: the block's clean latents and positions, kept while their frames are in the cache."""
+        for i in range(block.shape[1]):
+            self.clean[self.frame + i] = (block[:, i:i + 1], self._position(self.frame + i))
+        held = set(self.slots)
+        self.clean = {f: kept for f, kept in self.clean.items() if f in held}
+
+    def _recache(self) -> None:
+        """recache: the current shot's cached frames run again at timestep 0 under the new prompt (already in the
+        text cache), each at its own position, writing their K/V where they are."""
+        frames = [(slot, f) for slot, f in enumerate(self.slots) if f is not None and f >= self.shot_start]
+        if not frames:
+            return
+        x = torch.cat([self.clean[f][0] for _, f in frames], dim=1)
+        angles = [self.rope.cos_sin(self.clean[f][1], 1, *self.grid) for _, f in frames]
+        tokens = (torch.tensor([slot for slot, _ in frames])[:, None] * self.frame_tokens
+                  + torch.arange(self.frame_tokens)).flatten()
+        filled = max(i for i, f in enumerate(self.slots) if f is not None) + 1
+        plan = PassPlan(torch.cat([c for c, _ in angles]), torch.cat([s for _, s in angles]),
+                        tokens.to(self.model.device), filled * self.frame_tokens, cache_only=True)
+        self._pass(x, self._timesteps(0.0, None), plan)
 
     def _timesteps(self, timestep: float, image: torch.Tensor | None) -> torch.Tensor:
         """[B]: one timestep a sample; with the image, [B, 8]: frame 0 at timestep 0."""
@@ -147,22 +198,25 @@ class ShotSession:
             self.slots[slot] = self.frame + offset
         tokens = (torch.tensor(slots)[:, None] * self.frame_tokens + torch.arange(self.frame_tokens)).flatten()
         filled = max(i for i, f in enumerate(self.slots) if f is not None) + 1  # frames fill the lowest slots
-        cos, sin = self.rope.cos_sin(self.frame + self.shot * self.settings.shot_offset, self.settings.block,
-                                     *self.grid)
+        cos, sin = self.rope.cos_sin(self._position(self.frame), self.settings.block, *self.grid)
         return PassPlan(cos, sin, tokens.to(self.model.device), filled * self.frame_tokens)
 
     def _cut_back(self, plan: PassPlan) -> PassPlan:
         """shot_clean_recache: every frame but the global sink leaves the cache; the block's clean pass writes its
         K/V right after the sink and attends to the sink and itself."""
-        self.slots = [f if f is not None and f < self.settings.sink else None for f in self.slots]
+        self.slots = [f if f is not None and f < self.origin + self.settings.sink else None for f in self.slots]
         self.pinned = set()
         return self._plan()
+
+    def _position(self, frame: int) -> int:
+        """A frame's time position: its index in the video (since a reset), plus the shot offset."""
+        return frame - self.origin + self.shot * self.settings.shot_offset
 
     def _take_slots(self, count: int) -> list[int]:
         """The block's slots: free ones first, then those of the oldest frames outside the global and shot sinks."""
         free = [i for i, f in enumerate(self.slots) if f is None]
         if len(free) < count:
-            protected = set(range(self.settings.sink)) | self.pinned
+            protected = set(range(self.origin, self.origin + self.settings.sink)) | self.pinned
             held = sorted((f, i) for i, f in enumerate(self.slots) if f is not None and f not in protected)
             free += [i for _, i in held[:count - len(free)]]
         return sorted(free[:count])
