@@ -109,22 +109,10 @@ class ShotSession:
         starts a new shot (the first block never does). Returns the block's latents [B, 8, 48, h, w]."""
         s, index = self.settings, self.frame // self.settings.block
         cut = cut and index > 0
-        if cut:
-            self.shot += 1 if s.shot_offset else 0
-            self.shot_start = self.frame
-        if self._set_text(embeds) and index > 0 and not cut:
-            if s.switch_policy == "reset":
-                self._restart()
-            elif s.switch_policy == "recache":
-                self._recache()
+        self._prompt(embeds, cut, index)
         plan = self._plan()
-        eps = self.noise(index).to(self.model.device, torch.float32)
         image = self.image if index == 0 else None
-        velocities: list[torch.Tensor] = []
-        for step, timestep in enumerate(self.table.timesteps):
-            x = _held(_combine(eps, self.table.steps[step], velocities), image)
-            velocities.append(self._pass(x, self._timesteps(float(timestep), image), plan).float())
-        block = _held(_combine(eps, self.table.output, velocities), image)
+        block = self._denoise(self.noise(index).to(self.model.device, torch.float32), plan, image)
         if cut and s.shot_clean_recache:
             plan = self._cut_back(plan)
         self._pass(block, self._timesteps(0.0, None), dataclasses.replace(plan, cache_only=True))  # clean K/V
@@ -134,6 +122,26 @@ class ShotSession:
             self._keep_clean(block)
         self.frame += s.block
         return block
+
+    def _prompt(self, embeds: torch.Tensor, cut: bool, index: int) -> None:
+        """A cut starts a shot; a prompt change inside a shot goes by the switch policy."""
+        if cut:
+            self.shot += 1 if self.settings.shot_offset else 0
+            self.shot_start = self.frame
+        if self._set_text(embeds) and index > 0 and not cut:
+            if self.settings.switch_policy == "reset":
+                self._restart()
+            elif self.settings.switch_policy == "recache":
+                self._recache()
+
+    def _denoise(self, eps: torch.Tensor, plan: PassPlan, image: torch.Tensor | None) -> torch.Tensor:
+        """The sampler's passes: input i is eps + sum_j c_ij v_j (frame 0 held at the image), the block the
+        table's last row."""
+        velocities: list[torch.Tensor] = []
+        for step, timestep in enumerate(self.table.timesteps):
+            x = _held(_combine(eps, self.table.steps[step], velocities), image)
+            velocities.append(self._pass(x, self._timesteps(float(timestep), image), plan).float())
+        return _held(_combine(eps, self.table.output, velocities), image)
 
     def _set_text(self, embeds: torch.Tensor) -> bool:
         """Fills the text cache for a new prompt; returns whether the prompt changed."""
