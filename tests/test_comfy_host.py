@@ -658,3 +658,19 @@ def test_a_batch_writes_a_file_a_sample_and_runs_never_overwrite_each_other(host
         assert [len(mp4_frames(host, f)) for f in files] == [9, 9]
         names += [f["filename"] for f in files]
     assert names == ["batch_00001_b0_.mp4", "batch_00001_b1_.mp4", "batch_00002_b0_.mp4", "batch_00002_b1_.mp4"]
+
+
+def test_a_longlive_2_model_is_named_and_refused_by_the_nodes(host):
+    """A LongLive 2.0 file (48 latent channels) in models/diffusion_models: the loader names it and says what runs;
+    with a LongLive 1.x LoRA the LoRA is refused first, naming it."""
+    from longlive_core import WanConfig
+    from longlive_core.tools.synthetic import random_model, write_longlive_checkpoint
+
+    v2 = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, in_dim=48, out_dim=48)
+    write_longlive_checkpoint(random_model(v2), str(host.base / "models" / "diffusion_models" / "longlive2_tiny.pt"))
+    graph = graph_of(host, "longlive_interactive", length=3, length_unit="latent frames")
+    graph["1"]["inputs"].update(model_name="longlive2_tiny.pt", lora_name="none")
+    assert ("model_name: longlive2_tiny.pt is a LongLive 2.0 model (Wan2.2 TI2V 5B, 48 latent channels); these "
+            "nodes run LongLive 1.x so far") in failure(host, graph)
+    graph["1"]["inputs"]["lora_name"] = host.names["lora"]
+    assert "the LoRA belongs to another model" in failure(host, graph)
