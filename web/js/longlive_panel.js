@@ -129,10 +129,10 @@ class Player {
       for (const old of this.buffer.splice(0)) old.image.close();
     }
     this.buffer.push({ header, image });
-    const data_ = state.ui.panel.dataset;
-    data_.streamFrames = this.count;
-    data_.streamOrder = this.order;
-    data_.streamLast = header.frame;
+    const shown = state.ui.panel.dataset;
+    shown.streamFrames = this.count;
+    shown.streamOrder = this.order;
+    shown.streamLast = header.frame;
   }
 
   tick() {
@@ -163,7 +163,8 @@ class Player {
 }
 
 function watch(session) {
-  if (!session || state.player?.session === session) return;
+  const open = state.player && state.player.ws.readyState <= WebSocket.OPEN; // connecting or open
+  if (!session || (open && state.player.session === session)) return; // a closed socket (server restart): again
   state.player?.close();
   state.player = new Player(session);
 }
