@@ -176,35 +176,53 @@ class ComfyHost:
         return entry, [("binary", d["data"]) if kind == "preview" else (kind, d) for _, kind, d in events.items]
 
 
-class Events:
-    """Every WebSocket message of a server, timestamped, collected on a thread of its own (connected when made)."""
+class _Listener:
+    """A WebSocket client on a thread of its own (connected when made); `take(message)` keeps what it wants."""
 
-    def __init__(self, url: str, client_id: str):
-        self.url, self.client_id, self.items = url, client_id, []
+    def __init__(self, ws_url: str):
+        self.ws_url = ws_url
         self.stop, self.connected = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
         self.thread.start()
         if not self.connected.wait(30):
-            raise TimeoutError(f"no WebSocket connection to {url} within 30 s")
+            raise TimeoutError(f"no WebSocket connection to {ws_url} within 30 s")
 
     async def _listen(self) -> None:
         import aiohttp
 
-        ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
-        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, heartbeat=30) as ws:
+        async with aiohttp.ClientSession() as http, http.ws_connect(self.ws_url, heartbeat=30) as ws:
             self.connected.set()
             while not self.stop.is_set():
                 try:
                     msg = await ws.receive(timeout=0.5)
                 except asyncio.TimeoutError:
                     continue
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    data = json.loads(msg.data)
-                    self.items.append((time.time(), data["type"], data.get("data", {})))
-                elif msg.type == aiohttp.WSMsgType.BINARY:  # a preview image
-                    self.items.append((time.time(), "preview", {"data": msg.data}))
-                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    self.take(msg.data)
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                     return
+
+    def take(self, data: str | bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+class Events(_Listener):
+    """Every WebSocket message of a server, timestamped."""
+
+    def __init__(self, url: str, client_id: str):
+        self.url, self.client_id, self.items = url, client_id, []
+        super().__init__(url.replace("http", "ws", 1) + f"/ws?clientId={client_id}")
+
+    def take(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            message = json.loads(data)
+            self.items.append((time.time(), message["type"], message.get("data", {})))
+        else:  # a preview image
+            self.items.append((time.time(), "preview", {"data": data}))
 
     def since(self, t0: float, kind: str | None = None) -> list[tuple[float, str, dict]]:
         return [e for e in list(self.items) if e[0] >= t0 and (kind is None or e[1] == kind)]
@@ -215,38 +233,18 @@ class Events:
                    for _, kind, d in list(self.items))
 
 
-class FrameWatcher:
+class FrameWatcher(_Listener):
     """A viewer of a session's frames (WebSocket /longlive/sessions/{id}/frames), as the LongLive panel is: records
-    each frame's arrival time and header, on a thread of its own (connected when made)."""
+    each frame's arrival time and header."""
 
     def __init__(self, url: str, session_id: str):
-        self.url, self.session_id, self.frames = url, session_id, []  # (arrival time.time(), header)
-        self.stop, self.connected = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
-        self.thread.start()
-        if not self.connected.wait(30):
-            raise TimeoutError(f"no frames WebSocket for session '{session_id}' at {url} within 30 s")
+        self.frames: list[tuple[float, dict]] = []  # (arrival time.time(), header)
+        super().__init__(url.replace("http", "ws", 1) + f"/longlive/sessions/{session_id}/frames")
 
-    async def _listen(self) -> None:
-        import aiohttp
-
-        ws_url = self.url.replace("http", "ws", 1) + f"/longlive/sessions/{self.session_id}/frames"
-        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, heartbeat=30) as ws:
-            self.connected.set()
-            while not self.stop.is_set():
-                try:
-                    msg = await ws.receive(timeout=0.5)
-                except asyncio.TimeoutError:
-                    continue
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    length = int.from_bytes(msg.data[:4], "big")
-                    self.frames.append((time.time(), json.loads(msg.data[4:4 + length])))
-                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                    return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
+    def take(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):  # a frame (the text message first says which session and rate)
+            length = int.from_bytes(data[:4], "big")
+            self.frames.append((time.time(), json.loads(data[4:4 + length])))
 
 
 def error_of(entry: dict) -> dict | None:
