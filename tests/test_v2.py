@@ -104,6 +104,9 @@ def test_each_family_runs_in_its_own_session(tiny_model):
         ShotSession(tiny_model, batch=1, latent_hw=(4, 6), noise=lambda k: None)
     with pytest.raises(ConfigError, match="window 30 and sink 8 must be multiples of the block"):
         ShotSession(v2, batch=1, latent_hw=(4, 6), noise=lambda k: None, settings=ShotSettings(window=30))
+    with pytest.raises(ConfigError, match=r"window 16 cannot hold the global sink \(8\), the shot sink \(8\) and a "
+                                          r"block \(8\); raise the window to at least 24 or turn the shot sink off"):
+        ShotSettings(window=16).check()
     with pytest.raises(ConfigError, match="latent size 4x5 must be even"):
         ShotSession(v2, batch=1, latent_hw=(4, 5), noise=lambda k: None)
 

@@ -51,6 +51,11 @@ class ShotSettings:
         if self.block < 1 or self.sink < 0 or self.window < self.sink + self.block or self.shot_offset < 0:
             raise ConfigError(f"shot settings: window {self.window} must hold the sink ({self.sink}) and a block "
                               f"({self.block}); sink and shot_offset must be >= 0")
+        pinned = min(self.sink, self.block) if self.shot_sink else 0
+        if self.window < self.sink + pinned + self.block:
+            raise ConfigError(f"shot settings: window {self.window} cannot hold the global sink ({self.sink}), the shot "
+                              f"sink ({pinned}) and a block ({self.block}); raise the window to at least "
+                              f"{self.sink + pinned + self.block} or turn the shot sink off")
         if self.sink % self.block or self.window % self.block:
             raise ConfigError(f"shot settings: window {self.window} and sink {self.sink} must be multiples of the "
                               f"block ({self.block} frames)")
