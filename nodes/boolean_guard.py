@@ -8,10 +8,6 @@ refuses the graph (HTTP 400, `node_errors` naming the node and the input) with t
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger("longlive")
-
 
 class StringBoolean(str):
     """A string sent for a boolean input. It serializes as the string it was; asking for its truth value raises."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
-import logging
 import os
 import queue
 import threading
@@ -17,8 +16,6 @@ import numpy as np
 import torch
 
 from ..longlive_core import FPS, LongLiveError
-
-log = logging.getLogger("longlive")
 
 # libx264 settings, chosen with scripts/bench_encoder.py (docs/BENCHMARKS.md run 73): at CRF 18 'veryfast' encoded
 # 832x480 at 173 frames a second on 4 threads (over three times what generation makes) and was the smallest file of
