@@ -159,16 +159,7 @@ def test_three_runs_with_one_session_make_one_continuous_video(host):
 def test_interrupt_mid_run_leaves_the_session_usable(host):
     graph = graph_of(host, "longlive_interactive", session_id="interrupt", reset=True, length=900,
                      length_unit="latent frames")
-    prompt_id = host.queue(with_latent_output(graph, "test/interrupt"))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        session = host.get("/longlive/sessions")["sessions"].get("interrupt")
-        if session and session["frames"] >= 6:
-            break
-        time.sleep(0.05)
-    host.request("POST", "/interrupt", {})
-    entry = host.wait(prompt_id)
-    assert error_of(entry)["event"] == "execution_interrupted"
+    interrupted(host, with_latent_output(graph, "test/interrupt"), "interrupt", 6)
     state = host.get("/longlive/sessions")["sessions"]["interrupt"]
     done = state["frames"]
     assert 0 < done < 900 and done % 3 == 0 and state["undelivered_frames"] == done
@@ -295,6 +286,15 @@ def wait_for(condition, timeout=120):
 
 def live_state(host, key="live"):
     return host.get("/longlive/sessions")["sessions"].get(key)
+
+
+def interrupted(host, graph: dict, session: str, frames: int) -> None:
+    """Queues the graph, sends /interrupt once its session holds `frames` latent frames, and checks the run ended
+    interrupted."""
+    prompt_id = host.queue(graph)
+    wait_for(lambda: (s := live_state(host, session)) and s["frames"] >= frames)
+    host.request("POST", "/interrupt", {})
+    assert error_of(host.wait(prompt_id))["event"] == "execution_interrupted"
 
 
 def test_live_session_switches_at_the_next_block_and_stops(host):
@@ -530,10 +530,7 @@ def test_an_interrupted_live_run_that_decodes_keeps_every_frame_for_the_next(hos
     graph = graph_of(host, "longlive_live", session_id="cut_live", reset=True, length=900,
                      length_unit="latent frames")
     graph["6"]["inputs"]["filename_prefix"] = "test/cut_live"
-    prompt_id = host.queue(graph)
-    wait_for(lambda: (s := live_state(host, "cut_live")) and s["frames"] >= 6)
-    host.request("POST", "/interrupt", {})
-    assert error_of(host.wait(prompt_id))["event"] == "execution_interrupted"
+    interrupted(host, graph, "cut_live", 6)
     kept = live_state(host, "cut_live")["undelivered_frames"]
     graph = graph_of(host, "longlive_live", session_id="cut_live", reset=False, live=False, length=3,
                      length_unit="latent frames")
@@ -593,10 +590,7 @@ def test_an_interrupted_run_leaves_a_playable_file(host):
     graph = graph_of(host, "longlive_interactive", session_id="cut_file", reset=True, length=900,
                      length_unit="latent frames")
     graph["6"]["inputs"]["filename_prefix"] = "test/cut_file"
-    prompt_id = host.queue(graph)
-    wait_for(lambda: (s := live_state(host, "cut_file")) and s["frames"] >= 9)
-    host.request("POST", "/interrupt", {})
-    assert error_of(host.wait(prompt_id))["event"] == "execution_interrupted"
+    interrupted(host, graph, "cut_file", 9)
     (path,) = (host.base / "output" / "test").glob("cut_file_*.mp4")
     frames = mp4_frames(host, {"subfolder": "test", "filename": path.name})
     assert len(frames) >= 21 and (len(frames) + 3) % 12 == 0  # the blocks decoded before the third: 4T - 3 frames

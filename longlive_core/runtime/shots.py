@@ -182,9 +182,8 @@ class ShotSession:
         angles = [self.rope.cos_sin(self.clean[f][1], 1, *self.grid) for _, f in frames]
         tokens = (torch.tensor([slot for slot, _ in frames])[:, None] * self.frame_tokens
                   + torch.arange(self.frame_tokens)).flatten()
-        filled = max(i for i, f in enumerate(self.slots) if f is not None) + 1
         plan = PassPlan(torch.cat([c for c, _ in angles]), torch.cat([s for _, s in angles]),
-                        tokens.to(self.model.device), filled * self.frame_tokens, cache_only=True)
+                        tokens.to(self.model.device), self._held_tokens(), cache_only=True)
         self._pass(x, self._timesteps(0.0, None), plan)
 
     def _timesteps(self, timestep: float, image: torch.Tensor | None) -> torch.Tensor:
@@ -210,9 +209,12 @@ class ShotSession:
         for offset, slot in enumerate(slots):
             self.slots[slot] = self.frame + offset
         tokens = (torch.tensor(slots)[:, None] * self.frame_tokens + torch.arange(self.frame_tokens)).flatten()
-        filled = max(i for i, f in enumerate(self.slots) if f is not None) + 1  # frames fill the lowest slots
         cos, sin = self.rope.cos_sin(self._position(self.frame), self.settings.block, *self.grid)
-        return PassPlan(cos, sin, tokens.to(self.model.device), filled * self.frame_tokens)
+        return PassPlan(cos, sin, tokens.to(self.model.device), self._held_tokens())
+
+    def _held_tokens(self) -> int:
+        """The cache tokens a pass attends to: frames fill the lowest slots, so a prefix up to the last held one."""
+        return (max(i for i, f in enumerate(self.slots) if f is not None) + 1) * self.frame_tokens
 
     def _cut_back(self, plan: PassPlan) -> PassPlan:
         """shot_clean_recache: every frame but the global sink leaves the cache; the block's clean pass writes its
