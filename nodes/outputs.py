@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Callable
 
 import comfy.model_management as mm
 import folder_paths
@@ -157,17 +158,32 @@ class BlockDecoder:
     def made(self, done: BlockDone) -> None:
         self.posted = done.posted
 
-    def __call__(self, block: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, block: torch.Tensor) -> Callable[[], torch.Tensor | None]:
+        """Launches the block's decode and its one copy to the host; returns what hands the frames on once they are
+        there (the run calls it after it has launched the next block)."""
         images = stream_decode_on_device(self.vae, raw_latents(block), self.stream, self.fast)  # [B, N, H, W, 3]
-        frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu()  # the one copy to the host
-        self.files.write(frames)
-        if self.channel is not None:
-            start = self.video.decoding_at
-            self.channel.publish(frames[0], 0 if start == 0 else 4 * start - 3, self.posted, paced=self.live)
-        self.posted, self.last_frame = None, frames[0, -1]
-        if not self.keep_images:
-            return None
-        return images.flatten(0, 1).to(mm.intermediate_device()).float()
+        frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+        start = self.video.decoding_at
+        if frames.is_cuda:
+            host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(frames, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        else:
+            host, copied = frames, None
+
+        def finish() -> torch.Tensor | None:
+            if copied is not None:
+                copied.synchronize()
+            self.files.write(host)
+            if self.channel is not None:
+                self.channel.publish(host[0], 0 if start == 0 else 4 * start - 3, self.posted, paced=self.live)
+            self.posted, self.last_frame = None, host[0, -1]
+            if not self.keep_images:
+                return None
+            return images.flatten(0, 1).to(mm.intermediate_device()).float()
+
+        return finish
 
     def lead(self) -> float:
         return self.channel.lead_s() if self.channel is not None else 0.0

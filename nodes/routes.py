@@ -8,6 +8,7 @@ import logging
 import os
 import time
 
+import comfy.model_management as mm
 import torch
 from aiohttp import web
 
@@ -27,15 +28,21 @@ async def list_sessions(_request: web.Request) -> web.Response:
 
 
 def gpu_memory() -> dict | None:
-    """PyTorch's view of the GPU in this server: its allocator, what is allocated and held, the peak allocated
-    (under cudaMallocAsync the peak includes cuDNN's probes for workspace, which briefly take what is free)."""
+    """PyTorch's view of the GPU in this server: its allocator, what is allocated and held, the peak allocated since
+    the last sampler run began (under cudaMallocAsync a first decode's peak includes cuDNN's probes for workspace,
+    which briefly take what is free), and what ComfyUI has loaded of each model (by class)."""
     if not torch.cuda.is_available():
         return None
     gib = 2**30
+    loaded: dict[str, float] = {}
+    for entry in mm.current_loaded_models:
+        net = getattr(entry.model.model, "net", entry.model.model)  # the loader's Holder: its network's class
+        name = type(net).__name__
+        loaded[name] = round(loaded.get(name, 0.0) + entry.model_loaded_memory() / gib, 2)
     return {"allocator": torch.cuda.get_allocator_backend(),
             "allocated_gib": round(torch.cuda.memory_allocated() / gib, 2),
             "reserved_gib": round(torch.cuda.memory_reserved() / gib, 2),
-            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2)}
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2), "loaded_models_gib": loaded}
 
 
 async def delete_session(request: web.Request) -> web.Response:

@@ -130,6 +130,8 @@ class StreamingSampler(io.ComfyNode):
             raise ConfigError("LongLive Save Video needs decoded frames: connect the Wan 2.1 VAE to the sampler's vae "
                               "input")
         load(model)
+        if model.model.device.type == "cuda":  # the peak memory the sessions route reports is this run's
+            torch.cuda.reset_peak_memory_stats(model.model.device)
         video, note = open_video(model, settings, reset)
         frames = video.fit(frames, live)
         files = Files(video, requests, batch_size, width, height)
@@ -171,7 +173,10 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
         return video
 
     if not key:
-        return make(), "a new video (no session id)"
+        return unnamed_video(model, settings, make), "a new video (no session id)"
+    if model.spare is not None:  # a named session needs its room more
+        model.spare, spare = None, model.spare
+        spare.close()
     if reset:
         SESSIONS.delete(key)
         forget_save(key)
@@ -195,6 +200,20 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
         note = f"session '{key}' {'starts' if created else 'continues'} at latent frame {video.session.frame}"
         log.info("LongLive %s", note)
     return video, note
+
+
+def unnamed_video(model: LongLiveModel, settings: VideoSettings, make) -> Video:
+    """A new video for a run without a session id: the last one started over where it has the same settings but the
+    seed (its caches and CUDA graphs stay: no capture), else a new one that replaces it."""
+    spare = model.spare
+    if spare is not None and not spare.settings.changes(settings) and spare.session.model is model.model:
+        spare.restart(settings.seed)
+        return spare
+    model.spare = None
+    if spare is not None:
+        spare.close()
+    model.spare = make()
+    return model.spare
 
 
 def make_room(model: LongLiveModel, settings: VideoSettings) -> None:

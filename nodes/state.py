@@ -82,6 +82,7 @@ class LongLiveModel:
     signature: tuple = ()  # what the loader was asked for: the same signature means the same weights
     patcher: Any = None  # comfy ModelPatcher, so ComfyUI can unload us when memory is short
     videos: weakref.WeakSet = dataclasses.field(default_factory=weakref.WeakSet)  # the videos made with it
+    spare: Any = None  # the last unnamed video (a Video): the next unnamed run of its size starts it over
     weights_at: tuple | None = None
 
     @property

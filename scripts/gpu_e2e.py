@@ -388,7 +388,10 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
     precisions = [] if tiny else [("precisions", [], [
         *interactive_runs("fp8", 2, LongLive_ModelLoader={"precision": "fp8"}),
         *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
-        *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}), run_reload], False)]
+        *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}),
+        *interactive_runs("bf16_w21", 2, LongLive_StreamingSampler={"local_attn_size": 21}),
+        *interactive_runs("fp8_w21", 2, LongLive_ModelLoader={"precision": "fp8"},
+                          LongLive_StreamingSampler={"local_attn_size": 21}), run_reload], False)]
     return [
         ("one-minute", [], [run_one_minute, run_one_minute_warm], False),
         ("live", [], [run_live], False),
@@ -418,6 +421,25 @@ def table(results: list[Run]) -> str:
                      *(f"{r.stages[s]:.1f}" if s in r.stages else "" for s in STAGES),
                      f"{r.frames}" + (f"/{r.expected_frames}" if r.expected_frames is not None else ""),
                      f"{r.fps:.1f}", "" if r.peak_gpu_gib is None else f"{r.peak_gpu_gib:.1f}"])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+ENGINE_MODELS = ("FastWan", "CausalWan", "WanVAE")  # what generating needs loaded; ComfyUI may offload the rest
+
+
+def memory_table(results: list[Run]) -> str:
+    """The server's peak allocated GPU memory in each run (PyTorch's figure; the sampler resets it as it starts), what
+    ComfyUI had loaded, and the peak without the models generation does not use (the text encoder)."""
+    head = ["group", "run", "peak allocated GiB", "loaded models GiB", "peak without the text encoder GiB"]
+    rows = [head, ["---"] * len(head)]
+    for r in results:
+        gpu = r.notes.get("server_gpu") or {}
+        if "peak_allocated_gib" not in gpu:
+            continue
+        loaded = gpu.get("loaded_models_gib", {})
+        others = sum(v for k, v in loaded.items() if k not in ENGINE_MODELS)
+        rows.append([r.group, r.name, f"{gpu['peak_allocated_gib']:.2f}",
+                     ", ".join(f"{k} {v:.2f}" for k, v in loaded.items()), f"{gpu['peak_allocated_gib'] - others:.2f}"])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -458,6 +480,7 @@ def main() -> int:
     report(harness)
     print(json.dumps(env))
     print(table(harness.results))
+    print(memory_table(harness.results))
     for r in harness.results:
         if "stream" in r.notes:
             print(f"{r.group} / {r.name}, at the viewer: {json.dumps(r.notes['stream'])}")

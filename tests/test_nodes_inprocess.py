@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -204,6 +205,30 @@ def test_graphs_are_dropped_when_comfy_moves_the_weights(comfy):
     wrapper.model.to(torch.float64).to(torch.float32)  # every weight gets a new address, as after an unload
     wrapper.refresh_graphs()
     assert video.cleared == 1
+
+
+def test_unnamed_runs_start_the_last_unnamed_video_over_when_only_the_seed_changes(comfy):
+    """Its caches and CUDA graphs are kept (nothing captured again); other settings or a named session drop it."""
+    load_pack()
+    from longlive_core import VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    import comfy.model_patcher
+    from longlive_pack.nodes.loader import Holder
+    from longlive_pack.nodes.sampler import open_video
+    from longlive_pack.nodes.state import SESSIONS, LongLiveModel
+
+    net, cpu = random_model(TINY), torch.device("cpu")
+    model = LongLiveModel(net, fast=False, signature=("tiny",),
+                          patcher=comfy.model_patcher.ModelPatcher(Holder(net), load_device=cpu, offload_device=cpu))
+    settings = VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0)
+    first, _ = open_video(model, settings, reset=False)
+    again, _ = open_video(model, dataclasses.replace(settings, seed=7), reset=False)
+    assert again is first and again.settings.seed == 7 and again.session.seed == 7
+    wider, _ = open_video(model, dataclasses.replace(settings, width=128), reset=False)
+    assert wider is not first and model.spare is wider
+    named, _ = open_video(model, dataclasses.replace(settings, session_id="spare_test"), reset=False)
+    SESSIONS.delete("spare_test")
+    assert model.spare is None and named is not wider
 
 
 def test_a_model_left_partly_off_its_device_is_refused_before_any_capture(comfy):

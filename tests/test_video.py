@@ -16,6 +16,11 @@ def embed(text: str) -> torch.Tensor:
     return hashed_embeds(text, TINY.text_dim)
 
 
+def finished(decode):
+    """A decode hook that decodes at once (its finisher returns the images)."""
+    return lambda latents: (lambda images=decode(latents): images)
+
+
 def new_video(model, policy: str = "recache") -> Video:
     return Video.open(model, VideoSettings(("tiny",), 1, 96, 64, 9, 3, policy, 0, "v"), fast=False)
 
@@ -46,11 +51,12 @@ def test_an_interrupted_run_keeps_its_blocks_and_images_for_the_next(tiny_model)
         if done.index == 1:
             raise KeyboardInterrupt  # as ComfyUI's progress bar raises on /interrupt
 
-    decode = lambda latents: latents[:, :, :3].mean(2).repeat_interleave(4, 0)[..., None]  # noqa: E731
+    decode = finished(lambda latents: latents[:, :, :3].mean(2).repeat_interleave(4, 0)[..., None])
     with pytest.raises(KeyboardInterrupt):
-        video.run(12, live=False, hooks=RunHooks(embed_text=embed, decode=decode, shown=stop_after_two))
+        video.run(15, live=False, hooks=RunHooks(embed_text=embed, decode=decode, shown=stop_after_two))
     latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
-    assert latents.shape[1] == 9 and images.shape[0] == 3 * 4  # the two kept blocks and the new one
+    # the second block's hand-off comes after the third block was launched: three kept blocks and the new one
+    assert latents.shape[1] == 12 and images.shape[0] == 4 * 4
 
 
 def test_a_live_run_takes_the_newest_posted_prompt_at_the_next_block(tiny_model):
@@ -68,6 +74,42 @@ def test_a_live_run_takes_the_newest_posted_prompt_at_the_next_block(tiny_model)
     assert latents.shape[1] == 9  # stopped after the third block
     assert [s["text"] for s in video.switches] == ["a dog"] and video.switches[0]["frame"] == 3
     assert video.prompt_key == Prompt(3, "a dog").key() and not video.live and video.inbox.empty()
+
+
+def test_a_prompt_posted_during_a_live_block_makes_that_block_again_under_it(tiny_model):
+    """The block in flight is cut short at its next pass and made again under the posted prompt: the video a run
+    with the switch scheduled at that block makes."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    passes = []
+
+    def check():
+        passes.append(video.session.frame)
+        if len(passes) == 4 + 2:  # before the second block's second pass
+            video.post(PostedPrompt("a dog", time.time()))
+
+    latents, _ = video.run(9, live=True, hooks=RunHooks(embed_text=embed, check=check))
+    assert passes == [0] * 4 + [3] * (2 + 4) + [6] * 4  # two passes cut short, then the block again
+    assert [s["frame"] for s in video.switches] == [3]
+    scheduled = new_video(tiny_model)
+    scheduled.schedule([Prompt(0, "a boy"), Prompt(3, "a dog")], 9, embed)
+    want, _ = scheduled.run(9, live=False, hooks=RunHooks(embed_text=embed))
+    torch.testing.assert_close(latents, want, rtol=0, atol=0)
+
+
+def test_a_restarted_video_makes_what_a_new_one_makes(tiny_model):
+    """restart keeps the caches (and graphs) but nothing of the video before it."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy"), Prompt(3, "a dog")], 6, embed)
+    video.run(6, live=False, hooks=RunHooks(embed_text=embed))
+    video.restart(seed=5)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+    again, _ = video.run(6, live=False, hooks=RunHooks(embed_text=embed))
+    fresh = Video.open(tiny_model, VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 5, "v"), fast=False)
+    fresh.schedule([Prompt(0, "a boy")], 6, embed)
+    want, _ = fresh.run(6, live=False, hooks=RunHooks(embed_text=embed))
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
+    assert video.settings.seed == 5 and video.switches == [] and video.stats.warm_up_s == 0
 
 
 def test_close_waits_for_the_run_in_progress(tiny_model):
@@ -129,7 +171,8 @@ def test_a_decode_cut_off_by_an_interrupt_is_made_at_the_next_run(tiny_model, cu
             decoded.append(None)
             raise Stop  # inside the first or the second block's decode
         decoded.append(latents)
-        return latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+        images = latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+        return lambda: images
 
     with pytest.raises(Stop):
         video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
@@ -148,7 +191,7 @@ def test_blocks_of_a_run_without_a_decoder_are_decoded_by_the_next_that_has_one(
 
     with pytest.raises(Stop):
         video.run(6, live=False, hooks=RunHooks(embed_text=embed, shown=stop))  # interrupted, nothing decoded
-    decode = lambda latents: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]  # noqa: E731
+    decode = finished(lambda latents: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None])
     latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
     assert latents.shape[1] == 6 and images.shape[0] == 24
 

@@ -22,7 +22,9 @@ from ..quant.fp8 import E4M3_MAX, SCALE_FLOOR
 # (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms and
 # text sections on the H100 (runs 25, 35-36, 38); in the interpreter, many rows per program (it pays per program).
 # text: (queries, keys a step, warps, stages).
-GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3)}
+# rows a program (or query and key tiles), warps, stages. The float32 text attention (the tests' exact reference, never
+# the fast path) takes small tiles: at 64 x 64 its fp32 tiles spill registers and ptxas ran for minutes (run 72)
+GPU_LAUNCH = {"norm": (1, 4), "qkv": (1, 4), "qkv fp8": (2, 4), "text": (64, 64, 4, 3), "text float32": (16, 32, 4, 1)}
 INTERPRETER_ROWS = 64
 
 
@@ -202,7 +204,8 @@ def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.T
     _run("rms", (-(-batch * rows // per),), q, rstd, batch * rows, n, eps, ROWS=per, BLOCK=row_block(n),
          num_warps=warps)
     out = q.new_empty(batch, rows, heads, d)
-    block_q, block_k, warps, stages = GPU_LAUNCH["text"] if q.is_cuda else (INTERPRETER_ROWS, INTERPRETER_ROWS, 1, 1)
+    launch = GPU_LAUNCH["text float32" if q.dtype == torch.float32 else "text"]
+    block_q, block_k, warps, stages = launch if q.is_cuda else (INTERPRETER_ROWS, INTERPRETER_ROWS, 1, 1)
     _run("text_attention_kernel", (-(-rows // block_q), batch * heads),
         q, rstd, weight, k, v, used, pad_k, pad_v, log_pad, out, rows, heads, d, k.stride(0),
         pad_k.stride(0), d ** -0.5, BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, row_block(d)),

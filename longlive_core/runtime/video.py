@@ -26,7 +26,9 @@ from .prompt_text import check_starts
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
-PACE_MARGIN_S = 0.25  # a live run starts its next block when less video waits than a block's making time + this
+# a live run starts its next block when less video waits at its viewers than a block's making time + this: the
+# buffer that absorbs a slow block (a switch, a stall) without a gap; a posted prompt's first frame skips it
+PACE_MARGIN_S = 0.5
 MAX_UNDECODED_FRAMES = 256  # latent frames of delivered runs kept for a decode that was interrupted (100 MB at 480x832)
 
 
@@ -112,9 +114,11 @@ class RunHooks:
     """What the host does around a run. encode: the text encoder of posted prompts (None: none connected);
     embed_text: embeddings of a prompt that has none (raises where that cannot be); prepare: before each block (the
     host makes sure the weights are where the model runs); check: before each denoising pass (raises to interrupt
-    the run inside a block); decode: block latents -> images [B * frames, H, W, 3] (None: no decoding), or None where
-    the frames went elsewhere (a file, the viewers) and the run returns no images; made: after a block is generated
-    (stats are current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
+    the run inside a block); decode: launches the decode of block latents and returns what finishes it (None: no
+    decoding); the finisher returns images [B * frames, H, W, 3], or None where the frames went elsewhere (a file, the
+    viewers) and the run returns no images. A run that is not live finishes a block's decode after it has launched
+    the next block, so the GPU never waits for the host's hand-off. made: after a block is generated (stats are
+    current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
     live run, seconds of video made and not yet shown to its viewers (the run waits while that is more than a block
     takes to make, so it stays about one block ahead). Embeddings are [1 or B, tokens, text_dim]."""
 
@@ -122,7 +126,7 @@ class RunHooks:
     encode: Callable[[str], torch.Tensor] | None = None
     prepare: Callable[[], None] = lambda: None
     check: Callable[[], None] | None = None
-    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    decode: Callable[[torch.Tensor], Callable[[], torch.Tensor | None]] | None = None
     made: Callable[[BlockDone], None] = _nothing
     shown: Callable[[BlockDone], None] = _nothing
     lead: Callable[[], float] | None = None
@@ -252,6 +256,14 @@ class Video:
         self.decoders.clear()
         self.close_outputs()
 
+    def restart(self, seed: int) -> None:
+        """Starts a new video with this seed in the same caches and graphs (nothing is captured again)."""
+        self.settings = dataclasses.replace(self.settings, seed=seed)
+        self.session.seed = seed
+        self.reset()
+        self.switches.clear()
+        self.stats = Stats(warm_up_s=0.0)
+
     # --- a run ------------------------------------------------------------------------------------------------
 
     def fit(self, frames: int, live: bool) -> int:
@@ -298,14 +310,26 @@ class Video:
         _drain(self.inbox)
         self.stop.clear()
         self.live, self.running = live, True
+        waiting: _Made | None = None  # generated, its decode launched, not yet handed to the host
         try:
-            self._decode_owed(hooks.decode)
-            for i in range(blocks):
-                if live and i > 0:
-                    self._pace(hooks)
-                    if self.stop.is_set():  # a live run makes at least one block
-                        break
-                self._block(i, blocks, live, hooks)
+            try:
+                self._decode_owed(hooks.decode)
+                for i in range(blocks):
+                    if live and i > 0:
+                        self._pace(hooks)
+                        if self.stop.is_set():  # a live run makes at least one block
+                            break
+                    made = self._generate(i, blocks, live, hooks)
+                    if waiting is not None:  # while the GPU makes this block
+                        waiting, previous = None, waiting
+                        self._hand_off(previous, hooks)
+                    waiting = self._launch_decode(made, hooks)
+                    if live or hooks.decode is None:  # nothing to overlap, or a live block: shown at once
+                        waiting, made = None, waiting
+                        self._hand_off(made, hooks)
+            finally:
+                if waiting is not None and len(self.undelivered_images) < len(self.undelivered):
+                    self._hand_off(waiting, hooks)  # its frames are made: not lost to an interrupt (nor kept after a reset)
         finally:
             self.live = self.running = False
             _drain(self.inbox)  # a prompt posted as the run ended belongs to no run
@@ -329,7 +353,7 @@ class Video:
                 hooks.check()
             self.stop.wait(0.005)
 
-    def _decode_owed(self, decode: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+    def _decode_owed(self, decode: Callable[[torch.Tensor], Callable[[], torch.Tensor | None]] | None) -> None:
         """Decodes the kept blocks without images (an interrupt cut their decode off, or their run decoded nothing):
         this run's IMAGE holds the frames of every block its LATENT holds."""
         if decode is None:
@@ -337,26 +361,45 @@ class Video:
         owed = self.undelivered[len(self.undelivered_images):]
         self.decoding_at = self.session.frame - sum(b.shape[1] for b in owed)
         for latents in owed:
-            self.undelivered_images.append(_per_sample(decode(latents), latents))
+            self.undelivered_images.append(_per_sample(decode(latents)(), latents))
             self.decoding_at += latents.shape[1]
 
-    def _block(self, index: int, blocks: int, live: bool, hooks: RunHooks) -> None:
+    def _generate(self, index: int, blocks: int, live: bool, hooks: RunHooks) -> "_Made":
+        """Launches a block's passes. In a live run, a prompt posted while a block is made under the old prompt cuts
+        that block short at its next pass, and the block is made again under the new one."""
         start = time.perf_counter()
         posted = self._take_posted(hooks) if live else None
         hooks.prepare()
         started_at = self.session.frame
-        latents, ms = self._timed_block(hooks.check)
+        timer = _Timer(self.session.model.device)
+        try:
+            latents = self._step(hooks.check, cut_short=live and posted is None and started_at not in self.session.pending)
+        except _Superseded:
+            posted = self._take_posted(hooks)
+            hooks.prepare()
+            timer = _Timer(self.session.model.device)
+            latents = self._step(hooks.check, cut_short=False)
+        timer.stop()
         self.prompt_key = self.upcoming.pop(started_at, self.prompt_key)  # the prompt now in force
         self.undelivered.append(latents.float())
-        self._record(ms, posted)
-        hooks.made(BlockDone(index, blocks, latents, None, posted))
-        images = None
+        return _Made(index, blocks, latents, posted, started_at, timer, start)
+
+    def _launch_decode(self, made: "_Made", hooks: RunHooks) -> "_Made":
         if hooks.decode is not None:
-            self.decoding_at = started_at
-            images = hooks.decode(latents)
-            self.undelivered_images.append(_per_sample(images, latents))
-        hooks.shown(BlockDone(index, blocks, latents, images, posted))
-        self._block_s = time.perf_counter() - start
+            self.decoding_at = made.started_at
+            made.finish = hooks.decode(made.latents)
+        return made
+
+    def _hand_off(self, made: "_Made", hooks: RunHooks) -> None:
+        """A block's stats, its decoded frames to the host, its progress."""
+        self._record(made.timer.ms(), made.posted, made.started_at)
+        hooks.made(BlockDone(made.index, made.blocks, made.latents, None, made.posted))
+        images = None
+        if made.finish is not None:
+            images = made.finish()
+            self.undelivered_images.append(_per_sample(images, made.latents))
+        hooks.shown(BlockDone(made.index, made.blocks, made.latents, images, made.posted))
+        self._block_s = time.perf_counter() - made.start
 
     def _take_posted(self, hooks: RunHooks) -> PostedPrompt | None:
         """Applies the newest prompt posted since the last block (older ones are superseded)."""
@@ -369,19 +412,23 @@ class Video:
             self.upcoming[frame + FRAMES_PER_BLOCK * (posted.blend_blocks - 1)] = prompt.key()
         return posted
 
-    def _timed_block(self, check: Callable[[], None] | None) -> tuple[torch.Tensor, float]:
-        start = time.perf_counter()
+    def _step(self, check: Callable[[], None] | None, cut_short: bool) -> torch.Tensor:
+        """The session's next block; `check` may stop it between passes, as may a posted prompt where `cut_short`
+        (the session can then make the block again)."""
         stopped: list[BaseException] = []
 
         def between_passes() -> None:
             try:
-                check()
+                if check is not None:
+                    check()
+                if cut_short and not self.inbox.empty():
+                    raise _Superseded
             except BaseException as exc:
                 stopped.append(exc)
                 raise
 
         try:
-            latents = self.session.step_block(between_passes if check else None)
+            return self.session.step_block(between_passes)
         except LongLiveError:
             raise  # refused before any work: the session is unchanged
         except Exception:
@@ -389,19 +436,56 @@ class Video:
                 self.reset()
                 log.exception("LongLive block failed; the session was reset")
             raise
-        if latents.is_cuda:  # the preview needs the block anyway; this makes the stats wall time
-            torch.cuda.current_stream().synchronize()
-        return latents, (time.perf_counter() - start) * 1e3
 
-    def _record(self, ms: float, posted: PostedPrompt | None) -> None:
+    def _record(self, ms: float, posted: PostedPrompt | None, frame: int) -> None:
         self.stats.last_block_ms = round(ms, 1)
         self.stats.fps = round(4 * FRAMES_PER_BLOCK * 1e3 / max(ms, 1e-3), 1)
         self.stats.graphs = self.graph_state()
         if posted is not None:
             latency = round((time.time() - posted.posted_at) * 1e3, 1)
-            self.switches.append({"frame": self.session.frame - FRAMES_PER_BLOCK, "text": posted.text[:200],
+            self.switches.append({"frame": frame, "text": posted.text[:200],
                                   "prompt_to_block_ms": latency})
             self.stats.last_switch_ms = latency
+
+
+class _Superseded(Exception):
+    """A prompt was posted while a live block was made under the old one."""
+
+
+class _Timer:
+    """A block's generation time: GPU time between two events on CUDA (no host sync until it is read), else wall."""
+
+    def __init__(self, device: torch.device):
+        self.events = None
+        if device.type == "cuda":
+            self.events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.events[0].record()
+        self.t0 = self.t1 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.events is not None:
+            self.events[1].record()
+        self.t1 = time.perf_counter()
+
+    def ms(self) -> float:
+        if self.events is None:
+            return (self.t1 - self.t0) * 1e3
+        self.events[1].synchronize()
+        return self.events[0].elapsed_time(self.events[1])
+
+
+@dataclasses.dataclass
+class _Made:
+    """A block generated in a run, on its way to the host."""
+
+    index: int
+    blocks: int
+    latents: torch.Tensor
+    posted: PostedPrompt | None
+    started_at: int  # its first latent frame
+    timer: _Timer
+    start: float  # perf_counter when the run began it
+    finish: Callable[[], torch.Tensor | None] | None = None  # its decode's finisher
 
 
 def _per_sample(images: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
