@@ -16,6 +16,7 @@ from .model.wan import CausalWan
 from .quant.precision import PRECISIONS, Precision, resolve as resolve_precision
 from .runtime.prompt_text import FPS, check_starts, check_text, parse_schedule_text, parse_start
 from .runtime.durable import restore as restore_video, save as save_video
+from .runtime.family import FAMILIES, V1, V2, Family, family_of
 from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
 from .runtime.schedule import DenoisingSchedule, RecordedNoise, SeededNoise
 from .runtime.session import (BLENDS, MAX_BLEND_BLOCKS, POSITION_MODES, SWITCH_POLICIES, StreamSession,
@@ -28,7 +29,7 @@ from .vae.stream22 import Wan22DecodeStream
 from .vae.tiny import TinyStream
 
 __all__ = [
-    "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
+    "BACKENDS", "BLENDS", "FAMILIES", "Family", "V1", "V2", "family_of", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
     "DecodeStream", "DenoisingSchedule", "FPS", "FRAMES_PER_BLOCK", "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS",
     "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise",
     "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise", "SessionEvictedError", "SessionRegistry",

@@ -1,5 +1,5 @@
-"""LongLive VAE Decode: ComfyUI's Wan 2.1 VAE, decoding chunk by chunk with the causal cache kept (the streams are
-longlive_core.vae's; this module loads and casts through ComfyUI).
+"""LongLive VAE Decode: ComfyUI's Wan 2.1 VAE (LongLive 1.x) or Wan 2.2 VAE (LongLive 2.0), decoding chunk by chunk
+with the causal cache kept (the streams are longlive_core.vae's; this module loads and casts through ComfyUI).
 
 Decoding a video in pieces over several queue runs gives exactly the frames of one full decode:
 the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
@@ -15,29 +15,42 @@ import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 import torch
-from comfy.ldm.wan.vae import count_conv3d
+from comfy.ldm.wan import vae as wan21_vae, vae2_2 as wan22_vae
 from comfy.taesd.taehv import TAEHV
 from comfy_api.latest import io
 
-from ..longlive_core import ConfigError, DecodeStream, TinyStream
+from ..longlive_core import ConfigError, DecodeStream, TinyStream, Wan22DecodeStream
 from .state import SESSIONS, check_session_id, forget_save
 
 DECODERS = ("wan vae", "tiny draft")
 WAN21 = comfy.latent_formats.Wan21()
+LATENT_FORMATS = {16: WAN21, 48: comfy.latent_formats.Wan22()}  # by latent channels: LongLive 1.x, 2.0
+VAE_FILES = {16: "the Wan 2.1 VAE (wan_2.1_vae.safetensors)", 48: "the Wan 2.2 VAE (wan2.2_vae.safetensors)"}
 DRAFT_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
 _DRAFT_MODELS: dict = {}  # file path -> loaded TAEHV
 
 
 def raw_latents(latents: torch.Tensor) -> torch.Tensor:
     """Engine blocks [B, T, C, h, w] (normalized) -> ComfyUI's LATENT [B, C, T, h, w] (raw VAE space)."""
-    return WAN21.process_out(latents.transpose(1, 2).contiguous())
+    return LATENT_FORMATS[latents.shape[2]].process_out(latents.transpose(1, 2).contiguous())
 
 
-def check_wan_vae(vae) -> None:
+def model_latents(raw: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's LATENT [B, C, T, h, w] (raw VAE space) -> the engine's [B, T, C, h, w] (normalized)."""
+    return LATENT_FORMATS[raw.shape[1]].process_in(raw).transpose(1, 2).contiguous()
+
+
+def check_wan_vae(vae, channels: int | None = None) -> None:
+    """A Wan VAE as VAELoader loads it: the Wan 2.1 VAE (16 latent channels) or the Wan 2.2 VAE (48); `channels`:
+    the one the latents need."""
     fsm = getattr(vae, "first_stage_model", None)
-    if not (hasattr(fsm, "decoder") and hasattr(fsm, "conv2") and getattr(vae, "latent_channels", 0) == 16):
-        raise ConfigError("LongLive VAE Decode needs the Wan 2.1 VAE (wan_2.1_vae.safetensors in models/vae, "
-                         "loaded with VAELoader); this VAE is another kind")
+    found = getattr(vae, "latent_channels", 0)
+    if not (hasattr(fsm, "decoder") and hasattr(fsm, "conv2") and found in VAE_FILES):
+        raise ConfigError("LongLive needs the Wan 2.1 VAE (LongLive 1.x) or the Wan 2.2 VAE (LongLive 2.0) from "
+                          "models/vae, loaded with VAELoader; this VAE is another kind")
+    if channels is not None and found != channels:
+        raise ConfigError(f"vae: these latents have {channels} channels and need {VAE_FILES[channels]} in models/vae; "
+                          f"the VAE connected is {VAE_FILES[found]}")
 
 
 @torch.inference_mode()
@@ -48,10 +61,14 @@ def stream_decode(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool =
 
 @torch.inference_mode()
 def stream_decode_on_device(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool = False) -> torch.Tensor:
-    """samples: raw latents [B, 16, T, h, w] -> images [B, frames, H, W, 3] in [0, 1] on the VAE's device (float32:
-    the values ComfyUI's VAE returns)."""
+    """samples: raw latents [B, 16 or 48, T, h, w] -> images [B, frames, H, W, 3] in [0, 1] on the VAE's device
+    (float32: the values ComfyUI's VAE returns). `fast` compiles the Wan 2.1 decoder's steady chunks."""
     mm.load_models_gpu([vae.patcher])
-    out = stream.decode(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), fast=fast)
+    z = samples.to(vae.device, vae.vae_dtype)
+    if isinstance(stream, Wan22DecodeStream):
+        out = stream.decode(vae.first_stage_model, z)
+    else:
+        out = stream.decode(vae.first_stage_model, z, fast=fast)
     return vae.process_output(out.float()).movedim(1, -1)
 
 
@@ -73,8 +90,11 @@ def weights_id(vae) -> str:
     return _WEIGHTS_IDS[fsm]
 
 
-def new_stream(vae) -> DecodeStream:
-    return DecodeStream(count_conv3d(vae.first_stage_model.decoder))
+def new_stream(vae) -> DecodeStream | Wan22DecodeStream:
+    """A decode stream for the VAE's family."""
+    if vae.latent_channels == 48:
+        return Wan22DecodeStream(wan22_vae.count_conv3d(vae.first_stage_model.decoder))
+    return DecodeStream(wan21_vae.count_conv3d(vae.first_stage_model.decoder))
 
 
 def tiny_decoder_path() -> str:
@@ -139,13 +159,16 @@ class VAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, samples, session_id, compile=False, decoder="wan vae") -> io.NodeOutput:
-        check_wan_vae(vae)
         z = samples["samples"]
-        if z.dim() != 5 or z.shape[1] != 16:
-            raise ConfigError(f"samples must be Wan 2.1 video latents [B, 16, T, h, w]; got {list(z.shape)}")
+        if z.dim() != 5 or z.shape[1] not in VAE_FILES:
+            raise ConfigError(f"samples must be Wan video latents [B, 16 or 48, T, h, w]; got {list(z.shape)}")
+        check_wan_vae(vae, z.shape[1])
         if decoder not in DECODERS:
             raise ConfigError(f"decoder '{decoder}' is unknown; choose one of {', '.join(DECODERS)}")
         tiny = decoder == "tiny draft"
+        if tiny and z.shape[1] != 16:
+            raise ConfigError("decoder 'tiny draft' is Wan 2.1's tiny decoder (LongLive 1.x); choose 'wan vae' for "
+                              "LongLive 2.0's latents")
         session_id = check_session_id(session_id)
         if not session_id:
             return io.NodeOutput(draft_decode(z, TinyStream()) if tiny else stream_decode(vae, z, new_stream(vae), compile))

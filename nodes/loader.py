@@ -11,14 +11,13 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import BACKENDS, PRECISIONS, ConfigError, load_model, make_fast, resolve_precision
+from ..longlive_core import BACKENDS, PRECISIONS, V1, family_of, load_model, make_fast, resolve_precision
 from .state import LongLiveModel, first_error
 
 log = logging.getLogger("longlive")
 ModelType = io.Custom("LONGLIVE_MODEL")
 NO_LORA = "none"
 LONGLIVE_REPO = "huggingface.co/Efficient-Large-Model/LongLive-1.3B"
-LONGLIVE_1_CHANNELS = 16  # Wan2.1 T2V 1.3B's latent channels (LongLive 2.0's Wan2.2 TI2V 5B has 48)
 
 
 class ModelLoader(io.ComfyNode):
@@ -26,8 +25,9 @@ class ModelLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LongLive_ModelLoader", display_name="LongLive Model Loader", category="LongLive",
-            description="Loads LongLive-1.3B (longlive_base.pt, a merged .safetensors, or a Wan2.1 T2V 1.3B file) "
-                        "for streaming generation.",
+            description="Loads LongLive-1.3B (longlive_base.pt, a merged .safetensors, or a Wan2.1 T2V 1.3B file) or "
+                        "LongLive-2.0-5B (model_bf16.pt, base + LoRA, or a merged .safetensors) for streaming "
+                        "generation; the family is told from the file.",
             inputs=[
                 io.Combo.Input("model_name", options=folder_paths.get_filename_list("diffusion_models"),
                                tooltip="From models/diffusion_models: longlive_base.pt or a merged .safetensors"),
@@ -70,15 +70,15 @@ class ModelLoader(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         lora = None if lora_name == NO_LORA else folder_paths.get_full_path_or_raise("loras", lora_name)
         model = load_model(path, lora_path=lora, lora_strength=lora_strength, device=device, precision=resolved)
-        if model.cfg.in_dim != LONGLIVE_1_CHANNELS:
-            raise ConfigError(f"model_name: {model_name} is a LongLive 2.0 model (Wan2.2 TI2V 5B, {model.cfg.in_dim} "
-                              f"latent channels); these nodes run LongLive 1.x so far: pick longlive_base.pt of "
-                              f"{LONGLIVE_REPO}, or run 2.0 from Python (longlive_core.ShotSession)")
-        on_gpu = fast and device.type == "cuda"
+        family = family_of(model)
+        on_gpu = fast and device.type == "cuda" and family is V1
         if on_gpu:
             model = make_fast(model, attention=attention)  # the eager model's own q, k and v weights go with it
         else:
             model.set_attention(attention)
+        if family is not V1:
+            log.info("LongLive: %s runs its eager path (its CUDA graphs and fused kernels are not built yet)",
+                     family.name)
         log.info("LongLive attention backend: %s (asked for %s)", model.attention_backend, attention)
         wrapper = LongLiveModel(model, on_gpu, signature=(model_name, lora_name, lora_strength, precision, attention,
                                                           fast))

@@ -80,6 +80,7 @@ class Files:
 
     def __init__(self, video: Video, requests: list[SaveRequest], batch: int, width: int, height: int):
         self.video, self.run_files, self.by_node = video, [], {}
+        self.fps = video.family.fps
         named = bool(video.settings.session_id)
         for request in requests:
             key = f"file {request.node_id} {request.prefix}"
@@ -97,7 +98,7 @@ class Files:
         opened = []
         try:
             for spec in new_files(prefix, width, height, batch):
-                opened.append(Recording(spec, width, height))
+                opened.append(Recording(spec, width, height, self.fps))
         except RecordingError:
             for recording in opened:
                 recording.close()
@@ -147,12 +148,14 @@ class BlockDecoder:
     to the files, the viewers and (when taken) IMAGE."""
 
     def __init__(self, video: Video, vae, fast: bool, files: Files, keep_images: bool, live: bool):
-        check_wan_vae(vae)
+        check_wan_vae(vae, video.family.latent_channels)
         self.video, self.vae, self.fast, self.files = video, vae, fast, files
         self.keep_images, self.live = keep_images, live
         self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
         key = video.settings.session_id
         self.channel = viewer.channel(key) if key else None
+        if self.channel is not None:
+            self.channel.fps = video.family.fps
         self.posted, self.last_frame = None, None
 
     def made(self, done: BlockDone) -> None:

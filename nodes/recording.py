@@ -20,7 +20,7 @@ from ..longlive_core import FPS, LongLiveError
 # libx264 settings, chosen with scripts/bench_encoder.py (docs/BENCHMARKS.md run 73): at CRF 18 'veryfast' encoded
 # 832x480 at 173 frames a second on 4 threads (over three times what generation makes) and was the smallest file of
 # the CRF-18 rows; 'ultrafast' is faster and larger, 'faster' and 'medium' slower and no smaller.
-ENCODER = {"codec": "libx264", "preset": "veryfast", "crf": 18, "gop": FPS}
+ENCODER = {"codec": "libx264", "preset": "veryfast", "crf": 18, "keyframe_s": 1}
 QUEUE_FRAMES = 512  # frames waiting for the encoder before generation waits for it (about 600 MB at 832x480)
 
 
@@ -41,7 +41,7 @@ class Recording:
     """One MP4 file that grows frame by frame. write() hands uint8 frames [N, H, W, 3] (CPU) to the encoder thread;
     close() finishes the file. An encoder error is raised by the next write() or close(), naming the path."""
 
-    def __init__(self, spec: FileSpec, width: int, height: int, encoder: dict = ENCODER):
+    def __init__(self, spec: FileSpec, width: int, height: int, fps: int = FPS, encoder: dict = ENCODER):
         self.spec = spec
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, QUEUE_FRAMES // 12))
         self._error: BaseException | None = None
@@ -51,10 +51,10 @@ class Recording:
                 "movflags": "frag_every_frame+empty_moov+default_base_moof", "flush_packets": "1"})
         except OSError as err:
             raise self._failed(err) from err
-        stream = self._container.add_stream(encoder["codec"], rate=fractions.Fraction(FPS))
+        stream = self._container.add_stream(encoder["codec"], rate=fractions.Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": encoder["preset"], "crf": str(encoder["crf"]), "tune": "zerolatency",
-                          "g": str(encoder["gop"])}
+                          "g": str(encoder["keyframe_s"] * fps)}
         stream.thread_count = min(4, os.cpu_count() or 1)
         self._stream = stream
         self._thread = threading.Thread(target=self._encode_all, name=f"longlive-encode {spec.filename}", daemon=True)

@@ -12,9 +12,9 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import (FPS, FRAMES_PER_BLOCK, POSITION_MODES, SWITCH_POLICIES, BlockDone, ConfigError, PromptError,
-                             RunHooks, Video, VideoSettings, hashed_embeds, restore_video, session_bytes)
-from .decode import WAN21, raw_latents
+from ..longlive_core import (POSITION_MODES, SWITCH_POLICIES, V1, V2, BlockDone, ConfigError, Family, PromptError,
+                             RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video, session_bytes)
+from .decode import LATENT_FORMATS, check_wan_vae, model_latents, raw_latents
 from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
 from .save import FilesType
@@ -37,17 +37,17 @@ def length_error(length, unit) -> bool | str:
     return True
 
 
-def latent_frames(length: float, unit: str) -> int:
-    """Latent frames for a length, rounded up to whole blocks (each latent frame is 4 pixel frames)."""
+def latent_frames(length: float, unit: str, family: Family = V1) -> int:
+    """Latent frames for a length, rounded up to the family's whole blocks (each latent frame is 4 pixel frames)."""
     problem = length_error(length, unit)
     if problem is not True:
         raise ConfigError(problem)
     if unit == "latent frames":
         frames = math.ceil(length)
     else:
-        pixels = length * FPS if unit == "seconds" else length
+        pixels = length * family.fps if unit == "seconds" else length
         frames = math.ceil(pixels / 4)
-    return max(FRAMES_PER_BLOCK, FRAMES_PER_BLOCK * math.ceil(frames / FRAMES_PER_BLOCK))
+    return family.blocks_for(frames)
 
 
 class StreamingSampler(io.ComfyNode):
@@ -55,8 +55,9 @@ class StreamingSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LongLive_StreamingSampler", display_name="LongLive Streaming Sampler", category="LongLive",
-            description="Generates video block by block (3 latent frames, 4 steps each). With a session id the "
-                        "KV cache stays on the server and every run continues the same video.",
+            description="Generates video block by block (LongLive 1.x: 3 latent frames, 4 steps each; LongLive 2.0: "
+                        "8, 4 UniPC steps, shots, image-to-video). With a session id the KV cache stays on the server "
+                        "and every run continues the same video.",
             inputs=[
                 ModelType.Input("model"), ScheduleType.Input("schedule"),
                 io.Int.Input("width", default=832, min=16, max=2048, step=16, tooltip="Multiple of 16; trained at 832"),
@@ -66,8 +67,10 @@ class StreamingSampler(io.ComfyNode):
                 io.Combo.Input("length_unit", options=list(LENGTH_UNITS), default="seconds"),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False),
                 io.Int.Input("local_attn_size", default=12, min=6, max=64,
-                             tooltip="Latent frames of KV cache (sink included); at least sink + 3"),
-                io.Int.Input("sink_size", default=3, min=0, max=30, tooltip="First frames kept forever"),
+                             tooltip="Latent frames of KV cache (sink included); at least sink + 3. LongLive 2.0: "
+                                     "its window, 32 upstream (multiples of 8)"),
+                io.Int.Input("sink_size", default=3, min=0, max=30, tooltip="First frames kept forever (LongLive "
+                             "2.0: 8 upstream)"),
                 io.Combo.Input("switch_policy", options=list(SWITCH_POLICIES), default="recache",
                                tooltip="At a prompt change: recache (rebuild the cache under the new prompt), "
                                        "reset (start fresh), keep (follow slowly)"),
@@ -84,6 +87,9 @@ class StreamingSampler(io.ComfyNode):
                              "decode LATENT with LongLive VAE Decode"),
                 io.Boolean.Input("compile_vae", default=False, optional=True, tooltip="With a VAE: decode through the "
                                  "compiled decoder, as LongLive VAE Decode's `compile` (faster after a one-time compile)"),
+                io.Image.Input("image", optional=True, tooltip="LongLive 2.0 image-to-video: the video's first "
+                               "frame (the video's width x height), encoded with the Wan 2.2 VAE on the vae input; "
+                               "only a new video takes it"),
                 io.Combo.Input("position_mode", options=list(POSITION_MODES), default="absolute", optional=True,
                                tooltip="absolute: upstream's default; a video ends at latent frame 1024 (about 4 "
                                        "minutes). relative: upstream's infinite-length mode (block-relativistic "
@@ -117,29 +123,31 @@ class StreamingSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: LongLiveModel, schedule: PromptList, width, height, length, length_unit, seed,
                 local_attn_size, sink_size, switch_policy, session_id, reset, batch_size, live=False, vae=None,
-                compile_vae=False, position_mode="absolute") -> io.NodeOutput:
+                compile_vae=False, position_mode="absolute", image=None) -> io.NodeOutput:
         session_id = check_session_id(session_id)
         if live and not session_id:
             raise PromptError("live needs a session_id: the panel and the routes find the session by it")
-        frames = latent_frames(length, length_unit)
+        family = family_of(model.model)
+        frames = latent_frames(length, length_unit, family)
         settings = VideoSettings(model.signature, batch_size, width, height, local_attn_size, sink_size,
                                  switch_policy, seed, session_id, position_mode)
         node_id, graph = (cls.hidden.unique_id, cls.hidden.prompt) if cls.hidden else (None, None)
         requests = save_requests(graph, node_id)
         if requests and vae is None:
-            raise ConfigError("LongLive Save Video needs decoded frames: connect the Wan 2.1 VAE to the sampler's vae "
-                              "input")
+            raise ConfigError("LongLive Save Video needs decoded frames: connect the Wan VAE (2.1 for LongLive 1.x, 2.2 "
+                              "for 2.0) to the sampler's vae input")
+        first = None if image is None else first_frame_latent(vae, image, width, height, family)
         load(model)
         if model.model.device.type == "cuda":  # the peak memory the sessions route reports is this run's
             torch.cuda.reset_peak_memory_stats(model.model.device)
-        video, note = open_video(model, settings, reset)
+        video, note = open_video(model, settings, reset, first)
         frames = video.fit(frames, live)
         files = Files(video, requests, batch_size, width, height)
         try:
             decoder = None if vae is None else BlockDecoder(video, vae, compile_vae, files,
                                                             output_taken(graph, node_id, IMAGE_OUTPUT), live)
-            hooks = run_hooks(video, model, schedule, decoder, frames // FRAMES_PER_BLOCK, node_id)
-            video.schedule(schedule.prompts, frames, hooks.embed_text)
+            hooks = run_hooks(video, model, schedule, decoder, frames // family.block, node_id)
+            video.schedule(schedule.for_family(family), frames, hooks.embed_text)
             latents, images = video.run(frames, live, hooks)
         except BaseException:
             files.abandon()
@@ -157,15 +165,32 @@ def load(model: LongLiveModel) -> None:
     model.refresh_graphs()
 
 
-def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tuple[Video, str]:
-    """The named video (made outside the registry's lock), or a new unnamed one; and what the node shows about it."""
+def first_frame_latent(vae, image: torch.Tensor, width: int, height: int, family: Family) -> torch.Tensor:
+    """Image-to-video: the IMAGE [B, H, W, C] encoded by the Wan 2.2 VAE -> the engine's latent [B, 1, 48, h, w]."""
+    if family is not V2:
+        raise ConfigError(f"image: image-to-video is LongLive 2.0's; this is a {family.name} model (text-to-video): "
+                          f"disconnect the image or load a LongLive 2.0 model")
+    if vae is None:
+        raise ConfigError("image: image-to-video encodes the image with the Wan 2.2 VAE (wan2.2_vae.safetensors): "
+                          "connect it to the sampler's vae input")
+    check_wan_vae(vae, V2.latent_channels)
+    if tuple(image.shape[1:3]) != (height, width):
+        raise ConfigError(f"image: {image.shape[2]}x{image.shape[1]} pixels, but the video is {width}x{height}; scale "
+                          f"the image to {width}x{height} (ImageScale) or set the sampler's width and height to its size")
+    return model_latents(vae.encode(image[..., :3]))
+
+
+def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
+               image: torch.Tensor | None = None) -> tuple[Video, str]:
+    """The named video (made outside the registry's lock), or a new unnamed one; and what the node shows about it.
+    image: image-to-video's first-frame latent, which only a new video takes."""
     key = settings.session_id
 
     saved = save_path(key) if key and not reset else None
 
     def make() -> Video:
         make_room(model, settings)
-        video = Video.open(model.model, settings, model.fast)
+        video = Video.open(model.model, settings, model.fast, image)
         if saved and os.path.exists(saved):  # a session saved before the server restarted resumes
             restore_video(video, saved)
             video.resumed_from = saved
@@ -181,6 +206,9 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
         SESSIONS.delete(key)
         forget_save(key)
     video, created = SESSIONS.get_or_create(key, make, lambda v: v.nbytes)
+    if image is not None and not created:
+        raise ConfigError(f"image: session '{key}' is at latent frame {video.session.frame}; an image starts a new "
+                          f"video: turn on reset, use a new session id, or disconnect the image")
     changed = video.settings.changes(settings)
     if changed:
         raise ConfigError(f"session '{key}' was made with other settings ({', '.join(changed)}); turn on "
@@ -204,9 +232,11 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool) -> tu
 
 def unnamed_video(model: LongLiveModel, settings: VideoSettings, make) -> Video:
     """A new video for a run without a session id: the last one started over where it has the same settings but the
-    seed (its caches and CUDA graphs stay: no capture), else a new one that replaces it."""
+    seed (its caches and CUDA graphs stay: no capture), else a new one that replaces it. (LongLive 2.0 captures no
+    graphs yet, and its video may hold an image: always a new one.)"""
     spare = model.spare
-    if spare is not None and not spare.settings.changes(settings) and spare.session.model is model.model:
+    if spare is not None and spare.family is V1 and not spare.settings.changes(settings) \
+            and spare.session.model is model.model:
         spare.restart(settings.seed)
         return spare
     model.spare = None
@@ -258,7 +288,7 @@ def progress(video: Video, blocks: int, node_id, decoder: BlockDecoder | None):
     VAE, else ComfyUI's own latent previewer (latent-to-RGB, or with --preview-method taesd the tiny video decoder
     in models/vae_approx)."""
     bar = comfy.utils.ProgressBar(blocks, node_id=node_id)
-    previewer = latent_preview.get_previewer(video.session.model.device, WAN21)
+    previewer = latent_preview.get_previewer(video.session.model.device, LATENT_FORMATS[video.family.latent_channels])
 
     def shown(done: BlockDone) -> None:
         if decoder is not None:
@@ -292,6 +322,6 @@ def send_block_event(video: Video, done: BlockDone) -> None:
 
     server = getattr(PromptServer, "instance", None)
     if server is not None:
-        server.send_sync("longlive.block", {"session": video.settings.session_id, "frame": video.session.frame,
+        server.send_sync("longlive.block", {"session": video.settings.session_id, "frame": done.frame,
                                             **video.stats.as_dict(), "switched": done.posted is not None,
                                             "live": video.live})

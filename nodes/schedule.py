@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..longlive_core import Prompt, PromptError, check_starts, parse_schedule_text, parse_start
+from ..longlive_core import V1, Family, Prompt, PromptError, check_starts, parse_schedule_text, parse_start
 from .state import EMBEDDINGS, PromptList
 
 ScheduleType = io.Custom("LONGLIVE_SCHEDULE")
 MAX_CONDITIONINGS = 6
 EXAMPLE = "0: a boy plays on a sunny lawn\n10s: he starts to run towards the camera\nframe 81: the sun sets behind him"
+CUT_HELP = ("LongLive 2.0: 'cut' after a start ('20s cut: a beach at dusk') starts a new shot there (upstream's scene "
+            "cut)")
 
 
 def encode(clip, text: str):
@@ -28,8 +30,9 @@ class PromptSchedule(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LongLive_PromptSchedule", display_name="LongLive Prompt Schedule", category="LongLive",
-            description="One 'start: prompt' line per prompt. Starts: seconds ('10s', or a bare number) at 16 fps, "
-                        "or latent frames ('frame 42'); rounded to blocks of 3 latent frames.",
+            description="One 'start: prompt' line per prompt. Starts: seconds ('10s', or a bare number), or latent "
+                        "frames ('frame 42'); rounded to the model's blocks (LongLive 1.x: 16 fps, 3 latent frames; "
+                        "2.0: 24 fps, 8). " + CUT_HELP + ".",
             inputs=[
                 io.String.Input("schedule", multiline=True, default=EXAMPLE,
                                 tooltip="The first prompt starts at 0; starts must increase"),
@@ -43,10 +46,14 @@ class PromptSchedule(io.ComfyNode):
     def execute(cls, schedule, clip=None) -> io.NodeOutput:
         segments = parse_schedule_text(schedule)
         encoder = None if clip is None else cached_encoder(clip)
-        out = [Prompt(s.start, s.text, None if encoder is None else encoder(s.text)) for s in segments]
+
+        def read_for(family: Family) -> list[Prompt]:
+            return [Prompt(s.start, s.text, None if encoder is None else encoder(s.text), s.cut)
+                    for s in parse_schedule_text(schedule, family)]
+
         notes = [s.note for s in segments if s.note]
         text = [f"{s.start:>4}: {s.text}" for s in segments] + notes
-        return io.NodeOutput(PromptList(out, encoder), ui={"text": ["\n".join(text)]})
+        return io.NodeOutput(PromptList(read_for(V1), encoder, read_for), ui={"text": ["\n".join(text)]})
 
 
 class ConditioningSchedule(io.ComfyNode):
@@ -70,10 +77,13 @@ class ConditioningSchedule(io.ComfyNode):
     def execute(cls, starts, conditioning_1, **more) -> io.NodeOutput:
         conds = [conditioning_1] + [more.get(f"conditioning_{i}") for i in range(2, MAX_CONDITIONINGS + 1)]
         conds = [c for c in conds if c is not None]
-        frames = [parse_start(s).start for s in starts.split(",") if s.strip()]
-        if len(frames) != len(conds):
-            raise PromptError(f"starts lists {len(frames)} start(s) for {len(conds)} connected conditioning "
-                              f"input(s); give exactly one start per conditioning")
-        check_starts(frames)
-        prompts = [Prompt(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))]
-        return io.NodeOutput(PromptList(prompts))
+
+        def read_for(family: Family) -> list[Prompt]:
+            frames = [parse_start(s, family).start for s in starts.split(",") if s.strip()]
+            if len(frames) != len(conds):
+                raise PromptError(f"starts lists {len(frames)} start(s) for {len(conds)} connected conditioning "
+                                  f"input(s); give exactly one start per conditioning")
+            check_starts(frames, block=family.block)
+            return [Prompt(f, f"conditioning_{i + 1}", c[0][0]) for i, (f, c) in enumerate(zip(frames, conds))]
+
+        return io.NodeOutput(PromptList(read_for(V1), None, read_for))

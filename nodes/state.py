@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..longlive_core import ConfigError, Prompt, SessionRegistry
+from ..longlive_core import V1, ConfigError, Family, Prompt, SessionRegistry
 
 log = logging.getLogger("longlive")
 
@@ -113,10 +113,15 @@ Encoder = Callable[[str], torch.Tensor]
 
 @dataclasses.dataclass
 class PromptList:
-    """LONGLIVE_SCHEDULE: the prompts, and the text encoder that live prompt changes will use."""
+    """LONGLIVE_SCHEDULE: the prompts (starts as LongLive 1.x reads them), the text encoder that live prompt changes
+    will use, and the schedule read for another model family (its block and frame rate give other starts)."""
 
     prompts: list[Prompt]
     encoder: Encoder | None = None
+    read_for: Callable[[Family], list[Prompt]] | None = None
+
+    def for_family(self, family: Family) -> list[Prompt]:
+        return self.prompts if family is V1 or self.read_for is None else self.read_for(family)
 
 
 class EmbeddingCache:

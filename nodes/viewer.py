@@ -59,8 +59,9 @@ class Channel:
 
     def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop):
         self.session_id, self.loop = session_id, loop
+        self.fps = FPS  # the video's frame rate: its family's (the sampler sets it)
         self.clients: set[Client] = set()
-        self.waiting: collections.deque = collections.deque()  # (header, jpeg), sent at FPS
+        self.waiting: collections.deque = collections.deque()  # (header, jpeg), sent at fps
         self.encoding = 0  # frames handed to the encoder thread, not yet waiting (both threads change it: _lock)
         self._lock = threading.Lock()
         self._pacer: asyncio.Task | None = None
@@ -78,7 +79,7 @@ class Channel:
 
     def lead_s(self) -> float:
         """Seconds of video made and not yet sent."""
-        return (self.encoding + len(self.waiting)) / FPS
+        return (self.encoding + len(self.waiting)) / self.fps
 
     # --- the encoder thread --------------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class Channel:
         for i, frame in enumerate(frames.numpy()):
             out = io.BytesIO()
             Image.fromarray(frame).save(out, "JPEG", quality=JPEG_QUALITY)
-            header = {"frame": first + i, "made_at": time.time(),
+            header = {"frame": first + i, "made_at": time.time(), "fps": self.fps,
                       "posted_at": posted.posted_at if posted is not None and i == 0 else None,
                       "prompt": posted.text[:200] if posted is not None and i == 0 else None}
             self.loop.call_soon_threadsafe(self._arrive, header, out.getvalue())
@@ -108,11 +109,11 @@ class Channel:
             self._pacer = self.loop.create_task(self._pace())
 
     async def _pace(self) -> None:
-        """Sends the waiting frames one every 1/FPS seconds (on a fixed clock: no drift), to every client."""
+        """Sends the waiting frames one every 1/fps seconds (on a fixed clock: no drift), to every client."""
         due = time.perf_counter()
         while self.waiting:
             self._send(*self.waiting.popleft())
-            due = max(due + 1 / FPS, time.perf_counter() - 1 / FPS)
+            due = max(due + 1 / self.fps, time.perf_counter() - 1 / self.fps)
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
 
     def _send(self, header: dict, jpeg: bytes) -> None:
@@ -124,7 +125,7 @@ class Channel:
         await ws.prepare(request)
         client = Client(ws)
         self.clients.add(client)
-        await ws.send_str(json.dumps({"session": self.session_id, "fps": FPS}))
+        await ws.send_str(json.dumps({"session": self.session_id, "fps": self.fps}))
         pump = asyncio.create_task(client.pump())
         try:
             async for message in ws:  # the client sends nothing; this ends when it goes

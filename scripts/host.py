@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,9 @@ class ComfyHost:
     def start(self, timeout: float = 180) -> None:
         for sub in ("custom_nodes", "models", "output", "input", "empty_frontend"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
+        example = comfy_dir() / "input" / "example.png"  # a ComfyUI install's input folder holds it
+        if example.exists() and not (self.base / "input" / example.name).exists():
+            shutil.copy(example, self.base / "input" / example.name)
         link = self.base / "custom_nodes" / "ComfyUI-LongLive"
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
@@ -262,22 +266,28 @@ def output_files(entry: dict) -> list[dict]:
     return files
 
 
-def make_tiny_models(models: pathlib.Path) -> dict:
+def make_tiny_models(models: pathlib.Path, v2: bool = False) -> dict:
     """Tiny random-weight files in the real formats: LongLive .pt + lora.pt (longlive_core.tools.synthetic), a Wan 2.1
-    VAE; written by child processes, so that the caller imports neither torch nor comfy."""
+    VAE; with `v2` also a tiny LongLive 2.0 .pt and the Wan 2.2 VAE (full width: 1.4 GB). Written by child
+    processes, so that the caller imports neither torch nor comfy."""
     paths = {"model": models / "diffusion_models" / "longlive_tiny_random.pt",
              "lora": models / "loras" / "longlive_tiny_random_lora.pt",
              "vae": models / "vae" / "wan_2.1_vae_tiny_random.safetensors"}
+    if v2:
+        paths.update(model_v2=models / "diffusion_models" / "longlive2_tiny_random.pt",
+                     vae_v2=models / "vae" / "wan2.2_vae_random.safetensors")
     for p in paths.values():
         p.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([python(), "-m", "longlive_core.tools.synthetic", str(paths["model"]), str(paths["lora"])],
-                   check=True, cwd=REPO)
+    subprocess.run([python(), "-m", "longlive_core.tools.synthetic", str(paths["model"]), str(paths["lora"]),
+                    *(["--v2", str(paths["model_v2"])] if v2 else [])], check=True, cwd=REPO)
     write_tiny_wan_vae(paths["vae"])
+    if v2:
+        write_tiny_wan_vae(paths["vae_v2"], "wan2.2")
     return {k: p.name for k, p in paths.items()}
 
 
-def write_tiny_wan_vae(path: pathlib.Path, dim: int = 4) -> None:
-    """A random Wan 2.1 VAE of width `dim`, built from ComfyUI's own WanVAE class (in a child process,
-    so that importing comfy does not touch the caller)."""
+def write_tiny_wan_vae(path: pathlib.Path, dim: int | str = 4) -> None:
+    """A random Wan 2.1 VAE of width `dim` (or `dim="wan2.2"`: the full-width Wan 2.2 VAE), built from ComfyUI's own
+    classes (in a child process, so that importing comfy does not touch the caller)."""
     subprocess.run([python(), str(REPO / "scripts" / "tiny_vae.py"), str(path), str(dim)], check=True,
                    cwd=comfy_dir(), env=child_env())

@@ -19,6 +19,8 @@ CARDS = {
     "longlive_one_minute": ("One minute", "a 60 s video from a timed prompt schedule, decoded and saved as MP4"),
     "longlive_interactive": ("Interactive", "5 s a run; each run continues the same video with a new prompt"),
     "longlive_live": ("Live", "generates until stopped; prompts typed in the LongLive panel switch at the next block"),
+    "longlive2_multishot": ("LongLive 2.0: shots", "20 s in four prompts; 'cut' lines start new shots (1280x704, 24 fps)"),
+    "longlive2_image_to_video": ("LongLive 2.0: image to video", "an image is the first frame of a 10 s video"),
 }
 BACKGROUND, ACCENT, TEXT = (18, 22, 34), (86, 156, 255), (236, 240, 248)
 

@@ -16,6 +16,7 @@ from host import REPO, ComfyHost
 from workflow_format import api_to_ui
 
 MODEL, LORA, VAE = "longlive_base.pt", "lora.pt", "wan_2.1_vae.safetensors"
+MODEL2, VAE2 = "model_bf16.pt", "wan2.2_vae.safetensors"  # LongLive-2.0-5B (merged bf16), the Wan 2.2 VAE
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 
 # six prompts, switching where upstream's interactive example switches (frames 42, 81, 120, 162, 201)
@@ -48,6 +49,28 @@ def base_graph(schedule: str, length: float, unit: str, session_id: str, prefix:
     }
 
 
+MULTISHOT_SCHEDULE = """0: a lighthouse keeper climbs the spiral stairs of an old lighthouse at dusk, lantern in hand
+5s: he reaches the top and lights the great lamp, its beam sweeping over the dark sea
+10s cut: a small fishing boat in a storm, waves crashing over its bow, its crew looking up
+15s cut: the boat sails into a calm harbour at dawn, the lighthouse small on the horizon"""
+
+
+def longlive_2_graph(schedule: str, seconds: float, prefix: str, image: bool) -> dict:
+    """LongLive 2.0 (upstream's settings: 1280x704 at 24 fps, window 32, sink 8, `keep` inside a shot): the schedule's
+    `cut` lines start shots; with `image`, ComfyUI's example image scaled to the video's size is its first frame."""
+    graph = base_graph(schedule, seconds, "seconds", "", prefix)
+    graph["1"]["inputs"].update(model_name=MODEL2, lora_name="none")
+    graph["4"]["inputs"].update(width=1280, height=704, local_attn_size=32, sink_size=8, switch_policy="keep",
+                                compile_vae=False)
+    graph["5"]["inputs"]["vae_name"] = VAE2
+    if image:
+        graph["7"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+        graph["8"] = {"class_type": "ImageScale", "inputs": {"image": ["7", 0], "upscale_method": "lanczos",
+                                                            "width": 1280, "height": 704, "crop": "center"}}
+        graph["4"]["inputs"]["image"] = ["8", 0]
+    return graph
+
+
 WORKFLOWS = {
     "longlive_one_minute": base_graph(ONE_MINUTE_SCHEDULE, 240, "latent frames", "", "longlive/one_minute"),
     "longlive_interactive": base_graph("0: a corgi runs along a sunny beach, waves rolling in", 5.0, "seconds",
@@ -55,6 +78,9 @@ WORKFLOWS = {
     # generates until stopped from the LongLive panel (or an hour); type prompts in the panel
     "longlive_live": base_graph("0: a paper boat drifts down a rain-soaked city street", 3600.0, "seconds", "live",
                                 "longlive/live", live=True),
+    "longlive2_multishot": longlive_2_graph(MULTISHOT_SCHEDULE, 20.0, "longlive/multishot", image=False),
+    "longlive2_image_to_video": longlive_2_graph("0: the scene comes alive, the camera slowly pushes in", 10.0,
+                                                 "longlive/image_to_video", image=True),
 }
 
 

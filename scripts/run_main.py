@@ -24,27 +24,32 @@ import tempfile
 import time
 
 from host import REPO, ComfyHost, Events, error_of, make_tiny_models, output_files
-from make_workflows import LORA, MODEL, UMT5, VAE
+from make_workflows import LORA, MODEL, MODEL2, UMT5, VAE
 
 log = logging.getLogger("longlive.main")
 REAL_FILES = (f"diffusion_models/{MODEL}", f"loras/{LORA}", f"text_encoders/{UMT5}", f"vae/{VAE}")
 
 
 def tiny_graph(graph: dict, names: dict, width: int = 96, height: int = 64) -> dict:
-    """The same workflow on the tiny random files: no text encoder (hashed prompts), small frames."""
+    """The same workflow on the tiny random files: no text encoder (hashed prompts), small frames. A LongLive 2.0
+    workflow (no LoRA) takes the tiny 2.0 model and the Wan 2.2 VAE (make_tiny_models(v2=True)), and ComfyUI's
+    example image at that size."""
     graph = copy.deepcopy(graph)
+    v2 = any(n["class_type"] == "LongLive_ModelLoader" and n["inputs"]["model_name"] == MODEL2 for n in graph.values())
     for node_id, node in list(graph.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":
             del graph[node_id]
         elif kind == "LongLive_ModelLoader":
-            inputs.update(model_name=names["model"], lora_name=names["lora"])
+            inputs.update(model_name=names["model_v2"] if v2 else names["model"], lora_name="none" if v2 else names["lora"])
         elif kind == "LongLive_PromptSchedule":
             inputs.pop("clip", None)
         elif kind == "LongLive_StreamingSampler":
             inputs.update(width=width, height=height, compile_vae=False)  # no compiling on a CPU
         elif kind == "VAELoader":
-            inputs["vae_name"] = names["vae"]
+            inputs["vae_name"] = names["vae_v2" if v2 else "vae"]
+        elif kind == "ImageScale":
+            inputs.update(width=width, height=height)
     return graph
 
 

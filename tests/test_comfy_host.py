@@ -20,7 +20,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "examples"))
 from api_client import continuation_graphs  # noqa: E402
-from host import ComfyHost, FrameWatcher, error_of, make_tiny_models, output_files  # noqa: E402
+from host import ComfyHost, FrameWatcher, comfy_dir, error_of, make_tiny_models, output_files  # noqa: E402
 from run_main import tiny_graph  # noqa: E402
 from workflow_format import ui_to_api  # noqa: E402
 
@@ -30,15 +30,15 @@ WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json") if p.s
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy")
-    names = make_tiny_models(base / "models")
+    names = make_tiny_models(base / "models", v2=True)
     shutil.copy(base / "models" / "vae" / names["vae"], base / "models" / "diffusion_models" / "not_a_model.safetensors")
     with ComfyHost(base, extra_args=["--preview-method", "auto"]) as server:
         server.names = names
         yield server
 
 
-def graph_of(host, name: str, **sampler) -> dict:
-    graph = tiny_graph(json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text()), host.names)
+def graph_of(host, name: str, width: int = 96, height: int = 64, **sampler) -> dict:
+    graph = tiny_graph(json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text()), host.names, width, height)
     graph["4"]["inputs"].update(sampler)
     return graph
 
@@ -107,12 +107,24 @@ def failure(host, graph: dict) -> str:
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_shipped_workflow_makes_a_video(host, path):
-    graph = graph_of(host, path.stem, reset=True)
-    frames, width, height = video_of(host, run_ok(host, graph))
+    """Each API workflow on the tiny files. LongLive 2.0's (24 fps, blocks of 8): the Wan 2.2 VAE, which ComfyUI
+    builds at full width, decodes about a latent frame in 5 s on a CPU, so the image-to-video one makes 16 latent
+    frames, and the multi-shot one (its cuts at 10 and 15 s) its whole length as LATENT, undecoded."""
+    v2 = path.stem.startswith("longlive2")
+    size = (64, 32) if v2 else (96, 64)
+    graph = graph_of(host, path.stem, *size, reset=True, **({"length": 16, "length_unit": "latent frames"}
+                                                             if path.stem == "longlive2_image_to_video" else {}))
     sampler = graph["4"]["inputs"]
-    latent = sampler["length"] if sampler["length_unit"] == "latent frames" else -(-sampler["length"] * 16 // 4)
-    latent = 3 * -(-int(latent) // 3)
-    assert (frames, width, height) == (4 * latent - 3, 96, 64)
+    fps, block = (24, 8) if v2 else (16, 3)
+    latent = sampler["length"] if sampler["length_unit"] == "latent frames" else -(-sampler["length"] * fps // 4)
+    latent = block * -(-int(latent) // block)
+    if path.stem == "longlive2_multishot":
+        sampler.pop("vae")
+        del graph["6"]
+        assert latents_of(host, run_ok(host, with_latent_output(graph, "test/multishot"))).shape[2] == latent == 120
+        return
+    frames, width, height = video_of(host, run_ok(host, graph))
+    assert (frames, width, height) == (4 * latent - 3, *size)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "workflows").glob("*.json")), ids=lambda p: p.stem)
@@ -350,8 +362,6 @@ def test_live_needs_a_session_id(host):
 def test_sampler_with_a_vae_streams_decoded_frames_equal_to_the_decode_node(host):
     """The sampler's IMAGE (decoded block by block, continuing across runs) against LongLive VAE Decode
     of the same latents, both saved as lossless WEBP."""
-    import numpy as np
-    from PIL import Image
 
     def graph(reset):
         g = with_decode_node(graph_of(host, "longlive_interactive", session_id="decoded", reset=reset, length=9,
@@ -363,25 +373,16 @@ def test_sampler_with_a_vae_streams_decoded_frames_equal_to_the_decode_node(host
         g["21"] = g.pop("7")
         return g
 
-    def frames(entry, node):
-        (f,) = entry["outputs"][node]["images"]
-        out = []
-        with Image.open(host.base / "output" / f["subfolder"] / f["filename"]) as img:
-            for i in range(img.n_frames):
-                img.seek(i)
-                out.append(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.int16)))
-        return out
-
     entry, events = host.run_listening(graph(reset=True))
     assert error_of(entry) is None
-    ours, theirs = frames(entry, "20"), frames(entry, "21")
+    ours, theirs = webp_frames(host, entry, "20"), webp_frames(host, entry, "21")
     assert len(ours) == len(theirs) == 33  # 9 latent frames: 4 * 9 - 3
     assert max((a - b).abs().max().item() for a, b in zip(ours, theirs)) <= 1  # the same pixels (8-bit rounding)
     assert len([d for kind, d in events if kind == "binary"]) >= 3  # a decoded preview per block
     compiled = graph(reset=False)  # the next run continues, decoding through the compiled decoder
     compiled["4"]["inputs"]["compile_vae"] = True
     entry = run_ok(host, compiled)
-    ours, theirs = frames(entry, "20"), frames(entry, "21")
+    ours, theirs = webp_frames(host, entry, "20"), webp_frames(host, entry, "21")
     assert len(ours) == len(theirs) == 36  # 4 * 9
     assert max((a - b).abs().max().item() for a, b in zip(ours, theirs)) <= 1
 
@@ -654,17 +655,104 @@ def test_a_batch_writes_a_file_a_sample_and_runs_never_overwrite_each_other(host
     assert names == ["batch_00001_b0_.mp4", "batch_00001_b1_.mp4", "batch_00002_b0_.mp4", "batch_00002_b1_.mp4"]
 
 
-def test_a_longlive_2_model_is_named_and_refused_by_the_nodes(host):
-    """A LongLive 2.0 file (48 latent channels) in models/diffusion_models: the loader names it and says what runs;
-    with a LongLive 1.x LoRA the LoRA is refused first, naming it."""
-    from longlive_core import WanConfig
-    from longlive_core.tools.synthetic import random_model, write_longlive_checkpoint
+def webp_frames(host, entry, node: str) -> list[torch.Tensor]:
+    """The frames of a lossless WEBP a node saved, int16 [H, W, 3] each."""
+    import numpy as np
+    from PIL import Image
 
-    v2 = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, in_dim=48, out_dim=48)
-    write_longlive_checkpoint(random_model(v2), str(host.base / "models" / "diffusion_models" / "longlive2_tiny.pt"))
-    graph = graph_of(host, "longlive_interactive", length=3, length_unit="latent frames")
-    graph["1"]["inputs"].update(model_name="longlive2_tiny.pt", lora_name="none")
-    assert ("model_name: longlive2_tiny.pt is a LongLive 2.0 model (Wan2.2 TI2V 5B, 48 latent channels); these "
-            "nodes run LongLive 1.x so far") in failure(host, graph)
+    (f,) = entry["outputs"][node]["images"]
+    out = []
+    with Image.open(host.base / "output" / f["subfolder"] / f["filename"]) as img:
+        for i in range(img.n_frames):
+            img.seek(i)
+            out.append(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.int16)))
+    return out
+
+
+def saved_latent(host, entry, node: str) -> torch.Tensor:
+    (f,) = entry["outputs"][node]["latents"]
+    return load_file(str(host.base / "output" / f["subfolder"] / f["filename"]))["latent_tensor"]
+
+
+def longlive_2_graph(host) -> dict:
+    """The interactive workflow on the tiny LongLive 2.0 file: window 32, sink 8, upstream's `keep`, 16 latent
+    frames."""
+    graph = graph_of(host, "longlive_interactive", length=16, length_unit="latent frames", session_id="",
+                     local_attn_size=32, sink_size=8, switch_policy="keep", seed=3)
+    graph["1"]["inputs"].update(model_name=host.names["model_v2"], lora_name="none")
+    return graph
+
+
+def test_longlive_2_image_to_video_streams_wan_2_2_frames_equal_to_comfys_decode(host):
+    """Image-to-video through the server with the Wan 2.2 VAE (random, at the full width ComfyUI builds it): LATENT
+    frame 0 is ComfyUI's VAEEncode of the image, the sampler's frames (decoded block by block) are ComfyUI's
+    VAEDecode of the LATENT, and LongLive Save Video writes every frame at 24 fps. An image of another size is
+    refused with both sizes."""
+    import av
+    from PIL import Image
+
+    Image.effect_mandelbrot((96, 64), (-2.0, -1.0, 1.0, 1.0), 60).convert("RGB").save(host.base / "input" / "first.png")
+    graph = longlive_2_graph(host)
+    graph["5"]["inputs"]["vae_name"] = host.names["vae_v2"]
+    graph["8"] = {"class_type": "LoadImage", "inputs": {"image": "first.png"}}
+    graph["4"]["inputs"]["image"] = ["8", 0]
+    webp = {"filename_prefix": "test/v2", "fps": 24.0, "lossless": True, "quality": 100, "method": "fastest"}
+    graph["20"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["4", 1], **webp}}
+    graph["21"] = {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["5", 0]}}
+    graph["22"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["21", 0], **webp}}
+    graph["23"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "test/v2"}}
+    graph["24"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["5", 0]}}
+    graph["25"] = {"class_type": "SaveLatent", "inputs": {"samples": ["24", 0], "filename_prefix": "test/v2_image"}}
+    entry = run_ok(host, graph)
+    latents, image = saved_latent(host, entry, "23"), saved_latent(host, entry, "25")
+    assert latents.shape == (1, 48, 16, 4, 6) and image.shape == (1, 48, 1, 4, 6)
+    torch.testing.assert_close(latents[:, :, :1], image, rtol=1e-4, atol=1e-4)  # the first frame is the image
+    ours, theirs = webp_frames(host, entry, "20"), webp_frames(host, entry, "22")
+    assert len(ours) == len(theirs) == 4 * 16 - 3
+    assert max((a - b).abs().max().item() for a, b in zip(ours, theirs)) <= 1  # the same pixels (8-bit rounding)
+    (f,) = entry["outputs"]["6"]["images"]
+    with av.open(str(host.base / "output" / f["subfolder"] / f["filename"])) as container:
+        assert container.streams.video[0].average_rate == 24
+        assert sum(1 for _ in container.decode(video=0)) == 4 * 16 - 3
+
+    Image.new("RGB", (64, 64)).save(host.base / "input" / "square.png")
+    graph["8"]["inputs"]["image"] = "square.png"
+    assert "image: 64x64 pixels, but the video is 96x64" in failure(host, graph)
+
+
+def test_a_longlive_2_model_makes_shots_through_the_nodes_as_the_engine_does(host):
+    """A LongLive 2.0 file (48 latent channels) in models/diffusion_models: the loader tells its family, the schedule's
+    'cut' starts a shot, and the sampler's LATENT (in the Wan 2.2 VAE's raw space) holds the blocks a ShotSession makes
+    from the same file, seed and prompts. Where it cannot go: a Wan 2.1 VAE, a cut on the first line, a window that
+    cannot hold its sinks, a LongLive 1.x LoRA."""
+    from longlive_core import ShotSession, hashed_embeds, load_model, resolve_precision
+
+    sys.path.insert(0, str(comfy_dir()))
+    import comfy.latent_formats
+
+    path = host.base / "models" / "diffusion_models" / host.names["model_v2"]
+    graph = longlive_2_graph(host)
+    graph["3"]["inputs"]["schedule"] = "0: a red fox in the snow\nframe 8 cut: a city at night"
+    assert "need the Wan 2.2 VAE (wan2.2_vae.safetensors)" in failure(host, graph)
+    graph["4"]["inputs"].pop("vae")
+    del graph["6"]  # LongLive Save Video: nothing decoded
+    graph = with_latent_output(graph, "test/v2")
+    latents = latents_of(host, run_ok(host, graph))
+
+    cpu = torch.device("cpu")
+    model = load_model(str(path), device=cpu, precision=resolve_precision("bf16", cpu))
+    session = ShotSession(model, batch=1, latent_hw=(4, 6), seed=3)
+    texts = ["a red fox in the snow", "The scene transitions. a city at night"]
+    text_dim = model.cfg.text_dim
+    want = torch.cat([session.make_block(hashed_embeds(t, text_dim), cut=k == 1) for k, t in enumerate(texts)], 1)
+    assert latents.shape == (1, 48, 16, 4, 6)
+    torch.testing.assert_close(latents, comfy.latent_formats.Wan22().process_out(want.transpose(1, 2)),
+                               rtol=1e-5, atol=1e-5)
+
+    graph["3"]["inputs"]["schedule"] = "0 cut: a red fox in the snow"
+    assert "schedule line 1 is a scene cut" in failure(host, graph)
+    graph["3"]["inputs"]["schedule"] = "0: a red fox"
+    graph["4"]["inputs"].update(local_attn_size=16)
+    assert "window 16 cannot hold the global sink (8), the shot sink (8) and a block (8)" in failure(host, graph)
     graph["1"]["inputs"]["lora_name"] = host.names["lora"]
     assert "the LoRA belongs to another model" in failure(host, graph)

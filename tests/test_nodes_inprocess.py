@@ -146,11 +146,16 @@ def test_conditioning_schedule(comfy):
 def test_sampler_output_is_raw_vae_latent_space(comfy):
     load_pack()
     import comfy.latent_formats
-    from longlive_pack.nodes.sampler import WAN21, latent_frames
+    from longlive_core import V2
+    from longlive_pack.nodes.decode import model_latents, raw_latents
+    from longlive_pack.nodes.sampler import latent_frames
 
-    x = torch.randn(1, 16, 3, 4, 4)
-    torch.testing.assert_close(comfy.latent_formats.Wan21().process_in(WAN21.process_out(x)), x)
+    for channels, fmt in ((16, comfy.latent_formats.Wan21()), (48, comfy.latent_formats.Wan22())):
+        blocks = torch.randn(1, 3, channels, 4, 4)  # the engine's [B, T, C, h, w]
+        torch.testing.assert_close(fmt.process_in(raw_latents(blocks)), blocks.transpose(1, 2))
+        torch.testing.assert_close(model_latents(raw_latents(blocks)), blocks)
     assert [latent_frames(5, "seconds"), latent_frames(81, "pixel frames"), latent_frames(40, "latent frames")] == [21, 21, 42]
+    assert [latent_frames(5, "seconds", V2), latent_frames(121, "pixel frames", V2)] == [32, 32]  # 24 fps, blocks of 8
 
 
 def test_schedule_text_parsing():

@@ -13,10 +13,9 @@ from conftest import GOLDEN_V2, REPO, golden_cases
 from longlive_core import (ConfigError, ShotSession, ShotSettings, StreamSession, WanConfig, is_cut, load_model,
                            unipc_table)
 from longlive_core.errors import CheckpointError
-from longlive_core.tools.synthetic import random_model
+from longlive_core.tools.synthetic import TINY_V2, random_model
 from longlive_core.tools.verify import TOLERANCE, block_errors, run_v2_case
 
-TINY_V2 = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, in_dim=48, out_dim=48)
 CASES = golden_cases(GOLDEN_V2)
 
 
@@ -62,7 +61,7 @@ def held_after_each_block(cfg: WanConfig, cuts: set[int], blocks: int, settings:
     session = ShotSession(model, batch=1, latent_hw=(4, 6), settings=settings, noise=lambda k: noise[:, 8 * k:8 * k + 8])
     held = []
     for k in range(blocks):
-        session.step_block(embeds, cut=k in cuts)
+        session.make_block(embeds, cut=k in cuts)
         held.append(session.held_frames())
     return held
 
@@ -144,7 +143,7 @@ def image_to_video(image, blocks=3, seed=0):
     noise = torch.randn(1, 8 * blocks, 48, 4, 6, generator=gen)
     embeds = torch.randn(1, 512, TINY_V2.text_dim, generator=gen)
     session = ShotSession(model, batch=1, latent_hw=(4, 6), image=image, noise=lambda k: noise[:, 8 * k:8 * k + 8])
-    return torch.cat([session.step_block(embeds) for _ in range(blocks)], dim=1), session
+    return torch.cat([session.make_block(embeds) for _ in range(blocks)], dim=1), session
 
 
 def test_image_to_video_holds_the_first_frame_at_the_image():
@@ -169,7 +168,7 @@ def test_a_batch_gives_each_sample_its_own_video():
 
     def run(samples: torch.Tensor) -> torch.Tensor:
         session = ShotSession(model, batch=samples.shape[0], latent_hw=(4, 6), noise=lambda k: samples[:, 8 * k:8 * k + 8])
-        return torch.cat([session.step_block(e, cut=k == 2) for k, e in enumerate(embeds)], dim=1)
+        return torch.cat([session.make_block(e, cut=k == 2) for k, e in enumerate(embeds)], dim=1)
 
     both = run(noise)
     for b in range(2):  # batched GEMMs round differently: compared as the recorded runs are, a block at a time
@@ -218,7 +217,7 @@ def policy_run(policy: str, prompts: list[int], cuts: set[int] = frozenset(), no
     texts = [torch.randn(1, 512, TINY_V2.text_dim, generator=gen) for _ in range(3)]
     session = ShotSession(model, batch=1, latent_hw=(4, 6), settings=ShotSettings(switch_policy=policy),
                           noise=lambda k: noise[:, 8 * (k + noise_from):8 * (k + noise_from) + 8])
-    blocks = [session.step_block(texts[p], cut=k in cuts) for k, p in enumerate(prompts)]
+    blocks = [session.make_block(texts[p], cut=k in cuts) for k, p in enumerate(prompts)]
     return torch.cat(blocks, dim=1), session
 
 
@@ -246,3 +245,92 @@ def test_recache_rebuilds_the_current_shot_under_the_new_prompt():
     torch.testing.assert_close(same, unchanged, rtol=0, atol=0)  # no change, no recache
     with pytest.raises(ConfigError, match="switch_policy 'sometimes' is unknown; choose one of keep, recache, reset"):
         ShotSettings(switch_policy="sometimes").check()
+
+
+# --- a LongLive 2.0 video as the nodes run it (runtime/video.py) --------------------------------------------------
+
+
+def v2_video(model, seed=0, image=None, policy="keep", session_id="v2"):
+    from longlive_core import Video, VideoSettings
+
+    settings = VideoSettings(("tiny v2",), 1, 96, 64, 32, 8, policy, seed, session_id)
+    return Video.open(model, settings, fast=False, image=image)
+
+
+def v2_embed(text: str) -> torch.Tensor:
+    from longlive_core import hashed_embeds
+
+    return hashed_embeds(text, TINY_V2.text_dim)
+
+
+def test_a_video_runs_shots_from_a_schedule_as_the_session_makes_them_block_by_block():
+    """A schedule with a scene cut and image-to-video, over two runs (the second continues the video): the blocks a
+    ShotSession makes from the same seed, prompts (the cut's text with upstream's prefix) and image."""
+    from longlive_core import Prompt, RunHooks, parse_schedule_text
+    from longlive_core.runtime.family import V2
+
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    image = torch.randn(1, 1, 48, 4, 6, generator=torch.Generator().manual_seed(5))
+    segments = parse_schedule_text("0: a red fox\nframe 16 cut: a city at night", V2)
+    assert segments[1].cut and segments[1].text == "The scene transitions. a city at night"
+    video = v2_video(model, seed=3, image=image)
+    video.schedule([Prompt(s.start, s.text, cut=s.cut) for s in segments], 24, v2_embed)
+    first, _ = video.run(24, live=False, hooks=RunHooks(embed_text=v2_embed))
+    video.schedule([Prompt(0, segments[1].text)], 8, v2_embed)  # the prompt in force: no switch
+    second, _ = video.run(8, live=False, hooks=RunHooks(embed_text=v2_embed))
+    assert video.describe()["frames"] == 32 and video.describe()["blocks"] == 4
+
+    session = ShotSession(model, batch=1, latent_hw=(4, 6), image=image, seed=3)
+    texts = ["a red fox", "a red fox", segments[1].text, segments[1].text]
+    want = torch.cat([session.make_block(v2_embed(t), cut=k == 2) for k, t in enumerate(texts)], dim=1)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), want, rtol=0, atol=0)
+    assert torch.equal(first[:, :1], image)
+
+
+def test_a_stop_between_passes_of_a_v2_block_leaves_it_to_be_made_again_exactly():
+    from longlive_core import Prompt, RunHooks
+
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    prompts = [Prompt(0, "a red fox"), Prompt(16, "a fox in the snow")]
+    passes = []
+
+    def stop_in_the_third_block():
+        passes.append(1)
+        if len(passes) == 4 + 4 + 2:
+            raise KeyboardInterrupt
+
+    video = v2_video(model, policy="recache")
+    video.schedule(prompts, 32, v2_embed)
+    with pytest.raises(KeyboardInterrupt):
+        video.run(32, live=False, hooks=RunHooks(embed_text=v2_embed, check=stop_in_the_third_block))
+    assert video.session.frame == 16
+    video.schedule([Prompt(0, "a fox in the snow")], 16, v2_embed)
+    rest, _ = video.run(16, live=False, hooks=RunHooks(embed_text=v2_embed))
+    straight = v2_video(model, policy="recache")
+    straight.schedule(prompts, 32, v2_embed)
+    whole, _ = straight.run(32, live=False, hooks=RunHooks(embed_text=v2_embed))
+    torch.testing.assert_close(rest, whole, rtol=0, atol=0)
+
+
+def test_cuts_and_images_are_refused_where_they_cannot_apply():
+    from longlive_core import Prompt, PromptError, RunHooks, Video, VideoSettings, parse_schedule_text
+    from longlive_core.tools.synthetic import TINY
+
+    v1 = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0), fast=False)
+    with pytest.raises(PromptError, match="scene cuts are LongLive 2.0's"):
+        v1.schedule([Prompt(0, "a"), Prompt(3, "The scene transitions. b", cut=True)], 6, v2_embed)
+    with pytest.raises(ConfigError, match="image-to-video is LongLive 2.0's"):
+        Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0), fast=False,
+                   image=torch.zeros(1, 1, 48, 4, 6))
+    with pytest.raises(PromptError, match="schedule line 1 is a scene cut"):
+        parse_schedule_text("0 cut: a beach")
+    v2 = v2_video(random_model(TINY_V2, dtype=torch.float32))
+    with pytest.raises(PromptError, match="multiple of 8"):
+        v2.schedule([Prompt(0, "a"), Prompt(3, "b")], 16, v2_embed)
+    with pytest.raises(PromptError, match="blend_blocks=3: LongLive 2.0 switches prompts at a block"):
+        v2.session.set_prompt(v2_embed("a"), blend_blocks=3)
+    with pytest.raises(ConfigError, match="window 16 cannot hold the global sink"):
+        Video.open(random_model(TINY_V2, dtype=torch.float32),
+                   VideoSettings(("tiny v2",), 1, 96, 64, 16, 8, "keep", 0), fast=False)
+    v2.schedule([Prompt(0, "a")], 8, v2_embed)
+    assert v2.run(8, live=False, hooks=RunHooks(embed_text=v2_embed))[0].shape == (1, 8, 48, 4, 6)

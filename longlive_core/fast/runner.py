@@ -76,6 +76,11 @@ class GraphRunner:
         log.debug("captured a pass graph: %s frames, %d keys", tuple(x.shape), plan.kv_len)
         return _Graph(graph, static_x, static_plan, out)
 
+    def restart(self) -> None:
+        """The session starts a new video in the same buffers: its graphs stay; passes seen but not captured (the
+        blocks that fill the window) count as unseen again, so they run once a video, as in a new session."""
+        self.seen = set(self.graphs)
+
     def clear(self) -> None:
         """Drops every graph (after the session's caches were reallocated, or the weights moved); a runner whose
         capture failed stays without graphs."""

@@ -16,6 +16,7 @@ import torch
 from ..errors import ConfigError
 from ..vae.stream import DecodeStream
 from ..vae.tiny import TinyStream
+from .session import StreamSession
 from .video import Video, VideoSettings
 
 VERSION = 1
@@ -26,6 +27,9 @@ _LISTS = ("undelivered", "undelivered_images", "delivered")
 def save(video: Video, path: str) -> int:
     """Writes the video to `path` (atomically: a file beside it, then renamed), while no run generates it (a run that
     starts meanwhile waits). Returns the bytes written."""
+    if not isinstance(video.session, StreamSession):
+        raise ConfigError(f"session '{video.settings.session_id}': saving a {video.family.name} session to a file is "
+                          f"not supported yet (LongLive 1.x sessions are); it lives while the server runs")
     if not video.busy.acquire(blocking=False):
         raise ConfigError(f"session '{video.settings.session_id}' is generating; save it when its run has ended")
     try:

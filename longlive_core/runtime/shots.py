@@ -13,11 +13,12 @@ of the cache slots does not matter, so frames take the lowest free slot and evic
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PromptError
 from ..model.cache import KVCache, TextCache
 from ..model.config import PATCH, TEXT_LEN
 from ..model.wan import CausalWan, PassPlan, RopeTable
@@ -71,9 +72,11 @@ class ShotSession:
     initial noise (the sampler draws nothing else). image: image-to-video, the normalized latent [1 or B, 1, 48, h,
     w] of the first frame: in the first block latent frame 0 is held at it, at timestep 0, in every pass."""
 
+    position_mode = "absolute"  # time positions grow with the video (and each shot's offset)
+
     def __init__(self, model: CausalWan, *, batch: int, latent_hw: tuple[int, int],
-                 noise: Callable[[int], torch.Tensor], settings: ShotSettings = ShotSettings(),
-                 image: torch.Tensor | None = None):
+                 noise: Callable[[int], torch.Tensor] | None = None, settings: ShotSettings = ShotSettings(),
+                 image: torch.Tensor | None = None, seed: int = 0):
         if model.cfg.in_dim != V2_CHANNELS:
             raise ConfigError(f"this model has {model.cfg.in_dim} latent channels: a LongLive 2.0 video needs the "
                               f"Wan2.2-TI2V-5B network (48); LongLive 1.x models run in a StreamSession")
@@ -81,7 +84,9 @@ class ShotSession:
         h, w = latent_hw
         if h % PATCH[1] or w % PATCH[2]:
             raise ConfigError(f"latent size {h}x{w} must be even in both directions (pixels: multiples of 32)")
-        self.model, self.cfg, self.settings, self.batch, self.noise = model, model.cfg, settings, batch, noise
+        self.model, self.cfg, self.settings, self.batch, self.seed = model, model.cfg, settings, batch, seed
+        self.runner = model  # no CUDA graphs for LongLive 2.0 yet
+        self._noise_arg = noise
         self.grid = (h // PATCH[1], w // PATCH[2])
         self.frame_tokens = self.grid[0] * self.grid[1]
         self.table = unipc_table(settings.steps, settings.shift)
@@ -91,13 +96,71 @@ class ShotSession:
                              settings.window, settings.sink, self.frame_tokens)
         self.text = TextCache.allocate(cfg.num_layers, batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, model.dtype)
         self.rope = RopeTable(cfg.head_dim, dev)
-        self.slots: list[int | None] = [None] * settings.window  # the latent frame each cache slot holds
+        self.image = None if image is None else self._check_image(image, latent_hw)
+        self.pending: dict[int, tuple[torch.Tensor, bool]] = {}  # frame -> (embeds, cut): prompts scheduled
+        self.reset()
+
+    def reset(self) -> None:
+        """Starts a new video: empty caches, no prompt, frame 0, noise from the seed again (the image stays)."""
+        self.cache.zero_()
+        self.text.zero_()
+        self.noise = self._noise_arg or _seeded_noise(self.seed, self.batch, self.settings.block, self.grid)
+        self.slots: list[int | None] = [None] * self.settings.window  # the latent frame each cache slot holds
         self.pinned: set[int] = set()  # the shot sink's frames
         self.frame, self.shot, self._embeds = 0, 0, None
         self.origin = 0  # the frame at time position 0 (a reset starts a new video there)
         self.shot_start = 0  # the first frame of the current shot
         self.clean: dict[int, tuple[torch.Tensor, int]] = {}  # recache: held frame -> (its latent, its position)
-        self.image = None if image is None else self._check_image(image, latent_hw)
+        self.pending.clear()
+
+    # --- as a named video runs it (runtime/video.py): prompts scheduled by frame ------------------------------
+
+    @property
+    def pos(self) -> int:
+        """The time position of the next frame."""
+        return self._position(self.frame)
+
+    def set_prompt(self, embeds: torch.Tensor, at_frame: int | None = None, blend_blocks: int = 1,
+                   blend: str = "linear", cut: bool = False) -> None:
+        """Schedules a prompt for the block starting at `at_frame` (default: the next block); `cut`: that block
+        starts a new shot. LongLive 2.0 switches prompts at a block: no blending."""
+        at = self.frame if at_frame is None else at_frame
+        if blend_blocks != 1:
+            raise PromptError(f"blend_blocks={blend_blocks}: LongLive 2.0 switches prompts at a block (its switch "
+                              f"policies: {', '.join(SHOT_SWITCH_POLICIES)}); post the prompt without blending")
+        if at % self.settings.block or at < self.frame:
+            raise PromptError(f"a prompt must start at a block boundary (a multiple of {self.settings.block} latent "
+                              f"frames) not before frame {self.frame}; got frame {at}")
+        self.pending[at] = (embeds, cut)
+
+    def clear_pending(self) -> None:
+        """Drops the prompts scheduled for later blocks."""
+        self.pending.clear()
+
+    def step_block(self, between_passes: Callable[[], None] | None = None) -> torch.Tensor:
+        """The next block under the prompt scheduled for it, or the prompt in force."""
+        embeds, cut = self.pending.get(self.frame, (self._embeds, False))
+        if embeds is None:
+            raise PromptError("no prompt is set for this session; call set_prompt before generating")
+        block = self.make_block(embeds, cut, between_passes)
+        self.pending.pop(self.frame - self.settings.block, None)
+        return block
+
+    def use_model(self, model: CausalWan, runner=None) -> None:
+        """Continues the video with another load of the same weights (a host that reloaded them)."""
+        if model.cfg != self.cfg or model.device != self.cache.k.device:
+            raise ConfigError(f"use_model needs the same network on {self.cache.k.device}; start a new session")
+        self.model = self.runner = model
+
+    def _state(self) -> tuple:
+        return (list(self.slots), set(self.pinned), self.shot, self.origin, self.shot_start, dict(self.clean),
+                self._embeds)
+
+    def _restore(self, state: tuple) -> None:
+        embeds = self._embeds
+        self.slots, self.pinned, self.shot, self.origin, self.shot_start, self.clean, self._embeds = state
+        if self._embeds is not embeds and self._embeds is not None:  # the text cache holds the prompt in force again
+            self.model.fill_text_cache(self._embeds.expand(self.batch, -1, -1), self.text)
 
     def _check_image(self, image: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
         want = (V2_CHANNELS, *latent_hw)
@@ -109,15 +172,23 @@ class ShotSession:
     # --- one block ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step_block(self, embeds: torch.Tensor, cut: bool = False) -> torch.Tensor:
+    def make_block(self, embeds: torch.Tensor, cut: bool = False,
+                   between_passes: Callable[[], None] | None = None) -> torch.Tensor:
         """Generates the next block under `embeds` ([1 or B, 512, text_dim] umt5 embeddings); `cut`: this block
-        starts a new shot (the first block never does). Returns the block's latents [B, 8, 48, h, w]."""
+        starts a new shot (the first block never does). Returns the block's latents [B, 8, 48, h, w].
+        `between_passes` runs before each denoising pass and may raise to stop the block there (an interrupt): the
+        session is then as it was before the call (the passes wrote only the slots the block takes again)."""
         s, index = self.settings, self.frame // self.settings.block
         cut = cut and index > 0
-        self._prompt(embeds, cut, index)
-        plan = self._plan()
-        image = self.image if index == 0 else None
-        block = self._denoise(self.noise(index).to(self.model.device, torch.float32), plan, image)
+        before = self._state()
+        try:
+            self._prompt(embeds, cut, index)
+            plan = self._plan()
+            image = self.image if index == 0 else None
+            block = self._denoise(self.noise(index).to(self.model.device, torch.float32), plan, image, between_passes)
+        except BaseException:
+            self._restore(before)
+            raise
         if cut and s.shot_clean_recache:
             plan = self._cut_back(plan)
         self._pass(block, self._timesteps(0.0, None), dataclasses.replace(plan, cache_only=True))  # clean K/V
@@ -139,17 +210,24 @@ class ShotSession:
             elif self.settings.switch_policy == "recache":
                 self._recache()
 
-    def _denoise(self, eps: torch.Tensor, plan: PassPlan, image: torch.Tensor | None) -> torch.Tensor:
+    def _denoise(self, eps: torch.Tensor, plan: PassPlan, image: torch.Tensor | None,
+                 between_passes: Callable[[], None] | None = None) -> torch.Tensor:
         """The sampler's passes: input i is eps + sum_j c_ij v_j (frame 0 held at the image), the block the
         table's last row."""
         velocities: list[torch.Tensor] = []
         for step, timestep in enumerate(self.table.timesteps):
+            if between_passes is not None:
+                between_passes()
             x = _held(_combine(eps, self.table.steps[step], velocities), image)
             velocities.append(self._pass(x, self._timesteps(float(timestep), image), plan).float())
         return _held(_combine(eps, self.table.output, velocities), image)
 
     def _set_text(self, embeds: torch.Tensor) -> bool:
-        """Fills the text cache for a new prompt; returns whether the prompt changed."""
+        """Fills the text cache for a new prompt (padded with zero embeddings to 512 tokens, as upstream's text
+        embedding pads the umt5 output); returns whether the prompt changed."""
+        if embeds.shape[1] > TEXT_LEN:
+            raise ConfigError(f"prompt embeddings of {embeds.shape[1]} tokens: umt5 gives at most {TEXT_LEN}")
+        embeds = torch.nn.functional.pad(embeds, (0, 0, 0, TEXT_LEN - embeds.shape[1]))
         if self._embeds is not None and self._embeds.shape == embeds.shape and torch.equal(self._embeds, embeds):
             return False
         self.model.fill_text_cache(embeds.expand(self.batch, -1, -1), self.text)
@@ -235,6 +313,18 @@ class ShotSession:
             held = sorted((f, i) for i, f in enumerate(self.slots) if f is not None and f not in protected)
             free += [i for _, i in held[:count - len(free)]]
         return sorted(free[:count])
+
+
+def _seeded_noise(seed: int, batch: int, block: int, grid: tuple[int, int]) -> Callable[[int], torch.Tensor]:
+    """Each block's noise [B, block, 48, h, w] drawn from the seed and the block index (on the CPU: the same on
+    every machine)."""
+    shape = (batch, block, V2_CHANNELS, grid[0] * PATCH[1], grid[1] * PATCH[2])
+
+    def noise(index: int) -> torch.Tensor:
+        key = int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
+        return torch.randn(shape, generator=torch.Generator().manual_seed(key))
+
+    return noise
 
 
 def _held(x: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:

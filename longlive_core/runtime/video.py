@@ -17,13 +17,14 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError, LongLiveError
+from ..errors import ConfigError, LongLiveError, PromptError
 from ..fast.runner import GraphRunner, warm_up
-from ..model.cache import FRAMES_PER_BLOCK
 from ..model.config import ROPE_POSITIONS
 from ..model.wan import CausalWan
 from .prompt_text import check_starts
+from .family import V1, V2, Family, family_of
 from .session import StreamSession
+from .shots import ShotSession, ShotSettings
 
 log = logging.getLogger(__name__)
 # a live run starts its next block when less video waits at its viewers than a block's making time + this: the
@@ -61,6 +62,7 @@ class Prompt:
     start: int
     text: str
     embeds: torch.Tensor | None = None
+    cut: bool = False  # LongLive 2.0: this prompt starts a new shot (its text carries upstream's scene-cut prefix)
 
     def key(self) -> str:
         """Identity of the prompt, to tell whether a continuing run changed it."""
@@ -95,14 +97,15 @@ class Stats:
 
 @dataclasses.dataclass(frozen=True)
 class BlockDone:
-    """A block of a run: its index of `blocks`, latents [B, 3, C, h, w], decoded images [B * 12 or 9, H, W, 3] or
-    None, and the posted prompt it switched to."""
+    """A block of a run: its index of `blocks`, latents [B, block, C, h, w], decoded images [B * pixel frames, H, W, 3]
+    or None, the posted prompt it switched to, and the video's latent frames up to its end."""
 
     index: int
     blocks: int
     latents: torch.Tensor
     images: torch.Tensor | None
     posted: PostedPrompt | None
+    frame: int
 
 
 def _nothing(_done: BlockDone) -> None:
@@ -135,12 +138,10 @@ class RunHooks:
 class Video:
     """One named video. Make it with Video.open (which warms up its graphs before the first block)."""
 
-    def __init__(self, model: CausalWan, settings: VideoSettings, fast: bool):
+    def __init__(self, model: CausalWan, settings: VideoSettings, fast: bool, image: torch.Tensor | None = None):
         self.settings = settings
-        self.session = StreamSession(model, batch=settings.batch, height=settings.height, width=settings.width,
-                                     local_attn_size=settings.local_attn_size, sink_size=settings.sink_size,
-                                     seed=settings.seed, switch_policy=settings.switch_policy,
-                                     runner=GraphRunner(model) if fast else None, position_mode=settings.position_mode)
+        self.family = family_of(model)
+        self.session = _new_session(self.family, model, settings, fast, image)
         self.prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
         self.upcoming: dict[int, str] = {}  # frame -> key of the prompt starting there
         self.undelivered: list[torch.Tensor] = []  # blocks of an interrupted run
@@ -161,9 +162,10 @@ class Video:
         self._block_s = 0.0  # wall time of the last block with its decode and hooks (the live pace)
 
     @classmethod
-    def open(cls, model: CausalWan, settings: VideoSettings, fast: bool) -> "Video":
+    def open(cls, model: CausalWan, settings: VideoSettings, fast: bool, image: torch.Tensor | None = None) -> "Video":
+        """image: LongLive 2.0's image-to-video, the first frame's latent [1 or B, 1, 48, h, w] (ShotSession)."""
         start = time.perf_counter()
-        video = cls(model, settings, fast)
+        video = cls(model, settings, fast, image)
         warm_up(video.session)  # compile + capture now: no later block or switch pays for it
         video.stats.warm_up_s = round(time.perf_counter() - start, 2)
         return video
@@ -184,7 +186,8 @@ class Video:
 
     def describe(self) -> dict:
         s = self.session
-        return {"frames": s.frame, "blocks": s.frame // FRAMES_PER_BLOCK, "video_time": video_time(s.frame),
+        return {"frames": s.frame, "blocks": s.frame // self.family.block, "family": self.family.name,
+                "video_time": video_time(s.frame, self.family.fps),
                 "settings": dataclasses.asdict(self.settings),
                 "state": "live" if self.live else "idle", "switches": self.switches[-20:],
                 "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
@@ -261,6 +264,8 @@ class Video:
         self.settings = dataclasses.replace(self.settings, seed=seed)
         self.session.seed = seed
         self.reset()
+        if isinstance(self.session.runner, GraphRunner):
+            self.session.runner.restart()
         self.switches.clear()
         self.stats = Stats(warm_up_s=0.0)
 
@@ -271,19 +276,28 @@ class Video:
         others are refused. Relative positions have no end."""
         if self.session.position_mode == "relative":
             return frames
-        room = (ROPE_POSITIONS - self.session.pos) // FRAMES_PER_BLOCK * FRAMES_PER_BLOCK
+        room = (ROPE_POSITIONS - self.session.pos) // self.family.block * self.family.block
         if frames <= room:
             return frames
         if live and room > 0:
             log.info("live run limited to %d latent frames (RoPE table ends at %d)", room, ROPE_POSITIONS)
             return room
+        minutes = ROPE_POSITIONS * 4 / self.family.fps / 60
         raise ConfigError(f"length: this run needs {frames} latent frames but the session has room for {room} more "
-                          f"(the model's RoPE table ends at latent frame {ROPE_POSITIONS}, about 4 minutes); shorten "
-                          f"the run, reset the session, or make the video with position_mode 'relative' (no limit)")
+                          f"(the model's RoPE table ends at position {ROPE_POSITIONS}, about {minutes:.0f} minutes); "
+                          f"shorten the run, reset the session, or (LongLive 1.x) make the video with position_mode "
+                          f"'relative' (no limit)")
 
     def schedule(self, prompts: list[Prompt], frames: int, embed_text: Callable[[str], torch.Tensor]) -> None:
         """Schedules a run's prompts relative to its first frame; an unchanged first prompt is no switch."""
-        check_starts([p.start for p in prompts], frames)
+        check_starts([p.start for p in prompts], frames, self.family.block)
+        cuts = [p for p in prompts if p.cut]
+        if cuts and self.family.latent_channels != V2.latent_channels:
+            raise PromptError(f"the schedule marks a scene cut at latent frame {cuts[0].start}: scene cuts are LongLive "
+                              f"2.0's (shots); a LongLive 1.x model changes prompts by its switch_policy: remove 'cut'")
+        if prompts[0].cut:
+            raise PromptError("the first prompt of a run cannot be a scene cut (a cut starts a new shot after another): "
+                              "remove 'cut' from the first line")
         base = self.session.frame
         self.session.clear_pending()  # prompts of an earlier run that stopped early do not carry over
         self.upcoming.clear()
@@ -292,7 +306,7 @@ class Video:
             if i == 0 and prompt.key() == self.prompt_key:
                 continue
             embeds = prompt.embeds if prompt.embeds is not None else embed_text(prompt.text)
-            self.session.set_prompt(embeds, at_frame=base + prompt.start)
+            self.session.set_prompt(embeds, at_frame=base + prompt.start, **({"cut": True} if prompt.cut else {}))
 
     def post(self, prompt: PostedPrompt) -> int:
         """Queues a prompt for the live run's next block; returns the frame it was posted at."""
@@ -306,7 +320,7 @@ class Video:
             return self._run(frames, live, hooks)
 
     def _run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
-        blocks = frames // FRAMES_PER_BLOCK
+        blocks = frames // self.family.block
         _drain(self.inbox)
         self.stop.clear()
         self.live, self.running = live, True
@@ -393,12 +407,13 @@ class Video:
     def _hand_off(self, made: "_Made", hooks: RunHooks) -> None:
         """A block's stats, its decoded frames to the host, its progress."""
         self._record(made.timer.ms(), made.posted, made.started_at)
-        hooks.made(BlockDone(made.index, made.blocks, made.latents, None, made.posted))
+        end = made.started_at + made.latents.shape[1]
+        hooks.made(BlockDone(made.index, made.blocks, made.latents, None, made.posted, end))
         images = None
         if made.finish is not None:
             images = made.finish()
             self.undelivered_images.append(_per_sample(images, made.latents))
-        hooks.shown(BlockDone(made.index, made.blocks, made.latents, images, made.posted))
+        hooks.shown(BlockDone(made.index, made.blocks, made.latents, images, made.posted, end))
         self._block_s = time.perf_counter() - made.start
 
     def _take_posted(self, hooks: RunHooks) -> PostedPrompt | None:
@@ -409,7 +424,7 @@ class Video:
             prompt = Prompt(frame, posted.text, hooks.encode(posted.text) if hooks.encode else None)
             embeds = prompt.embeds if prompt.embeds is not None else hooks.embed_text(posted.text)
             self.session.set_prompt(embeds, blend_blocks=posted.blend_blocks, blend=posted.blend)
-            self.upcoming[frame + FRAMES_PER_BLOCK * (posted.blend_blocks - 1)] = prompt.key()
+            self.upcoming[frame + self.family.block * (posted.blend_blocks - 1)] = prompt.key()
         return posted
 
     def _step(self, check: Callable[[], None] | None, cut_short: bool) -> torch.Tensor:
@@ -439,7 +454,7 @@ class Video:
 
     def _record(self, ms: float, posted: PostedPrompt | None, frame: int) -> None:
         self.stats.last_block_ms = round(ms, 1)
-        self.stats.fps = round(4 * FRAMES_PER_BLOCK * 1e3 / max(ms, 1e-3), 1)
+        self.stats.fps = round(4 * self.family.block * 1e3 / max(ms, 1e-3), 1)
         self.stats.graphs = self.graph_state()
         if posted is not None:
             latency = round((time.time() - posted.posted_at) * 1e3, 1)
@@ -488,15 +503,36 @@ class _Made:
     finish: Callable[[], torch.Tensor | None] | None = None  # its decode's finisher
 
 
+def _new_session(family: Family, model: CausalWan, settings: VideoSettings, fast: bool,
+                 image: torch.Tensor | None) -> StreamSession | ShotSession:
+    """The family's session: LongLive 1.x's StreamSession (CUDA graphs where `fast`), LongLive 2.0's ShotSession (its
+    window and sink from the settings, eager passes; image-to-video where an image is given)."""
+    if family is V2:
+        if settings.position_mode != "absolute":
+            raise ConfigError("position_mode: LongLive 2.0 runs in absolute positions (its shots move them); choose "
+                              "'absolute'")
+        shots = ShotSettings(window=settings.local_attn_size, sink=settings.sink_size,
+                             switch_policy=settings.switch_policy)
+        return ShotSession(model, batch=settings.batch, latent_hw=(settings.height // 16, settings.width // 16),
+                           settings=shots, image=image, seed=settings.seed)
+    if image is not None:
+        raise ConfigError("image: image-to-video is LongLive 2.0's; this is a LongLive 1.x model (text-to-video): "
+                          "disconnect the image or load a LongLive 2.0 model")
+    return StreamSession(model, batch=settings.batch, height=settings.height, width=settings.width,
+                         local_attn_size=settings.local_attn_size, sink_size=settings.sink_size, seed=settings.seed,
+                         switch_policy=settings.switch_policy, runner=GraphRunner(model) if fast else None,
+                         position_mode=settings.position_mode)
+
+
 def _per_sample(images: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
     """Decoded frames [B * frames, H, W, 3] -> [B, frames, H, W, 3]; frames not kept (None) -> an empty tensor, which
     still marks the block decoded."""
     return torch.empty(0) if images is None else images.view(latents.shape[0], -1, *images.shape[1:])
 
 
-def video_time(latent_frames: int) -> str:
-    """Elapsed video time as minutes:seconds (a latent frame is 4 pixel frames at 16 fps), e.g. '12:30.0'."""
-    minutes, seconds = divmod(latent_frames * 4 / 16, 60)
+def video_time(latent_frames: int, fps: int = V1.fps) -> str:
+    """Elapsed video time as minutes:seconds (a latent frame is 4 pixel frames), e.g. '12:30.0'."""
+    minutes, seconds = divmod(latent_frames * 4 / fps, 60)
     return f"{int(minutes)}:{seconds:04.1f}"
 
 

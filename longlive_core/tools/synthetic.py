@@ -15,6 +15,7 @@ from ..model.wan import CausalWan
 
 TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32)
 TINY_FILES = WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=2, text_dim=32)  # the main job's tiny model
+TINY_V2 = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, in_dim=48, out_dim=48)  # LongLive 2.0
 
 
 def random_model(cfg: WanConfig = WanConfig(), seed: int = 0, device="cpu", dtype=torch.bfloat16,
@@ -61,10 +62,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="where to write the LongLive checkpoint (longlive_base.pt format)")
     parser.add_argument("lora", help="where to write its LoRA (lora.pt format, rank 4)")
+    parser.add_argument("--v2", help="also a tiny LongLive 2.0 checkpoint (48 latent channels) here")
     args = parser.parse_args(argv)
     model = random_model(TINY_FILES, dtype=torch.float32, std=0.1)
     write_longlive_checkpoint(model, args.model)
     write_lora(model, args.lora, rank=4)
+    if args.v2:
+        write_longlive_checkpoint(random_model(TINY_V2, dtype=torch.float32, std=0.3), args.v2)
     return 0
 
 

@@ -79,7 +79,7 @@ def run_v2_case(case_dir: str, device: str = "cpu", dtype: torch.dtype = torch.f
     session = ShotSession(model, batch=meta["batch"], latent_hw=tuple(meta["latent_hw"]), settings=settings,
                           noise=lambda k: noise[:, k * block:(k + 1) * block])
     cuts = set(meta["shot_start_blocks"])
-    blocks = [session.step_block(embeds, cut=k in cuts) for k, embeds in enumerate(io["prompt_embeds"])]
+    blocks = [session.make_block(embeds, cut=k in cuts) for k, embeds in enumerate(io["prompt_embeds"])]
     return torch.cat(blocks, dim=1).cpu(), meta
 
 
