@@ -334,3 +334,26 @@ def test_cuts_and_images_are_refused_where_they_cannot_apply():
                    VideoSettings(("tiny v2",), 1, 96, 64, 16, 8, "keep", 0), fast=False)
     v2.schedule([Prompt(0, "a")], 8, v2_embed)
     assert v2.run(8, live=False, hooks=RunHooks(embed_text=v2_embed))[0].shape == (1, 8, 48, 4, 6)
+
+
+def test_a_prompt_posted_to_a_live_v2_video_switches_at_the_block_it_cuts_short():
+    import time
+
+    from longlive_core import PostedPrompt, Prompt, RunHooks
+
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    video = v2_video(model, policy="recache")
+    video.schedule([Prompt(0, "a red fox")], 24, v2_embed)
+    passes = []
+
+    def check():
+        passes.append(video.session.frame)
+        if len(passes) == 4 + 1:  # as the second block begins: it is cut short before its first pass
+            video.post(PostedPrompt("a fox in the snow", time.time()))
+
+    latents, _ = video.run(24, live=True, hooks=RunHooks(embed_text=v2_embed, check=check))
+    assert passes == [0] * 4 + [8] * (1 + 4) + [16] * 4 and [s["frame"] for s in video.switches] == [8]
+    scheduled = v2_video(model, policy="recache")
+    scheduled.schedule([Prompt(0, "a red fox"), Prompt(8, "a fox in the snow")], 24, v2_embed)
+    want, _ = scheduled.run(24, live=False, hooks=RunHooks(embed_text=v2_embed))
+    torch.testing.assert_close(latents, want, rtol=0, atol=0)
