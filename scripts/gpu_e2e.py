@@ -385,13 +385,16 @@ def run_reload(h: Harness, host: ComfyHost, events: Events, result: Run) -> None
 
 def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
     """(name, server arguments, runs, inject a capture failure). The shipped workflows each open a fresh server."""
-    precisions = [] if tiny else [("precisions", [], [
-        *interactive_runs("fp8", 2, LongLive_ModelLoader={"precision": "fp8"}),
-        *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
-        *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}),
-        *interactive_runs("bf16_w21", 2, LongLive_StreamingSampler={"local_attn_size": 21}),
-        *interactive_runs("fp8_w21", 2, LongLive_ModelLoader={"precision": "fp8"},
-                          LongLive_StreamingSampler={"local_attn_size": 21}), run_reload], False)]
+    fp8 = {"LongLive_ModelLoader": {"precision": "fp8"}}
+    window21 = {"LongLive_StreamingSampler": {"local_attn_size": 21}}
+    memory = [*interactive_runs("fp8", 2, **fp8), *interactive_runs("bf16_w21", 2, **window21),
+              *interactive_runs("fp8_w21", 2, **fp8, **window21)]  # with the bf16 window-12 runs: the memory table
+    precisions = [] if tiny else [
+        ("precisions", [], [*memory,
+                            *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
+                            *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}),
+                            run_reload], False),
+        ("memory", [], memory, False)]
     return [
         ("one-minute", [], [run_one_minute, run_one_minute_warm], False),
         ("live", [], [run_live], False),
