@@ -387,10 +387,10 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
     """(name, server arguments, runs, inject a capture failure). The shipped workflows each open a fresh server."""
     fp8 = {"LongLive_ModelLoader": {"precision": "fp8"}}
     window21 = {"LongLive_StreamingSampler": {"local_attn_size": 21}}
-    memory = [*interactive_runs("fp8", 2, **fp8), *interactive_runs("bf16_w21", 2, **window21),
-              *interactive_runs("fp8_w21", 2, **fp8, **window21)]  # with the bf16 window-12 runs: the memory table
+    memory = [*interactive_runs("bf16", 2), *interactive_runs("fp8", 2, **fp8),
+              *interactive_runs("bf16_w21", 2, **window21), *interactive_runs("fp8_w21", 2, **fp8, **window21)]
     precisions = [] if tiny else [
-        ("precisions", [], [*memory,
+        ("precisions", [], [*memory[2:],
                             *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
                             *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}),
                             run_reload], False),
