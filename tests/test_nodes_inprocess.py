@@ -443,3 +443,8 @@ def test_wan22_decode_in_pieces_equals_comfys_full_decode(comfy):
         torch.testing.assert_close(fresh.decode(vae, z[:, :, :3]), full[:, :, :9], rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match=r"the Wan 2.2 VAE decodes latents \[B, 48, T, h, w\]; got \[1, 16, 3, 3, 4\]"):
         fresh.decode(vae, torch.zeros(1, 16, 3, 3, 4))
+    saved = fresh.export_state()  # a session's save (runtime/durable.py) holds this; a restart decodes on from it
+    resumed = Wan22DecodeStream(count_conv3d(vae.decoder))
+    resumed.import_state(*saved, torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(resumed.decode(vae, z[:, :, 3:]), full[:, :, 9:], rtol=1e-5, atol=1e-5)

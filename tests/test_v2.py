@@ -357,3 +357,28 @@ def test_a_prompt_posted_to_a_live_v2_video_switches_at_the_block_it_cuts_short(
     scheduled.schedule([Prompt(0, "a red fox"), Prompt(8, "a fox in the snow")], 24, v2_embed)
     want, _ = scheduled.run(24, live=False, hooks=RunHooks(embed_text=v2_embed))
     torch.testing.assert_close(latents, want, rtol=0, atol=0)
+
+
+def test_a_saved_v2_video_resumes_as_if_it_had_been_kept(tmp_path):
+    """Saved after a cut and an image-to-video start, restored into a new Video: the next blocks are those of the
+    video kept in memory (the shot, its sink and the scheduled prompts come back)."""
+    from longlive_core import Prompt, RunHooks, restore_video, save_video
+
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    image = torch.randn(1, 1, 48, 4, 6, generator=torch.Generator().manual_seed(5))
+    prompts = [Prompt(0, "a red fox"), Prompt(16, "The scene transitions. a city", cut=True), Prompt(32, "rain")]
+
+    def first_part(video):
+        video.schedule(prompts, 40, v2_embed)
+        video.run(24, live=False, hooks=RunHooks(embed_text=v2_embed))  # stops before the prompt at frame 32
+        return video
+
+    kept = first_part(v2_video(model, seed=4, image=image, policy="recache"))
+    path = tmp_path / "v2.safetensors"
+    save_video(kept, str(path))
+    resumed = v2_video(model, seed=4, policy="recache")
+    restore_video(resumed, str(path))
+    assert resumed.session.frame == 24 and resumed.session.shot == 1 and sorted(resumed.session.pending) == [32]
+    want, _ = kept.run(16, live=False, hooks=RunHooks(embed_text=v2_embed))
+    got, _ = resumed.run(16, live=False, hooks=RunHooks(embed_text=v2_embed))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -15,8 +15,8 @@ import torch
 
 from ..errors import ConfigError
 from ..vae.stream import DecodeStream
+from ..vae.stream22 import Wan22DecodeStream
 from ..vae.tiny import TinyStream
-from .session import StreamSession
 from .video import Video, VideoSettings
 
 VERSION = 1
@@ -27,9 +27,6 @@ _LISTS = ("undelivered", "undelivered_images", "delivered")
 def save(video: Video, path: str) -> int:
     """Writes the video to `path` (atomically: a file beside it, then renamed), while no run generates it (a run that
     starts meanwhile waits). Returns the bytes written."""
-    if not isinstance(video.session, StreamSession):
-        raise ConfigError(f"session '{video.settings.session_id}': saving a {video.family.name} session to a file is "
-                          f"not supported yet (LongLive 1.x sessions are); it lives while the server runs")
     if not video.busy.acquire(blocking=False):
         raise ConfigError(f"session '{video.settings.session_id}' is generating; save it when its run has ended")
     try:
@@ -116,6 +113,8 @@ def _check_shapes(path: str, saved: dict[str, torch.Tensor], fresh: dict[str, to
 def _stream(fields: dict, n: int, tensors: dict[str, torch.Tensor], device: torch.device):
     prefix = f"decoder.{n}."
     parts = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-    stream = DecodeStream(len(fields["entries"])) if fields["kind"] == "wan" else TinyStream()
+    kinds = {"wan": lambda: DecodeStream(len(fields["entries"])), "tiny": TinyStream,
+             "wan2.2": lambda: Wan22DecodeStream(len(fields["entries"]))}
+    stream = kinds[fields["kind"]]()
     stream.import_state(parts, fields, device)
     return stream

@@ -152,6 +152,38 @@ class ShotSession:
             raise ConfigError(f"use_model needs the same network on {self.cache.k.device}; start a new session")
         self.model = self.runner = model
 
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything the next block depends on, as tensors and JSON-able fields (runtime/durable.py; the noise comes
+        from the seed and the block index)."""
+        tensors = {"cache.k": self.cache.k, "cache.v": self.cache.v}
+        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
+            tensors[f"text.{name}"] = getattr(self.text, name)
+        if self._embeds is not None:
+            tensors["prompt"] = self._embeds
+        if self.image is not None:
+            tensors["image"] = self.image
+        tensors.update({f"pending.{frame}": embeds for frame, (embeds, _) in self.pending.items()})
+        tensors.update({f"clean.{frame}": latent for frame, (latent, _) in self.clean.items()})
+        fields = {"frame": self.frame, "shot": self.shot, "origin": self.origin, "shot_start": self.shot_start,
+                  "slots": self.slots, "pinned": sorted(self.pinned),
+                  "pending": {str(f): cut for f, (_, cut) in self.pending.items()},
+                  "clean": {str(f): position for f, (_, position) in self.clean.items()}}
+        return tensors, fields
+
+    def import_state(self, tensors: dict[str, torch.Tensor], fields: dict) -> None:
+        """The inverse of export_state, into this session's own buffers (the caller checked the caches' shapes)."""
+        dev = self.model.device
+        self.cache.k.copy_(tensors["cache.k"])
+        self.cache.v.copy_(tensors["cache.v"])
+        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
+            getattr(self.text, name).copy_(tensors[f"text.{name}"])
+        self._embeds = tensors["prompt"].to(dev) if "prompt" in tensors else None
+        self.image = tensors["image"].to(dev) if "image" in tensors else None
+        self.frame, self.shot, self.origin, self.shot_start = (fields[k] for k in ("frame", "shot", "origin", "shot_start"))
+        self.slots, self.pinned = list(fields["slots"]), set(fields["pinned"])
+        self.pending = {int(f): (tensors[f"pending.{f}"].to(dev), cut) for f, cut in fields["pending"].items()}
+        self.clean = {int(f): (tensors[f"clean.{f}"].to(dev), position) for f, position in fields["clean"].items()}
+
     def _state(self) -> tuple:
         return (list(self.slots), set(self.pinned), self.shot, self.origin, self.shot_start, dict(self.clean),
                 self._embeds)

@@ -264,15 +264,11 @@ class DecodeStream:
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """The cache (tensors, empty slots and the decoder's 'Rep' marks) and the latents' shape."""
-        kinds = ["tensor" if isinstance(e, torch.Tensor) else "none" if e is None else str(e) for e in self.cache]
-        tensors = {str(i): e for i, e in enumerate(self.cache) if isinstance(e, torch.Tensor)}
-        return tensors, {"kind": "wan", "entries": kinds, "shape": self.shape}
+        tensors, entries = export_cache(self.cache)
+        return tensors, {"kind": "wan", "entries": entries, "shape": self.shape}
 
     def import_state(self, tensors: dict[str, torch.Tensor], fields: dict, device: torch.device) -> None:
-        if len(fields["entries"]) != len(self.cache):
-            raise ValueError(f"{len(fields['entries'])} cache entries, the decoder has {len(self.cache)}")
-        self.cache = [tensors[str(i)].to(device) if kind == "tensor" else None if kind == "none" else kind
-                      for i, kind in enumerate(fields["entries"])]
+        self.cache = import_cache(tensors, fields["entries"], len(self.cache), device)
         self.shape = tuple(fields["shape"]) if fields["shape"] else None
 
     @property
@@ -284,3 +280,18 @@ class DecodeStream:
         capture anew)."""
         self._graph = None
         self._seen = None
+
+
+def export_cache(cache: list) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A decoder's causal cache as tensors by index and the kind of each entry ('tensor', 'none', or a mark the
+    decoder left, such as 'Rep')."""
+    entries = ["tensor" if isinstance(e, torch.Tensor) else "none" if e is None else str(e) for e in cache]
+    return {str(i): e for i, e in enumerate(cache) if isinstance(e, torch.Tensor)}, entries
+
+
+def import_cache(tensors: dict[str, torch.Tensor], entries: list[str], slots: int, device: torch.device) -> list:
+    """The inverse of export_cache, for a decoder with `slots` entries."""
+    if len(entries) != slots:
+        raise ValueError(f"{len(entries)} cache entries, the decoder has {slots}")
+    return [tensors[str(i)].to(device) if kind == "tensor" else None if kind == "none" else kind
+            for i, kind in enumerate(entries)]

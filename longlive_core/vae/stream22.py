@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .stream import check_shape
+from .stream import check_shape, export_cache, import_cache
 
 PATCH = 2  # the VAE's pixel (un)patchify: 12 output channels are 3 colours x 2 x 2
 
@@ -41,6 +41,16 @@ class Wan22DecodeStream:
             self.cache[:], self.started = before, started
             raise
         return _unpatchify(torch.cat(pieces, dim=2))
+
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The cache, whether the video's first frame was decoded, and the latents' shape."""
+        tensors, entries = export_cache(self.cache)
+        return tensors, {"kind": "wan2.2", "entries": entries, "started": self.started, "shape": self.shape}
+
+    def import_state(self, tensors: dict[str, torch.Tensor], fields: dict, device: torch.device) -> None:
+        self.cache = import_cache(tensors, fields["entries"], len(self.cache), device)
+        self.started = fields["started"]
+        self.shape = tuple(fields["shape"]) if fields["shape"] else None
 
     def close(self) -> None:
         """Nothing held beyond the cache, which goes with the stream."""
