@@ -134,8 +134,9 @@ class VAEDecode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LongLive_VAEDecode", display_name="LongLive VAE Decode", category="LongLive",
-            description="Decodes Wan 2.1 latents. With the sampler's session id, each run's new frames continue "
-                        "the previous decode seamlessly.",
+            description="Decodes Wan 2.1 latents (LongLive 1.x) with the Wan 2.1 VAE, or Wan 2.2 latents (LongLive "
+                        "2.0) with the Wan 2.2 VAE. With the sampler's session id, each run's new frames continue the "
+                        "previous decode seamlessly.",
             inputs=[io.Vae.Input("vae"), io.Latent.Input("samples"),
                     io.String.Input("session_id", default="", tooltip="Same id as the sampler: keep the decoder's "
                                     "causal cache between runs. Empty: decode these latents alone"),

@@ -292,7 +292,7 @@ class Video:
         """Schedules a run's prompts relative to its first frame; an unchanged first prompt is no switch."""
         check_starts([p.start for p in prompts], frames, self.family.block)
         cuts = [p for p in prompts if p.cut]
-        if cuts and self.family.latent_channels != V2.latent_channels:
+        if cuts and self.family is not V2:
             raise PromptError(f"the schedule marks a scene cut at latent frame {cuts[0].start}: scene cuts are LongLive "
                               f"2.0's (shots); a LongLive 1.x model changes prompts by its switch_policy: remove 'cut'")
         if prompts[0].cut:
