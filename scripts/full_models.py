@@ -1,14 +1,16 @@
 """Writes full-size random-weight files of every model the shipped workflows load, in the formats users have:
 
-    python scripts/full_models.py MODELS_DIR      (with ComfyUI and this repository on PYTHONPATH: host.child_env;
-                                                   a CUDA GPU draws the weights)
+    python scripts/full_models.py MODELS_DIR [--v2]   (with ComfyUI and this repository on PYTHONPATH: host.child_env;
+                                                       a CUDA GPU draws the weights)
 
 - diffusion_models/longlive_base.pt: LongLive-1.3B's layout ({"generator": {"model.<wan key>": bf16}});
 - loras/lora.pt: LongLive's PEFT LoRA on every linear of the blocks, rank 256;
 - text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors: umt5-xxl in ComfyUI's scaled-FP8 layout (e4m3 linears
   with their scale_weight, bf16 embedding and norms, the `scaled_fp8` marker), keys taken from ComfyUI's own T5
   class, and a small sentencepiece tokenizer trained here on the workflows' prompts under `spiece_model`;
-- vae/wan_2.1_vae.safetensors: a Wan 2.1 VAE of width 96 from ComfyUI's WanVAE class (scripts/tiny_vae.py).
+- vae/wan_2.1_vae.safetensors: a Wan 2.1 VAE of width 96 from ComfyUI's WanVAE class (scripts/tiny_vae.py);
+- with --v2, LongLive 2.0's: diffusion_models/model_bf16.pt (LongLive-2.0-5B's merged layout, the Wan2.2-TI2V-5B
+  shapes, 10 GB in bf16) and vae/wan2.2_vae.safetensors (the Wan 2.2 VAE at the full width ComfyUI builds).
 
 The videos are noise; sizes, shapes, dtypes and load paths are the real ones. Files that exist are kept.
 """
@@ -40,6 +42,20 @@ def write_longlive(models: pathlib.Path, device: str) -> None:
     write_longlive_checkpoint(model, str(model_path))
     lora_path.parent.mkdir(parents=True, exist_ok=True)
     write_lora(model, str(lora_path), rank=256, std=0.01)
+
+
+def write_longlive_2(models: pathlib.Path, device: str) -> None:
+    import torch
+
+    from longlive_core.model.config import LONGLIVE_2_5B
+    from longlive_core.tools.synthetic import random_model, write_longlive_checkpoint
+
+    path, vae = models / "diffusion_models" / "model_bf16.pt", models / "vae" / "wan2.2_vae.safetensors"
+    if not path.exists():
+        write_longlive_checkpoint(random_model(LONGLIVE_2_5B, device=device, dtype=torch.bfloat16), str(path))
+    if not vae.exists():
+        subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_vae.py"), str(vae), "wan2.2"], check=True,
+                       env=child_env())
 
 
 def prompts() -> list[str]:
@@ -110,7 +126,7 @@ def write_vae(models: pathlib.Path) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    models = pathlib.Path(sys.argv[1]).resolve()
+    models, v2 = pathlib.Path(sys.argv[1]).resolve(), "--v2" in sys.argv[2:]
     sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI's modules parse arguments; the weights are drawn on the GPU
     import comfy.options
 
@@ -121,6 +137,8 @@ def main() -> None:
     write_vae(models)
     write_longlive(models, device)
     write_umt5(models, device)
+    if v2:
+        write_longlive_2(models, device)
     for f in sorted(models.rglob("*.*")):
         log.info("%8.2f GB  %s", f.stat().st_size / 1e9, f.relative_to(models))
 

@@ -34,6 +34,7 @@ from run_main import tiny_graph
 
 log = logging.getLogger("longlive.e2e")
 FRAMES_PER_BLOCK = 3
+V2_GROUP = "longlive-2"  # its group needs LongLive 2.0's files (10 GB), written only when it runs
 PROMPTS = ("a corgi runs along a sunny beach, waves rolling in", "the corgi digs in the sand as seagulls land nearby",
            "sunset: the corgi sits and watches the waves, the sky turning orange")
 FAULT_NODE = '''"""Written by scripts/gpu_e2e.py: makes LongLive's fused norm kernel raise inside every CUDA graph capture. The
@@ -121,13 +122,14 @@ class Harness:
         self.models = work / ("tiny_models" if tiny else "models")
         self.names: dict = {}
 
-    def prepare_models(self) -> None:
+    def prepare_models(self, v2: bool = False) -> None:
+        """The model files; `v2`: LongLive 2.0's too (10 GB at full size)."""
         t0 = time.time()
         if self.tiny:
-            self.names = make_tiny_models(self.models)
+            self.names = make_tiny_models(self.models, v2=v2)
         else:
-            subprocess.run([python(), str(REPO / "scripts" / "full_models.py"), str(self.models)], check=True,
-                           cwd=comfy_dir(), env=child_env())
+            subprocess.run([python(), str(REPO / "scripts" / "full_models.py"), str(self.models),
+                            *(["--v2"] if v2 else [])], check=True, cwd=comfy_dir(), env=child_env())
         log.info("model files ready in %.1f s", time.time() - t0)
 
     def graph(self, workflow: str, **changes) -> dict:
@@ -271,6 +273,24 @@ def run_one_minute_fp8(h: Harness, host: ComfyHost, events: Events, result: Run)
     result.ok = result.frames == result.expected_frames
 
 
+def run_multishot(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0) -> None:
+    """LongLive 2.0's multi-shot workflow: 20 s at 1280x704 and 24 fps (120 latent frames), two scene cuts."""
+    result.expected_frames = pixel_frames(120, True)
+    h.queue(host, events, h.graph("longlive2_multishot", LongLive_StreamingSampler={"seed": seed}), result, timeout=1800)
+    result.ok = result.frames == result.expected_frames
+
+
+def run_multishot_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    run_multishot(h, host, events, result, seed=1)
+
+
+def run_image_to_video(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """LongLive 2.0's image-to-video workflow: ComfyUI's example image, 10 s (64 latent frames in blocks of 8)."""
+    result.expected_frames = pixel_frames(64, True)
+    h.queue(host, events, h.graph("longlive2_image_to_video"), result, timeout=1800)
+    result.ok = result.frames == result.expected_frames
+
+
 def interactive(h: Harness, host, events, result: Run, session: str, prompt: str, first: bool, **changes) -> None:
     """One run of the interactive workflow (5 s) on a session, with the loader or decoder changed."""
     ours = {"LongLive_PromptSchedule": {"schedule": f"0: {prompt}"}, "LongLive_StreamingSampler": {"session_id": session}}
@@ -405,6 +425,7 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
                              *([run_reload] if tiny else []), run_interrupt], False),
         *precisions,
         *([] if tiny else [("one-minute-fp8", [], [run_one_minute_fp8], False)]),
+        *([] if tiny else [(V2_GROUP, [], [run_multishot, run_multishot_warm, run_image_to_video], False)]),
         ("native-allocator", ["--disable-cuda-malloc"], interactive_runs("native", 2), False),
         *([] if tiny else [("lowvram", ["--lowvram"], interactive_runs("lowvram", 2), False)]),
     ]
@@ -475,8 +496,8 @@ def main() -> int:
             "server_log_tails": {k: v[-30000:] for k, v in h.logs.items()}}, indent=1))
 
     harness = Harness(args.work, args.tiny, report)
-    harness.prepare_models()
     wanted = set(args.groups.split(",")) if args.groups else None
+    harness.prepare_models(v2=not args.tiny and (wanted is None or V2_GROUP in wanted))
     for name, server_args, runs, fault in groups(args.tiny):
         if wanted is None or name in wanted:
             harness.run_group(name, server_args, runs, fault)

@@ -382,3 +382,14 @@ def test_a_saved_v2_video_resumes_as_if_it_had_been_kept(tmp_path):
     want, _ = kept.run(16, live=False, hooks=RunHooks(embed_text=v2_embed))
     got, _ = resumed.run(16, live=False, hooks=RunHooks(embed_text=v2_embed))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_5b_shapes_are_those_the_loader_reads_from_a_5b_state_dict():
+    """The harness writes full-size random LongLive-2.0-5B files with LONGLIVE_2_5B (scripts/full_models.py --v2)."""
+    from longlive_core.model.config import LONGLIVE_2_5B
+    from longlive_core.model.wan import CausalWan
+
+    with torch.device("meta"):
+        state = CausalWan(LONGLIVE_2_5B).state_dict()
+    assert WanConfig.from_state_dict(state) == LONGLIVE_2_5B
+    assert round(sum(t.numel() for t in state.values()) / 1e9, 2) == 5.0  # Wan2.2-TI2V-5B

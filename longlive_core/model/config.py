@@ -58,3 +58,6 @@ class WanConfig:
             out_dim=sd["head.head.weight"].shape[0] // (PATCH[0] * PATCH[1] * PATCH[2]),
             eps=eps,
         )
+
+
+LONGLIVE_2_5B = WanConfig(dim=3072, ffn_dim=14336, num_heads=24, in_dim=48, out_dim=48)  # Wan2.2-TI2V-5B's shapes
