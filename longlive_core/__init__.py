@@ -29,12 +29,13 @@ from .vae.stream22 import Wan22DecodeStream
 from .vae.tiny import TinyStream
 
 __all__ = [
-    "BACKENDS", "BLENDS", "FAMILIES", "Family", "V1", "V2", "family_of", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
-    "DecodeStream", "DenoisingSchedule", "FPS", "FRAMES_PER_BLOCK", "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS",
-    "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError", "RecordedNoise",
-    "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise", "SessionEvictedError", "SessionRegistry",
-    "SessionTooLargeError", "ShotSession", "ShotSettings", "StreamSession", "TinyStream", "UniPCTable",
-    "UnknownSessionError", "Video", "VideoSettings", "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "export_safetensors",
-    "hashed_embeds", "is_cut", "load_model", "make_fast", "parse_schedule_text", "parse_start", "resolve_precision",
-    "restore_video", "save_video", "session_bytes", "unipc_table",
+    "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
+    "DecodeStream", "DenoisingSchedule", "FAMILIES", "FPS", "FRAMES_PER_BLOCK", "Family", "FastWan", "LongLiveError",
+    "MAX_BLEND_BLOCKS", "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt", "PromptError",
+    "RecordedNoise", "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise", "SessionEvictedError",
+    "SessionRegistry", "SessionTooLargeError", "ShotSession", "ShotSettings", "StreamSession", "TinyStream",
+    "UniPCTable", "UnknownSessionError", "V1", "V2", "Video", "VideoSettings", "Wan22DecodeStream", "WanConfig",
+    "check_starts", "check_text", "export_safetensors", "family_of", "hashed_embeds", "is_cut", "load_model",
+    "make_fast", "parse_schedule_text", "parse_start", "resolve_precision", "restore_video", "save_video",
+    "session_bytes", "unipc_table",
 ]

@@ -1,5 +1,5 @@
 """The model families a video can be made with, told apart by their latent channels: what a run needs to know of
-each (its block, its frame rate) and which session makes it."""
+each (its block, its frame rate). runtime/video.py makes each family's session."""
 
 from __future__ import annotations
 
