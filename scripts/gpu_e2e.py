@@ -302,10 +302,15 @@ def interactive(h: Harness, host, events, result: Run, session: str, prompt: str
     result.ok = result.frames == result.expected_frames and session in sessions
 
 
-def interactive_runs(label: str, count: int, **changes) -> list[Callable]:
-    """`count` runs of one session (each continues the video), one prompt each."""
+def interactive_runs(label: str, count: int, alone: bool = False, **changes) -> list[Callable]:
+    """`count` runs of one session (each continues the video), one prompt each. `alone`: the server first frees every
+    session and unloads every model, so that the runs' peak memory is their own."""
     def make(i: int):
         def run(h, host, events, result):
+            if alone and i == 0:
+                host.request("DELETE", "/longlive/sessions")
+                host.request("POST", "/free", {"unload_models": True, "free_memory": True})
+                time.sleep(2)
             interactive(h, host, events, result, f"e2e_{label}", PROMPTS[i % len(PROMPTS)], i == 0, **changes)
         run.__name__ = f"run_{label}_{i + 1}"
         return run
@@ -407,8 +412,9 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
     """(name, server arguments, runs, inject a capture failure). The shipped workflows each open a fresh server."""
     fp8 = {"LongLive_ModelLoader": {"precision": "fp8"}}
     window21 = {"LongLive_StreamingSampler": {"local_attn_size": 21}}
-    memory = [*interactive_runs("bf16", 2), *interactive_runs("fp8", 2, **fp8),
-              *interactive_runs("bf16_w21", 2, **window21), *interactive_runs("fp8_w21", 2, **fp8, **window21)]
+    memory = [*interactive_runs("bf16", 2, alone=True), *interactive_runs("fp8", 2, alone=True, **fp8),
+              *interactive_runs("bf16_w21", 2, alone=True, **window21),
+              *interactive_runs("fp8_w21", 2, alone=True, **fp8, **window21)]
     precisions = [] if tiny else [
         ("precisions", [], [*memory[2:],
                             *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
