@@ -23,7 +23,7 @@ from .runtime.session import (BLENDS, MAX_BLEND_BLOCKS, POSITION_MODES, SWITCH_P
                               hashed_embeds, session_bytes)
 from .runtime.shots import SCENE_CUT_PREFIX, ShotSession, ShotSettings, is_cut
 from .runtime.unipc import UniPCTable, unipc_table
-from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings
+from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings, video_time
 from .vae.stream import DecodeStream
 from .vae.stream22 import Wan22DecodeStream
 from .vae.tiny import TinyStream
@@ -37,5 +37,5 @@ __all__ = [
     "UniPCTable", "UnknownSessionError", "V1", "V2", "Video", "VideoSettings", "Wan22DecodeStream", "WanConfig",
     "check_starts", "check_text", "export_safetensors", "family_of", "hashed_embeds", "is_cut", "load_model",
     "make_fast", "parse_schedule_text", "parse_start", "resolve_precision", "restore_video", "save_video",
-    "session_bytes", "unipc_table",
+    "session_bytes", "unipc_table", "video_time",
 ]

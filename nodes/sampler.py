@@ -13,7 +13,8 @@ import torch
 from comfy_api.latest import io
 
 from ..longlive_core import (POSITION_MODES, SWITCH_POLICIES, V1, V2, BlockDone, ConfigError, Family, PromptError,
-                             RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video, session_bytes)
+                             RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video, session_bytes,
+                             video_time)
 from .decode import LATENT_FORMATS, check_wan_vae, model_latents, raw_latents
 from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
@@ -323,5 +324,6 @@ def send_block_event(video: Video, done: BlockDone) -> None:
     server = getattr(PromptServer, "instance", None)
     if server is not None:
         server.send_sync("longlive.block", {"session": video.settings.session_id, "frame": done.frame,
+                                            "video_time": video_time(done.frame, video.family.fps),
                                             **video.stats.as_dict(), "switched": done.posted is not None,
                                             "live": video.live})

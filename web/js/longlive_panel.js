@@ -1,4 +1,4 @@
-// LongLive panel: the session's video played as it is made (every frame, at 16 fps, from the WebSocket
+// LongLive panel: the session's video played as it is made (every frame, at the video's rate, from the WebSocket
 // /longlive/sessions/{id}/frames), a prompt box (Enter switches at the next block), stop, stats and a timeline of
 // the switch points of the session that is generating. Runs without a session id show ComfyUI's block previews.
 import { app } from "../../../scripts/app.js";
@@ -81,12 +81,6 @@ async function refreshSwitches() {
   drawTimeline();
 }
 
-// elapsed video time, minutes:seconds (a latent frame is 4 pixel frames at 16 fps), as the session list's video_time
-function videoTime(frame) {
-  const seconds = (4 * frame) / 16;
-  return `${Math.floor(seconds / 60)}:${(seconds % 60).toFixed(1).padStart(4, "0")}`;
-}
-
 // --- the stream player ---------------------------------------------------------------------------------------
 
 class Player {
@@ -106,14 +100,24 @@ class Player {
     this.ws.binaryType = "arraybuffer";
     this.chain = Promise.resolve(); // frames are decoded one after another: they stay in order
     this.ws.onmessage = (event) => {
-      if (typeof event.data !== "string") this.chain = this.chain.then(() => this.arrive(event.data));
+      if (typeof event.data === "string") this.pace(JSON.parse(event.data).fps); // the hello: the video's frame rate
+      else this.chain = this.chain.then(() => this.arrive(event.data));
     };
-    this.timer = setInterval(() => this.tick(), 1000 / 16);
+    this.pace(16);
+  }
+
+  // plays a frame every 1/fps seconds: the video's rate (LongLive 1.x 16 fps, 2.0 24 fps)
+  pace(fps) {
+    if (!fps || fps === this.fps) return;
+    this.fps = fps;
+    clearInterval(this.timer);
+    this.timer = setInterval(() => this.tick(), 1000 / fps);
   }
 
   async arrive(data) {
     const length = new DataView(data).getUint32(0);
     const header = JSON.parse(new TextDecoder().decode(new Uint8Array(data, 4, length)));
+    this.pace(header.fps);
     const image = await createImageBitmap(new Blob([new Uint8Array(data, 4 + length)], { type: "image/jpeg" }));
     const now = performance.now();
     const expected = this.count === 0 || header.frame === 0 || header.frame === this.lastFrame + 1;
@@ -184,7 +188,7 @@ function onBlock(event) {
   state.frames = d.frame;
   if (newVideo) state.switches = [];
   const sw = d.last_switch_ms ? `, switch ${d.last_switch_ms} ms` : "";
-  state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${videoTime(d.frame)}), ` +
+  state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${d.video_time}), ` +
     `${d.last_block_ms} ms/block (${d.fps} fps made)${sw}`;
   state.ui.panel.dataset.frames = d.frame;
   if (d.switched) refreshSwitches();
