@@ -111,6 +111,15 @@ class TextCache:
                    torch.zeros(pad, device=device, dtype=dtype), torch.zeros(pad, device=device, dtype=dtype),
                    torch.full((batch,), -torch.inf, device=device))
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """Its tensors by name (a session's save)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copies a save's tensors into its own buffers (CUDA graphs that read them stay valid)."""
+        for name, tensor in self.state().items():
+            tensor.copy_(tensors[name])
+
     def layer(self, i: int) -> "TextCache":
         """Layer i's view: k, v [B, text_len, H, D], pad_k/pad_v [B, 1, H, D], the shared used / log_pad."""
         return dataclasses.replace(self, k=self.k[i], v=self.v[i], pad_k=self.pad_k[i], pad_v=self.pad_v[i])

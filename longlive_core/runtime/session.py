@@ -158,8 +158,7 @@ class StreamSession:
         """Everything the next block depends on, as tensors and JSON-able fields (the noise comes from the seed and
         the block index; the time embeddings from the model)."""
         tensors = {"cache.k": self.cache.k, "cache.v": self.cache.v}
-        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
-            tensors[f"text.{name}"] = getattr(self.text, name)
+        tensors.update({f"text.{name}": t for name, t in self.text.state().items()})
         if self.prompt is not None:
             tensors["prompt"] = self.prompt
         tensors.update({f"pending.{frame}": embeds for frame, embeds in self.pending.items()})
@@ -182,8 +181,7 @@ class StreamSession:
         if self.cache.sink_keys is not None:
             self.cache.sink_keys.copy_(tensors["cache.sink_keys"])
         self.cache.sinks_at = fields["sinks_at"]
-        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
-            getattr(self.text, name).copy_(tensors[f"text.{name}"])
+        self.text.load_state({k.removeprefix("text."): t for k, t in tensors.items() if k.startswith("text.")})
         self.prompt = tensors["prompt"].to(dev) if "prompt" in tensors else None
         self.pending = {frame: tensors[f"pending.{frame}"].to(dev) for frame in fields["pending"]}
         self.recent = [tensors[f"recent.{i}"].to(dev) for i in range(fields["recent"])]

@@ -156,8 +156,7 @@ class ShotSession:
         """Everything the next block depends on, as tensors and JSON-able fields (runtime/durable.py; the noise comes
         from the seed and the block index)."""
         tensors = {"cache.k": self.cache.k, "cache.v": self.cache.v}
-        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
-            tensors[f"text.{name}"] = getattr(self.text, name)
+        tensors.update({f"text.{name}": t for name, t in self.text.state().items()})
         if self._embeds is not None:
             tensors["prompt"] = self._embeds
         if self.image is not None:
@@ -175,8 +174,7 @@ class ShotSession:
         dev = self.model.device
         self.cache.k.copy_(tensors["cache.k"])
         self.cache.v.copy_(tensors["cache.v"])
-        for name in ("k", "v", "used", "pad_k", "pad_v", "log_pad"):
-            getattr(self.text, name).copy_(tensors[f"text.{name}"])
+        self.text.load_state({k.removeprefix("text."): t for k, t in tensors.items() if k.startswith("text.")})
         self._embeds = tensors["prompt"].to(dev) if "prompt" in tensors else None
         self.image = tensors["image"].to(dev) if "image" in tensors else None
         self.frame, self.shot, self.origin, self.shot_start = (fields[k] for k in ("frame", "shot", "origin", "shot_start"))
