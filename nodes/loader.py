@@ -11,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import BACKENDS, PRECISIONS, V1, family_of, load_model, make_fast, resolve_precision
+from ..longlive_core import BACKENDS, PRECISIONS, load_model, make_fast, resolve_precision
 from .state import LongLiveModel, first_error
 
 log = logging.getLogger("longlive")
@@ -70,15 +70,11 @@ class ModelLoader(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         lora = None if lora_name == NO_LORA else folder_paths.get_full_path_or_raise("loras", lora_name)
         model = load_model(path, lora_path=lora, lora_strength=lora_strength, device=device, precision=resolved)
-        family = family_of(model)
-        on_gpu = fast and device.type == "cuda" and family is V1
+        on_gpu = fast and device.type == "cuda"
         if on_gpu:
             model = make_fast(model, attention=attention)  # the eager model's own q, k and v weights go with it
         else:
             model.set_attention(attention)
-        if family is not V1:
-            log.info("LongLive: %s runs its eager path (its CUDA graphs and fused kernels are not built yet)",
-                     family.name)
         log.info("LongLive attention backend: %s (asked for %s)", model.attention_backend, attention)
         wrapper = LongLiveModel(model, on_gpu, signature=(model_name, lora_name, lora_strength, precision, attention,
                                                           fast))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longlive_core import BackendUnavailableError, StreamSession, WanConfig
+from longlive_core import BackendUnavailableError, ShotSession, StreamSession, WanConfig
 from longlive_core.fast.runner import GraphRunner, warm_up
 from longlive_core.fast.setup import make_fast
 from longlive_core.model.attention import cross_attention
@@ -49,6 +49,34 @@ def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     assert len(session.runner.graphs) == 6  # captured before the first block: 4 steps, clean pass, recache
     assert rel(fast, eager) < 2e-2
 
+
+
+CFG_V2 = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, text_dim=64, in_dim=48, out_dim=48)
+
+
+def shots(model, runner=None, blocks=6):
+    """LongLive 2.0 image-to-video with a cut at block 2, past the window (32 frames)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    image = torch.randn(1, 1, 48, 8, 12, device="cuda", generator=gen)
+    noise = torch.randn(1, 8 * blocks, 48, 8, 12, device="cuda", generator=gen)
+    texts = [torch.randn(1, 512, CFG_V2.text_dim, device="cuda", generator=gen) for _ in range(2)]
+    session = ShotSession(model, batch=1, latent_hw=(8, 12), image=image, noise=lambda k: noise[:, 8 * k:8 * k + 8],
+                          runner=runner)
+    warm_up(session)
+    return torch.cat([session.make_block(texts[k >= 2], cut=k == 2) for k in range(blocks)], 1).float()
+
+
+def test_graphs_replay_the_eager_v2_video():
+    """LongLive 2.0 on the compiled fast path with the best attention, its steady passes (4 steps, the clean pass)
+    captured before the first block: the eager video, the image's first block (a modulation a frame) and a cut
+    included."""
+    model = random_model(CFG_V2, device="cuda", dtype=torch.bfloat16, std=0.05)
+    eager = shots(model)
+    fast = make_fast(model, attention="auto")
+    runner = GraphRunner(fast)
+    ours = shots(fast, runner)
+    assert len(runner.graphs) == 5 and not runner.failed
+    assert rel(ours, eager) < 2e-2
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "flash-attn 3 fp8"])

@@ -44,10 +44,11 @@ def kernels_only(fused: FusedBlock) -> FusedBlock:
     return fused
 
 
-def inputs(dtype):
+def inputs(dtype, frames=0):
+    """frames: a modulation row a frame (image-to-video's first block), in that many frames; 0: a row a sample."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(B, S, CFG.dim, generator=gen).to(DEVICE, dtype)
-    mod = torch.randn(B, 6, CFG.dim, generator=gen).to(DEVICE)
+    mod = torch.randn(B, *([frames] if frames else []), 6, CFG.dim, generator=gen).to(DEVICE)
     y = torch.randn(B, S, CFG.num_heads, CFG.head_dim, generator=gen).to(DEVICE, dtype)
     cos, sin = RopeTable(CFG.head_dim, DEVICE).cos_sin(3, 2, 3, 4)  # 2 frames of 3 x 4 tokens
     index = torch.randperm(SLOTS, generator=gen)[:S].to(DEVICE)
@@ -68,12 +69,13 @@ def steps_apart(a, b, dtype):
     return ((a - b).abs() - noise).clamp(min=0).div(step).max().item()
 
 
+@pytest.mark.parametrize("frames", [0, 2], ids=["a modulation a sample", "a modulation a frame"])
 @pytest.mark.parametrize("dtype", [torch.float32, HALF])
-def test_fused_stages_compute_what_the_eager_block_computes(dtype):
+def test_fused_stages_compute_what_the_eager_block_computes(dtype, frames):
     eager, fused = blocks(dtype)
-    x, mod, y, cos, sin, index = inputs(dtype)
+    x, mod, y, cos, sin, index = inputs(dtype, frames)
     caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=dtype) for _ in range(4)]
-    carry = (y.flatten(2), mod[:, 5:6] * 0.3)  # a previous layer's FFN output and gate
+    carry = (y.flatten(2), mod[..., 5:6, :] * 0.3)  # a previous layer's FFN output and gate
     with torch.no_grad():
         outs = [*eager.self_qkv(x, carry, mod, cos, sin, index, *caches[:2]), caches[0], caches[1],
                 eager.self_out_cross_q(x, y, mod)[0], eager.cross_out_ffn(x, y, mod)[0]]
@@ -161,6 +163,8 @@ def test_norm_kernel_adds_any_residual_and_broadcasts_one_sample_vectors():
     torch.testing.assert_close(h, layer_norm(2 * x, 1e-6) * (1 + a) + b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="a per-channel vector of batch 2 for activations of batch 3"):
         kernels.norm_affine(x, a.expand(2, 1, 64).contiguous(), b, 1e-6, True)
+    with pytest.raises(ValueError, match=r"\(\[2, 3\] frames\) for 5 rows a sample; they must share one frame count"):
+        kernels.norm_affine(x, a.expand(1, 2, 1, 64), b.expand(1, 3, 1, 64), 1e-6, True)
 
 
 @pytest.mark.parametrize("residual", [False, True])

@@ -159,6 +159,49 @@ def test_image_to_video_holds_the_first_frame_at_the_image():
         image_to_video(torch.zeros(1, 1, 16, 4, 6))
 
 
+def shots_with_an_image(model, blocks=6, runner=None):
+    """Image-to-video with a cut at block 2, past the window (32 frames: 4 blocks); returns (latents, session)."""
+    gen = torch.Generator().manual_seed(9)
+    image = torch.randn(1, 1, 48, 4, 6, generator=gen)
+    noise = torch.randn(1, 8 * blocks, 48, 4, 6, generator=gen)
+    texts = [torch.randn(1, 512, TINY_V2.text_dim, generator=gen) for _ in range(2)]
+    session = ShotSession(model, batch=1, latent_hw=(4, 6), image=image, noise=lambda k: noise[:, 8 * k:8 * k + 8],
+                          runner=runner)
+    return torch.cat([session.make_block(texts[k >= 2], cut=k == 2) for k in range(blocks)], dim=1), session
+
+
+def test_the_fast_model_makes_the_eager_v2_video():
+    """make_fast on a LongLive 2.0 model: its fused blocks (Triton's interpreter here) make the eager video, the
+    image's first block (a modulation row a frame) and a cut included."""
+    from longlive_core.fast.setup import make_fast
+    from longlive_core.model.fused import FastWan
+
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    eager, _ = shots_with_an_image(model)
+    fast = make_fast(model, attention="sdpa", compile=False)
+    assert isinstance(fast, FastWan) and fast.fused
+    ours, _ = shots_with_an_image(fast)
+    assert ((ours - eager).norm() / eager.norm()).item() < 1e-5
+
+
+def test_the_warm_up_passes_are_the_steady_blocks_passes():
+    """What a runner's warm-up captures (steady_passes: the 4 steps and the clean pass) are the passes every block
+    makes once the window is full: the same buffers and shapes (fast.runner.pass_key), so their graphs replay."""
+    from longlive_core.fast.runner import pass_key
+
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    keys = []
+
+    def spy(*args):
+        keys.append(pass_key(*args))
+        return model(*args)
+
+    _, session = shots_with_an_image(model, runner=spy)
+    steady = keys[-5 * 2:]  # the last two blocks (the window is full from block 4 on)
+    assert steady[:5] == steady[5:] and len(set(steady)) == 5
+    assert [pass_key(*p, session.cache, session.text) for p in session.steady_passes()] == steady[:5]
+
+
 def test_a_batch_gives_each_sample_its_own_video():
     """Batch 2 with a cut: each sample equals its batch-1 run (same noise, same prompts)."""
     model = random_model(TINY_V2, dtype=torch.float32, std=0.3)

@@ -9,7 +9,7 @@ import logging
 import torch
 
 from ..errors import LongLiveError
-from ..model.cache import FRAMES_PER_BLOCK, KVCache, TextCache
+from ..model.cache import KVCache, TextCache
 from ..model.fused import FastWan
 from ..model.wan import CausalWan, PassPlan, TimeEmbedding
 from .graphs import CaptureError, capture
@@ -49,10 +49,7 @@ class GraphRunner:
         self.failed: str | None = None  # why this runner stopped capturing (it then runs every pass eagerly)
 
     def __call__(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
-        # addresses, not ids: a pass is defined by the buffers it reads and writes
-        mods = None if time.mods is None else time.mods.data_ptr()
-        key = (time.e0.data_ptr(), mods, tuple(x.shape), plan.kv_len, plan.cache_only, cache.k.data_ptr(),
-               text.k.data_ptr())
+        key = pass_key(x, time, plan, cache, text)
         graph = self.graphs.get(key)
         if graph is not None:
             return graph.replay(x, plan)
@@ -88,9 +85,18 @@ class GraphRunner:
         self.graphs.clear()
 
 
+def pass_key(x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache) -> tuple:
+    """What makes a pass repeat: the buffers it reads and writes (addresses, not ids) and its shapes; the plan's
+    positions and slots are copied into a graph's inputs."""
+    mods = None if time.mods is None else time.mods.data_ptr()
+    return (time.e0.data_ptr(), mods, tuple(x.shape), plan.kv_len, plan.cache_only, cache.k.data_ptr(),
+            text.k.data_ptr())
+
+
 def warm_up(session) -> None:
-    """Compiles and captures every steady-state pass (the 4 steps, the clean pass, the recache) before the first
-    block, so that no later block or switch pays for it. Where compiling or the Triton kernels fail, the model
+    """Compiles and captures every steady-state pass (session.steady_passes: a StreamSession's 4 steps, clean pass and
+    recache, a ShotSession's steps and clean pass) before the first block, so that no later block or switch pays
+    for it. Where compiling or the Triton kernels fail, the model
     drops them (logged with the cause) and the passes are captured from its eager stages; where a capture fails,
     the session's runner runs without graphs (GraphRunner)."""
     if not isinstance(session.runner, GraphRunner):
@@ -117,21 +123,12 @@ def _warm_up(session) -> None:
     """The dummy passes write garbage K/V at steady positions; the cache is zeroed afterwards, and while the window
     fills a block only reads slots that earlier blocks wrote."""
     runner = session.runner
-    window, sink, dims = session.window, session.sink, (session.cfg.in_dim, *session.latent_hw)
-    end = window + FRAMES_PER_BLOCK  # any position where the window is full
-    block = session.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK)
-    clean = dataclasses.replace(block, cache_only=True)
-    kept = window - sink
-    recache = session.plan(end - kept, kept, cache_only=True)
-    x = torch.zeros(session.batch, FRAMES_PER_BLOCK, *dims, device=session.model.device)
-    chunk = torch.zeros(session.batch, kept, *dims, device=session.model.device)
     try:
         with torch.inference_mode():
+            passes = session.steady_passes()
             for _ in range(2):  # first call runs (and compiles), second captures
-                for time in session.times[:-1]:
-                    runner(x, time, block, session.cache, session.text)
-                runner(x, session.times[-1], clean, session.cache, session.text)
-                runner(chunk, session.times[-1], recache, session.cache, session.text)
+                for x, time, plan in passes:
+                    runner(x, time, plan, session.cache, session.text)
     finally:
         session.cache.zero_()
     log.info("captured %d pass graphs for a %dx%d session", len(runner.graphs), *session.latent_hw)

@@ -11,11 +11,12 @@ import triton.language as tl
 
 
 @triton.jit
-def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, s_ptr, total, rows, n, a_stride, b_stride, g_stride, eps,
-         e4m3_max, tiny, ADD: tl.constexpr, GATE: tl.constexpr, PLUS_ONE: tl.constexpr, FP8: tl.constexpr,
-         ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, s_ptr, total, rows, frame_rows, n, a_stride, a_fstride,
+         b_stride, b_fstride, g_stride, g_fstride, eps, e4m3_max, tiny, ADD: tl.constexpr, GATE: tl.constexpr,
+         PLUS_ONE: tl.constexpr, FP8: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    # the per-channel vectors a, b, g: a row a sample (stride) and a frame of frame_rows rows (fstride; 0: one row)
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
-    batch = row // rows
+    batch, frame = row // rows, row % rows // frame_rows
     cols = tl.arange(0, BLOCK)[None, :]
     mask = (row < total) & (cols < n)
     at = row * n + cols
@@ -23,17 +24,17 @@ def norm(x_ptr, y_ptr, g_ptr, a_ptr, b_ptr, xo_ptr, h_ptr, s_ptr, total, rows, n
     if ADD:
         y = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32)
         if GATE:
-            y = y * tl.load(g_ptr + batch * g_stride + cols, mask=mask, other=0.0).to(tl.float32)
+            y = y * tl.load(g_ptr + batch * g_stride + frame * g_fstride + cols, mask=mask, other=0.0).to(tl.float32)
         x = (x + y).to(xo_ptr.dtype.element_ty)
         tl.store(xo_ptr + at, x, mask=mask)
         x = x.to(tl.float32)
     mean = tl.sum(x, axis=1)[:, None] / n
     d = tl.where(mask, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1)[:, None] / n + eps)
-    a = tl.load(a_ptr + batch * a_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + batch * a_stride + frame * a_fstride + cols, mask=mask, other=0.0).to(tl.float32)
     if PLUS_ONE:
         a = a + 1.0
-    b = tl.load(b_ptr + batch * b_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + batch * b_stride + frame * b_fstride + cols, mask=mask, other=0.0).to(tl.float32)
     h = (d * rstd * a + b).to(x_ptr.dtype.element_ty)
     if FP8:  # the 16-bit rows quantized with their max, as quant.fp8.rowwise_fp8
         h = h.to(tl.float32)

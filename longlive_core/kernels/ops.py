@@ -49,7 +49,8 @@ def check(x: torch.Tensor) -> None:
 @torch.library.custom_op("longlive::norm_affine", mutates_args=())
 def norm_affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, plus_one: bool) -> torch.Tensor:
     """layer_norm(x) * (a + 1 if plus_one else a) + b, in float32, rounded to x's dtype.
-    x: [B, S, N]; a, b: [B, 1, N] or [N] (any float dtype; the adaLN scale/shift or a norm's weight/bias)."""
+    x: [B, S, N]; a, b: [N], [B, 1, N] or a row a frame [B, F, 1, N] (any float dtype; the adaLN scale/shift or a
+    norm's weight/bias)."""
     return _norm(x, None, None, a, b, eps, plus_one)[1]
 
 
@@ -61,8 +62,8 @@ def _(x, a, b, eps, plus_one):
 @torch.library.custom_op("longlive::add_norm_affine", mutates_args=())
 def add_norm_affine(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
                     eps: float, plus_one: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual x + y * gate (gate: [B, 1, N] float32 or None), rounded to x's dtype, and norm_affine
-    of it: returns (new x, normed)."""
+    """The residual x + y * gate (gate: [B, 1, N] or [B, F, 1, N] float32, or None), rounded to x's dtype, and
+    norm_affine of it: returns (new x, normed)."""
     return _norm(x, y, gate, a, b, eps, plus_one)
 
 
@@ -112,11 +113,25 @@ def norm(x, residual, a, b, eps: float, plus_one: bool, fp8: bool = False):
     return out[0], (out[1:] if fp8 else out[1])
 
 
-def _batch_stride(v: torch.Tensor, batch: int) -> int:
-    """Stride between the samples of a per-channel vector ([N], or [1 or B, 1, N]; one sample broadcasts)."""
-    if v.dim() > 1 and v.shape[0] not in (1, batch):
+def _vector_strides(v: torch.Tensor, batch: int) -> tuple[int, int, int]:
+    """(stride between samples, stride between frames, frames) of a per-channel vector: [N] for every row, [1 or B,
+    1, N] a row a sample, [1 or B, F, 1, N] a row a frame (a sample's rows in F equal runs); one sample broadcasts."""
+    if v.dim() == 1:
+        return 0, 0, 1
+    if v.shape[0] not in (1, batch):
         raise ValueError(f"norm_affine: a per-channel vector of batch {v.shape[0]} for activations of batch {batch}")
-    return 0 if v.dim() == 1 or v.shape[0] == 1 else v.stride(0)
+    sample = 0 if v.shape[0] == 1 else v.stride(0)
+    return (sample, v.stride(1), v.shape[1]) if v.dim() == 4 else (sample, 0, 1)
+
+
+def _frame_rows(rows: int, strides: list[tuple[int, int, int]]) -> int:
+    """The rows of one frame: a sample's rows, or where vectors hold a row a frame, a 1/F of them (F the same for
+    every such vector)."""
+    frames = {f for _, _, f in strides if f > 1}
+    if len(frames) > 1 or (frames and rows % min(frames)):
+        raise ValueError(f"norm_affine: vectors with a row a frame ({sorted(frames)} frames) for {rows} rows a sample; "
+                         f"they must share one frame count that divides the rows")
+    return rows // frames.pop() if frames else rows
 
 
 def _norm(x, y, gate, a, b, eps, plus_one, fp8=False):
@@ -133,9 +148,10 @@ def _norm(x, y, gate, a, b, eps, plus_one, fp8=False):
         if v.stride(-1) != 1:
             raise ValueError("norm_affine: per-channel vectors must be contiguous in their last dim")
     per, warps = _shape(x, "norm")
-    strides = (_batch_stride(a, batch), _batch_stride(b, batch), _batch_stride(g, batch))
+    strides = [_vector_strides(v, batch) for v in (a, b, g)]
     _run("norm", (-(-batch * rows // per),),
-        x, y, g, a, b, new_x, h, scales, batch * rows, rows, n, *strides, eps, E4M3_MAX, SCALE_FLOOR,
+        x, y, g, a, b, new_x, h, scales, batch * rows, rows, _frame_rows(rows, strides), n,
+        *(s for sample, frame, _ in strides for s in (sample, frame)), eps, E4M3_MAX, SCALE_FLOOR,
         ADD=add, GATE=gate is not None, PLUS_ONE=plus_one, FP8=fp8, ROWS=per, BLOCK=row_block(n), num_warps=warps)
     return (new_x, h, scales) if fp8 else (new_x, h)
 

@@ -148,6 +148,19 @@ class StreamSession:
     def window(self) -> int:
         return self.cache.window
 
+    def steady_passes(self) -> list[tuple[torch.Tensor, TimeEmbedding, PassPlan]]:
+        """(latents, time, plan) of the passes that repeat once the window is full, on zero latents at a steady
+        position: a block's steps, its clean pass and the recache. What a runner's warm-up compiles and captures (they
+        write garbage K/V: the caller zeroes the cache after)."""
+        end = self.window + FRAMES_PER_BLOCK  # any position where the window is full
+        block = self.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK)
+        kept = self.window - self.sink
+        recache = self.plan(end - kept, kept, cache_only=True)
+        x, chunk = (torch.zeros(self.batch, frames, self.cfg.in_dim, *self.latent_hw, device=self.model.device)
+                    for frames in (FRAMES_PER_BLOCK, kept))
+        return [*((x, time, block) for time in self.times[:-1]),
+                (x, self.times[-1], dataclasses.replace(block, cache_only=True)), (chunk, self.times[-1], recache)]
+
     @property
     def sink(self) -> int:
         return self.cache.sink

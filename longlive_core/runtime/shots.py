@@ -21,7 +21,8 @@ import torch
 from ..errors import ConfigError, PromptError
 from ..model.cache import KVCache, TextCache
 from ..model.config import PATCH, TEXT_LEN
-from ..model.wan import CausalWan, PassPlan, RopeTable
+from ..model.wan import CausalWan, PassPlan, RopeTable, TimeEmbedding
+from .session import Runner
 from .unipc import SHIFT, unipc_table
 
 V2_CHANNELS = 48
@@ -70,13 +71,14 @@ class ShotSettings:
 class ShotSession:
     """A LongLive 2.0 video being generated, block after block. noise(block) -> [B, 8, 48, h, w]: each block's
     initial noise (the sampler draws nothing else). image: image-to-video, the normalized latent [1 or B, 1, 48, h,
-    w] of the first frame: in the first block latent frame 0 is held at it, at timestep 0, in every pass."""
+    w] of the first frame: in the first block latent frame 0 is held at it, at timestep 0, in every pass. runner: what
+    runs the passes (fast/runner.GraphRunner: CUDA graphs of the steady ones); the model by default."""
 
     position_mode = "absolute"  # time positions grow with the video (and each shot's offset)
 
     def __init__(self, model: CausalWan, *, batch: int, latent_hw: tuple[int, int],
                  noise: Callable[[int], torch.Tensor] | None = None, settings: ShotSettings = ShotSettings(),
-                 image: torch.Tensor | None = None, seed: int = 0):
+                 image: torch.Tensor | None = None, seed: int = 0, runner: Runner | None = None):
         if model.cfg.in_dim != V2_CHANNELS:
             raise ConfigError(f"this model has {model.cfg.in_dim} latent channels: a LongLive 2.0 video needs the "
                               f"Wan2.2-TI2V-5B network (48); LongLive 1.x models run in a StreamSession")
@@ -85,11 +87,12 @@ class ShotSession:
         if h % PATCH[1] or w % PATCH[2]:
             raise ConfigError(f"latent size {h}x{w} must be even in both directions (pixels: multiples of 32)")
         self.model, self.cfg, self.settings, self.batch, self.seed = model, model.cfg, settings, batch, seed
-        self.runner = model  # no CUDA graphs for LongLive 2.0 yet
+        self.runner: Runner = runner or model
         self._noise_arg = noise
-        self.grid = (h // PATCH[1], w // PATCH[2])
+        self.latent_hw, self.grid = latent_hw, (h // PATCH[1], w // PATCH[2])
         self.frame_tokens = self.grid[0] * self.grid[1]
         self.table = unipc_table(settings.steps, settings.shift)
+        self._embed_times()
         cfg, dev = self.cfg, model.device
         self.cache = KVCache(*(torch.zeros(cfg.num_layers, batch, settings.window * self.frame_tokens, cfg.num_heads,
                                            cfg.head_dim, device=dev, dtype=model.kv_dtype) for _ in range(2)),
@@ -150,7 +153,8 @@ class ShotSession:
         """Continues the video with another load of the same weights (a host that reloaded them)."""
         if model.cfg != self.cfg or model.device != self.cache.k.device:
             raise ConfigError(f"use_model needs the same network on {self.cache.k.device}; start a new session")
-        self.model = self.runner = model
+        self.model, self.runner = model, runner or model
+        self._embed_times()  # from this load's weights
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything the next block depends on, as tensors and JSON-able fields (runtime/durable.py; the noise comes
@@ -221,7 +225,7 @@ class ShotSession:
             raise
         if cut and s.shot_clean_recache:
             plan = self._cut_back(plan)
-        self._pass(block, self._timesteps(0.0, None), dataclasses.replace(plan, cache_only=True))  # clean K/V
+        self._pass(block, self.times[-1], dataclasses.replace(plan, cache_only=True))  # clean K/V
         if cut and s.shot_sink and s.sink:
             self.pinned = set(range(self.frame, self.frame + min(s.sink, s.block)))
         if s.switch_policy == "recache":
@@ -245,11 +249,11 @@ class ShotSession:
         """The sampler's passes: input i is eps + sum_j c_ij v_j (frame 0 held at the image), the block the
         table's last row."""
         velocities: list[torch.Tensor] = []
-        for step, timestep in enumerate(self.table.timesteps):
+        for step in range(len(self.table.timesteps)):
             if between_passes is not None:
                 between_passes()
             x = _held(_combine(eps, self.table.steps[step], velocities), image)
-            velocities.append(self._pass(x, self._timesteps(float(timestep), image), plan).float())
+            velocities.append(self._pass(x, self._time(step, image), plan).float())
         return _held(_combine(eps, self.table.output, velocities), image)
 
     def _set_text(self, embeds: torch.Tensor) -> bool:
@@ -292,20 +296,39 @@ class ShotSession:
                   + torch.arange(self.frame_tokens)).flatten()
         plan = PassPlan(torch.cat([c for c, _ in angles]), torch.cat([s for _, s in angles]),
                         tokens.to(self.model.device), self._held_tokens(), cache_only=True)
-        self._pass(x, self._timesteps(0.0, None), plan)
+        self._pass(x, self.times[-1], plan)
 
-    def _timesteps(self, timestep: float, image: torch.Tensor | None) -> torch.Tensor:
-        """[B]: one timestep a sample; with the image, [B, 8]: frame 0 at timestep 0."""
+    def _embed_times(self) -> None:
+        """The time embeddings (with each layer's modulation) of the steps and of the clean pass (t = 0): the same
+        tensors every block, so that a runner's CUDA graphs replay them."""
+        dev = self.model.device
+        self.timesteps = [float(t) for t in self.table.timesteps] + [0.0]
+        self.times = [self.model.time_embed(torch.full((self.batch,), t, device=dev), layers=True)
+                      for t in self.timesteps]
+
+    def _time(self, step: int, image: torch.Tensor | None) -> TimeEmbedding:
+        """The time embedding of a step; with the image (the first block), a timestep a frame: frame 0 at 0."""
         if image is None:
-            return torch.full((self.batch,), timestep, device=self.model.device)
-        t = torch.full((self.batch, self.settings.block), timestep, device=self.model.device)
+            return self.times[step]
+        t = torch.full((self.batch, self.settings.block), self.timesteps[step], device=self.model.device)
         t[:, 0] = 0.0
-        return t
+        return self.model.time_embed(t, layers=True)
 
-    def _pass(self, x: torch.Tensor, t: torch.Tensor, plan: PassPlan) -> torch.Tensor | None:
-        return self.model(x, self.model.time_embed(t, layers=True), plan, self.cache, self.text)
+    def _pass(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan) -> torch.Tensor | None:
+        return self.runner(x, time, plan, self.cache, self.text)
 
     # --- where the block's K/V go, and what it attends to ------------------------------------------------------
+
+    def steady_passes(self) -> list[tuple[torch.Tensor, TimeEmbedding, PassPlan]]:
+        """(latents, time, plan) of the passes that repeat once the window is full, on zero latents in the first
+        slots: a block's steps and its clean pass. What a runner's warm-up compiles and captures (they write garbage
+        K/V: the caller zeroes the cache after)."""
+        s, dev = self.settings, self.model.device
+        tokens = torch.arange(s.block * self.frame_tokens, device=dev)
+        plan = PassPlan(*self.rope.cos_sin(0, s.block, *self.grid), tokens, s.window * self.frame_tokens)
+        x = torch.zeros(self.batch, s.block, V2_CHANNELS, *self.latent_hw, device=dev)
+        return [*((x, time, plan) for time in self.times[:-1]),
+                (x, self.times[-1], dataclasses.replace(plan, cache_only=True))]
 
     def held_frames(self) -> list[int]:
         """The latent frames whose K/V the cache holds: what the next block attends to besides itself (the last

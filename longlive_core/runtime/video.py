@@ -505,8 +505,8 @@ class _Made:
 
 def _new_session(family: Family, model: CausalWan, settings: VideoSettings, fast: bool,
                  image: torch.Tensor | None) -> StreamSession | ShotSession:
-    """The family's session: LongLive 1.x's StreamSession (CUDA graphs where `fast`), LongLive 2.0's ShotSession (its
-    window and sink from the settings, eager passes; image-to-video where an image is given)."""
+    """The family's session, with CUDA graphs where `fast`: LongLive 1.x's StreamSession, LongLive 2.0's ShotSession (its
+    window and sink from the settings; image-to-video where an image is given)."""
     if family is V2:
         if settings.position_mode != "absolute":
             raise ConfigError("position_mode: LongLive 2.0 runs in absolute positions (its shots move them); choose "
@@ -514,7 +514,7 @@ def _new_session(family: Family, model: CausalWan, settings: VideoSettings, fast
         shots = ShotSettings(window=settings.local_attn_size, sink=settings.sink_size,
                              switch_policy=settings.switch_policy)
         return ShotSession(model, batch=settings.batch, latent_hw=(settings.height // 16, settings.width // 16),
-                           settings=shots, image=image, seed=settings.seed)
+                           settings=shots, image=image, seed=settings.seed, runner=GraphRunner(model) if fast else None)
     if image is not None:
         raise ConfigError("image: image-to-video is LongLive 2.0's; this is a LongLive 1.x model (text-to-video): "
                           "disconnect the image or load a LongLive 2.0 model")
