@@ -199,7 +199,7 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
         return video
 
     if not key:
-        return unnamed_video(model, settings, make), "a new video (no session id)"
+        return unnamed_video(model, settings, make, image), "a new video (no session id)"
     if model.spare is not None:  # a named session needs its room more
         model.spare, spare = None, model.spare
         spare.close()
@@ -231,12 +231,11 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
     return video, note
 
 
-def unnamed_video(model: LongLiveModel, settings: VideoSettings, make) -> Video:
+def unnamed_video(model: LongLiveModel, settings: VideoSettings, make, image: torch.Tensor | None = None) -> Video:
     """A new video for a run without a session id: the last one started over where it has the same settings but the
-    seed (its caches and CUDA graphs stay: no capture), else a new one that replaces it. (LongLive 2.0 captures no
-    graphs yet, and its video may hold an image: always a new one.)"""
+    seed and neither holds an image (its caches and CUDA graphs stay: no capture), else a new one that replaces it."""
     spare = model.spare
-    if spare is not None and spare.family is V1 and not spare.settings.changes(settings) \
+    if spare is not None and image is None and spare.session.image is None and not spare.settings.changes(settings) \
             and spare.session.model is model.model:
         spare.restart(settings.seed)
         return spare

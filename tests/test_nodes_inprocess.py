@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from longlive_core import ConfigError, PromptError
+from longlive_core import ConfigError, PromptError, ShotSession
 from longlive_core.runtime.prompt_text import parse_schedule_text, seconds_to_latent
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -234,6 +234,41 @@ def test_unnamed_runs_start_the_last_unnamed_video_over_when_only_the_seed_chang
     named, _ = open_video(model, dataclasses.replace(settings, session_id="spare_test"), reset=False)
     SESSIONS.delete("spare_test")
     assert model.spare is None and named is not wider
+
+
+def test_unnamed_v2_runs_start_the_last_video_over_unless_an_image_starts_it(comfy):
+    """LongLive 2.0 as 1.x: a video started over with another seed makes that seed's video; a video with an image
+    is never reused, nor reused for a run with an image."""
+    load_pack()
+    from longlive_core import VideoSettings
+    from longlive_core.tools.synthetic import TINY_V2, random_model
+    import comfy.model_patcher
+    from longlive_pack.nodes.loader import Holder
+    from longlive_pack.nodes.sampler import open_video
+    from longlive_pack.nodes.state import LongLiveModel
+
+    net, cpu = random_model(TINY_V2, dtype=torch.float32, std=0.3), torch.device("cpu")
+    model = LongLiveModel(net, fast=False, signature=("tiny v2",),
+                          patcher=comfy.model_patcher.ModelPatcher(Holder(net), load_device=cpu, offload_device=cpu))
+    settings = VideoSettings(("tiny v2",), 1, 96, 64, 32, 8, "keep", 0)
+    embeds = torch.randn(1, 512, TINY_V2.text_dim, generator=torch.Generator().manual_seed(4))
+
+    def block(video):
+        video.session.set_prompt(embeds)
+        return video.session.step_block()
+
+    first, _ = open_video(model, settings, reset=False)
+    block(first)
+    again, _ = open_video(model, dataclasses.replace(settings, seed=7), reset=False)
+    assert again is first and again.session.frame == 0
+    fresh = ShotSession(net, batch=1, latent_hw=(4, 6), seed=7)
+    fresh.set_prompt(embeds)
+    torch.testing.assert_close(block(again), fresh.step_block(), rtol=0, atol=0)
+    image = torch.zeros(1, 1, 48, 4, 6)
+    with_image, _ = open_video(model, settings, reset=False, image=image)
+    assert with_image is not again and model.spare is with_image
+    after, _ = open_video(model, settings, reset=False)
+    assert after is not with_image
 
 
 def test_a_model_left_partly_off_its_device_is_refused_before_any_capture(comfy):

@@ -76,6 +76,8 @@ class StreamSession:
     Latents come out as [B, 3, 16, H/8, W/8] per block, in the model's normalized latent space.
     """
 
+    image = None  # image-to-video is LongLive 2.0's (ShotSession)
+
     @torch.inference_mode()
     def __init__(self, model: CausalWan, *, batch: int = 1, height: int = 480, width: int = 832,
                  local_attn_size: int = 12, sink_size: int = 3, seed: int = 0,
