@@ -1,16 +1,19 @@
 """GPU benchmark: the eager reference path against the fast path, on random full-size weights.
 
-    python -m longlive_core.bench [--rows main,fp8-attention,window9,batch,fp8,fp8-all,...] [--profile] [--json PATH]
+    python -m longlive_core.bench [--rows main,fp8-attention,window9,batch,fp8,fp8-all,v2,v2-fp8,...] [--profile]
+                                  [--json PATH]
 
-Every row generates the same schedule (20 blocks, prompt switches at frames 24 and 42, prompts of
+Every LongLive 1.x row generates the same schedule (20 blocks, prompt switches at frames 24 and 42, prompts of
 128 tokens) and reports ms per block and per latent frame in steady state, the extra stream time of each switch,
 the first block, peak GPU memory, frames per second, and the max relative difference of the
-latents from the eager bf16 path (same seed, same prompts).
+latents from the eager bf16 path (same seed, same prompts). The LongLive 2.0 rows (v2, v2-fp8: Wan2.2-TI2V-5B's
+shapes at 704x1280, 8-frame blocks, window 32, sink 8) make 8 blocks with a scene cut at block 5, eager and fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -24,7 +27,9 @@ from ..fast.setup import make_fast
 from ..model.attention import FP8
 from ..model.config import WanConfig
 from ..quant.precision import resolve
+from ..model.config import LONGLIVE_2_5B
 from ..runtime.session import StreamSession
+from ..runtime.shots import ShotSession
 from .synthetic import random_model
 from .verify import block_errors
 
@@ -35,9 +40,11 @@ SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
 PROMPT_TOKENS = 128  # LongLive's prompts are a paragraph: about 100-200 umt5 tokens
 ROWS = ("main", "relative", "long", "unfused", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all",
-        "int8-weight-only", "int8-dynamic")
+        "int8-weight-only", "int8-dynamic", "v2", "v2-fp8")
 LONG_BLOCKS = 1000  # 3,000 latent frames: past frame 1024 twice over
 LONG_SWITCH_BLOCKS = (400, 690)  # latent frames 1200 and 2070
+V2_BLOCKS, V2_CUT_BLOCK = 8, 5  # LongLive 2.0: 64 latent frames (the window of 32 is full from block 4), a cut
+V2_LATENT_HW = (704 // 16, 1280 // 16)
 
 
 def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]:
@@ -52,8 +59,7 @@ def prompts(batch: int, text_dim: int, count: int, device) -> list[torch.Tensor]
 
 def run_stream(model, runner, *, batch=1, window=12, sink=3, blocks=BLOCKS, seed=0, position_mode="absolute",
                switch_blocks=SWITCH_BLOCKS, keep_latents=True) -> dict:
-    """Generates `blocks` blocks with the standard schedule; block times from CUDA events, the allocated GPU
-    memory after each block (a host-side counter: no sync)."""
+    """Generates `blocks` blocks with the standard schedule (time_blocks)."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -63,6 +69,25 @@ def run_stream(model, runner, *, batch=1, window=12, sink=3, blocks=BLOCKS, seed
     warm_up(session)
     embeds = prompts(batch, model.cfg.text_dim, len(switch_blocks) + 1, model.device)
     session.set_schedule([(0, embeds[0])] + [(3 * b, e) for b, e in zip(switch_blocks, embeds[1:])])
+    return time_blocks(session, blocks, t0, keep_latents)
+
+
+def run_shots(model, runner) -> dict:
+    """LongLive 2.0: V2_BLOCKS blocks at 704x1280, a new prompt starting a new shot at block V2_CUT_BLOCK."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    session = ShotSession(model, batch=1, latent_hw=V2_LATENT_HW, runner=runner(model) if runner else None)
+    warm_up(session)
+    first, cut = prompts(1, model.cfg.text_dim, 2, model.device)
+    session.set_prompt(first)
+    session.set_prompt(cut, at_frame=session.settings.block * V2_CUT_BLOCK, cut=True)
+    return time_blocks(session, V2_BLOCKS, t0)
+
+
+def time_blocks(session, blocks: int, t0: float, keep_latents: bool = True) -> dict:
+    """Makes `blocks` blocks of a session whose prompts are scheduled; block times from CUDA events, the allocated
+    GPU memory after each block (a host-side counter: no sync); t0: when the session's making began."""
     events = [torch.cuda.Event(enable_timing=True) for _ in range(blocks + 1)]
     events[0].record()
     latents, first_ms, allocated = [], None, []
@@ -84,16 +109,18 @@ def run_stream(model, runner, *, batch=1, window=12, sink=3, blocks=BLOCKS, seed
 
 
 def summarize(name: str, run: dict, reference: torch.Tensor | None, batch: int,
-              switch_blocks=SWITCH_BLOCKS) -> dict:
+              switch_blocks=SWITCH_BLOCKS, block: int = 3, first_steady: int = 5) -> dict:
+    """block: latent frames a block (a steady latent frame is 4 pixel frames); steady blocks from first_steady on."""
     ms = run["block_ms"]
     near_switch = {b + d for b in switch_blocks for d in (-1, 0)}
-    steady = statistics.median(m for i, m in enumerate(ms) if i >= 5 and i not in near_switch)
+    steady = statistics.median(m for i, m in enumerate(ms) if i >= first_steady and i not in near_switch)
     switches = [ms[b - 1] + ms[b] - 2 * steady for b in switch_blocks]
-    row = {"row": name, "batch": batch, "ms_per_block": steady, "ms_per_latent_frame": steady / 3,
+    row = {"row": name, "batch": batch, "block": block, "ms_per_block": steady, "ms_per_latent_frame": steady / block,
            "switch_extra_ms": switches, "first_block_ms": run["first_block_ms"], "peak_gib": run["peak_gib"],
-           "latent_fps": 3 * batch * 1e3 / steady, "pixel_fps": 12 * batch * 1e3 / steady, "block_ms_all": ms}
+           "latent_fps": block * batch * 1e3 / steady, "pixel_fps": 4 * block * batch * 1e3 / steady,
+           "block_ms_all": ms}
     if reference is not None and reference.shape == run["latents"].shape:
-        row["max_rel_diff_vs_eager"] = max_block_diff(run["latents"], reference)
+        row["max_rel_diff_vs_eager"] = max_block_diff(run["latents"], reference, block)
     return row
 
 
@@ -111,8 +138,8 @@ def long_row(fast_model) -> dict:
     return row
 
 
-def max_block_diff(latents: torch.Tensor, reference: torch.Tensor) -> float:
-    return max(block_errors(latents, reference))
+def max_block_diff(latents: torch.Tensor, reference: torch.Tensor, block: int = 3) -> float:
+    return max(block_errors(latents, reference, block))
 
 
 def profile_block(model, runner, out_path: str | None) -> dict:
@@ -249,6 +276,32 @@ def quantized_row(args, cfg, name, reference, result, attention: str | None = No
     return row
 
 
+def v2_rows(args, rows, record) -> None:
+    """LongLive 2.0 on random 5B weights: eager bf16 (sdpa), the fast path, and with FP8 linears (v2-fp8); the
+    steady blocks are the last two (the window is full from block 4, the cut's blocks left out)."""
+    cfg = dataclasses.replace(LONGLIVE_2_5B, num_layers=args.layers)
+
+    def row(name: str, run: dict, reference: torch.Tensor | None) -> dict:
+        return summarize(f"LongLive 2.0 {name} w32 s8 704x1280", run, reference, 1, (V2_CUT_BLOCK,), block=8,
+                         first_steady=V2_CUT_BLOCK + 1)
+
+    model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
+    model.set_attention("sdpa")
+    eager = run_shots(model, None)
+    record(row("eager bf16 (sdpa)", eager, None))
+    if "v2" in rows:
+        fast = make_fast(model, attention=args.attention, compile_options=args.inductor)
+        record(row(f"fast bf16 ({fast.attention_backend})", run_shots(fast, GraphRunner), eager["latents"]))
+        del fast
+    if "v2-fp8" in rows:
+        del model
+        torch.cuda.empty_cache()
+        model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
+        resolve("fp8", model.device).apply(model)
+        fast = make_fast(model, attention=args.attention, compile_options=args.inductor)
+        record(row(f"fast fp8 ({fast.attention_backend})", run_shots(fast, GraphRunner), eager["latents"]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="main,window9,batch", help=f"comma list of {ROWS}")
@@ -289,6 +342,9 @@ def main(argv=None) -> int:
     if "fp8-all" in rows:  # FP8 linears and FP8 self-attention
         torch.cuda.empty_cache()
         record(quantized_row(args, cfg, "fp8", reference, result, attention=FP8))
+    if "v2" in rows or "v2-fp8" in rows:
+        torch.cuda.empty_cache()
+        v2_rows(args, rows, record)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print_table(result)
@@ -296,8 +352,11 @@ def main(argv=None) -> int:
 
 
 def print_table(result: dict) -> None:
-    base = result["rows"][0]["ms_per_block"]
-    sys.stdout.write(f"\n{result['device']}, torch {result['torch']}, {HEIGHT}x{WIDTH}, 4 steps, 3 frames/block\n")
+    base = {}  # the first row of each block size (LongLive 1.x: 3 frames at 480x832; 2.0: 8 at 704x1280)
+    for r in result["rows"]:
+        base.setdefault(r["block"], r["ms_per_block"])
+    sys.stdout.write(f"\n{result['device']}, torch {result['torch']}, {HEIGHT}x{WIDTH} unless a row says, 4 steps; "
+                     f"speedup against the first row of the same block size\n")
     sys.stdout.write("| row | ms/block | ms/latent frame | switch extra ms | first block ms | peak GiB | "
                      "pixel fps | speedup | max rel diff of the latents |\n|---|---|---|---|---|---|---|---|---|\n")
     for r in result["rows"]:
@@ -306,7 +365,7 @@ def print_table(result: dict) -> None:
         diff = " / ".join(f"{k.removeprefix('max_rel_diff_vs_')} {r[k]:.1e}" for k in keys if k in r)
         sys.stdout.write(f"| {r['row']} | {r['ms_per_block']:.1f} | {r['ms_per_latent_frame']:.1f} | {sw} | "
                          f"{r['first_block_ms']:.0f} | {r['peak_gib']:.2f} | {r['pixel_fps']:.1f} | "
-                         f"{base / r['ms_per_block'] * r['batch']:.2f}x | {diff} |\n")
+                         f"{base[r['block']] / r['ms_per_block'] * r['batch']:.2f}x | {diff} |\n")
     for r in result["rows"]:
         if "end_ms_per_block" in r:
             sys.stdout.write(f"{r['row']}: ms/block {r['start_ms_per_block']:.1f} (blocks 5-104) -> "
