@@ -7,11 +7,15 @@ the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
+import logging
 import weakref
 
 import comfy.latent_formats
 import comfy.model_management as mm
+import comfy.model_patcher
 import comfy.utils
 import folder_paths
 import torch
@@ -19,8 +23,11 @@ from comfy.ldm.wan import vae as wan21_vae, vae2_2 as wan22_vae
 from comfy.taesd.taehv import TAEHV
 from comfy_api.latest import io
 
-from ..longlive_core import ConfigError, DecodeStream, TinyStream, Wan22DecodeStream
+from ..longlive_core import (SAME_DEVICE, ConfigError, DecodeStream, TinyStream, Wan22DecodeStream, device_choices,
+                             resolve_device)
 from .state import SESSIONS, check_session_id, forget_save
+
+log = logging.getLogger(__name__)
 
 DECODERS = ("wan vae", "tiny draft")
 WAN21 = comfy.latent_formats.Wan21()
@@ -62,14 +69,51 @@ def stream_decode(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool =
 @torch.inference_mode()
 def stream_decode_on_device(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool = False) -> torch.Tensor:
     """samples: raw latents [B, 16 or 48, T, h, w] -> images [B, frames, H, W, 3] in [0, 1] on the VAE's device
-    (float32: the values ComfyUI's VAE returns). `fast` compiles the Wan 2.1 decoder's steady chunks."""
+    (float32: the values ComfyUI's VAE returns). `fast` compiles the decoder's steady chunks."""
     mm.load_models_gpu([vae.patcher])
-    z = samples.to(vae.device, vae.vae_dtype)
-    if isinstance(stream, Wan22DecodeStream):
-        out = stream.decode(vae.first_stage_model, z)
-    else:
-        out = stream.decode(vae.first_stage_model, z, fast=fast)
+    with on_device(vae.device):
+        out = stream.decode(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), fast=fast)
     return vae.process_output(out.float()).movedim(1, -1)
+
+
+def on_device(device: torch.device):
+    """Work launched inside goes to `device`'s current stream (a CUDA device; elsewhere nothing changes)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # VAE -> {device: the VAE loaded there}
+
+
+def vae_on(vae, choice: str | None):
+    """The VAE that decodes on the device a node's decode_device names: ComfyUI's VAE itself for SAME_DEVICE (or where
+    it loads already), else a copy with its own weights on that device, loaded there through ComfyUI's model
+    management (its own ModelPatcher), made once per VAE and device."""
+    if choice in (None, SAME_DEVICE):
+        return vae
+    device = resolve_device(choice, vae.device)
+    if device == vae.device:
+        return vae
+    copies = _COPIES.setdefault(vae, {})
+    if device not in copies:
+        other = copy.copy(vae)
+        other.first_stage_model = copy.deepcopy(vae.first_stage_model)
+        other.device = device
+        other.patcher = comfy.model_patcher.ModelPatcher(other.first_stage_model, load_device=device,
+                                                         offload_device=vae.patcher.offload_device)
+        copies[device] = other
+        log.info("LongLive: the VAE decodes on %s (a copy of its weights there)", device)
+    return copies[device]
+
+
+def decode_device_error(decode_device: str | None) -> str | None:
+    """A node's decode_device that is not among this machine's choices, as the node's message."""
+    if decode_device is None or decode_device in device_choices():
+        return None
+    try:
+        resolve_device(decode_device, torch.device("cpu"))
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 _WEIGHTS_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first_stage_model -> weights_id
@@ -90,11 +134,17 @@ def weights_id(vae) -> str:
     return _WEIGHTS_IDS[fsm]
 
 
-def new_stream(vae) -> DecodeStream | Wan22DecodeStream:
+def new_stream(vae) -> DecodeStream:
     """A decode stream for the VAE's family."""
     if vae.latent_channels == 48:
         return Wan22DecodeStream(wan22_vae.count_conv3d(vae.first_stage_model.decoder))
     return DecodeStream(wan21_vae.count_conv3d(vae.first_stage_model.decoder))
+
+
+def decode_device_input():
+    return io.Combo.Input("decode_device", options=device_choices(), default=SAME_DEVICE, optional=True,
+                          tooltip="Where the Wan VAE decodes: with the VAE as ComfyUI loads it, or on another GPU "
+                                  "(a copy of its weights there), where decoding a block overlaps generating the next")
 
 
 def tiny_decoder_path() -> str:
@@ -146,7 +196,8 @@ class VAEDecode(io.ComfyNode):
                                      "long or live sessions"),
                     io.Combo.Input("decoder", options=list(DECODERS), default="wan vae", optional=True, tooltip="'tiny draft': "
                                    "Wan 2.1's tiny decoder from models/vae_approx (lighttaew2_1) instead of this VAE, "
-                                   "many times faster and blurrier; frames and session continuity as with the VAE")],
+                                   "many times faster and blurrier; frames and session continuity as with the VAE"),
+                    decode_device_input()],
             outputs=[io.Image.Output(display_name="IMAGE")],
         )
 
@@ -155,11 +206,14 @@ class VAEDecode(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
-    def validate_inputs(cls, decoder="wan vae") -> bool | str:
-        return decoder is None or decoder in DECODERS or f"decoder: '{decoder}' is not one of {', '.join(DECODERS)}"
+    def validate_inputs(cls, decoder="wan vae", decode_device=SAME_DEVICE) -> bool | str:
+        if decoder not in (None, *DECODERS):
+            return f"decoder: '{decoder}' is not one of {', '.join(DECODERS)}"
+        return decode_device_error(decode_device) or True
 
     @classmethod
-    def execute(cls, vae, samples, session_id, compile=False, decoder="wan vae") -> io.NodeOutput:
+    def execute(cls, vae, samples, session_id, compile=False, decoder="wan vae",
+                decode_device=SAME_DEVICE) -> io.NodeOutput:
         z = samples["samples"]
         if z.dim() != 5 or z.shape[1] not in VAE_FILES:
             raise ConfigError(f"samples must be Wan video latents [B, 16 or 48, T, h, w]; got {list(z.shape)}")
@@ -170,12 +224,18 @@ class VAEDecode(io.ComfyNode):
         if tiny and z.shape[1] != 16:
             raise ConfigError("decoder 'tiny draft' is Wan 2.1's tiny decoder (LongLive 1.x); choose 'wan vae' for "
                               "LongLive 2.0's latents")
+        if tiny and decode_device not in (None, SAME_DEVICE):
+            raise ConfigError(f"decode_device: the tiny draft decodes on ComfyUI's device; choose '{SAME_DEVICE}' "
+                              f"or decoder 'wan vae'")
+        vae = vae_on(vae, decode_device)
         session_id = check_session_id(session_id)
         if not session_id:
             return io.NodeOutput(draft_decode(z, TinyStream()) if tiny else stream_decode(vae, z, new_stream(vae), compile))
         video = SESSIONS.get(session_id)
         key = f"tiny {tiny_decoder_path()}" if tiny else weights_id(vae)
         stream = video.decoder(key, TinyStream if tiny else lambda: new_stream(vae))
+        if not tiny:
+            stream.move_to(vae.device)  # a session's decode continues where this run decodes
         earlier = video.undecoded_before(z)  # runs whose decode was interrupted
         latents = torch.cat([*earlier, z], dim=2) if earlier else z
         images = draft_decode(latents, stream) if tiny else stream_decode(vae, latents, stream, compile)

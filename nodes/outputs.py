@@ -16,7 +16,7 @@ import torch
 
 from ..longlive_core import BlockDone, ConfigError, Video
 from . import viewer
-from .decode import check_wan_vae, new_stream, raw_latents, stream_decode_on_device, weights_id
+from .decode import check_wan_vae, new_stream, on_device, raw_latents, stream_decode_on_device, vae_on, weights_id
 from .recording import FileSpec, Recording, RecordingError
 
 log = logging.getLogger("longlive")
@@ -145,13 +145,17 @@ class _Kept:
 
 class BlockDecoder:
     """Decodes each block right after it is made, continuing the video's own decoder stream, and hands the frames
-    to the files, the viewers and (when taken) IMAGE."""
+    to the files, the viewers and (when taken) IMAGE. decode_device: where it decodes (nodes/decode.vae_on); on
+    another GPU a block's latents go there as it finishes, and its decode overlaps the next block's generation."""
 
-    def __init__(self, video: Video, vae, fast: bool, files: Files, keep_images: bool, live: bool):
+    def __init__(self, video: Video, vae, fast: bool, files: Files, keep_images: bool, live: bool,
+                 decode_device: str | None = None):
         check_wan_vae(vae, video.family.latent_channels)
+        vae = vae_on(vae, decode_device)
         self.video, self.vae, self.fast, self.files = video, vae, fast, files
         self.keep_images, self.live = keep_images, live
         self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
+        self.stream.move_to(vae.device)  # a session's decode continues where this run decodes
         key = video.settings.session_id
         self.channel = viewer.channel(key) if key else None
         if self.channel is not None:
@@ -165,15 +169,16 @@ class BlockDecoder:
         """Launches the block's decode and its one copy to the host; returns what hands the frames on once they are
         there (the run calls it after it has launched the next block)."""
         images = stream_decode_on_device(self.vae, raw_latents(block), self.stream, self.fast)  # [B, N, H, W, 3]
-        frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
         start = self.video.decoding_at
-        if frames.is_cuda:
-            host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
-            host.copy_(frames, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record()
-        else:
-            host, copied = frames, None
+        with on_device(images.device):  # the copy and its event on the decoder's stream
+            frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+            if frames.is_cuda:
+                host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+                host.copy_(frames, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
+            else:
+                host, copied = frames, None
 
         def finish() -> torch.Tensor | None:
             if copied is not None:

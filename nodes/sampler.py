@@ -15,7 +15,8 @@ from comfy_api.latest import io
 from ..longlive_core import (POSITION_MODES, SWITCH_POLICIES, V1, V2, BlockDone, ConfigError, Family, PromptError,
                              RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video, session_bytes,
                              video_time)
-from .decode import LATENT_FORMATS, check_wan_vae, model_latents, raw_latents
+from .decode import (LATENT_FORMATS, check_wan_vae, decode_device_error, decode_device_input, model_latents,
+                     raw_latents)
 from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
 from .save import FilesType
@@ -95,6 +96,7 @@ class StreamingSampler(io.ComfyNode):
                                tooltip="absolute: upstream's default; a video ends at latent frame 1024 (about 4 "
                                        "minutes). relative: upstream's infinite-length mode (block-relativistic "
                                        "RoPE): no end, for live sessions. A session keeps the mode it was made with"),
+                decode_device_input(),
             ],
             outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="IMAGE"),
                      FilesType.Output(display_name="video", tooltip="To LongLive Save Video (needs the VAE)")],
@@ -107,7 +109,8 @@ class StreamingSampler(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
-    def validate_inputs(cls, length, length_unit, switch_policy, session_id, position_mode="absolute") -> bool | str:
+    def validate_inputs(cls, length, length_unit, switch_policy, session_id, position_mode="absolute",
+                        decode_device=None) -> bool | str:
         """At queue time: ComfyUI checks neither a V3 node's lists nor NaN against bounds. (An input fed by a link
         is None here: execute checks it.)"""
         if None in (length, length_unit, switch_policy, session_id):
@@ -119,12 +122,13 @@ class StreamingSampler(io.ComfyNode):
         return first_error(length_error(length, length_unit), switch_policy in SWITCH_POLICIES
                            or f"switch_policy: '{switch_policy}' is not one of {', '.join(SWITCH_POLICIES)}",
                            position_mode in (None, *POSITION_MODES)
-                           or f"position_mode: '{position_mode}' is not one of {', '.join(POSITION_MODES)}")
+                           or f"position_mode: '{position_mode}' is not one of {', '.join(POSITION_MODES)}",
+                           decode_device_error(decode_device) or True)
 
     @classmethod
     def execute(cls, model: LongLiveModel, schedule: PromptList, width, height, length, length_unit, seed,
                 local_attn_size, sink_size, switch_policy, session_id, reset, batch_size, live=False, vae=None,
-                compile_vae=False, position_mode="absolute", image=None) -> io.NodeOutput:
+                compile_vae=False, position_mode="absolute", image=None, decode_device=None) -> io.NodeOutput:
         session_id = check_session_id(session_id)
         if live and not session_id:
             raise PromptError("live needs a session_id: the panel and the routes find the session by it")
@@ -146,7 +150,8 @@ class StreamingSampler(io.ComfyNode):
         files = Files(video, requests, batch_size, width, height)
         try:
             decoder = None if vae is None else BlockDecoder(video, vae, compile_vae, files,
-                                                            output_taken(graph, node_id, IMAGE_OUTPUT), live)
+                                                            output_taken(graph, node_id, IMAGE_OUTPUT), live,
+                                                            decode_device)
             hooks = run_hooks(video, model, schedule, decoder, frames // family.block, node_id)
             video.schedule(schedule.for_family(family), frames, hooks.embed_text)
             latents, images = video.run(frames, live, hooks)

@@ -251,9 +251,10 @@ def pixel_frames(latent_frames: int, first: bool) -> int:
     return 4 * latent_frames - 3 if first else 4 * latent_frames
 
 
-def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0) -> None:
+def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0, **sampler) -> None:
     result.expected_frames = pixel_frames(240, True)
-    h.queue(host, events, h.graph("longlive_one_minute", LongLive_StreamingSampler={"seed": seed}), result, timeout=1800)
+    h.queue(host, events, h.graph("longlive_one_minute", LongLive_StreamingSampler={"seed": seed, **sampler}), result,
+            timeout=1800)
     result.ok = result.frames == result.expected_frames
 
 
@@ -261,6 +262,13 @@ def run_one_minute_warm(h: Harness, host: ComfyHost, events: Events, result: Run
     """The same workflow again on the warm server, with another seed (the same graph would come from ComfyUI's
     cache): a new video, its graphs captured again."""
     run_one_minute(h, host, events, result, seed=1)
+
+
+def run_one_minute_decode_on_gpu1(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """The one-minute workflow with the decoder on the second GPU (decode_device cuda:1), twice: the first loads
+    and compiles there, the second is the row to read."""
+    run_one_minute(h, host, events, Run(result.group, "decode on cuda:1 first"), seed=2, decode_device="cuda:1")
+    run_one_minute(h, host, events, result, seed=3, decode_device="cuda:1")
 
 
 def run_one_minute_fp8(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
@@ -274,15 +282,23 @@ def run_one_minute_fp8(h: Harness, host: ComfyHost, events: Events, result: Run)
     result.ok = result.frames == result.expected_frames
 
 
-def run_multishot(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0) -> None:
+def run_multishot(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0, **sampler) -> None:
     """LongLive 2.0's multi-shot workflow: 20 s at 1280x704 and 24 fps (120 latent frames), two scene cuts."""
     result.expected_frames = pixel_frames(120, True)
-    h.queue(host, events, h.graph("longlive2_multishot", LongLive_StreamingSampler={"seed": seed}), result, timeout=1800)
+    h.queue(host, events, h.graph("longlive2_multishot", LongLive_StreamingSampler={"seed": seed, **sampler}), result,
+            timeout=1800)
     result.ok = result.frames == result.expected_frames
 
 
 def run_multishot_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
     run_multishot(h, host, events, result, seed=1)
+
+
+def run_multishot_compiled_vae(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """The same with the Wan 2.2 decoder's steady chunks compiled (the sampler's compile_vae), run twice: the first
+    compiles, the second is the row to read."""
+    run_multishot(h, host, events, Run(result.group, "compiled vae first"), seed=2, compile_vae=True)
+    run_multishot(h, host, events, result, seed=3, compile_vae=True)
 
 
 def run_image_to_video(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
@@ -409,6 +425,15 @@ def run_reload(h: Harness, host: ComfyHost, events: Events, result: Run) -> None
     result.notes["weights_moved_logged"] = "weights moved" in host.log()
 
 
+def gpus() -> int:
+    """The CUDA devices this machine shows (nvidia-smi; none without it)."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.splitlines())
+
+
 def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
     """(name, server arguments, runs, inject a capture failure). The shipped workflows each open a fresh server."""
     fp8 = {"LongLive_ModelLoader": {"precision": "fp8"}}
@@ -432,8 +457,10 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
                              *([run_reload] if tiny else []), run_interrupt], False),
         *precisions,
         *([] if tiny else [("one-minute-fp8", [], [run_one_minute_fp8], False)]),
-        *([] if tiny else [(V2_GROUP, [], [run_multishot, run_multishot_warm, run_image_to_video], False)]),
+        *([] if tiny else [(V2_GROUP, [], [run_multishot, run_multishot_warm, run_multishot_compiled_vae,
+                                           run_image_to_video], False)]),
         ("native-allocator", ["--disable-cuda-malloc"], interactive_runs("native", 2), False),
+        *([("two-gpus", [], [run_one_minute_decode_on_gpu1], False)] if not tiny and gpus() > 1 else []),
         *([] if tiny else [("lowvram", ["--lowvram"], interactive_runs("lowvram", 2), False)]),
     ]
 

@@ -421,6 +421,7 @@ def test_a_prompt_that_is_not_valid_unicode(host):
     ({"switch_policy": "sometimes"}, "switch_policy: 'sometimes' is not one of recache, reset, keep"),
     ({"position_mode": "infinite"}, "position_mode: 'infinite' is not one of absolute, relative"),
     ({"session_id": "x" * 100_000}, "session_id must be at most 128 printable characters (got 100000 characters)"),
+    ({"decode_device": "cuda:7"}, "decode_device: cuda:7 is not a CUDA device of this machine (its CUDA devices: "),
 ])
 def test_sampler_inputs_are_checked_at_queue_time(host, inputs, message):
     graph = graph_of(host, "longlive_interactive")

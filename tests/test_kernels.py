@@ -163,6 +163,9 @@ def test_norm_kernel_adds_any_residual_and_broadcasts_one_sample_vectors():
     torch.testing.assert_close(h, layer_norm(2 * x, 1e-6) * (1 + a) + b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="a per-channel vector of batch 2 for activations of batch 3"):
         kernels.norm_affine(x, a.expand(2, 1, 64).contiguous(), b, 1e-6, True)
+    per_row = torch.randn(1, 5, 1, 64, generator=gen).to(DEVICE)  # one frame a row, beside a one-frame vector
+    torch.testing.assert_close(kernels.norm_affine(x, a.view(1, 1, 1, 64), per_row, 1e-6, True),
+                               layer_norm(x, 1e-6) * (1 + a) + per_row.squeeze(2), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(\[2, 3\] frames\) for 5 rows a sample; they must share one frame count"):
         kernels.norm_affine(x, a.expand(1, 2, 1, 64), b.expand(1, 3, 1, 64), 1e-6, True)
 

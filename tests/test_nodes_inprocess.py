@@ -441,12 +441,10 @@ def test_a_viewer_that_stops_reading_has_its_frames_dropped_and_counted(comfy):
     assert {h["dropped"] for h in headers} == {10}
 
 
-def test_wan22_decode_in_pieces_equals_comfys_full_decode(comfy):
-    """LongLive 2.0's decode: the Wan 2.2 VAE (48 channels) continued across calls gives the frames of ComfyUI's
-    one-piece decode (the first latent frame 1 pixel frame, later ones 4); an interrupt leaves the stream as it was."""
-    from comfy.ldm.wan.vae2_2 import WanVAE, count_conv3d
-
-    from longlive_core.vae.stream22 import Wan22DecodeStream
+@pytest.fixture
+def tiny_wan22(comfy):
+    """ComfyUI's Wan 2.2 VAE module (LongLive 2.0's), narrow, with random weights."""
+    from comfy.ldm.wan.vae2_2 import WanVAE
 
     torch.manual_seed(0)
     vae = WanVAE(dim=8, dec_dim=8, z_dim=48, dim_mult=[1, 2, 2], num_res_blocks=1,
@@ -454,6 +452,60 @@ def test_wan22_decode_in_pieces_equals_comfys_full_decode(comfy):
     with torch.no_grad():
         for p in vae.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
+    return vae
+
+
+@pytest.mark.parametrize("cast", [False, True], ids=["resident", "comfy-cast weights"])
+@torch.no_grad()
+def test_steady_decode22_equals_the_wan22_decoder(tiny_wan22, cast):
+    """The Wan 2.2 decoder's steady path: its up blocks' upsampled shortcuts, its 12-channel head; within float32
+    rounding with resident weights (sub-pixel upsamplers), exactly with ComfyUI-cast weights."""
+    from comfy.ldm.wan.vae2_2 import count_conv3d
+
+    from longlive_core.vae.stream import is_steady, steady_decode22
+
+    vae = tiny_wan22
+    set_comfy_cast(vae.decoder, cast)
+    try:
+        x = vae.conv2(torch.randn(1, 48, 6, 3, 4, generator=torch.Generator().manual_seed(2)))
+        theirs, ours = ([None] * count_conv3d(vae.decoder) for _ in range(2))
+        for i, part in enumerate((x[:, :, :1], x[:, :, 1:2])):  # the video's first chunk, then the 'Rep' marks go
+            assert not is_steady(ours)
+            torch.testing.assert_close(vae.decoder(part, feat_cache=ours, feat_idx=[0], first_chunk=i == 0),
+                                       vae.decoder(part, feat_cache=theirs, feat_idx=[0], first_chunk=i == 0),
+                                       rtol=0, atol=0)
+        assert is_steady(ours)
+        tol = 0 if cast else 1e-4
+        for part in (x[:, :, 2:3], x[:, :, 3:5], x[:, :, 5:6]):
+            want = vae.decoder(part, feat_cache=theirs, feat_idx=[0])
+            torch.testing.assert_close(steady_decode22(vae.decoder, part, ours), want, rtol=tol, atol=tol)
+            for a, b in zip(ours, theirs):
+                torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    finally:
+        set_comfy_cast(vae.decoder, False)
+
+
+def test_compiled_wan22_stream_gives_the_same_frames(tiny_wan22):
+    from comfy.ldm.wan.vae2_2 import count_conv3d
+
+    from longlive_core.vae.stream22 import Wan22DecodeStream
+
+    z = torch.randn(1, 48, 10, 3, 4, generator=torch.Generator().manual_seed(1))
+    plain, fast = (Wan22DecodeStream(count_conv3d(tiny_wan22.decoder)) for _ in range(2))
+    with torch.no_grad():
+        for part in z.split([8, 2], dim=2):  # a block of 8 (its first frame alone), then more
+            torch.testing.assert_close(fast.decode(tiny_wan22, part, fast=True), plain.decode(tiny_wan22, part),
+                                       rtol=1e-4, atol=1e-4)
+
+
+def test_wan22_decode_in_pieces_equals_comfys_full_decode(tiny_wan22):
+    """LongLive 2.0's decode: the Wan 2.2 VAE (48 channels) continued across calls gives the frames of ComfyUI's
+    one-piece decode (the first latent frame 1 pixel frame, later ones 4); an interrupt leaves the stream as it was."""
+    from comfy.ldm.wan.vae2_2 import count_conv3d
+
+    from longlive_core.vae.stream22 import Wan22DecodeStream
+
+    vae = tiny_wan22
     z = torch.randn(1, 48, 6, 3, 4)
     with torch.no_grad():
         full = vae.decode(z)

@@ -184,9 +184,10 @@ def test_the_fast_model_makes_the_eager_v2_video():
     assert ((ours - eager).norm() / eager.norm()).item() < 1e-5
 
 
-def test_the_warm_up_passes_are_the_steady_blocks_passes():
-    """What a runner's warm-up captures (steady_passes: the 4 steps and the clean pass) are the passes every block
-    makes once the window is full: the same buffers and shapes (fast.runner.pass_key), so their graphs replay."""
+def test_the_warm_up_passes_are_the_passes_that_come_again():
+    """What a runner's warm-up captures (warm_up_passes) are the passes every block makes once the window is full (from
+    block 3 on: 4 steps and the clean pass) and the image's first block's steps: the same buffers and shapes
+    (fast.runner.pass_key), so their graphs replay."""
     from longlive_core.fast.runner import pass_key
 
     model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
@@ -197,9 +198,10 @@ def test_the_warm_up_passes_are_the_steady_blocks_passes():
         return model(*args)
 
     _, session = shots_with_an_image(model, runner=spy)
-    steady = keys[-5 * 2:]  # the last two blocks (the window is full from block 4 on)
-    assert steady[:5] == steady[5:] and len(set(steady)) == 5
-    assert [pass_key(*p, session.cache, session.text) for p in session.steady_passes()] == steady[:5]
+    blocks = [keys[5 * k:5 * k + 5] for k in range(6)]  # 4 steps and the clean pass a block
+    assert len(keys) == 30 and blocks[3] == blocks[4] == blocks[5] != blocks[2]
+    warm = [pass_key(*p, session.cache, session.text) for p in session.warm_up_passes()]
+    assert warm == blocks[5] + blocks[0][:4] and len(set(warm)) == 9
 
 
 def test_a_batch_gives_each_sample_its_own_video():

@@ -89,14 +89,14 @@ def pass_key(x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCach
     """What makes a pass repeat: the buffers it reads and writes (addresses, not ids) and its shapes; the plan's
     positions and slots are copied into a graph's inputs."""
     mods = None if time.mods is None else time.mods.data_ptr()
-    return (time.e0.data_ptr(), mods, tuple(x.shape), plan.kv_len, plan.cache_only, cache.k.data_ptr(),
-            text.k.data_ptr())
+    return (time.e.data_ptr(), time.e0.data_ptr(), mods, tuple(x.shape), plan.kv_len, plan.cache_only,
+            cache.k.data_ptr(), text.k.data_ptr())
 
 
 def warm_up(session) -> None:
-    """Compiles and captures every steady-state pass (session.steady_passes: a StreamSession's 4 steps, clean pass and
-    recache, a ShotSession's steps and clean pass) before the first block, so that no later block or switch pays
-    for it. Where compiling or the Triton kernels fail, the model
+    """Compiles and captures every steady-state pass (session.warm_up_passes: a StreamSession's 4 steps, clean pass
+    and recache, a ShotSession's steps and clean pass, and its image's first block) before the first block, so that
+    no later block or switch pays for it. Where compiling or the Triton kernels fail, the model
     drops them (logged with the cause) and the passes are captured from its eager stages; where a capture fails,
     the session's runner runs without graphs (GraphRunner)."""
     if not isinstance(session.runner, GraphRunner):
@@ -125,7 +125,7 @@ def _warm_up(session) -> None:
     runner = session.runner
     try:
         with torch.inference_mode():
-            passes = session.steady_passes()
+            passes = session.warm_up_passes()
             for _ in range(2):  # first call runs (and compiles), second captures
                 for x, time, plan in passes:
                     runner(x, time, plan, session.cache, session.text)

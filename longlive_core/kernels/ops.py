@@ -121,7 +121,7 @@ def _vector_strides(v: torch.Tensor, batch: int) -> tuple[int, int, int]:
     if v.shape[0] not in (1, batch):
         raise ValueError(f"norm_affine: a per-channel vector of batch {v.shape[0]} for activations of batch {batch}")
     sample = 0 if v.shape[0] == 1 else v.stride(0)
-    return (sample, v.stride(1), v.shape[1]) if v.dim() == 4 else (sample, 0, 1)
+    return (sample, v.stride(1), v.shape[1]) if v.dim() == 4 and v.shape[1] > 1 else (sample, 0, 1)
 
 
 def _frame_rows(rows: int, strides: list[tuple[int, int, int]]) -> int:

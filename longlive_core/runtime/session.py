@@ -150,10 +150,10 @@ class StreamSession:
     def window(self) -> int:
         return self.cache.window
 
-    def steady_passes(self) -> list[tuple[torch.Tensor, TimeEmbedding, PassPlan]]:
-        """(latents, time, plan) of the passes that repeat once the window is full, on zero latents at a steady
-        position: a block's steps, its clean pass and the recache. What a runner's warm-up compiles and captures (they
-        write garbage K/V: the caller zeroes the cache after)."""
+    def warm_up_passes(self) -> list[tuple[torch.Tensor, TimeEmbedding, PassPlan]]:
+        """(latents, time, plan) of what a runner's warm-up compiles and captures: the passes that repeat once the
+        window is full, on zero latents at a steady position (a block's steps, its clean pass and the recache). They
+        write garbage K/V: the caller zeroes the cache after."""
         end = self.window + FRAMES_PER_BLOCK  # any position where the window is full
         block = self.plan(end - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK)
         kept = self.window - self.sink

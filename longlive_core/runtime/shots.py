@@ -92,7 +92,6 @@ class ShotSession:
         self.latent_hw, self.grid = latent_hw, (h // PATCH[1], w // PATCH[2])
         self.frame_tokens = self.grid[0] * self.grid[1]
         self.table = unipc_table(settings.steps, settings.shift)
-        self._embed_times()
         cfg, dev = self.cfg, model.device
         self.cache = KVCache(*(torch.zeros(cfg.num_layers, batch, settings.window * self.frame_tokens, cfg.num_heads,
                                            cfg.head_dim, device=dev, dtype=model.kv_dtype) for _ in range(2)),
@@ -100,6 +99,7 @@ class ShotSession:
         self.text = TextCache.allocate(cfg.num_layers, batch, TEXT_LEN, cfg.num_heads, cfg.head_dim, dev, model.dtype)
         self.rope = RopeTable(cfg.head_dim, dev)
         self.image = None if image is None else self._check_image(image, latent_hw)
+        self._embed_times()
         self.pending: dict[int, tuple[torch.Tensor, bool]] = {}  # frame -> (embeds, cut): prompts scheduled
         self.reset()
 
@@ -181,6 +181,7 @@ class ShotSession:
         self.text.load_state({k.removeprefix("text."): t for k, t in tensors.items() if k.startswith("text.")})
         self._embeds = tensors["prompt"].to(dev) if "prompt" in tensors else None
         self.image = tensors["image"].to(dev) if "image" in tensors else None
+        self._embed_image_times()
         self.frame, self.shot, self.origin, self.shot_start = (fields[k] for k in ("frame", "shot", "origin", "shot_start"))
         self.slots, self.pinned = list(fields["slots"]), set(fields["pinned"])
         self.pending = {int(f): (tensors[f"pending.{f}"].to(dev), cut) for f, cut in fields["pending"].items()}
@@ -205,7 +206,7 @@ class ShotSession:
 
     # --- one block ------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def make_block(self, embeds: torch.Tensor, cut: bool = False,
                    between_passes: Callable[[], None] | None = None) -> torch.Tensor:
         """Generates the next block under `embeds` ([1 or B, 512, text_dim] umt5 embeddings); `cut`: this block
@@ -299,36 +300,43 @@ class ShotSession:
         self._pass(x, self.times[-1], plan)
 
     def _embed_times(self) -> None:
-        """The time embeddings (with each layer's modulation) of the steps and of the clean pass (t = 0): the same
-        tensors every block, so that a runner's CUDA graphs replay them."""
+        """The time embeddings (with each layer's modulation) of the steps and of the clean pass (t = 0), and with an
+        image those of the first block's steps (a timestep a frame: frame 0 at 0): the same tensors every block, so
+        that a runner's CUDA graphs replay them."""
         dev = self.model.device
-        self.timesteps = [float(t) for t in self.table.timesteps] + [0.0]
-        self.times = [self.model.time_embed(torch.full((self.batch,), t, device=dev), layers=True)
-                      for t in self.timesteps]
+        self.times = [self.model.time_embed(torch.full((self.batch,), float(t), device=dev), layers=True)
+                      for t in [*self.table.timesteps, 0.0]]
+        self._embed_image_times()
+
+    def _embed_image_times(self) -> None:
+        frames = self.settings.block - 1
+        self.image_times = None if self.image is None else [
+            self.model.time_embed(torch.tensor([0.0] + [float(t)] * frames, device=self.model.device).expand(
+                self.batch, -1), layers=True) for t in self.table.timesteps]
 
     def _time(self, step: int, image: torch.Tensor | None) -> TimeEmbedding:
-        """The time embedding of a step; with the image (the first block), a timestep a frame: frame 0 at 0."""
-        if image is None:
-            return self.times[step]
-        t = torch.full((self.batch, self.settings.block), self.timesteps[step], device=self.model.device)
-        t[:, 0] = 0.0
-        return self.model.time_embed(t, layers=True)
+        """The time embedding of a step; with the image, the first block's."""
+        return self.times[step] if image is None else self.image_times[step]
 
     def _pass(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan) -> torch.Tensor | None:
         return self.runner(x, time, plan, self.cache, self.text)
 
     # --- where the block's K/V go, and what it attends to ------------------------------------------------------
 
-    def steady_passes(self) -> list[tuple[torch.Tensor, TimeEmbedding, PassPlan]]:
-        """(latents, time, plan) of the passes that repeat once the window is full, on zero latents in the first
-        slots: a block's steps and its clean pass. What a runner's warm-up compiles and captures (they write garbage
-        K/V: the caller zeroes the cache after)."""
+    def warm_up_passes(self) -> list[tuple[torch.Tensor, TimeEmbedding, PassPlan]]:
+        """(latents, time, plan) of what a runner's warm-up compiles and captures, on zero latents in the first slots:
+        the passes that repeat once the window is full (a block's steps and its clean pass), and with an image the
+        first block's steps (their own compiled variant: a modulation a frame). They write garbage K/V: the caller
+        zeroes the cache after."""
         s, dev = self.settings, self.model.device
         tokens = torch.arange(s.block * self.frame_tokens, device=dev)
-        plan = PassPlan(*self.rope.cos_sin(0, s.block, *self.grid), tokens, s.window * self.frame_tokens)
+        cos, sin = self.rope.cos_sin(0, s.block, *self.grid)
+        steady = PassPlan(cos, sin, tokens, s.window * self.frame_tokens)
         x = torch.zeros(self.batch, s.block, V2_CHANNELS, *self.latent_hw, device=dev)
-        return [*((x, time, plan) for time in self.times[:-1]),
-                (x, self.times[-1], dataclasses.replace(plan, cache_only=True))]
+        passes = [*((x, time, steady) for time in self.times[:-1]),
+                  (x, self.times[-1], dataclasses.replace(steady, cache_only=True))]
+        first = PassPlan(cos, sin, tokens, s.block * self.frame_tokens)
+        return passes + [(x, time, first) for time in self.image_times or []]
 
     def held_frames(self) -> list[int]:
         """The latent frames whose K/V the cache holds: what the next block attends to besides itself (the last

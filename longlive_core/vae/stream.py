@@ -1,5 +1,6 @@
-"""Chunked causal decoding through ComfyUI's Wan 2.1 decoder module (plain torch: the module comes from the host, and
-its ops' weight-casting attributes are read where they exist).
+"""Chunked causal decoding through ComfyUI's Wan decoder modules (plain torch: the module comes from the host, and
+its ops' weight-casting attributes are read where they exist): Wan 2.1's here, Wan 2.2's (LongLive 2.0) in
+stream22.py on the same stream.
 
 A DecodeStream is the decode of one video: every causal conv keeps the last 2 frames of its input in the stream's
 cache, so several latent frames can go through the decoder in one call and give the frames of a frame-by-frame
@@ -33,7 +34,7 @@ _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def check_shape(shape: tuple | None, z: torch.Tensor) -> tuple:
-    """A stream decodes latents [B, 16, T, h, w] of one batch x height x width: its cache holds their frames."""
+    """A stream decodes latents [B, C, T, h, w] of one batch x height x width: its cache holds their frames."""
     now = (z.shape[0], *z.shape[3:])
     if shape is not None and shape != now:
         raise ConfigError(f"this session has been decoding latents of batch x height x width {shape}, these are "
@@ -159,6 +160,22 @@ def steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
     return _causal(conv, silu(norm(x)), cache, idx, head=True)
 
 
+def steady_decode22(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
+    """steady_decode for ComfyUI's Wan 2.2 Decoder3d (LongLive 2.0): the same stages, each up block adding its
+    upsampled input (DupUp3D, no weights) to its main path, the head giving 12 channels (3 colours x 2 x 2 pixels)."""
+    idx = [0]
+    x = _causal(decoder.conv1, x, cache, idx)
+    for layer in decoder.middle:
+        x = _stage(layer, x, cache, idx)
+    for up in decoder.upsamples:
+        main = x
+        for layer in up.upsamples:
+            main = _stage(layer, main, cache, idx)
+        x = main if up.avg_shortcut is None else main + up.avg_shortcut(x)
+    norm, silu, conv = decoder.head
+    return _causal(conv, silu(norm(x)), cache, idx, head=True)
+
+
 def is_steady(cache: list) -> bool:
     """Whether the decoder has run its first two calls: cache[0] holds frames and no upsampler is still
     marked 'Rep' (the mark of its first frame)."""
@@ -166,16 +183,16 @@ def is_steady(cache: list) -> bool:
 
 
 @functools.cache
-def _compiled_steady_decode():
-    log.info("compiling the Wan VAE decoder's steady chunks (once per process and size)")
-    return compiled(steady_decode, dynamic=False)
+def _compiled(steady):
+    log.info("compiling %s for the Wan VAE decoder's steady chunks (once per process and size)", steady.__name__)
+    return compiled(steady, dynamic=False)
 
 
-def compiled_steady_decode(decoder, x: torch.Tensor, cache: list) -> torch.Tensor:
-    """steady_decode under torch.compile, one graph a chunk: the norms, SiLU, residuals and cache frames fused
-    around cuDNN's convolutions (on the H100 99 ms a chunk against 202 eager, run 55; compiling the decoder
-    module itself, which dynamo splits at every upsampler, gave 130)."""
-    return _compiled_steady_decode()(decoder, x, cache)
+def compiled_steady_decode(decoder, x: torch.Tensor, cache: list, steady=steady_decode) -> torch.Tensor:
+    """A steady decode (steady_decode, steady_decode22) under torch.compile, one graph a chunk: the norms, SiLU,
+    residuals and cache frames fused around cuDNN's convolutions (Wan 2.1 on the H100: 99 ms a chunk against 202
+    eager, run 55; compiling the decoder module itself, which dynamo splits at every upsampler, gave 130)."""
+    return _compiled(steady)(decoder, x, cache)
 
 
 def _addresses(decoder, x: torch.Tensor, cache: list) -> tuple:
@@ -188,10 +205,10 @@ class SteadyGraph:
     """The compiled steady chunk of one decoder and one cache, captured as a CUDA graph: it reads the chunk from a
     fixed buffer and writes the cache in place, so it replays while the weights and the cache stay where they are."""
 
-    def __init__(self, decoder, x: torch.Tensor, cache: list):
+    def __init__(self, decoder, x: torch.Tensor, cache: list, steady=steady_decode):
         self.key = _addresses(decoder, x, cache)
         self.x = x.clone()
-        self.graph, self.out = capture(lambda: compiled_steady_decode(decoder, self.x, cache), x.device,
+        self.graph, self.out = capture(lambda: compiled_steady_decode(decoder, self.x, cache, steady), x.device,
                                        writes=[entry for entry in cache if isinstance(entry, torch.Tensor)])
         log.info("captured the Wan VAE decoder's steady chunk %s as a CUDA graph", tuple(x.shape))
 
@@ -202,11 +219,15 @@ class SteadyGraph:
 
 
 class DecodeStream:
-    """The decode of one video through a Wan decoder: its causal cache (`slots`: the decoder's causal convs, which
+    """The decode of one video through a Wan 2.1 decoder: its causal cache (`slots`: the decoder's causal convs, which
     the host counts) and, compiled on a GPU, its steady chunk's CUDA graph (captured at the second steady chunk:
     the first compiles and autotunes cuDNN; captured anew where the weights or the cache moved). A capture that
     fails leaves the chunks to the compiled decoder (the capture ran nothing, the cache is as it was), logged, and
-    is not tried again for that placement."""
+    is not tried again for that placement. stream22.Wan22DecodeStream is the same for the Wan 2.2 decoder."""
+
+    name, kind, channels = "Wan 2.1 VAE", "wan", 16
+    frames_per_call = FRAMES_PER_CALL
+    steady = staticmethod(steady_decode)
 
     def __init__(self, slots: int):
         self.cache: list = [None] * slots
@@ -215,12 +236,17 @@ class DecodeStream:
         self._seen: tuple | None = None  # the placement of the last steady chunk, captured when it comes again
         self._failed: tuple | None = None
 
-    def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int = FRAMES_PER_CALL,
+    def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
                channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
         """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
         fast: steady chunks through the compiled decoder (the first two calls stay eager), replayed as a CUDA graph
-        where `graphs`. channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off)."""
+        where `graphs`; frames_per_call: latent frames a decoder call (None: the stream's own).
+        channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off). An interrupt leaves the stream
+        where it was."""
+        if z.dim() != 5 or z.shape[1] != self.channels:
+            raise ConfigError(f"the {self.name} decodes latents [B, {self.channels}, T, h, w]; got {list(z.shape)}")
         self.shape = check_shape(self.shape, z)
+        frames_per_call = frames_per_call or self.frames_per_call
         x = vae_model.conv2(z)
         if channels_last_3d if channels_last_3d is not None else (x.is_cuda or fast):
             channels_last(vae_model.decoder)
@@ -242,30 +268,34 @@ class DecodeStream:
         no interrupt is checked."""
         if fast and is_steady(self.cache):
             return self._steady(decoder, x, graphs and x.is_cuda)
+        return self._plain(decoder, x)
+
+    def _plain(self, decoder, x: torch.Tensor) -> torch.Tensor:
+        """The host's decoder module on a chunk."""
         return decoder(x, feat_cache=self.cache, feat_idx=[0])
 
     def _steady(self, decoder, x: torch.Tensor, graphs: bool) -> torch.Tensor:
         if not graphs:
-            return compiled_steady_decode(decoder, x, self.cache)
+            return compiled_steady_decode(decoder, x, self.cache, self.steady)
         key = _addresses(decoder, x, self.cache)
         if self._graph is not None and self._graph.key == key:
             return self._graph(x)
         self._graph = None  # a graph of another placement: its memory goes before a new capture
         if self._seen == key and self._failed != key:
             try:
-                self._graph = SteadyGraph(decoder, x, self.cache)
+                self._graph = SteadyGraph(decoder, x, self.cache, self.steady)
                 return self._graph(x)
             except CaptureError as exc:
                 log.warning("the Wan VAE decoder's steady chunk could not be captured as a CUDA graph; decoding it "
                             "compiled without one: %s", exc)
                 self._failed = key
         self._seen = key
-        return compiled_steady_decode(decoder, x, self.cache)
+        return compiled_steady_decode(decoder, x, self.cache, self.steady)
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """The cache (tensors, empty slots and the decoder's 'Rep' marks) and the latents' shape."""
         tensors, entries = export_cache(self.cache)
-        return tensors, {"kind": "wan", "entries": entries, "shape": self.shape}
+        return tensors, {"kind": self.kind, "entries": entries, "shape": self.shape}
 
     def import_state(self, tensors: dict[str, torch.Tensor], fields: dict, device: torch.device) -> None:
         self.cache = import_cache(tensors, fields["entries"], len(self.cache), device)
@@ -274,6 +304,13 @@ class DecodeStream:
     @property
     def has_graph(self) -> bool:
         return self._graph is not None
+
+    def move_to(self, device: torch.device) -> None:
+        """Continues this video's decode on another device: the cache goes there (a graph is captured anew)."""
+        held = [entry for entry in self.cache if isinstance(entry, torch.Tensor)]
+        if held and held[0].device != device:
+            self.cache = [entry.to(device) if isinstance(entry, torch.Tensor) else entry for entry in self.cache]
+            self.close()
 
     def close(self) -> None:
         """Frees the steady chunk's graph (about 2.7 GB at 480x832); the stream stays usable (its next steady chunks
