@@ -7,7 +7,6 @@ the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
@@ -23,9 +22,9 @@ from comfy.ldm.wan import vae as wan21_vae, vae2_2 as wan22_vae
 from comfy.taesd.taehv import TAEHV
 from comfy_api.latest import io
 
-from ..longlive_core import (SAME_DEVICE, ConfigError, DecodeStream, TinyStream, Wan22DecodeStream, device_choices,
+from ..longlive_core import (DEFAULT_DEVICE, ConfigError, DecodeStream, TinyStream, Wan22DecodeStream, on_device,
                              resolve_device)
-from .state import SESSIONS, check_session_id, forget_save
+from .state import SESSIONS, check_session_id, device_error, device_input, first_error, forget_save
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +75,14 @@ def stream_decode_on_device(vae, samples: torch.Tensor, stream: DecodeStream, fa
     return vae.process_output(out.float()).movedim(1, -1)
 
 
-def on_device(device: torch.device):
-    """Work launched inside goes to `device`'s current stream (a CUDA device; elsewhere nothing changes)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 _COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # VAE -> {device: the VAE loaded there}
 
 
 def vae_on(vae, choice: str | None):
-    """The VAE that decodes on the device a node's decode_device names: ComfyUI's VAE itself for SAME_DEVICE (or where
-    it loads already), else a copy with its own weights on that device, loaded there through ComfyUI's model
+    """The VAE that decodes on the device a node's decode_device names: ComfyUI's VAE itself for DEFAULT_DEVICE (or
+    where it loads already), else a copy with its own weights on that device, loaded there through ComfyUI's model
     management (its own ModelPatcher), made once per VAE and device."""
-    if choice in (None, SAME_DEVICE):
+    if choice in (None, DEFAULT_DEVICE):
         return vae
     device = resolve_device(choice, vae.device)
     if device == vae.device:
@@ -103,17 +97,6 @@ def vae_on(vae, choice: str | None):
         copies[device] = other
         log.info("LongLive: the VAE decodes on %s (a copy of its weights there)", device)
     return copies[device]
-
-
-def decode_device_error(decode_device: str | None) -> str | None:
-    """A node's decode_device that is not among this machine's choices, as the node's message."""
-    if decode_device is None or decode_device in device_choices():
-        return None
-    try:
-        resolve_device(decode_device, torch.device("cpu"))
-    except ConfigError as exc:
-        return str(exc)
-    return None
 
 
 _WEIGHTS_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first_stage_model -> weights_id
@@ -142,9 +125,8 @@ def new_stream(vae) -> DecodeStream:
 
 
 def decode_device_input():
-    return io.Combo.Input("decode_device", options=device_choices(), default=SAME_DEVICE, optional=True,
-                          tooltip="Where the Wan VAE decodes: with the VAE as ComfyUI loads it, or on another GPU "
-                                  "(a copy of its weights there), where decoding a block overlaps generating the next")
+    return device_input("decode_device", "Where the Wan VAE decodes: where ComfyUI loads it, or on another GPU (a copy "
+                                         "of its weights there), where decoding a block overlaps generating the next")
 
 
 def tiny_decoder_path() -> str:
@@ -206,14 +188,13 @@ class VAEDecode(io.ComfyNode):
         return float("nan") if session_id else None
 
     @classmethod
-    def validate_inputs(cls, decoder="wan vae", decode_device=SAME_DEVICE) -> bool | str:
-        if decoder not in (None, *DECODERS):
-            return f"decoder: '{decoder}' is not one of {', '.join(DECODERS)}"
-        return decode_device_error(decode_device) or True
+    def validate_inputs(cls, decoder="wan vae", decode_device=DEFAULT_DEVICE) -> bool | str:
+        return first_error(decoder in (None, *DECODERS) or f"decoder: '{decoder}' is not one of {', '.join(DECODERS)}",
+                           device_error(decode_device, "decode_device"))
 
     @classmethod
     def execute(cls, vae, samples, session_id, compile=False, decoder="wan vae",
-                decode_device=SAME_DEVICE) -> io.NodeOutput:
+                decode_device=DEFAULT_DEVICE) -> io.NodeOutput:
         z = samples["samples"]
         if z.dim() != 5 or z.shape[1] not in VAE_FILES:
             raise ConfigError(f"samples must be Wan video latents [B, 16 or 48, T, h, w]; got {list(z.shape)}")
@@ -224,8 +205,8 @@ class VAEDecode(io.ComfyNode):
         if tiny and z.shape[1] != 16:
             raise ConfigError("decoder 'tiny draft' is Wan 2.1's tiny decoder (LongLive 1.x); choose 'wan vae' for "
                               "LongLive 2.0's latents")
-        if tiny and decode_device not in (None, SAME_DEVICE):
-            raise ConfigError(f"decode_device: the tiny draft decodes on ComfyUI's device; choose '{SAME_DEVICE}' "
+        if tiny and decode_device not in (None, DEFAULT_DEVICE):
+            raise ConfigError(f"decode_device: the tiny draft decodes on ComfyUI's device; choose '{DEFAULT_DEVICE}' "
                               f"or decoder 'wan vae'")
         vae = vae_on(vae, decode_device)
         session_id = check_session_id(session_id)

@@ -11,8 +11,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import BACKENDS, PRECISIONS, load_model, make_fast, resolve_precision
-from .state import LongLiveModel, first_error
+from ..longlive_core import (BACKENDS, DEFAULT_DEVICE, PRECISIONS, load_model, make_fast, resolve_device,
+                             resolve_precision)
+from .state import LongLiveModel, device_error, device_input, first_error
 
 log = logging.getLogger("longlive")
 ModelType = io.Custom("LONGLIVE_MODEL")
@@ -41,12 +42,14 @@ class ModelLoader(io.ComfyNode):
                                        "'flash-attn 3 fp8': self-attention in FP8 on Hopper (faster, approximate)"),
                 io.Boolean.Input("fast", default=True, tooltip="On CUDA: compile the dense layers and capture "
                                  "CUDA graphs of repeating blocks (first blocks are slower)"),
+                device_input("device", "Where the model and its sessions run: ComfyUI's device, or another GPU of "
+                                       "this machine (two live sessions on two GPUs run at once)"),
             ],
             outputs=[ModelType.Output(display_name="LONGLIVE_MODEL")],
         )
 
     @classmethod
-    def validate_inputs(cls, model_name, lora_name, lora_strength, precision, attention) -> bool | str:
+    def validate_inputs(cls, model_name, lora_name, lora_strength, precision, attention, device=None) -> bool | str:
         """At queue time (ComfyUI does not check a V3 node's lists itself): names that exist, a finite strength.
         (An input fed by a link is None here: execute checks it.)"""
         if None in (model_name, lora_name, lora_strength, precision, attention):
@@ -61,11 +64,12 @@ class ModelLoader(io.ComfyNode):
             (isinstance(lora_strength, (int, float)) and math.isfinite(lora_strength) and -4 <= lora_strength <= 4)
             or f"lora_strength: {lora_strength} is not a number from -4 to 4",
             precision in PRECISIONS or f"precision: '{precision}' is not one of {', '.join(PRECISIONS)}",
-            attention in BACKENDS or f"attention: '{attention}' is not one of {', '.join(BACKENDS)}")
+            attention in BACKENDS or f"attention: '{attention}' is not one of {', '.join(BACKENDS)}",
+            device_error(device, "device"))
 
     @classmethod
-    def execute(cls, model_name, lora_name, lora_strength, precision, attention, fast) -> io.NodeOutput:
-        device = mm.get_torch_device()
+    def execute(cls, model_name, lora_name, lora_strength, precision, attention, fast, device=None) -> io.NodeOutput:
+        choice, device = device, resolve_device(device, mm.get_torch_device(), "device")
         resolved = resolve_precision(precision, device)
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         lora = None if lora_name == NO_LORA else folder_paths.get_full_path_or_raise("loras", lora_name)
@@ -76,8 +80,9 @@ class ModelLoader(io.ComfyNode):
         else:
             model.set_attention(attention)
         log.info("LongLive attention backend: %s (asked for %s)", model.attention_backend, attention)
+        placed = () if choice in (None, DEFAULT_DEVICE) else (choice,)  # earlier saves' signatures stay valid
         wrapper = LongLiveModel(model, on_gpu, signature=(model_name, lora_name, lora_strength, precision, attention,
-                                                          fast))
+                                                          fast, *placed))
         wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,
                                                            offload_device=mm.unet_offload_device(),
                                                            size=_nbytes(model))

@@ -14,9 +14,9 @@ import comfy.model_management as mm
 import folder_paths
 import torch
 
-from ..longlive_core import BlockDone, ConfigError, Video
+from ..longlive_core import BlockDone, ConfigError, Video, on_device
 from . import viewer
-from .decode import check_wan_vae, new_stream, on_device, raw_latents, stream_decode_on_device, vae_on, weights_id
+from .decode import check_wan_vae, new_stream, raw_latents, stream_decode_on_device, vae_on, weights_id
 from .recording import FileSpec, Recording, RecordingError
 
 log = logging.getLogger("longlive")

@@ -15,13 +15,13 @@ from comfy_api.latest import io
 from ..longlive_core import (POSITION_MODES, SWITCH_POLICIES, V1, V2, BlockDone, ConfigError, Family, PromptError,
                              RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video, session_bytes,
                              video_time)
-from .decode import (LATENT_FORMATS, check_wan_vae, decode_device_error, decode_device_input, model_latents,
-                     raw_latents)
+from .decode import LATENT_FORMATS, check_wan_vae, decode_device_input, model_latents, raw_latents
 from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
 from .save import FilesType
 from .schedule import ScheduleType
-from .state import SESSIONS, LongLiveModel, PromptList, check_session_id, first_error, forget_save, save_path
+from .state import (SESSIONS, LongLiveModel, PromptList, check_session_id, device_error, first_error, forget_save,
+                    save_path)
 
 log = logging.getLogger("longlive")
 LENGTH_UNITS = ("seconds", "pixel frames", "latent frames")
@@ -123,7 +123,7 @@ class StreamingSampler(io.ComfyNode):
                            or f"switch_policy: '{switch_policy}' is not one of {', '.join(SWITCH_POLICIES)}",
                            position_mode in (None, *POSITION_MODES)
                            or f"position_mode: '{position_mode}' is not one of {', '.join(POSITION_MODES)}",
-                           decode_device_error(decode_device) or True)
+                           device_error(decode_device, "decode_device"))
 
     @classmethod
     def execute(cls, model: LongLiveModel, schedule: PromptList, width, height, length, length_unit, seed,

@@ -15,8 +15,10 @@ import weakref
 from typing import Any, Callable
 
 import torch
+from comfy_api.latest import io
 
-from ..longlive_core import V1, ConfigError, Family, Prompt, SessionRegistry
+from ..longlive_core import (DEFAULT_DEVICE, V1, ConfigError, Family, Prompt, SessionRegistry, device_choices,
+                             resolve_device)
 
 log = logging.getLogger("longlive")
 
@@ -71,6 +73,20 @@ def forget_save(session_id: str) -> None:
 def first_error(*checks: bool | str) -> bool | str:
     """For a node's validate_inputs: True, or the first failed check's message (a check is True or a message)."""
     return next((c for c in checks if c is not True), True)
+
+
+def device_input(name: str, tooltip: str):
+    """A device choice: ComfyUI's device, or a CUDA device of this machine."""
+    return io.Combo.Input(name, options=device_choices(), default=DEFAULT_DEVICE, optional=True, tooltip=tooltip)
+
+
+def device_error(choice: str | None, field: str) -> bool | str:
+    """A device choice as a validate_inputs check: True, or why it names no device of this machine."""
+    try:
+        resolve_device(choice, torch.device("cpu"), field)
+    except ConfigError as exc:
+        return str(exc)
+    return True
 
 
 @dataclasses.dataclass

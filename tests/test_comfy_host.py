@@ -209,7 +209,7 @@ def test_session_routes(host):
     run_ok(host, graph_of(host, "longlive_interactive", session_id="routes", reset=True, length=3,
                           length_unit="latent frames"))
     listed = host.get("/longlive/sessions")["sessions"]["routes"]
-    assert listed["frames"] == 3 and listed["settings"]["local_attn_size"] == 12
+    assert listed["frames"] == 3 and listed["settings"]["local_attn_size"] == 12 and listed["device"] == "cpu"
     assert listed["settings"]["model"][:2] == [host.names["model"], host.names["lora"]]
     assert host.request("DELETE", "/longlive/sessions/nope")[0] == 404
     assert host.request("DELETE", "/api/longlive/sessions/routes") == (200, {"deleted": "routes"})
@@ -444,6 +444,7 @@ def test_a_string_where_a_boolean_is_due_is_refused(host):
                                 "models/longlive_base.pt of huggingface.co/Efficient-Large-Model/LongLive-1.3B there"),
     ({"lora_name": "nope.pt"}, "lora_name: 'nope.pt' is not in models/loras; download models/lora.pt of"),
     ({"lora_strength": float("nan")}, "lora_strength: nan is not a number from -4 to 4"),
+    ({"device": "cuda:9"}, "device: cuda:9 is not a CUDA device of this machine (its CUDA devices: "),
     ({"precision": "fp4"}, "precision: 'fp4' is not one of"),
 ])
 def test_loader_inputs_are_checked_at_queue_time(host, inputs, message):

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longlive_core import SAME_DEVICE, ConfigError, DecodeStream, device_choices, resolve_device
+from longlive_core import DEFAULT_DEVICE, ConfigError, DecodeStream, device_choices, resolve_device
 
 
 def test_a_decode_device_is_the_models_or_a_cuda_device_of_this_machine():
     cpu, count = torch.device("cpu"), torch.cuda.device_count()
-    assert resolve_device(SAME_DEVICE, cpu) == cpu and resolve_device(None, cpu) == cpu
-    assert device_choices() == [SAME_DEVICE, *(f"cuda:{i}" for i in range(count))]
+    assert resolve_device(DEFAULT_DEVICE, cpu) == cpu and resolve_device(None, cpu) == cpu
+    assert device_choices() == [DEFAULT_DEVICE, *(f"cuda:{i}" for i in range(count))]
     present = ", ".join(f"cuda:{i}" for i in range(count)) or "none"
     with pytest.raises(ConfigError, match=rf"^decode_device: cuda:{count} is not a CUDA device of this machine "
-                                          rf"\(its CUDA devices: {present}\); choose 'same as the model'"):
+                                          rf"\(its CUDA devices: {present}\); choose 'ComfyUI's device'"):
         resolve_device(f"cuda:{count}", cpu)
-    with pytest.raises(ConfigError, match="^decode_device: 'gpu two' is not a device name; choose 'same as the model' "
+    with pytest.raises(ConfigError, match="^decode_device: 'gpu two' is not a device name; choose 'ComfyUI's device' "
                                           "or cuda:N"):
         resolve_device("gpu two", cpu)
     with pytest.raises(ConfigError, match="^decode_device: cpu is not a CUDA device of this machine"):

@@ -249,6 +249,27 @@ def test_a_decode_continued_on_the_second_gpu_gives_the_frames_of_the_first():
     assert rel(got.float(), want.float()) < 1e-2
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_a_video_on_the_second_gpu_is_the_video_of_the_first():
+    """The loader's `device`: a model on cuda:1 runs its video there (its Triton kernels and CUDA graphs on that GPU's
+    streams) and makes what the same model makes on cuda:0."""
+    import copy
+
+    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+
+    model = random_model(CFG, device="cuda:0", dtype=torch.bfloat16, std=0.05)
+    hooks = RunHooks(embed_text=lambda text: hashed_embeds(text, CFG.text_dim))
+    videos = []
+    for net in (model, copy.deepcopy(model).to("cuda:1")):
+        video = Video.open(make_fast(net, attention="auto"), VideoSettings(("gpu",), 1, 192, 128, 12, 3, "recache", 3),
+                           fast=True)
+        video.schedule([Prompt(0, "a red fox"), Prompt(24, "a fox in the snow")], 45, hooks.embed_text)
+        latents, _ = video.run(45, live=False, hooks=hooks)
+        assert latents.device == net.device and video.describe()["device"] == str(net.device)
+        videos.append(latents.to("cuda:0").float())
+    assert rel(videos[1], videos[0]) < 1e-2
+
+
 def capture_child(allocator: str, *args: str) -> dict:
     """tests/capture_child.py in a process with the given CUDA allocator; it must end normally."""
     import json

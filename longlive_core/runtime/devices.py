@@ -1,31 +1,41 @@
-"""Where a video's decoder runs: the model's device by default, or another CUDA device of this machine (on a second
-GPU the decode of a block overlaps the generation of the next)."""
+"""Where a video's parts run: where the host puts them (ComfyUI's device), or another CUDA device of this machine. A
+decoder on a second GPU decodes a block while the first generates the next; a model on another GPU runs its
+sessions there."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from ..errors import ConfigError
 
-SAME_DEVICE = "same as the model"
+DEFAULT_DEVICE = "ComfyUI's device"
 
 
 def device_choices() -> list[str]:
-    """What a node offers: the model's device, then each CUDA device of this machine."""
-    return [SAME_DEVICE, *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    """What a node offers: the host's own device, then each CUDA device of this machine."""
+    return [DEFAULT_DEVICE, *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
 
 
-def resolve_device(choice: str | None, model_device: torch.device, field: str = "decode_device") -> torch.device:
-    """The device a choice names: the model's for SAME_DEVICE (or nothing), else a CUDA device present here."""
-    if choice in (None, "", SAME_DEVICE):
-        return model_device
+def on_device(device: torch.device):
+    """Work launched inside goes to `device` (a CUDA device: its current stream, as Triton's kernels and CUDA graphs
+    take it from the current device; elsewhere nothing changes)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def resolve_device(choice: str | None, default: torch.device, field: str = "decode_device") -> torch.device:
+    """The device a choice names: `default` for DEFAULT_DEVICE (or nothing), else a CUDA device present here; `field`
+    names the input in the error."""
+    if choice in (None, "", DEFAULT_DEVICE):
+        return default
     try:
         device = torch.device(choice)
     except RuntimeError:
-        raise ConfigError(f"{field}: '{choice}' is not a device name; choose '{SAME_DEVICE}' or cuda:N") from None
+        raise ConfigError(f"{field}: '{choice}' is not a device name; choose '{DEFAULT_DEVICE}' or cuda:N") from None
     count = torch.cuda.device_count()
     if device.type != "cuda" or device.index is None or device.index >= count:
         present = ", ".join(f"cuda:{i}" for i in range(count)) or "none"
         raise ConfigError(f"{field}: {choice} is not a CUDA device of this machine (its CUDA devices: {present}); "
-                          f"choose '{SAME_DEVICE}' or one of them")
+                          f"choose '{DEFAULT_DEVICE}' or one of them")
     return device

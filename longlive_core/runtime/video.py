@@ -21,8 +21,9 @@ from ..errors import ConfigError, LongLiveError, PromptError
 from ..fast.runner import GraphRunner, warm_up
 from ..model.config import ROPE_POSITIONS
 from ..model.wan import CausalWan
-from .prompt_text import check_starts
+from .devices import on_device
 from .family import V1, V2, Family, family_of
+from .prompt_text import check_starts
 from .session import StreamSession
 from .shots import ShotSession, ShotSettings
 
@@ -166,7 +167,8 @@ class Video:
         """image: LongLive 2.0's image-to-video, the first frame's latent [1 or B, 1, 48, h, w] (ShotSession)."""
         start = time.perf_counter()
         video = cls(model, settings, fast, image)
-        warm_up(video.session)  # compile + capture now: no later block or switch pays for it
+        with on_device(model.device):
+            warm_up(video.session)  # compile + capture now: no later block or switch pays for it
         video.stats.warm_up_s = round(time.perf_counter() - start, 2)
         return video
 
@@ -187,6 +189,7 @@ class Video:
     def describe(self) -> dict:
         s = self.session
         return {"frames": s.frame, "blocks": s.frame // self.family.block, "family": self.family.name,
+                "device": str(s.cache.k.device),
                 "video_time": video_time(s.frame, self.family.fps),
                 "settings": dataclasses.asdict(self.settings),
                 "state": "live" if self.live else "idle", "switches": self.switches[-20:],
@@ -316,7 +319,7 @@ class Video:
     def run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Generates a run's blocks (a live run also takes posted prompts between blocks and ends early on stop).
         Returns (latents [B, T, C, h, w] float32, images [B * frames, H, W, 3] sample after sample, or None)."""
-        with self.busy:
+        with self.busy, on_device(self.session.model.device):  # its Triton kernels and graphs on the model's GPU
             return self._run(frames, live, hooks)
 
     def _run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
