@@ -89,14 +89,33 @@ def vae_on(vae, choice: str | None):
         return vae
     copies = _COPIES.setdefault(vae, {})
     if device not in copies:
+        offload = vae.patcher.offload_device
         other = copy.copy(vae)
-        other.first_stage_model = copy.deepcopy(vae.first_stage_model)
+        other.first_stage_model = _copy_to(vae.first_stage_model, offload)
         other.device = device
         other.patcher = comfy.model_patcher.ModelPatcher(other.first_stage_model, load_device=device,
-                                                         offload_device=vae.patcher.offload_device)
+                                                         offload_device=offload)
         copies[device] = other
         log.info("LongLive: the VAE decodes on %s (a copy of its weights there)", device)
     return copies[device]
+
+
+def _copy_to(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A copy of a module with its weights made on `device` (no second copy where the original's sit), and none of
+    the loading state ComfyUI's model management left on its modules (the copy's own ModelPatcher loads it)."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(device, copy=True), requires_grad=False)
+            for p in module.parameters()}
+    memo.update({id(b): b.detach().to(device, copy=True) for b in module.buffers()})
+    other = copy.deepcopy(module, memo)
+    for m in other.modules():
+        comfy.model_patcher.wipe_lowvram_weight(m)  # weights cast at each call where ComfyUI loaded them partly
+        for name in _LOADING_STATE:
+            m.__dict__.pop(name, None)
+    return other
+
+
+_LOADING_STATE = ("model_loaded_weight_memory", "current_weight_patches_uuid", "comfy_patched_weights", "device",
+                  "model_lowvram", "lowvram_patch_counter")  # what ModelPatcher sets on the modules it loads
 
 
 _WEIGHTS_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first_stage_model -> weights_id
@@ -126,7 +145,8 @@ def new_stream(vae) -> DecodeStream:
 
 def decode_device_input():
     return device_input("decode_device", "Where the Wan VAE decodes: where ComfyUI loads it, or on another GPU (a copy "
-                                         "of its weights there), where decoding a block overlaps generating the next")
+                                         "of its weights there), where decoding a block overlaps generating the next "
+                                         "in runs that are not live")
 
 
 def tiny_decoder_path() -> str:
@@ -205,7 +225,7 @@ class VAEDecode(io.ComfyNode):
         if tiny and z.shape[1] != 16:
             raise ConfigError("decoder 'tiny draft' is Wan 2.1's tiny decoder (LongLive 1.x); choose 'wan vae' for "
                               "LongLive 2.0's latents")
-        if tiny and decode_device not in (None, DEFAULT_DEVICE):
+        if tiny and resolve_device(decode_device, mm.get_torch_device()) != mm.get_torch_device():
             raise ConfigError(f"decode_device: the tiny draft decodes on ComfyUI's device; choose '{DEFAULT_DEVICE}' "
                               f"or decoder 'wan vae'")
         vae = vae_on(vae, decode_device)

@@ -11,8 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import (BACKENDS, DEFAULT_DEVICE, PRECISIONS, load_model, make_fast, resolve_device,
-                             resolve_precision)
+from ..longlive_core import BACKENDS, PRECISIONS, load_model, make_fast, resolve_device, resolve_precision
 from .state import LongLiveModel, device_error, device_input, first_error
 
 log = logging.getLogger("longlive")
@@ -69,7 +68,7 @@ class ModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, lora_name, lora_strength, precision, attention, fast, device=None) -> io.NodeOutput:
-        choice, device = device, resolve_device(device, mm.get_torch_device(), "device")
+        device = resolve_device(device, mm.get_torch_device(), "device")
         resolved = resolve_precision(precision, device)
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         lora = None if lora_name == NO_LORA else folder_paths.get_full_path_or_raise("loras", lora_name)
@@ -80,7 +79,7 @@ class ModelLoader(io.ComfyNode):
         else:
             model.set_attention(attention)
         log.info("LongLive attention backend: %s (asked for %s)", model.attention_backend, attention)
-        placed = () if choice in (None, DEFAULT_DEVICE) else (choice,)  # earlier saves' signatures stay valid
+        placed = () if device == mm.get_torch_device() else (str(device),)  # earlier saves' signatures stay valid
         wrapper = LongLiveModel(model, on_gpu, signature=(model_name, lora_name, lora_strength, precision, attention,
                                                           fast, *placed))
         wrapper.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=device,

@@ -30,7 +30,8 @@ async def list_sessions(_request: web.Request) -> web.Response:
 def gpu_memory() -> dict | None:
     """PyTorch's view of the GPU in this server: its allocator, what is allocated and held, the peak allocated since
     the last sampler run began (under cudaMallocAsync a first decode's peak includes cuDNN's probes for workspace,
-    which briefly take what is free), and what ComfyUI has loaded of each model (by class)."""
+    which briefly take what is free), and what ComfyUI has loaded of each model (by class). On a machine with several
+    GPUs the figures of ComfyUI's device, and each device's under `devices`."""
     if not torch.cuda.is_available():
         return None
     gib = 2**30
@@ -39,10 +40,15 @@ def gpu_memory() -> dict | None:
         net = getattr(entry.model.model, "net", entry.model.model)  # the loader's Holder: its network's class
         name = type(net).__name__
         loaded[name] = round(loaded.get(name, 0.0) + entry.model_loaded_memory() / gib, 2)
-    return {"allocator": torch.cuda.get_allocator_backend(),
-            "allocated_gib": round(torch.cuda.memory_allocated() / gib, 2),
-            "reserved_gib": round(torch.cuda.memory_reserved() / gib, 2),
-            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2), "loaded_models_gib": loaded}
+
+    def figures(device=None) -> dict:
+        return {"allocated_gib": round(torch.cuda.memory_allocated(device) / gib, 2),
+                "reserved_gib": round(torch.cuda.memory_reserved(device) / gib, 2),
+                "peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / gib, 2)}
+
+    count = torch.cuda.device_count()
+    devices = {"devices": {f"cuda:{i}": figures(i) for i in range(count)}} if count > 1 else {}
+    return {"allocator": torch.cuda.get_allocator_backend(), **figures(), "loaded_models_gib": loaded, **devices}
 
 
 async def delete_session(request: web.Request) -> web.Response:

@@ -12,9 +12,9 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import (POSITION_MODES, SWITCH_POLICIES, V1, V2, BlockDone, ConfigError, Family, PromptError,
-                             RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video, session_bytes,
-                             video_time)
+from ..longlive_core import (DEFAULT_DEVICE, POSITION_MODES, SWITCH_POLICIES, V1, V2, BlockDone, ConfigError, Family,
+                             PromptError, RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video,
+                             session_bytes, video_time)
 from .decode import LATENT_FORMATS, check_wan_vae, decode_device_input, model_latents, raw_latents
 from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
@@ -141,6 +141,9 @@ class StreamingSampler(io.ComfyNode):
         if requests and vae is None:
             raise ConfigError("LongLive Save Video needs decoded frames: connect the Wan VAE (2.1 for LongLive 1.x, 2.2 "
                               "for 2.0) to the sampler's vae input")
+        if vae is None and decode_device not in (None, DEFAULT_DEVICE):
+            raise ConfigError(f"decode_device: {decode_device} decodes with the vae input; connect the Wan VAE, or "
+                              f"choose '{DEFAULT_DEVICE}'")
         first = None if image is None else first_frame_latent(vae, image, width, height, family)
         load(model)
         if model.model.device.type == "cuda":  # the peak memory the sessions route reports is this run's

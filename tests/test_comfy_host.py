@@ -25,6 +25,7 @@ from run_main import tiny_graph  # noqa: E402
 from workflow_format import ui_to_api  # noqa: E402
 
 WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json") if p.stem != "longlive_live")  # own test
+ABSENT_GPU = f"cuda:{torch.cuda.device_count()}"  # one past this machine's CUDA devices
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +422,7 @@ def test_a_prompt_that_is_not_valid_unicode(host):
     ({"switch_policy": "sometimes"}, "switch_policy: 'sometimes' is not one of recache, reset, keep"),
     ({"position_mode": "infinite"}, "position_mode: 'infinite' is not one of absolute, relative"),
     ({"session_id": "x" * 100_000}, "session_id must be at most 128 printable characters (got 100000 characters)"),
-    ({"decode_device": "cuda:7"}, "decode_device: cuda:7 is not a CUDA device of this machine (its CUDA devices: "),
+    ({"decode_device": ABSENT_GPU}, f"decode_device: {ABSENT_GPU} is not a CUDA device of this machine (its CUDA "),
 ])
 def test_sampler_inputs_are_checked_at_queue_time(host, inputs, message):
     graph = graph_of(host, "longlive_interactive")
@@ -444,7 +445,7 @@ def test_a_string_where_a_boolean_is_due_is_refused(host):
                                 "models/longlive_base.pt of huggingface.co/Efficient-Large-Model/LongLive-1.3B there"),
     ({"lora_name": "nope.pt"}, "lora_name: 'nope.pt' is not in models/loras; download models/lora.pt of"),
     ({"lora_strength": float("nan")}, "lora_strength: nan is not a number from -4 to 4"),
-    ({"device": "cuda:9"}, "device: cuda:9 is not a CUDA device of this machine (its CUDA devices: "),
+    ({"device": ABSENT_GPU}, f"device: {ABSENT_GPU} is not a CUDA device of this machine (its CUDA devices: "),
     ({"precision": "fp4"}, "precision: 'fp4' is not one of"),
 ])
 def test_loader_inputs_are_checked_at_queue_time(host, inputs, message):

@@ -250,13 +250,21 @@ def test_a_decode_continued_on_the_second_gpu_gives_the_frames_of_the_first():
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_a_video_on_the_second_gpu_is_the_video_of_the_first():
-    """The loader's `device`: a model on cuda:1 runs its video there (its Triton kernels and CUDA graphs on that GPU's
-    streams) and makes what the same model makes on cuda:0."""
+def test_a_video_on_the_second_gpu_is_the_video_of_the_first(monkeypatch):
+    """The loader's `device`: a model on cuda:1 runs its video there (its Triton kernels launched from that device, its
+    CUDA graphs on its streams) and makes what the same model makes on cuda:0."""
     import copy
 
     from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core.kernels import launch
 
+    launches, real = [], launch.launch
+
+    def spy(kernel, grid, *args, **meta):  # Triton launches on the current device, whatever its tensors' device
+        launches.append((torch.cuda.current_device(), args[0].device.index))
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(launch, "launch", spy)
     model = random_model(CFG, device="cuda:0", dtype=torch.bfloat16, std=0.05)
     hooks = RunHooks(embed_text=lambda text: hashed_embeds(text, CFG.text_dim))
     videos = []
@@ -268,6 +276,7 @@ def test_a_video_on_the_second_gpu_is_the_video_of_the_first():
         assert latents.device == net.device and video.describe()["device"] == str(net.device)
         videos.append(latents.to("cuda:0").float())
     assert rel(videos[1], videos[0]) < 1e-2
+    assert {dev for _, dev in launches} == {0, 1} and all(current == dev for current, dev in launches)
 
 
 def capture_child(allocator: str, *args: str) -> dict:

@@ -125,6 +125,26 @@ def test_compiled_streaming_decode_gives_the_same_frames(tiny_vae):
                                    rtol=1e-4, atol=1e-4)
 
 
+@torch.no_grad()
+def test_a_vae_for_another_device_is_a_copy_with_its_own_weights(tiny_vae):
+    """decode_device: ComfyUI's VAE itself for its own device; for another, a copy whose weights are its own (made
+    on the offload device, none of ComfyUI's loading state on them) and decode as the original's."""
+    load_pack()
+    from longlive_core import DEFAULT_DEVICE
+    from longlive_pack.nodes.decode import _copy_to, vae_on
+
+    assert vae_on(tiny_vae, DEFAULT_DEVICE) is tiny_vae and vae_on(tiny_vae, None) is tiny_vae
+    original = tiny_vae.first_stage_model
+    other = _copy_to(original, torch.device("cpu"))
+    pairs = list(zip(original.state_dict().values(), other.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in pairs)
+    assert not any(hasattr(m, "comfy_patched_weights") for m in other.modules())
+    z = torch.randn(1, 16, 2, 4, 6, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(other.decode(z), original.decode(z), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=rf"decode_device: cuda:{torch.cuda.device_count()} is not a CUDA device"):
+        vae_on(tiny_vae, f"cuda:{torch.cuda.device_count()}")
+
+
 def test_conditioning_schedule(comfy):
     load_pack()
     from longlive_pack.nodes.schedule import ConditioningSchedule

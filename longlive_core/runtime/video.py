@@ -508,8 +508,8 @@ class _Made:
 
 def _new_session(family: Family, model: CausalWan, settings: VideoSettings, fast: bool,
                  image: torch.Tensor | None) -> StreamSession | ShotSession:
-    """The family's session, with CUDA graphs where `fast`: LongLive 1.x's StreamSession, LongLive 2.0's ShotSession (its
-    window and sink from the settings; image-to-video where an image is given)."""
+    """The family's session, with CUDA graphs where `fast`: LongLive 1.x's StreamSession, LongLive 2.0's ShotSession
+    (its window and sink from the settings; image-to-video where an image is given)."""
     if family is V2:
         if settings.position_mode != "absolute":
             raise ConfigError("position_mode: LongLive 2.0 runs in absolute positions (its shots move them); choose "

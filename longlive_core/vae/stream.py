@@ -252,13 +252,19 @@ class DecodeStream:
             channels_last(vae_model.decoder)
             x = x.contiguous(memory_format=torch.channels_last_3d)
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
-        before, pieces = list(self.cache), []
+        before, pieces, in_place = list(self.cache), [], False
         try:
             with torch.backends.cudnn.flags(enabled=True, benchmark=True):
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
+                    in_place = in_place or (fast and is_steady(self.cache))
                     pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], fast, graphs))
         except BaseException:
-            self.cache[:] = before  # an interrupt: the next decode starts where this one did
+            if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
+                self.cache[:] = [None] * len(self.cache)
+                log.warning("the Wan VAE decoder failed after a steady chunk moved its cache on: this video's decode "
+                            "starts over at its next frames (as a video's first frame)")
+            else:
+                self.cache[:] = before  # an interrupt: the next decode starts where this one did
             raise
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
 
@@ -282,13 +288,15 @@ class DecodeStream:
             return self._graph(x)
         self._graph = None  # a graph of another placement: its memory goes before a new capture
         if self._seen == key and self._failed != key:
-            try:
-                self._graph = SteadyGraph(decoder, x, self.cache, self.steady)
-                return self._graph(x)
-            except CaptureError as exc:
+            try:  # a capture that fails, or finds no memory for its buffers, leaves the cache as it was
+                graph = SteadyGraph(decoder, x, self.cache, self.steady)
+            except (CaptureError, torch.OutOfMemoryError) as exc:
                 log.warning("the Wan VAE decoder's steady chunk could not be captured as a CUDA graph; decoding it "
                             "compiled without one: %s", exc)
                 self._failed = key
+            else:
+                self._graph = graph
+                return graph(x)
         self._seen = key
         return compiled_steady_decode(decoder, x, self.cache, self.steady)
 
