@@ -251,11 +251,16 @@ def pixel_frames(latent_frames: int, first: bool) -> int:
     return 4 * latent_frames - 3 if first else 4 * latent_frames
 
 
-def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0, **sampler) -> None:
-    result.expected_frames = pixel_frames(240, True)
-    h.queue(host, events, h.graph("longlive_one_minute", LongLive_StreamingSampler={"seed": seed, **sampler}), result,
-            timeout=1800)
+def run_workflow(h: Harness, host: ComfyHost, events: Events, result: Run, workflow: str, latent_frames: int,
+                 seed: int, **sampler) -> None:
+    """A shipped workflow on a new video with this seed and sampler inputs; ok when every frame was saved."""
+    result.expected_frames = pixel_frames(latent_frames, True)
+    h.queue(host, events, h.graph(workflow, LongLive_StreamingSampler={"seed": seed, **sampler}), result, timeout=1800)
     result.ok = result.frames == result.expected_frames
+
+
+def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0, **sampler) -> None:
+    run_workflow(h, host, events, result, "longlive_one_minute", 240, seed, **sampler)
 
 
 def run_one_minute_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
@@ -284,10 +289,7 @@ def run_one_minute_fp8(h: Harness, host: ComfyHost, events: Events, result: Run)
 
 def run_multishot(h: Harness, host: ComfyHost, events: Events, result: Run, seed: int = 0, **sampler) -> None:
     """LongLive 2.0's multi-shot workflow: 20 s at 1280x704 and 24 fps (120 latent frames), two scene cuts."""
-    result.expected_frames = pixel_frames(120, True)
-    h.queue(host, events, h.graph("longlive2_multishot", LongLive_StreamingSampler={"seed": seed, **sampler}), result,
-            timeout=1800)
-    result.ok = result.frames == result.expected_frames
+    run_workflow(h, host, events, result, "longlive2_multishot", 120, seed, **sampler)
 
 
 def run_multishot_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:

@@ -256,8 +256,9 @@ class DecodeStream:
         try:
             with torch.backends.cudnn.flags(enabled=True, benchmark=True):
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
-                    in_place = in_place or (fast and is_steady(self.cache))
-                    pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], fast, graphs))
+                    steady = fast and is_steady(self.cache)
+                    in_place = in_place or steady
+                    pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], steady, graphs))
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
                 self.cache[:] = [None] * len(self.cache)
@@ -268,11 +269,11 @@ class DecodeStream:
             raise
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
 
-    def _chunk(self, decoder, x: torch.Tensor, fast: bool, graphs: bool) -> torch.Tensor:
+    def _chunk(self, decoder, x: torch.Tensor, steady: bool, graphs: bool) -> torch.Tensor:
         """The host's decoder module replaces cache entries (and checks the host's interrupt in its ops), so the
-        entries taken before a decode restore it; the steady path writes them in place, compiled or replayed, where
-        no interrupt is checked."""
-        if fast and is_steady(self.cache):
+        entries taken before a decode restore it; the steady path (`steady`: compiled and past the first two calls)
+        writes them in place, compiled or replayed, where no interrupt is checked."""
+        if steady:
             return self._steady(decoder, x, graphs and x.is_cuda)
         return self._plain(decoder, x)
 
