@@ -19,3 +19,7 @@ class PromptError(LongLiveError, ValueError):
 
 class BackendUnavailableError(LongLiveError, RuntimeError):
     """An attention backend or precision option was asked for but cannot run here."""
+
+
+class EngineLoadedTwiceError(LongLiveError, ImportError):
+    """A second copy of the engine is being imported into a process that has one (its torch ops would collide)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import sys
 
 import pytest
@@ -43,14 +44,14 @@ def tiny_vae(comfy, tmp_path_factory):
 
 
 def load_pack():
-    """The pack's node modules, imported as ComfyUI imports a custom node package. The nodes reach the engine as
-    `longlive_pack.longlive_core`: here that is the `longlive_core` the tests import (one copy of its classes and
-    custom ops in the process)."""
+    """The pack's node modules, imported as ComfyUI's custom-node loader imports a package (with ComfyUI's `nodes`
+    module loaded: outside it the pack loads no node). The nodes reach the engine as `longlive_pack.longlive_core`:
+    the pack makes that the `longlive_core` the tests import (one copy of its classes and custom ops in the process)."""
     import importlib.util
 
-    import longlive_core
+    import nodes  # ComfyUI's (the comfy fixture put it first on sys.path)
 
-    sys.modules.setdefault("longlive_pack.longlive_core", longlive_core)
+    assert pathlib.Path(nodes.__file__).resolve().parent == comfy_dir().resolve(), nodes.__file__
     spec = importlib.util.spec_from_file_location("longlive_pack", REPO / "__init__.py",
                                                   submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)

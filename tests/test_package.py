@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
+import textwrap
 import tomllib
 
 import pytest
@@ -62,3 +65,55 @@ def test_every_shipped_workflow_has_a_thumbnail(workflow):
     """The template browser shows <name>.jpg beside <name>.json (served under /api/workflow_templates/<pack>/)."""
     with Image.open(workflow.with_suffix(".jpg")) as thumb:
         assert thumb.format == "JPEG" and thumb.size == (640, 360)
+
+
+def run_python(code: str) -> str:
+    """Runs code in a fresh CPU process with ComfyUI and the repository importable (as on the GPU machine); its output."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(comfy_dir()), str(REPO)]), "TRITON_INTERPRET": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+IMPORT_AS = """
+    import importlib.util, pathlib, sys
+
+    def import_as(name, init):
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+"""
+
+
+def test_the_pack_imported_outside_comfyui_loads_no_node_and_no_second_engine():
+    """pytest imports the repository's __init__.py as a package (here `main`) beside the tests' `longlive_core`; with
+    ComfyUI importable that loaded the nodes and a second engine, whose torch ops replaced the first's (freed under
+    it: the GPU tests failed with `vector::reserve` or crashed)."""
+    out = run_python(IMPORT_AS + """
+    import longlive_core
+    pack = import_as("main", pathlib.Path("__init__.py").resolve())
+    print(pack.comfy_entrypoint, sorted(m for m in sys.modules if m.startswith("main.") or m.split(".")[0] == "comfy"))
+    """)
+    assert out.split() == ["None", "[]"]
+
+
+def test_a_second_copy_of_the_engine_is_refused_and_the_first_keeps_working():
+    out = run_python(IMPORT_AS + """
+    import torch
+    from longlive_core.kernels import ops
+    try:
+        import_as("engine_copy", pathlib.Path("longlive_core/__init__.py").resolve())
+    except ImportError as error:  # the copy's own EngineLoadedTwiceError class
+        print(type(error).__name__, error)
+    x, a, b = torch.randn(2, 5, 16), torch.randn(16), torch.randn(16)
+    want = torch.nn.functional.layer_norm(x, (16,), eps=1e-6) * a + b
+    print("first copy error", (ops.norm_affine(x, a, b, 1e-6, False) - want).abs().max().item())
+    """)
+    message, error = out.strip().rsplit("\n", 1)
+    assert message.startswith("EngineLoadedTwiceError the torch op longlive::") and "loaded twice in this process (engine_copy, longlive_core)" \
+        in message and "Import the engine once" in message
+    assert float(error.split()[-1]) < 1e-5

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..quant.fp8 import E4M3_MAX, SCALE_FLOOR
+from .library import custom_op
 
 # (rows (tokens) per program, warps) of each kernel on a GPU: the fastest of scripts/bench_kernels.py's norms and
 # text sections on the H100 (runs 25, 35-36, 38); in the interpreter, many rows per program (it pays per program).
@@ -46,7 +47,7 @@ def check(x: torch.Tensor) -> None:
 # --- Layer norms with an affine or adaLN modulation, after an optional (gated) residual ------------
 
 
-@torch.library.custom_op("longlive::norm_affine", mutates_args=())
+@custom_op("norm_affine", mutates_args=())
 def norm_affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, plus_one: bool) -> torch.Tensor:
     """layer_norm(x) * (a + 1 if plus_one else a) + b, in float32, rounded to x's dtype.
     x: [B, S, N]; a, b: [N], [B, 1, N] or a row a frame [B, F, 1, N] (any float dtype; the adaLN scale/shift or a
@@ -59,7 +60,7 @@ def _(x, a, b, eps, plus_one):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("longlive::add_norm_affine", mutates_args=())
+@custom_op("add_norm_affine", mutates_args=())
 def add_norm_affine(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
                     eps: float, plus_one: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual x + y * gate (gate: [B, 1, N] or [B, F, 1, N] float32, or None), rounded to x's dtype, and
@@ -76,7 +77,7 @@ def _(x, y, gate, a, b, eps, plus_one):
 # quant.fp8.rowwise_fp8 quantizes them (e4m3 values [rows, N], float32 scales [rows, 1] = row max / e4m3 max).
 
 
-@torch.library.custom_op("longlive::norm_affine_fp8", mutates_args=())
+@custom_op("norm_affine_fp8", mutates_args=())
 def norm_affine_fp8(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
                     plus_one: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return _norm(x, None, None, a, b, eps, plus_one, fp8=True)[1:]
@@ -87,7 +88,7 @@ def _(x, a, b, eps, plus_one):
     return _fp8_rows(x)
 
 
-@torch.library.custom_op("longlive::add_norm_affine_fp8", mutates_args=())
+@custom_op("add_norm_affine_fp8", mutates_args=())
 def add_norm_affine_fp8(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, a: torch.Tensor,
                         b: torch.Tensor, eps: float, plus_one: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _norm(x, y, gate, a, b, eps, plus_one, fp8=True)
@@ -159,7 +160,7 @@ def _norm(x, y, gate, a, b, eps, plus_one, fp8=False):
 # --- Self-attention q/k/v: RMSNorm, RoPE, and K/V into the cache --------------------------------------
 
 
-@torch.library.custom_op("longlive::qkv_norm_rope_write", mutates_args=("cache_k", "cache_v"))
+@custom_op("qkv_norm_rope_write", mutates_args=("cache_k", "cache_v"))
 def qkv_norm_rope_write(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, index: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
                         steps: torch.Tensor | None, heads: int, eps: float) -> torch.Tensor:
@@ -197,7 +198,7 @@ def _q_like(qkv: torch.Tensor, cache_k: torch.Tensor, heads: int) -> torch.Tenso
 # --- Text cross-attention: q's RMSNorm, the prompt's keys, the padding key ------------------------------
 
 
-@torch.library.custom_op("longlive::text_attention", mutates_args=())
+@custom_op("text_attention", mutates_args=())
 def text_attention(q: torch.Tensor, weight: torch.Tensor, eps: float, k: torch.Tensor, v: torch.Tensor,
                    used: torch.Tensor, pad_k: torch.Tensor, pad_v: torch.Tensor, log_pad: torch.Tensor) -> torch.Tensor:
     """Cross-attention of the raw projection q [B, S, N], RMS-normed over N with `weight` here (rounded as

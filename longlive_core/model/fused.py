@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import ops
+from ..kernels.library import custom_op
 from ..quant.precision import Precision
 from .cache import TextCache
 from .config import WanConfig
@@ -23,7 +24,7 @@ from .wan import Block, CausalWan, Stages
 # --- The FFN's first GEMM with its GELU as an epilogue -------------------------------------------
 
 
-@torch.library.custom_op("longlive::linear_gelu", mutates_args=())
+@custom_op("linear_gelu", mutates_args=())
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """gelu_tanh(x @ weight.T + bias), x: [..., in]. On CUDA one cuBLASLt GEMM applies the GELU to the
     float32 accumulator (Wan's GELU is the tanh form, which is what that epilogue computes); the

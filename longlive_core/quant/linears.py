@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.library import custom_op
 from ..kernels.ops import row_block
 from .fp8 import E4M3_MAX, SCALE_FLOOR, rowwise_fp8
 
@@ -86,7 +87,7 @@ GELU_NEGATIVE_BOUND = 0.171
 GELU_LAUNCH = (2048, 8)  # (values a step of a row, warps) of gelu_rowwise_fp8's kernel: the fastest in run 45
 
 
-@torch.library.custom_op("longlive::gelu_rowwise_fp8", mutates_args=())
+@custom_op("gelu_rowwise_fp8", mutates_args=())
 def gelu_rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gelu_tanh(x) quantized row by row, as rowwise_fp8(F.gelu(x)) computes it in 16-bit: x [M, N] ->
     (e4m3 [M, N], float32 scales [M, 1]). On CUDA one Triton kernel, a program a row (inductor's fusion of the

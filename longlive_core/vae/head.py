@@ -6,12 +6,13 @@ from __future__ import annotations
 import torch
 
 from ..kernels import ops
+from ..kernels.library import custom_op
 
 NARROW = 4  # the most output channels (3 time taps x 4 outputs: 16 product columns)
 GPU_LAUNCH = (256, 32, 4)  # (pixels, input channels a step, warps): the fastest measured on the H100
 
 
-@torch.library.custom_op("longlive::causal_conv3d_narrow", mutates_args=())
+@custom_op("causal_conv3d_narrow", mutates_args=())
 def causal_conv3d_narrow(cache: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """conv3d(cat([cache, x], 2), weight, bias, padding=(0, 1, 1)) without the cat, for few output channels.
     cache: [B, C, 2, H, W], x: [B, C, T, H, W] (channels-last 3-D, else copied so); weight: [O, C, 3, 3, 3],
