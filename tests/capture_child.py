@@ -1,11 +1,13 @@
 """Run by tests/test_gpu.py in a process of its own (the CUDA allocator is chosen per process, before CUDA starts):
 
-    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python tests/capture_child.py [--fail-capture | --break-capture]
+    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python tests/capture_child.py [--fail-capture | --break-capture |
+        --fp8]
 
 Streams a small model eagerly and on the fast path (compiled, Triton kernels, graphs captured by warm_up), captures
 the VAE head's Triton kernel on inputs made inside the capture, and prints one JSON line; --fail-capture makes the
 fused norm kernel raise inside every capture, as a bug would; --break-capture makes it synchronize there, which
-CUDA forbids during a capture and which invalidates it. The process must end normally either way.
+CUDA forbids during a capture and which invalidates it. The process must end normally either way. --fp8 streams
+the model as the loader makes it with precision fp8 and attention 'flash-attn 3 fp8' (FP8 linears, the FP8 cache).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from longlive_core.fast import graphs  # noqa: E402
 from longlive_core.fast.runner import GraphRunner, warm_up  # noqa: E402
 from longlive_core.fast.setup import make_fast  # noqa: E402
 from longlive_core.kernels import ops as kernels  # noqa: E402
+from longlive_core.quant.precision import resolve as resolve_precision  # noqa: E402
 from longlive_core.tools.synthetic import random_model  # noqa: E402
 from longlive_core.vae.head import causal_conv3d_narrow  # noqa: E402
 
@@ -67,9 +70,12 @@ def head_kernel_in_a_graph() -> float | str:
 
 
 def main() -> None:
+    fp8 = sys.argv[1:] == ["--fp8"]
     model = random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05)
+    if fp8:
+        resolve_precision("fp8", model.device).apply(model)
     eager, _ = stream(model, fast=False)
-    fast_model = make_fast(model, attention="auto")
+    fast_model = make_fast(model, attention="flash-attn 3 fp8" if fp8 else "auto")
     if sys.argv[1:] in (["--fail-capture"], ["--break-capture"]):
         fail_inside_captures(sys.argv[1])
     fast, session = stream(fast_model, fast=True)
