@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from longlive_core.errors import BackendUnavailableError, ConfigError
+from longlive_core.fast.graphs import where
 from longlive_core.fast.setup import make_fast
 from longlive_core.model.attention import Q_TILE, merge_pad, resolve, wave_split
 from longlive_core.model.fused import FastWan, linear_gelu
@@ -214,3 +215,19 @@ def test_without_flashattention_auto_falls_back_and_fp8_attention_says_why(monke
             resolve("flash-attn 3 fp8", "cuda", False)
     finally:
         resolve.cache_clear()
+
+
+def test_a_capture_failure_says_where_it_was_raised():
+    """The cause a failed capture reports ends with the innermost frames (run 83's FP8 capture inside ComfyUI failed
+    with only `CUDA driver error: invalid argument` to go on)."""
+    def launcher():
+        raise RuntimeError("invalid argument")
+
+    def stage():
+        launcher()
+
+    with pytest.raises(RuntimeError) as raised:
+        stage()
+    here = launcher.__code__.co_firstlineno
+    assert where(raised.value) == (f"test_fast.py:{here + 1} launcher < test_fast.py:{here + 4} stage < "
+                                   f"test_fast.py:{here + 7} test_a_capture_failure_says_where_it_was_raised")

@@ -324,6 +324,7 @@ def test_a_capture_that_fails_leaves_the_process_and_the_session_usable(allocato
     allocated before its graph ran would abort it) and later captures still work."""
     result = capture_child(allocator, "--fail-capture")
     assert result["graphs"] == 0 and "injected capture failure" in result["failed"]
+    assert "(raised at capture_child.py:" in result["failed"]  # the failing function's frame, innermost first
     assert result["rel"] < 2e-2 and result["finite"]
     assert result["head"] < 1e-2
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import pathlib
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -79,11 +80,18 @@ def capture(fn: Callable[[], Any], device: torch.device, pool=None, rehearse: bo
     torch.cuda.current_stream(device).wait_stream(stream)
     if failure is None:
         return graph, out
-    cause = f"{type(failure).__name__}: {failure}"
+    cause = f"{type(failure).__name__}: {failure} (raised at {where(failure)})"
     if async_allocator():
         _recover(failure, graph, out, ended, list(zip(writes, saved)), device)
     del failure, out
     raise CaptureError(cause)
+
+
+def where(failure: BaseException, frames: int = 3) -> str:
+    """The innermost frames of an exception's traceback as 'file:line function', innermost first, each called from
+    the next (which launcher or library raised inside a capture)."""
+    summary = traceback.extract_tb(failure.__traceback__)[-frames:]
+    return " < ".join(f"{pathlib.Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(summary))
 
 
 def _recover(failure: BaseException, graph, out, ended: bool, saved: list, device) -> None:
