@@ -20,6 +20,7 @@ def _loaded_by_comfyui() -> bool:
 
 
 def _share_the_loaded_engine() -> None:
+    """Makes `<this package>.longlive_core` the `longlive_core` already imported from this folder, if there is one."""
     engine = sys.modules.get("longlive_core")
     here = pathlib.Path(__file__).resolve().parent / "longlive_core" / "__init__.py"
     if engine is not None and pathlib.Path(engine.__file__).resolve() == here:

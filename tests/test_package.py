@@ -68,7 +68,8 @@ def test_every_shipped_workflow_has_a_thumbnail(workflow):
 
 
 def run_python(code: str) -> str:
-    """Runs code in a fresh CPU process with ComfyUI and the repository importable (as on the GPU machine); its output."""
+    """Runs code in a fresh CPU process with ComfyUI and the repository importable (as on the GPU machine): its
+    output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(comfy_dir()), str(REPO)]), "TRITON_INTERPRET": "1",
            "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO, capture_output=True,
@@ -114,6 +115,7 @@ def test_a_second_copy_of_the_engine_is_refused_and_the_first_keeps_working():
     print("first copy error", (ops.norm_affine(x, a, b, 1e-6, False) - want).abs().max().item())
     """)
     message, error = out.strip().rsplit("\n", 1)
-    assert message.startswith("EngineLoadedTwiceError the torch op longlive::") and "loaded twice in this process (engine_copy, longlive_core)" \
-        in message and "Import the engine once" in message
+    assert message.startswith("EngineLoadedTwiceError the torch op longlive::")
+    assert "loaded twice in this process (engine_copy, longlive_core)" in message
+    assert "Import the engine once" in message
     assert float(error.split()[-1]) < 1e-5
