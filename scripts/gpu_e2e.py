@@ -229,7 +229,7 @@ class Harness:
         if blocks:
             last = blocks[-1]
             result.notes.update(graphs=last.get("graphs"), last_block_ms=last.get("last_block_ms"),
-                                last_switch_ms=last.get("last_switch_ms"))
+                                last_decode_ms=last.get("last_decode_ms"), last_switch_ms=last.get("last_switch_ms"))
 
     def saved_frames(self, host: ComfyHost, entry: dict) -> int:
         import av

@@ -72,7 +72,8 @@ def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
     panel = "document.querySelector('#longlive-panel').dataset"
     page.wait_for_function(f"Number({panel}.frames || 0) >= 6 && Number({panel}.streamShown || 0) >= 2", timeout=120_000)
     shown = int(page.get_attribute("#longlive-panel", "data-frames"))
-    assert re.search(r": frame \d+ \(0:0\d\.\d\), ", page.inner_text("#longlive-stats"))  # minutes:seconds of video
+    stats = page.inner_text("#longlive-stats")
+    assert re.search(r": frame \d+ \(0:0\d\.\d\), [\d.]+ ms/block \([\d.]+ fps made\), decode [\d.]+ ms", stats), stats
     page.fill("#longlive-prompt", "the boat reaches the harbour")
     page.press("#longlive-prompt", "Enter")
     page.wait_for_selector(".longlive-switch", timeout=60_000)  # the timeline shows the switch point

@@ -328,6 +328,7 @@ def test_live_session_switches_at_the_next_block_and_stops(host):
     made = live_state(host)["frames"]
     assert made < 900 and latents_of(host, entry).shape[2] == made
     assert live_state(host)["state"] == "idle" and live_state(host)["last_switch_ms"] > 0
+    assert live_state(host)["last_decode_ms"] > 0  # the sampler's decode, timed by its stream
     status, body = host.request("POST", "/longlive/sessions/live/prompt", {"text": "too late"})
     assert status == 409 and "not generating live" in body["error"]
 

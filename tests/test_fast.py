@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import time
 
 import pytest
 import torch
@@ -231,3 +232,16 @@ def test_a_capture_failure_says_where_it_was_raised():
     here = launcher.__code__.co_firstlineno
     assert where(raised.value) == (f"test_fast.py:{here + 1} launcher < test_fast.py:{here + 4} stage < "
                                    f"test_fast.py:{here + 7} test_a_capture_failure_says_where_it_was_raised")
+
+
+def test_spans_read_only_finished_work_and_each_span_once():
+    from longlive_core.timing import MAX_UNREAD, GpuTimer, Spans
+
+    spans = Spans()
+    assert spans.take_ms() is None
+    for _ in range(MAX_UNREAD + 3):
+        timer = GpuTimer("cpu")
+        time.sleep(0.001)
+        spans.add(timer)
+    assert len(spans.unread) == MAX_UNREAD  # the oldest unread spans go
+    assert spans.take_ms() >= MAX_UNREAD * 1.0 and spans.take_ms() is None

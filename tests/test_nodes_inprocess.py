@@ -408,6 +408,35 @@ def test_a_decode_interrupted_half_way_is_decoded_again_with_the_next_run(comfy,
     torch.testing.assert_close(second, full, rtol=1e-5, atol=1e-5)
 
 
+def test_a_video_reports_the_time_of_the_decodes_done_by_each_block_hand_off(comfy, tiny_vae):
+    """The sampler's block events carry `last_decode_ms`: the decoder stream times each call (CUDA events on a GPU,
+    wall time here), the video reads the finished ones at a block's hand-off; a decode that fails adds none."""
+    load_pack()
+    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, stream_decode
+
+    video = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0, "t"), fast=False)
+    stream = video.decoder("wan", lambda: new_stream(tiny_vae))
+    calls = []
+
+    def decode(latents):
+        calls.append(latents.shape[1])
+        if len(calls) == 3:
+            raise RuntimeError("decode failed")
+        images = stream_decode(tiny_vae, latents.movedim(1, 2)[:, :16], stream)
+        return lambda: images
+
+    def embed(text):
+        return hashed_embeds(text, TINY.text_dim)
+
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="decode failed"):
+        video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    assert calls == [3, 3, 3] and video.stats.last_decode_ms > 0
+    assert stream.timing.take_ms() is None  # the two hand-offs read both decodes; the failed third added none
+
+
 def test_a_full_disk_fails_the_video_file_naming_it(comfy):
     """/dev/full answers every write with ENOSPC: the encoder thread's error reaches the run at its next write or at
     the file's close, naming the file and the fix."""

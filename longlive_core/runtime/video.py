@@ -21,6 +21,7 @@ from ..errors import ConfigError, LongLiveError, PromptError
 from ..fast.runner import GraphRunner, warm_up
 from ..model.config import ROPE_POSITIONS
 from ..model.wan import CausalWan
+from ..timing import GpuTimer
 from .devices import on_device
 from .family import V1, V2, Family, family_of
 from .prompt_text import check_starts
@@ -87,6 +88,7 @@ class PostedPrompt:
 class Stats:
     warm_up_s: float | None = None
     last_block_ms: float | None = None
+    last_decode_ms: float | None = None  # the decodes (GPU time) that had finished by the last block's hand-off
     fps: float | None = None
     graphs: str | None = None
     last_switch_ms: float | None = None
@@ -388,13 +390,13 @@ class Video:
         posted = self._take_posted(hooks) if live else None
         hooks.prepare()
         started_at = self.session.frame
-        timer = _Timer(self.session.model.device)
+        timer = GpuTimer(self.session.model.device)
         try:
             latents = self._step(hooks.check, cut_short=live and posted is None and started_at not in self.session.pending)
         except _Superseded:
             posted = self._take_posted(hooks)
             hooks.prepare()
-            timer = _Timer(self.session.model.device)
+            timer = GpuTimer(self.session.model.device)
             latents = self._step(hooks.check, cut_short=False)
         timer.stop()
         self.prompt_key = self.upcoming.pop(started_at, self.prompt_key)  # the prompt now in force
@@ -457,6 +459,10 @@ class Video:
 
     def _record(self, ms: float, posted: PostedPrompt | None, frame: int) -> None:
         self.stats.last_block_ms = round(ms, 1)
+        decoded = [t for t in (d.timing.take_ms() for d in self.decoders.values() if hasattr(d, "timing"))
+                   if t is not None]
+        if decoded:  # a host's decoder streams time their calls (vae/)
+            self.stats.last_decode_ms = round(sum(decoded), 1)
         self.stats.fps = round(4 * self.family.block * 1e3 / max(ms, 1e-3), 1)
         self.stats.graphs = self.graph_state()
         if posted is not None:
@@ -470,28 +476,6 @@ class _Superseded(Exception):
     """A prompt was posted while a live block was made under the old one."""
 
 
-class _Timer:
-    """A block's generation time: GPU time between two events on CUDA (no host sync until it is read), else wall."""
-
-    def __init__(self, device: torch.device):
-        self.events = None
-        if device.type == "cuda":
-            self.events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.events[0].record()
-        self.t0 = self.t1 = time.perf_counter()
-
-    def stop(self) -> None:
-        if self.events is not None:
-            self.events[1].record()
-        self.t1 = time.perf_counter()
-
-    def ms(self) -> float:
-        if self.events is None:
-            return (self.t1 - self.t0) * 1e3
-        self.events[1].synchronize()
-        return self.events[0].elapsed_time(self.events[1])
-
-
 @dataclasses.dataclass
 class _Made:
     """A block generated in a run, on its way to the host."""
@@ -501,7 +485,7 @@ class _Made:
     latents: torch.Tensor
     posted: PostedPrompt | None
     started_at: int  # its first latent frame
-    timer: _Timer
+    timer: GpuTimer  # the block's generation
     start: float  # perf_counter when the run began it
     finish: Callable[[], torch.Tensor | None] | None = None  # its decode's finisher
 

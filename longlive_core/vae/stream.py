@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..fast.compile import compiled
 from ..fast.graphs import CaptureError, capture
 from ..kernels import ops
+from ..timing import GpuTimer, Spans
 from .head import NARROW, causal_conv3d_narrow
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ class DecodeStream:
         self._graph: SteadyGraph | None = None
         self._seen: tuple | None = None  # the placement of the last steady chunk, captured when it comes again
         self._failed: tuple | None = None
+        self.timing = Spans()  # each decode call's time (GPU time on CUDA), read by the video's stats
 
     def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
                channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
@@ -252,7 +254,7 @@ class DecodeStream:
             channels_last(vae_model.decoder)
             x = x.contiguous(memory_format=torch.channels_last_3d)
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
-        before, pieces, in_place = list(self.cache), [], False
+        before, pieces, in_place, timer = list(self.cache), [], False, GpuTimer(z.device)
         try:
             with torch.backends.cudnn.flags(enabled=True, benchmark=True):
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
@@ -267,7 +269,9 @@ class DecodeStream:
             else:
                 self.cache[:] = before  # an interrupt: the next decode starts where this one did
             raise
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
+        self.timing.add(timer)
+        return out
 
     def _chunk(self, decoder, x: torch.Tensor, steady: bool, graphs: bool) -> torch.Tensor:
         """The host's decoder module replaces cache entries (and checks the host's interrupt in its ops), so the

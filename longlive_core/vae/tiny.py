@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..timing import GpuTimer, Spans
 from .stream import check_shape
 
 
@@ -20,16 +21,19 @@ class TinyStream:
     def __init__(self):
         self.memory: dict = {}
         self.shape: tuple | None = None
+        self.timing = Spans()  # each decode call's time, as DecodeStream's
 
     def decode(self, model, z: torch.Tensor) -> torch.Tensor:
         """As tiny_decode_chunk; an interrupt leaves the memory as it was (its entries are replaced, not written)."""
         self.shape = check_shape(self.shape, z)
-        before = dict(self.memory)
+        before, timer = dict(self.memory), GpuTimer(z.device)
         try:
-            return tiny_decode_chunk(model, z, self.memory)
+            out = tiny_decode_chunk(model, z, self.memory)
         except BaseException:
             self.memory = before
             raise
+        self.timing.add(timer)
+        return out
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {str(k): v for k, v in self.memory.items() if isinstance(v, torch.Tensor)}

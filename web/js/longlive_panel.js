@@ -188,8 +188,9 @@ function onBlock(event) {
   state.frames = d.frame;
   if (newVideo) state.switches = [];
   const sw = d.last_switch_ms ? `, switch ${d.last_switch_ms} ms` : "";
+  const decode = d.last_decode_ms ? `, decode ${d.last_decode_ms} ms` : "";  // the last decode (GPU time on CUDA)
   state.ui.stats.textContent = `${state.session}${d.live ? " (live)" : ""}: frame ${d.frame} (${d.video_time}), ` +
-    `${d.last_block_ms} ms/block (${d.fps} fps made)${sw}`;
+    `${d.last_block_ms} ms/block (${d.fps} fps made)${decode}${sw}`;
   state.ui.panel.dataset.frames = d.frame;
   if (d.switched) refreshSwitches();
   else drawTimeline();
