@@ -249,12 +249,13 @@ class DecodeStream:
             raise ConfigError(f"the {self.name} decodes latents [B, {self.channels}, T, h, w]; got {list(z.shape)}")
         self.shape = check_shape(self.shape, z)
         frames_per_call = frames_per_call or self.frames_per_call
+        timer = GpuTimer(z.device)
         x = vae_model.conv2(z)
         if channels_last_3d if channels_last_3d is not None else (x.is_cuda or fast):
             channels_last(vae_model.decoder)
             x = x.contiguous(memory_format=torch.channels_last_3d)
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
-        before, pieces, in_place, timer = list(self.cache), [], False, GpuTimer(z.device)
+        before, pieces, in_place = list(self.cache), [], False
         try:
             with torch.backends.cudnn.flags(enabled=True, benchmark=True):
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
