@@ -52,8 +52,9 @@ class Spans:
     def take_ms(self) -> float | None:
         """The summed time of the spans whose work has finished, which are then read; None where none has. Never
         waits: spans still running stay for a later call."""
-        finished = [t for t in self.unread if t.done()]
-        if not finished:
+        done = [t.done() for t in self.unread]  # asked once each: a span finishing meanwhile waits for a later call
+        if not any(done):
             return None
-        self.unread = [t for t in self.unread if t not in finished]
+        finished = [t for t, d in zip(self.unread, done) if d]
+        self.unread = [t for t, d in zip(self.unread, done) if not d]
         return sum(t.ms() for t in finished)
