@@ -6,11 +6,14 @@ cudaMallocAsync one (ComfyUI's default on CUDA) turns every allocation made duri
 allocation, which gets memory only when the graph first runs; freeing one before that run is a CUDA error that
 PyTorch raises inside a tensor's destructor, where it aborts the process. A capture that fails half way leaves such
 tensors behind, so under cudaMallocAsync its graph runs once before they go (_recover). Under the native allocator a
-failed capture's pool is simply released.
+failed capture's pool is simply released. Under cudaMallocAsync the kernels' launchers also cannot ask the driver
+about those allocations, so inside a capture Triton's kernels, ours and torch.compile's, launch on addresses
+(kernels/launch.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -69,7 +72,8 @@ def capture(fn: Callable[[], Any], device: torch.device, pool=None, rehearse: bo
         gc.collect()  # tensors freed by the collector must not be freed inside the capture
         graph.capture_begin(pool=pool, capture_error_mode="thread_local")  # other threads' CUDA calls stay legal
         try:
-            out = fn()
+            with _launches_on_addresses():
+                out = fn()
         except Exception as exc:  # noqa: BLE001 (any failure: the process must outlive it)
             failure = exc
         try:
@@ -85,6 +89,16 @@ def capture(fn: Callable[[], Any], device: torch.device, pool=None, rehearse: bo
         _recover(failure, graph, out, ended, list(zip(writes, saved)), device)
     del failure, out
     raise CaptureError(cause)
+
+
+def _launches_on_addresses():
+    """Under cudaMallocAsync, torch.compile's kernels launch on addresses inside the capture (see kernels/launch.py:
+    their launchers cannot ask the driver about a graph allocation); nothing changes under the native allocator."""
+    if not async_allocator():
+        return contextlib.nullcontext()
+    from ..kernels.launch import inductor_on_addresses  # noqa: PLC0415 (imports triton)
+
+    return inductor_on_addresses()
 
 
 def where(failure: BaseException, frames: int = 3) -> str:

@@ -8,11 +8,18 @@ and Triton raises "Pointer argument cannot be accessed from Triton (cpu tensor?)
 addresses without asking, so during a capture our kernels are compiled for their arguments as usual and launched
 on the raw addresses. Whether this Triton's compiled kernels accept that is checked once per device, outside any
 capture (raw_launch_works); until then, and where they do not, kernels launch the ordinary way.
+
+torch.compile's kernels meet the same check (in inductor's static launcher: "CUDA driver error: invalid argument";
+in Triton's: the message above). Inductor launches each of its kernels through CachingAutotuner.run, whose launchers
+take integers as addresses too, so inside our captures (inductor_on_addresses) its tensor arguments go as addresses.
+Its kernels are compiled and tuned by the eager run before each capture, so nothing there needs the tensors.
 """
 
+import contextlib
 import functools
 import inspect
 import logging
+import threading
 
 import torch
 import triton
@@ -21,6 +28,7 @@ import triton.language as tl
 log = logging.getLogger(__name__)
 
 _RAW_LAUNCH: dict[int, bool] = {}  # CUDA device index -> whether raw-address launches work there
+_CAPTURING = threading.local()  # .on: this thread is inside inductor_on_addresses (our capture)
 
 
 def launch(kernel, grid: tuple, *args, **meta) -> None:
@@ -74,6 +82,40 @@ def _probe(device: torch.device) -> bool:
                     type(exc).__name__, exc)
         ok = False
     return ok
+
+
+@contextlib.contextmanager
+def inductor_on_addresses():
+    """Within: torch.compile's kernels launched from this thread get their tensor arguments as addresses."""
+    if not _wrap_inductor():
+        yield
+        return
+    _CAPTURING.on = True
+    try:
+        yield
+    finally:
+        _CAPTURING.on = False
+
+
+@functools.cache
+def _wrap_inductor() -> bool:
+    """Wraps inductor's CachingAutotuner.run once per process; outside our captures the wrapper passes its arguments
+    through unchanged. False where this torch has no such method (its kernels then launch the ordinary way)."""
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner  # noqa: PLC0415
+    except ImportError as exc:
+        log.warning("torch.compile's kernels launch the ordinary way while capturing (%s)", exc)
+        return False
+    run = CachingAutotuner.run
+
+    @functools.wraps(run)
+    def run_on_addresses(self, *args, **kwargs):
+        if getattr(_CAPTURING, "on", False):
+            args = tuple(a.data_ptr() if isinstance(a, torch.Tensor) and a.is_cuda else a for a in args)
+        return run(self, *args, **kwargs)
+
+    CachingAutotuner.run = run_on_addresses
+    return True
 
 
 @triton.jit
