@@ -1,5 +1,6 @@
-"""LongLive VAE Decode: ComfyUI's Wan 2.1 VAE (LongLive 1.x) or Wan 2.2 VAE (LongLive 2.0), decoding chunk by chunk
-with the causal cache kept (the streams are longlive_core.vae's; this module loads and casts through ComfyUI).
+"""LongLive VAE Decode: ComfyUI's Wan 2.1 VAE (LongLive 1.x) or Wan 2.2 VAE (LongLive 2.0), or their tiny decoders
+(lighttaew2_1, lighttaew2_2), decoding chunk by chunk with the causal cache kept (the streams are longlive_core.vae's;
+this module loads and casts through ComfyUI).
 
 Decoding a video in pieces over several queue runs gives exactly the frames of one full decode:
 the first chunk of T latent frames gives 4T - 3 pixel frames, later chunks 4T.
@@ -32,7 +33,11 @@ DECODERS = ("wan vae", "tiny draft")
 WAN21 = comfy.latent_formats.Wan21()
 LATENT_FORMATS = {16: WAN21, 48: comfy.latent_formats.Wan22()}  # by latent channels: LongLive 1.x, 2.0
 VAE_FILES = {16: "the Wan 2.1 VAE (wan_2.1_vae.safetensors)", 48: "the Wan 2.2 VAE (wan2.2_vae.safetensors)"}
-DRAFT_NAMES = ("lighttaew2_1", "taew2_1")  # Wan 2.1's tiny video decoders, as ComfyUI's previews find them
+DRAFT_NAMES = {16: ("lighttaew2_1", "taew2_1"), 48: ("lighttaew2_2", "taew2_2")}  # the tiny video decoders
+DRAFT_FILES = {16: "Wan 2.1's tiny decoder: lighttaew2_1.safetensors (lightx2v/Autoencoders) or taew2_1.pth "
+                   "(madebyollin/taehv)",
+               48: "Wan 2.2's tiny decoder: lighttaew2_2.safetensors (lightx2v/Autoencoders) or taew2_2.pth "
+                   "(madebyollin/taehv)"}
 _DRAFT_MODELS: dict = {}  # file path -> loaded TAEHV
 
 
@@ -46,17 +51,29 @@ def model_latents(raw: torch.Tensor) -> torch.Tensor:
     return LATENT_FORMATS[raw.shape[1]].process_in(raw).transpose(1, 2).contiguous()
 
 
+def is_tiny(vae) -> bool:
+    """A tiny video decoder as VAELoader loads it (lighttaew2_1, lighttaew2_2 from models/vae_approx: ComfyUI's TAEHV)."""
+    return isinstance(getattr(vae, "first_stage_model", None), TAEHV)
+
+
+def describe(vae) -> str:
+    channels = vae.latent_channels
+    return DRAFT_FILES[channels].split(":")[0] if is_tiny(vae) else VAE_FILES[channels]
+
+
 def check_wan_vae(vae, channels: int | None = None) -> None:
-    """A Wan VAE as VAELoader loads it: the Wan 2.1 VAE (16 latent channels) or the Wan 2.2 VAE (48); `channels`:
-    the one the latents need."""
+    """A Wan VAE as VAELoader loads it: the Wan 2.1 VAE (16 latent channels) or the Wan 2.2 VAE (48), or the tiny
+    decoder of either; `channels`: the one the latents need."""
     fsm = getattr(vae, "first_stage_model", None)
     found = getattr(vae, "latent_channels", 0)
-    if not (hasattr(fsm, "decoder") and hasattr(fsm, "conv2") and found in VAE_FILES):
+    wan = hasattr(fsm, "decoder") and hasattr(fsm, "conv2")
+    if not ((wan or is_tiny(vae)) and found in VAE_FILES):
         raise ConfigError("LongLive needs the Wan 2.1 VAE (LongLive 1.x) or the Wan 2.2 VAE (LongLive 2.0) from "
-                          "models/vae, loaded with VAELoader; this VAE is another kind")
+                          "models/vae, or their tiny decoders (lighttaew2_1, lighttaew2_2 from models/vae_approx), "
+                          "loaded with VAELoader; this VAE is another kind")
     if channels is not None and found != channels:
-        raise ConfigError(f"vae: these latents have {channels} channels and need {VAE_FILES[channels]} in models/vae; "
-                          f"the VAE connected is {VAE_FILES[found]}")
+        raise ConfigError(f"vae: these latents have {channels} channels and need {VAE_FILES[channels]} in models/vae "
+                          f"(or {DRAFT_FILES[channels]}); the VAE connected is {describe(vae)}")
 
 
 @torch.inference_mode()
@@ -136,8 +153,10 @@ def weights_id(vae) -> str:
     return _WEIGHTS_IDS[fsm]
 
 
-def new_stream(vae) -> DecodeStream:
-    """A decode stream for the VAE's family."""
+def new_stream(vae) -> DecodeStream | TinyStream:
+    """A decode stream for the VAE's family (a tiny decoder's for a tiny decoder)."""
+    if is_tiny(vae):
+        return TinyStream()
     if vae.latent_channels == 48:
         return Wan22DecodeStream(wan22_vae.count_conv3d(vae.first_stage_model.decoder))
     return DecodeStream(wan21_vae.count_conv3d(vae.first_stage_model.decoder))
@@ -149,24 +168,25 @@ def decode_device_input():
                                          "in runs that are not live")
 
 
-def tiny_decoder_path() -> str:
-    """The first models/vae_approx file named like Wan 2.1's tiny decoder (the lookup ComfyUI's previews do)."""
+def tiny_decoder_path(channels: int) -> str:
+    """The first models/vae_approx file named like the tiny decoder of these latents (the lookup ComfyUI's previews
+    do)."""
     for name in folder_paths.get_filename_list("vae_approx"):
-        if name.startswith(DRAFT_NAMES):
+        if name.startswith(DRAFT_NAMES[channels]):
             return folder_paths.get_full_path("vae_approx", name)
-    raise ConfigError("decoder 'tiny draft' needs Wan 2.1's tiny decoder in models/vae_approx: lighttaew2_1.safetensors "
-                      "(lightx2v/Autoencoders) or taew2_1.pth (madebyollin/taehv); or choose decoder 'wan vae'")
+    raise ConfigError(f"decoder 'tiny draft' needs {DRAFT_FILES[channels]} in models/vae_approx; or choose decoder "
+                      f"'wan vae'")
 
 
-def load_tiny(path: str) -> TAEHV:
+def load_tiny(path: str, channels: int) -> TAEHV:
     """The tiny decoder of a file, loaded once per server on ComfyUI's device."""
     if path not in _DRAFT_MODELS:
         sd = comfy.utils.load_torch_file(path)
-        model = TAEHV(latent_channels=16, show_progress_bar=False)
+        model = TAEHV(latent_channels=channels, show_progress_bar=False)
         missing = [k for k in model.load_state_dict(sd, strict=False).missing_keys if k.startswith("decoder.")]
-        if missing or sd.get("decoder.1.weight", torch.empty(0, 0)).shape[1:2] != (16,):
-            raise ConfigError(f"{path} is not a Wan 2.1 tiny decoder (missing {missing[:3]} or not 16 latent "
-                              f"channels); use lighttaew2_1.safetensors")
+        if missing or sd.get("decoder.1.weight", torch.empty(0, 0)).shape[1:2] != (channels,):
+            raise ConfigError(f"{path} is not {DRAFT_FILES[channels].split(':')[0]} (missing {missing[:3]} or not "
+                              f"{channels} latent channels); use {DRAFT_NAMES[channels][0]}.safetensors")
         dtype = sd["decoder.1.weight"].dtype if sd["decoder.1.weight"].dtype in (torch.float16, torch.bfloat16) else None
         _DRAFT_MODELS[path] = model.to(mm.get_torch_device(), dtype or torch.float32).eval()
     return _DRAFT_MODELS[path]
@@ -174,8 +194,8 @@ def load_tiny(path: str) -> TAEHV:
 
 @torch.inference_mode()
 def draft_decode(samples: torch.Tensor, stream: TinyStream) -> torch.Tensor:
-    """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] through the tiny decoder."""
-    model = load_tiny(tiny_decoder_path())
+    """samples: raw latents [B, 16 or 48, T, h, w] -> images [B * frames, H, W, 3] through the tiny decoder."""
+    model = load_tiny(tiny_decoder_path(samples.shape[1]), samples.shape[1])
     weight = model.decoder[1].weight
     out = stream.decode(model, samples.to(weight.device, weight.dtype))
     return out.to(mm.intermediate_device()).float().movedim(1, -1).flatten(0, 1)
@@ -187,7 +207,8 @@ class VAEDecode(io.ComfyNode):
         return io.Schema(
             node_id="LongLive_VAEDecode", display_name="LongLive VAE Decode", category="LongLive",
             description="Decodes Wan 2.1 latents (LongLive 1.x) with the Wan 2.1 VAE, or Wan 2.2 latents (LongLive "
-                        "2.0) with the Wan 2.2 VAE. With the sampler's session id, each run's new frames continue the "
+                        "2.0) with the Wan 2.2 VAE, or either with its tiny decoder (lighttaew2_1, lighttaew2_2 "
+                        "loaded with VAELoader). With the sampler's session id, each run's new frames continue the "
                         "previous decode seamlessly.",
             inputs=[io.Vae.Input("vae"), io.Latent.Input("samples"),
                     io.String.Input("session_id", default="", tooltip="Same id as the sampler: keep the decoder's "
@@ -197,8 +218,9 @@ class VAEDecode(io.ComfyNode):
                                      "each session's graph holds a few GB more GPU memory at 480x832. Worth it for "
                                      "long or live sessions"),
                     io.Combo.Input("decoder", options=list(DECODERS), default="wan vae", optional=True, tooltip="'tiny draft': "
-                                   "Wan 2.1's tiny decoder from models/vae_approx (lighttaew2_1) instead of this VAE, "
-                                   "many times faster and blurrier; frames and session continuity as with the VAE"),
+                                   "the latents' tiny decoder from models/vae_approx (lighttaew2_1 or lighttaew2_2) "
+                                   "instead of this VAE, many times faster and blurrier; frames and session continuity "
+                                   "as with the VAE"),
                     decode_device_input()],
             outputs=[io.Image.Output(display_name="IMAGE")],
         )
@@ -222,9 +244,6 @@ class VAEDecode(io.ComfyNode):
         if decoder not in DECODERS:
             raise ConfigError(f"decoder '{decoder}' is unknown; choose one of {', '.join(DECODERS)}")
         tiny = decoder == "tiny draft"
-        if tiny and z.shape[1] != 16:
-            raise ConfigError("decoder 'tiny draft' is Wan 2.1's tiny decoder (LongLive 1.x); choose 'wan vae' for "
-                              "LongLive 2.0's latents")
         if tiny and resolve_device(decode_device, mm.get_torch_device()) != mm.get_torch_device():
             raise ConfigError(f"decode_device: the tiny draft decodes on ComfyUI's device; choose '{DEFAULT_DEVICE}' "
                               f"or decoder 'wan vae'")
@@ -233,7 +252,7 @@ class VAEDecode(io.ComfyNode):
         if not session_id:
             return io.NodeOutput(draft_decode(z, TinyStream()) if tiny else stream_decode(vae, z, new_stream(vae), compile))
         video = SESSIONS.get(session_id)
-        key = f"tiny {tiny_decoder_path()}" if tiny else weights_id(vae)
+        key = f"tiny {tiny_decoder_path(z.shape[1])}" if tiny else weights_id(vae)
         stream = video.decoder(key, TinyStream if tiny else lambda: new_stream(vae))
         if not tiny:
             stream.move_to(vae.device)  # a session's decode continues where this run decodes

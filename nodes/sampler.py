@@ -15,7 +15,7 @@ from comfy_api.latest import io
 from ..longlive_core import (DEFAULT_DEVICE, POSITION_MODES, SWITCH_POLICIES, V1, V2, BlockDone, ConfigError, Family,
                              PromptError, RunHooks, Video, VideoSettings, family_of, hashed_embeds, restore_video,
                              session_bytes, video_time)
-from .decode import LATENT_FORMATS, check_wan_vae, decode_device_input, model_latents, raw_latents
+from .decode import LATENT_FORMATS, check_wan_vae, decode_device_input, is_tiny, model_latents, raw_latents
 from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
 from .save import FilesType
@@ -83,12 +83,14 @@ class StreamingSampler(io.ComfyNode):
                 io.Boolean.Input("live", default=False, tooltip="Keep generating until stopped (LongLive panel, or "
                                  "POST /longlive/sessions/{id}/stop) or until `length`; prompts typed in the panel "
                                  "(POST .../prompt) switch at the next block. Needs a session id"),
-                io.Vae.Input("vae", optional=True, tooltip="Wan 2.1 VAE: decode each block as soon as it is made, "
-                             "continuing the session's video seamlessly: the frames go at once to LongLive Save Video, "
-                             "to the LongLive panel, and to IMAGE when a node takes it. Without it IMAGE is empty: "
-                             "decode LATENT with LongLive VAE Decode"),
-                io.Boolean.Input("compile_vae", default=False, optional=True, tooltip="With a VAE: decode through the "
-                                 "compiled decoder, as LongLive VAE Decode's `compile` (faster after a one-time compile)"),
+                io.Vae.Input("vae", optional=True, tooltip="The Wan VAE (2.1 for LongLive 1.x, 2.2 for 2.0), or its "
+                             "tiny decoder (lighttaew2_1, lighttaew2_2: many times faster, blurrier): decode each "
+                             "block as soon as it is made, continuing the session's video seamlessly: the frames go at "
+                             "once to LongLive Save Video, to the LongLive panel, and to IMAGE when a node takes it. "
+                             "Without it IMAGE is empty: decode LATENT with LongLive VAE Decode"),
+                io.Boolean.Input("compile_vae", default=False, optional=True, tooltip="With a Wan VAE: decode through "
+                                 "the compiled decoder, as LongLive VAE Decode's `compile` (faster after a one-time "
+                                 "compile); a tiny decoder is not compiled"),
                 io.Image.Input("image", optional=True, tooltip="LongLive 2.0 image-to-video: the video's first "
                                "frame (the video's width x height), encoded with the Wan 2.2 VAE on the vae input; "
                                "only a new video takes it"),
@@ -183,6 +185,10 @@ def first_frame_latent(vae, image: torch.Tensor, width: int, height: int, family
         raise ConfigError("image: image-to-video encodes the image with the Wan 2.2 VAE (wan2.2_vae.safetensors): "
                           "connect it to the sampler's vae input")
     check_wan_vae(vae, V2.latent_channels)
+    if is_tiny(vae):
+        raise ConfigError("image: image-to-video encodes the image with the Wan 2.2 VAE (wan2.2_vae.safetensors), and "
+                          "the vae input holds Wan 2.2's tiny decoder, which cannot encode: connect the Wan 2.2 VAE "
+                          "(and decode with LongLive VAE Decode's 'tiny draft' if you want the tiny decoder)")
     if tuple(image.shape[1:3]) != (height, width):
         raise ConfigError(f"image: {image.shape[2]}x{image.shape[1]} pixels, but the video is {width}x{height}; scale "
                           f"the image to {width}x{height} (ImageScale) or set the sampler's width and height to its size")

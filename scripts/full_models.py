@@ -10,7 +10,8 @@
   class, and a small sentencepiece tokenizer trained here on the workflows' prompts under `spiece_model`;
 - vae/wan_2.1_vae.safetensors: a Wan 2.1 VAE of width 96 from ComfyUI's WanVAE class (scripts/tiny_vae.py);
 - with --v2, LongLive 2.0's: diffusion_models/model_bf16.pt (LongLive-2.0-5B's merged layout, the Wan2.2-TI2V-5B
-  shapes, 10 GB in bf16) and vae/wan2.2_vae.safetensors (the Wan 2.2 VAE at the full width ComfyUI builds).
+  shapes, 10 GB in bf16), vae/wan2.2_vae.safetensors (the Wan 2.2 VAE at the full width ComfyUI builds) and
+  vae_approx/lighttaew2_2.safetensors (Wan 2.2's tiny decoder, ComfyUI's TAEHV).
 
 The videos are noise; sizes, shapes, dtypes and load paths are the real ones. Files that exist are kept.
 """
@@ -53,9 +54,11 @@ def write_longlive_2(models: pathlib.Path, device: str) -> None:
     path, vae = models / "diffusion_models" / "model_bf16.pt", models / "vae" / "wan2.2_vae.safetensors"
     if not path.exists():
         write_longlive_checkpoint(random_model(LONGLIVE_2_5B, device=device, dtype=torch.bfloat16), str(path))
-    if not vae.exists():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_vae.py"), str(vae), "wan2.2"], check=True,
-                       env=child_env())
+    for file, kind in ((vae, "wan2.2"), (models / "vae_approx" / "lighttaew2_2.safetensors", "taew2_2")):
+        if not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_vae.py"), str(file), kind], check=True,
+                           env=child_env())
 
 
 def prompts() -> list[str]:

@@ -303,6 +303,15 @@ def run_multishot_compiled_vae(h: Harness, host: ComfyHost, events: Events, resu
     run_multishot(h, host, events, result, seed=3, compile_vae=True)
 
 
+def run_multishot_tiny_decoder(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """The same with Wan 2.2's tiny decoder (lighttaew2_2 from models/vae_approx) on the sampler's vae input."""
+    result.expected_frames = pixel_frames(120, True)
+    graph = h.graph("longlive2_multishot", VAELoader={"vae_name": "lighttaew2_2.safetensors"},
+                    LongLive_StreamingSampler={"seed": 4})
+    h.queue(host, events, graph, result, timeout=1800)
+    result.ok = result.frames == result.expected_frames
+
+
 def run_image_to_video(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
     """LongLive 2.0's image-to-video workflow: ComfyUI's example image, 10 s (64 latent frames in blocks of 8)."""
     result.expected_frames = pixel_frames(64, True)
@@ -460,7 +469,7 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
         *precisions,
         *([] if tiny else [("one-minute-fp8", [], [run_one_minute_fp8], False)]),
         *([] if tiny else [(V2_GROUP, [], [run_multishot, run_multishot_warm, run_multishot_compiled_vae,
-                                           run_image_to_video], False)]),
+                                           run_multishot_tiny_decoder, run_image_to_video], False)]),
         ("native-allocator", ["--disable-cuda-malloc"], interactive_runs("native", 2), False),
         *([("two-gpus", [], [run_one_minute_decode_on_gpu1], False)] if not tiny and gpus() > 1 else []),
         *([] if tiny else [("lowvram", ["--lowvram"], interactive_runs("lowvram", 2), False)]),

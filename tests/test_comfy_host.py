@@ -20,7 +20,8 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "examples"))
 from api_client import continuation_graphs  # noqa: E402
-from host import ComfyHost, FrameWatcher, comfy_dir, error_of, make_tiny_models, output_files  # noqa: E402
+from host import (ComfyHost, FrameWatcher, comfy_dir, error_of, make_tiny_models, output_files,  # noqa: E402
+                  write_tiny_wan_vae)
 from run_main import tiny_graph  # noqa: E402
 from workflow_format import ui_to_api  # noqa: E402
 
@@ -723,6 +724,36 @@ def test_longlive_2_image_to_video_streams_wan_2_2_frames_equal_to_comfys_decode
     Image.new("RGB", (64, 64)).save(host.base / "input" / "square.png")
     graph["8"]["inputs"]["image"] = "square.png"
     assert "image: 64x64 pixels, but the video is 96x64" in failure(host, graph)
+
+
+def test_wan_2_2s_tiny_decoder_on_the_vae_input_streams_comfys_decode_with_it(host):
+    """Wan 2.2's tiny decoder (lighttaew2_2 in models/vae_approx, random weights, as VAELoader lists and loads it) on
+    the sampler's vae input: the frames it streams block by block are ComfyUI's VAEDecode of the LATENT with the same
+    VAE, and LongLive Save Video writes every one. Image-to-video with it is refused: it cannot encode."""
+    import av
+    from PIL import Image
+
+    (host.base / "models" / "vae_approx").mkdir(exist_ok=True)
+    write_tiny_wan_vae(host.base / "models" / "vae_approx" / "lighttaew2_2.safetensors", "taew2_2")
+    graph = longlive_2_graph(host)
+    graph["5"]["inputs"]["vae_name"] = "lighttaew2_2.safetensors"
+    webp = {"filename_prefix": "test/v2_tiny", "fps": 24.0, "lossless": True, "quality": 100, "method": "fastest"}
+    graph["20"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["4", 1], **webp}}
+    graph["21"] = {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["5", 0]}}
+    graph["22"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["21", 0], **webp}}
+    entry = run_ok(host, graph)
+    ours, theirs = webp_frames(host, entry, "20"), webp_frames(host, entry, "22")
+    assert len(ours) == len(theirs) == 4 * 16 - 3 and ours[0].shape == (64, 96, 3)
+    assert torch.stack(theirs).float().std() > 10  # not a flat picture
+    assert max((a - b).abs().max().item() for a, b in zip(ours, theirs)) <= 1  # the same pixels (8-bit rounding)
+    (f,) = entry["outputs"]["6"]["images"]
+    with av.open(str(host.base / "output" / f["subfolder"] / f["filename"])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4 * 16 - 3
+
+    Image.new("RGB", (96, 64)).save(host.base / "input" / "tiny_first.png")
+    graph["8"] = {"class_type": "LoadImage", "inputs": {"image": "tiny_first.png"}}
+    graph["4"]["inputs"]["image"] = ["8", 0]
+    assert "Wan 2.2's tiny decoder, which cannot encode" in failure(host, graph)
 
 
 def test_a_longlive_2_model_makes_shots_through_the_nodes_as_the_engine_does(host):

@@ -306,11 +306,12 @@ def test_a_model_left_partly_off_its_device_is_refused_before_any_capture(comfy)
         wrapper.refresh_graphs()
 
 
-def random_tiny_decoder(seed: int = 0):
-    """ComfyUI's TAEHV for Wan 2.1 (16 latent channels) with random weights; returns (model, state dict)."""
+def random_tiny_decoder(seed: int = 0, channels: int = 16):
+    """ComfyUI's TAEHV for Wan 2.1 (16 latent channels) or Wan 2.2 (48) with random weights; returns (model, state
+    dict)."""
     from comfy.taesd.taehv import TAEHV
 
-    model = TAEHV(latent_channels=16, show_progress_bar=False)
+    model = TAEHV(latent_channels=channels, show_progress_bar=False)
     gen = torch.Generator().manual_seed(seed)
     sd = {k: (torch.randn(v.shape, generator=gen) / max(1, v[0].numel()) ** 0.5 if v.dim() > 1
               else torch.randn(v.shape, generator=gen) * 0.1) for k, v in model.state_dict().items()}
@@ -318,16 +319,18 @@ def random_tiny_decoder(seed: int = 0):
     return model.eval(), sd
 
 
-def test_tiny_decoder_in_chunks_equals_its_whole_decode(comfy):
+@pytest.mark.parametrize("channels", [16, 48], ids=["wan2.1", "wan2.2"])
+def test_tiny_decoder_in_chunks_equals_its_whole_decode(comfy, channels):
     from longlive_core.vae.tiny import tiny_decode_chunk
 
-    model, _ = random_tiny_decoder()
-    z = torch.randn(1, 16, 7, 8, 12, generator=torch.Generator().manual_seed(2))
+    model, _ = random_tiny_decoder(channels=channels)
+    z = torch.randn(1, channels, 7, 4, 6, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         whole = model.decode(z).clamp(0, 1)  # ComfyUI's own decode of the whole video
     memory: dict = {}
     chunks = [tiny_decode_chunk(model, part, memory) for part in z.split([3, 3, 1], dim=2)]
     assert [c.shape[2] for c in chunks] == [9, 12, 4] and whole.shape[2] == 25
+    assert whole.shape[3:] == (4 * 8 * model.patch_size, 6 * 8 * model.patch_size)
     assert whole.std() > 0.05  # not a flat, saturated picture
     torch.testing.assert_close(torch.cat(chunks, dim=2), whole, rtol=1e-5, atol=1e-5)
 
@@ -351,7 +354,7 @@ def test_decode_node_draft_mode_streams_through_the_tiny_decoder(comfy, tiny_vae
     saved = folder_paths.folder_names_and_paths["vae_approx"]
     try:
         folder_paths.folder_names_and_paths["vae_approx"] = ([str(empty)], saved[1])
-        with pytest.raises(ConfigError, match=r"models/vae_approx: lighttaew2_1"):
+        with pytest.raises(ConfigError, match=r"needs Wan 2.1's tiny decoder: lighttaew2_1.safetensors .* in models/vae_approx"):
             VAEDecode.execute(tiny_vae, {"samples": z}, "", decoder="tiny draft")
         model, sd = random_tiny_decoder(seed=4)
         save_file({k: v.contiguous() for k, v in sd.items()}, str(empty / "lighttaew2_1.safetensors"))

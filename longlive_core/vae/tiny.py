@@ -1,15 +1,18 @@
-"""Draft decoding with the tiny Wan 2.1 video decoder (lighttaew2_1 / taew2_1: ComfyUI's TAEHV module, taken as the
-host gives it), chunk by chunk with its temporal memory kept, so that chunks give the frames of one whole decode.
+"""Decoding with a tiny Wan video decoder (ComfyUI's TAEHV module, taken as the host gives it: lighttaew2_1 / taew2_1
+for Wan 2.1 latents, lighttaew2_2 / taew2_2 for Wan 2.2's), chunk by chunk with its temporal memory kept, so that
+chunks give the frames of one whole decode.
 
 Each memory block of the decoder looks at the previous frame's input; a chunk takes that frame from
 `memory` (the last frame of the previous chunk) where the whole decode would take it from the same
 video. The first chunk drops the decoder's leading frames as a whole decode does (4T - 3 frames for T
-latent frames; 4T for every later chunk).
+latent frames; 4T for every later chunk). Wan 2.2's decoder makes 2x2 pixel patches of each output position
+(its patch_size), which the decode unfolds as TAEHV's own decode does.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..timing import GpuTimer, Spans
 from .stream import check_shape
@@ -23,8 +26,9 @@ class TinyStream:
         self.shape: tuple | None = None
         self.timing = Spans()  # each decode call's time, as DecodeStream's
 
-    def decode(self, model, z: torch.Tensor) -> torch.Tensor:
-        """As tiny_decode_chunk; an interrupt leaves the memory as it was (its entries are replaced, not written)."""
+    def decode(self, model, z: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """As tiny_decode_chunk; an interrupt leaves the memory as it was (its entries are replaced, not written).
+        fast: taken as the VAE streams take it; the tiny decoder has no compiled path."""
         self.shape = check_shape(self.shape, z)
         before, timer = dict(self.memory), GpuTimer(z.device)
         try:
@@ -45,6 +49,10 @@ class TinyStream:
             self.memory["started"] = True
         self.shape = tuple(fields["shape"]) if fields["shape"] else None
 
+    def move_to(self, device: torch.device) -> None:
+        """Continues this video's decode on another device: its remembered frames go there."""
+        self.memory = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.memory.items()}
+
     def close(self) -> None:
         """Holds no GPU memory beyond its last frames: nothing to free."""
 
@@ -62,8 +70,9 @@ def _time_stride(block) -> int:
 
 @torch.inference_mode()
 def tiny_decode_chunk(model, z: torch.Tensor, memory: dict) -> torch.Tensor:
-    """z: [B, 16, T, h, w] latents (as ComfyUI's VAE takes them for this decoder) -> pixels
-    [B, 3, frames, 8h, 8w] in [0, 1]. `memory` starts empty and carries on between chunks."""
+    """z: [B, 16 or 48, T, h, w] latents (as ComfyUI's VAE takes them for this decoder) -> pixels
+    [B, 3, frames, 8ph, 8pw] in [0, 1] (p: the decoder's patch size, 2 for Wan 2.2). `memory` starts empty and carries
+    on between chunks."""
     b, t = z.shape[0], z.shape[2]
     x = model.process_in(z).movedim(2, 1).flatten(0, 1)  # [B * T, C, h, w]
     for i, block in enumerate(model.decoder):
@@ -76,6 +85,8 @@ def tiny_decode_chunk(model, z: torch.Tensor, memory: dict) -> torch.Tensor:
         else:
             x = block(x)
             t *= _time_stride(block)
+    if model.patch_size > 1:
+        x = F.pixel_shuffle(x, model.patch_size)
     out = x.unflatten(0, (b, t))
     if not memory.get("started"):
         out, memory["started"] = out[:, model.frames_to_trim:], True
