@@ -6,8 +6,9 @@
 Every LongLive 1.x row generates the same schedule (20 blocks, prompt switches at frames 24 and 42, prompts of
 128 tokens) and reports ms per block and per latent frame in steady state, the extra stream time of each switch,
 the first block, peak GPU memory, frames per second, and the max relative difference of the
-latents from the eager bf16 path (same seed, same prompts). The LongLive 2.0 rows (v2, v2-fp8: Wan2.2-TI2V-5B's
-shapes at 704x1280, 8-frame blocks, window 32, sink 8) make 8 blocks with a scene cut at block 5, eager and fast.
+latents from the eager bf16 path (same seed, same prompts). The LongLive 2.0 rows (v2, v2-fp8, v2-fp8-all:
+Wan2.2-TI2V-5B's shapes at 704x1280, 8-frame blocks, window 32, sink 8) make 8 blocks with a scene cut at block 5,
+eager and fast.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ SWITCH_BLOCKS = (8, 14)
 HEIGHT, WIDTH = 480, 832
 PROMPT_TOKENS = 128  # LongLive's prompts are a paragraph: about 100-200 umt5 tokens
 ROWS = ("main", "relative", "long", "unfused", "fp8-attention", "cross-sdpa", "window9", "batch", "fp8", "fp8-all",
-        "int8-weight-only", "int8-dynamic", "v2", "v2-fp8")
+        "int8-weight-only", "int8-dynamic", "v2", "v2-fp8", "v2-fp8-all")
 LONG_BLOCKS = 1000  # 3,000 latent frames: past frame 1024 twice over
 LONG_SWITCH_BLOCKS = (400, 690)  # latent frames 1200 and 2070
 V2_BLOCKS, V2_CUT_BLOCK = 8, 5  # LongLive 2.0: 64 latent frames (the window of 32 is full from block 3), a cut
@@ -278,8 +279,9 @@ def quantized_row(args, cfg, name, reference, result, attention: str | None = No
 
 
 def v2_rows(args, rows, record) -> None:
-    """LongLive 2.0 on random 5B weights: eager bf16 (sdpa), the fast path, and with FP8 linears (v2-fp8); steady
-    blocks from block 3 on (the window is full), the cut's block left out (a cut recaches nothing)."""
+    """LongLive 2.0 on random 5B weights: eager bf16 (sdpa), the fast path, with FP8 linears (v2-fp8), and with FP8
+    linears and FA3's FP8 self-attention (v2-fp8-all); steady blocks from block 3 on (the window is full), the cut's
+    block left out (a cut recaches nothing)."""
     cfg = dataclasses.replace(LONGLIVE_2_5B, num_layers=args.layers)
 
     def row(name: str, run: dict, reference: torch.Tensor | None) -> dict:
@@ -294,13 +296,16 @@ def v2_rows(args, rows, record) -> None:
         fast = make_fast(model, attention=args.attention, compile_options=args.inductor)
         record(row(f"fast bf16 ({fast.attention_backend})", run_shots(fast, GraphRunner), eager["latents"]))
         del fast
-    if "v2-fp8" in rows:
+    for key, attention in (("v2-fp8", args.attention), ("v2-fp8-all", FP8)):
+        if key not in rows:
+            continue
         del model
         torch.cuda.empty_cache()
         model = random_model(cfg, device="cuda", dtype=torch.bfloat16)
         resolve("fp8", model.device).apply(model)
-        fast = make_fast(model, attention=args.attention, compile_options=args.inductor)
+        fast = make_fast(model, attention=attention, compile_options=args.inductor)
         record(row(f"fast fp8 ({fast.attention_backend})", run_shots(fast, GraphRunner), eager["latents"]))
+        del fast
 
 
 def main(argv=None) -> int:
@@ -343,7 +348,7 @@ def main(argv=None) -> int:
     if "fp8-all" in rows:  # FP8 linears and FP8 self-attention
         torch.cuda.empty_cache()
         record(quantized_row(args, cfg, "fp8", reference, result, attention=FP8))
-    if "v2" in rows or "v2-fp8" in rows:
+    if {"v2", "v2-fp8", "v2-fp8-all"} & set(rows):
         torch.cuda.empty_cache()
         v2_rows(args, rows, record)
     with open(args.json, "w") as f:
