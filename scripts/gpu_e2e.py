@@ -374,13 +374,15 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
 
 
 def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, str]]) -> dict:
-    """The frames at a viewer: count, order, the rate and the longest gap after the first 3 s (steady state),
-    and for each posted prompt the time from its POST to the first frame made under it."""
+    """The frames at a viewer: count, order, the rate and the longest gap after the first 3 s (steady state; with
+    the frame it ended at and its time from the first frame), and for each posted prompt the time from its POST to
+    the first frame made under it."""
     if not frames:
         return {"frames": 0, "in_order": False}
     times = [t for t, _ in frames]
     steady = [t for t in times if t >= times[0] + 3.0]
     gaps = [b - a for a, b in zip(steady, steady[1:])]
+    longest = max(range(len(gaps)), key=gaps.__getitem__) + 1 if gaps else None  # index in steady of the gap's end
     latency = []
     for t_post, text in posted:
         arrived = [t for t, header in frames if header.get("prompt") == text[:200] and t >= t_post]
@@ -389,6 +391,9 @@ def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, s
             "dropped": frames[-1][1].get("dropped", 0),
             "fps_steady": round((len(steady) - 1) / (steady[-1] - steady[0]), 2) if len(steady) > 1 else None,
             "max_gap_ms": round(max(gaps) * 1e3) if gaps else None,
+            "max_gap_ended_at": None if longest is None else {
+                "frame": frames[len(times) - len(steady) + longest][1]["frame"],
+                "s_after_first_frame": round(steady[longest] - times[0], 2)},
             "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))] * 1e3) if gaps else None,
             "prompt_to_pixel_ms": latency,
             "prompt_to_pixel_median_ms": statistics.median([x for x in latency if x is not None] or [0])}

@@ -26,5 +26,6 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
     stream = live["notes"]["stream"]  # the frames WebSocket, as the panel watches it: every frame, in order
     assert stream["frames"] == live["frames"] and stream["in_order"] and stream["dropped"] == 0
     assert len(stream["prompt_to_pixel_ms"]) == 10 and None not in stream["prompt_to_pixel_ms"]
+    assert 0 < stream["max_gap_ended_at"]["frame"] < stream["frames"]  # where the longest steady gap was
     assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
     assert "| live | live | yes |" in done.stdout and "live / live, at the viewer: " in done.stdout
