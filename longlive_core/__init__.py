@@ -15,7 +15,7 @@ from .model.fused import FastWan
 from .model.wan import CausalWan
 from .quant.precision import PRECISIONS, Precision, resolve as resolve_precision
 from .runtime.prompt_text import FPS, check_starts, check_text, parse_schedule_text, parse_start
-from .runtime.devices import DEFAULT_DEVICE, device_choices, on_device, resolve_device
+from .runtime.devices import DEFAULT_DEVICE, SideStream, device_choices, on_device, resolve_device
 from .runtime.durable import restore as restore_video, save as save_video
 from .runtime.family import FAMILIES, V1, V2, Family, family_of
 from .runtime.registry import SessionEvictedError, SessionRegistry, SessionTooLargeError, UnknownSessionError
@@ -31,12 +31,13 @@ from .vae.tiny import TinyStream
 
 __all__ = [
     "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
-    "DEFAULT_DEVICE", "DecodeStream", "DenoisingSchedule", "FAMILIES", "FPS", "FRAMES_PER_BLOCK", "Family", "FastWan",
-    "LongLiveError", "MAX_BLEND_BLOCKS", "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt",
-    "PromptError", "RecordedNoise", "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise",
-    "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "ShotSession", "ShotSettings", "StreamSession",
-    "TinyStream", "UniPCTable", "UnknownSessionError", "V1", "V2", "Video", "VideoSettings", "Wan22DecodeStream",
-    "WanConfig", "check_starts", "check_text", "device_choices", "export_safetensors", "family_of", "hashed_embeds",
-    "is_cut", "load_model", "make_fast", "on_device", "parse_schedule_text", "parse_start", "resolve_device",
-    "resolve_precision", "restore_video", "save_video", "session_bytes", "unipc_table", "video_time"
+    "DEFAULT_DEVICE", "DecodeStream", "DenoisingSchedule", "FAMILIES", "FPS", "FRAMES_PER_BLOCK", "Family",
+    "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS", "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision",
+    "Prompt", "PromptError", "RecordedNoise", "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise",
+    "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "ShotSession", "ShotSettings", "SideStream",
+    "StreamSession", "TinyStream", "UniPCTable", "UnknownSessionError", "V1", "V2", "Video", "VideoSettings",
+    "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "device_choices", "export_safetensors",
+    "family_of", "hashed_embeds", "is_cut", "load_model", "make_fast", "on_device", "parse_schedule_text",
+    "parse_start", "resolve_device", "resolve_precision", "restore_video", "save_video", "session_bytes",
+    "unipc_table", "video_time"
 ]

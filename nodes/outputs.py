@@ -5,6 +5,7 @@ the IMAGE output. Nothing here holds the whole video in memory unless IMAGE is t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -14,7 +15,7 @@ import comfy.model_management as mm
 import folder_paths
 import torch
 
-from ..longlive_core import BlockDone, ConfigError, Video, on_device
+from ..longlive_core import BlockDone, ConfigError, SideStream, Video, on_device
 from . import viewer
 from .decode import check_wan_vae, new_stream, raw_latents, stream_decode_on_device, vae_on, weights_id
 from .recording import FileSpec, Recording, RecordingError
@@ -26,6 +27,7 @@ VIDEO_OUTPUT = 2  # the sampler's output that feeds LongLive Save Video
 IMAGE_OUTPUT = 1
 PER_RUN, APPEND = "one file per run", "append to the session's file"
 SAVE_MODES = (PER_RUN, APPEND)
+_LANE = SideStream()  # one decode stream per GPU for the server's life: a session's decoder cache stays on it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,18 +169,23 @@ class BlockDecoder:
 
     def __call__(self, block: torch.Tensor) -> Callable[[], torch.Tensor | None]:
         """Launches the block's decode and its one copy to the host; returns what hands the frames on once they are
-        there (the run calls it after it has launched the next block)."""
-        images = stream_decode_on_device(self.vae, raw_latents(block), self.stream, self.fast)  # [B, N, H, W, 3]
+        there (the run calls it after it has launched the next block). On the generating GPU the decode goes on a
+        stream of its own, beside the next block's generation; ComfyUI loads the VAE first, on the generating
+        stream, so that its weight moves stay ordered with the work that uses the memory they free."""
+        mm.load_models_gpu([self.vae.patcher])
+        lane = _LANE.beside(block) if self.vae.device == block.device else contextlib.nullcontext((block,))
+        with lane as (block,):
+            images = stream_decode_on_device(self.vae, raw_latents(block), self.stream, self.fast)  # [B, N, H, W, 3]
+            with on_device(images.device):  # the copy and its event on the decoder's stream
+                frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+                if frames.is_cuda:
+                    host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+                    host.copy_(frames, non_blocking=True)
+                    copied = torch.cuda.Event()
+                    copied.record()
+                else:
+                    host, copied = frames, None
         start = self.video.decoding_at
-        with on_device(images.device):  # the copy and its event on the decoder's stream
-            frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-            if frames.is_cuda:
-                host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
-                host.copy_(frames, non_blocking=True)
-                copied = torch.cuda.Event()
-                copied.record()
-            else:
-                host, copied = frames, None
 
         def finish() -> torch.Tensor | None:
             if copied is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longlive_core import BackendUnavailableError, ShotSession, StreamSession, WanConfig
+from longlive_core import BackendUnavailableError, ShotSession, SideStream, StreamSession, WanConfig
 from longlive_core.fast.runner import GraphRunner, warm_up
 from longlive_core.fast.setup import make_fast
 from longlive_core.model.attention import cross_attention
@@ -225,6 +225,31 @@ def test_compiled_wan22_decode_follows_the_eager_decode():
     plain, fast = plain_and_fast(vae, streams, z, 4)
     assert streams[1].has_graph and fast.shape == plain.shape == (1, 3, 45, 128, 192)
     assert rel(fast.float(), plain.float()) < 2e-2
+
+
+def test_a_decode_beside_the_generating_stream_gives_the_frames_of_a_plain_one():
+    """The sampler's decode lane (SideStream): each chunk decoded on a stream of its own from a copy of the latents
+    taken as it began, while the current stream writes the next chunk into the same buffer (as the next block's
+    generation rewrites its graph's output) and finally zeroes it; the frames are those of a plain decode."""
+    from longlive_core.vae.stream import DecodeStream
+
+    wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
+    vae = random_vae(wan_vae.WanVAE, dim=32, z_dim=16)
+    z = torch.randn(1, 16, 9, 16, 24, device="cuda", dtype=torch.bfloat16)
+    plain, beside = (DecodeStream(wan_vae.count_conv3d(vae.decoder)) for _ in range(2))
+    lane, buffer, out, done = SideStream(), torch.empty_like(z[:, :, :3]), [], []
+    with torch.inference_mode():
+        want = torch.cat([plain.decode(vae, part) for part in z.split(3, dim=2)], 2)
+        for part in z.split(3, dim=2):
+            buffer.copy_(part)
+            with lane.beside(buffer) as (latents,):
+                out.append(beside.decode(vae, latents))
+                done.append(torch.cuda.Event())
+                done[-1].record()
+        buffer.zero_()
+    for event in done:
+        event.synchronize()
+    assert rel(torch.cat(out, 2).float(), want.float()) < 1e-3
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

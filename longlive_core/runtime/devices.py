@@ -1,6 +1,6 @@
 """Where a video's parts run: where the host puts them (ComfyUI's device), or another CUDA device of this machine. A
-decoder on a second GPU decodes a block while the first generates the next; a model on another GPU runs its
-sessions there."""
+decoder on a second GPU decodes a block while the first generates the next; on the same GPU it decodes on a stream
+of its own (SideStream), beside the next block's generation; a model on another GPU runs its sessions there."""
 
 from __future__ import annotations
 
@@ -22,6 +22,34 @@ def on_device(device: torch.device):
     """Work launched inside goes to `device` (a CUDA device: its current stream, as Triton's kernels and CUDA graphs
     take it from the current device; elsewhere nothing changes)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class SideStream:
+    """A CUDA stream of its own for work that may overlap what the current stream does next (a block's decode beside
+    the next block's generation: the GPU runs both queues' kernels as its SMs allow)."""
+
+    def __init__(self):
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    @contextlib.contextmanager
+    def beside(self, *inputs: torch.Tensor):
+        """Work launched inside runs on this stream, after what the current stream has queued, on copies of `inputs`
+        taken there (yielded), so that later work on the current stream may change or reuse the originals. Whoever
+        reads its results elsewhere waits for it first (an event recorded inside). Off CUDA: in place, on the inputs.
+        """
+        device = inputs[0].device
+        if device.type != "cuda":
+            yield inputs
+            return
+        copies = tuple(t.clone() for t in inputs)
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
+        stream = self._streams[device]
+        stream.wait_stream(torch.cuda.current_stream(device))
+        for t in copies:
+            t.record_stream(stream)  # made on the current stream, read on this one
+        with torch.cuda.stream(stream):
+            yield copies
 
 
 def resolve_device(choice: str | None, default: torch.device, field: str = "decode_device") -> torch.device:
