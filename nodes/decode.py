@@ -52,11 +52,13 @@ def model_latents(raw: torch.Tensor) -> torch.Tensor:
 
 
 def is_tiny(vae) -> bool:
-    """A tiny video decoder as VAELoader loads it (lighttaew2_1, lighttaew2_2 from models/vae_approx: ComfyUI's TAEHV)."""
+    """A tiny video decoder as VAELoader loads it (lighttaew2_1, lighttaew2_2 from models/vae_approx: ComfyUI's
+    TAEHV)."""
     return isinstance(getattr(vae, "first_stage_model", None), TAEHV)
 
 
 def describe(vae) -> str:
+    """What a VAE is, in the words of the errors."""
     channels = vae.latent_channels
     return DRAFT_FILES[channels].split(":")[0] if is_tiny(vae) else VAE_FILES[channels]
 
@@ -72,8 +74,8 @@ def check_wan_vae(vae, channels: int | None = None) -> None:
                           "models/vae, or their tiny decoders (lighttaew2_1, lighttaew2_2 from models/vae_approx), "
                           "loaded with VAELoader; this VAE is another kind")
     if channels is not None and found != channels:
-        raise ConfigError(f"vae: these latents have {channels} channels and need {VAE_FILES[channels]} in models/vae "
-                          f"(or {DRAFT_FILES[channels]}); the VAE connected is {describe(vae)}")
+        raise ConfigError(f"vae: these latents have {channels} channels and need {VAE_FILES[channels]} in models/vae, "
+                          f"or {DRAFT_FILES[channels]} in models/vae_approx; the VAE connected is {describe(vae)}")
 
 
 @torch.inference_mode()

@@ -2,8 +2,9 @@
 (`wan2.2`) the Wan 2.2 VAE, which ComfyUI builds at its full width whatever the file holds (705M weights, 1.4 GB in
 bf16), or (`taew2_2`) Wan 2.2's tiny decoder in lighttaew2_2's format (ComfyUI's TAEHV, 48 latent channels, fp16).
 
-    python scripts/tiny_vae.py OUT.safetensors [DIM | wan2.2 | taew2_2]     (with ComfyUI on PYTHONPATH:
-                                                                             host.child_env)
+    python scripts/tiny_vae.py OUT.safetensors [DIM | wan2.2 | taew2_2]
+
+with ComfyUI on PYTHONPATH (host.child_env).
 """
 
 import sys

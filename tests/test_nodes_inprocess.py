@@ -354,7 +354,8 @@ def test_decode_node_draft_mode_streams_through_the_tiny_decoder(comfy, tiny_vae
     saved = folder_paths.folder_names_and_paths["vae_approx"]
     try:
         folder_paths.folder_names_and_paths["vae_approx"] = ([str(empty)], saved[1])
-        with pytest.raises(ConfigError, match=r"needs Wan 2.1's tiny decoder: lighttaew2_1.safetensors .* in models/vae_approx"):
+        with pytest.raises(ConfigError, match=r"needs Wan 2.1's tiny decoder: lighttaew2_1.safetensors .* in "
+                                              r"models/vae_approx"):
             VAEDecode.execute(tiny_vae, {"samples": z}, "", decoder="tiny draft")
         model, sd = random_tiny_decoder(seed=4)
         save_file({k: v.contiguous() for k, v in sd.items()}, str(empty / "lighttaew2_1.safetensors"))
