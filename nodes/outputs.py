@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 from typing import Callable
@@ -171,9 +172,11 @@ class BlockDecoder:
         """Launches the block's decode and its one copy to the host; returns what hands the frames on once they are
         there (the run calls it after it has launched the next block). On the generating GPU the decode goes on a
         stream of its own, beside the next block's generation; ComfyUI loads the VAE first, on the generating
-        stream, so that its weight moves stay ordered with the work that uses the memory they free."""
+        stream, and weights it frees while the decode runs (unloading the VAE for the generator) wait for it."""
         mm.load_models_gpu([self.vae.patcher])
-        lane = _LANE.beside(block) if self.vae.device == block.device else contextlib.nullcontext((block,))
+        fsm = self.vae.first_stage_model
+        lane = (_LANE.beside(block, reads=itertools.chain(fsm.parameters(), fsm.buffers()))
+                if self.vae.device == block.device else contextlib.nullcontext((block,)))
         with lane as (block,):
             images = stream_decode_on_device(self.vae, raw_latents(block), self.stream, self.fast)  # [B, N, H, W, 3]
             with on_device(images.device):  # the copy and its event on the decoder's stream

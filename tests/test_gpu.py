@@ -252,6 +252,30 @@ def test_a_decode_beside_the_generating_stream_gives_the_frames_of_a_plain_one()
     assert rel(torch.cat(out, 2).float(), want.float()) < 1e-3
 
 
+def test_weights_freed_while_a_side_stream_reads_them_keep_their_memory_until_it_is_done():
+    """SideStream.beside's `reads`: a weight the side stream still has to read is freed by the host (as ComfyUI
+    unloading the VAE between blocks) and a tensor of the same size is made at once on the current stream; the side
+    stream's result is still the one computed from the weight."""
+    lane, gen = SideStream(), torch.Generator(device="cuda").manual_seed(0)
+    x, w = (torch.randn(4096, 4096, device="cuda", generator=gen) for _ in range(2))
+
+    def work(a):  # long enough that the host frees `w` before the last product reads it
+        y = a
+        for _ in range(20):
+            y = y @ a / 64
+        return y @ w
+
+    want = work(x)
+    with lane.beside(x, reads=[w]) as (copy,):
+        out = work(copy)
+        done = torch.cuda.Event()
+        done.record()
+    del w
+    torch.zeros(4096, 4096, device="cuda")  # would take the freed weight's memory at once
+    done.synchronize()
+    assert rel(out, want) < 1e-4
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_a_decode_continued_on_the_second_gpu_gives_the_frames_of_the_first():
     """A video's decode stream moved to cuda:1 half way (its cache with it), on a copy of the VAE there."""

@@ -5,6 +5,7 @@ of its own (SideStream), beside the next block's generation; a model on another 
 from __future__ import annotations
 
 import contextlib
+from typing import Iterable
 
 import torch
 
@@ -32,10 +33,12 @@ class SideStream:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
 
     @contextlib.contextmanager
-    def beside(self, *inputs: torch.Tensor):
+    def beside(self, *inputs: torch.Tensor, reads: Iterable[torch.Tensor] = ()):
         """Work launched inside runs on this stream, after what the current stream has queued, on copies of `inputs`
-        taken there (yielded), so that later work on the current stream may change or reuse the originals. Whoever
-        reads its results elsewhere waits for it first (an event recorded inside). Off CUDA: in place, on the inputs.
+        taken there (yielded), so that later work on the current stream may change or reuse the originals. `reads`:
+        tensors it reads in place (a model's weights): if the host frees one meanwhile (ComfyUI unloading the model),
+        its memory is not reused before this work is done. Whoever reads the results elsewhere waits for it first (an
+        event recorded inside). Off CUDA: in place, on the inputs.
         """
         device = inputs[0].device
         if device.type != "cuda":
@@ -46,8 +49,9 @@ class SideStream:
             self._streams[device] = torch.cuda.Stream(device)
         stream = self._streams[device]
         stream.wait_stream(torch.cuda.current_stream(device))
-        for t in copies:
-            t.record_stream(stream)  # made on the current stream, read on this one
+        for t in (*copies, *reads):
+            if t.device == device:
+                t.record_stream(stream)  # made on the current stream, read on this one
         with torch.cuda.stream(stream):
             yield copies
 
