@@ -35,7 +35,8 @@ from run_main import tiny_graph
 log = logging.getLogger("longlive.e2e")
 FRAMES_PER_BLOCK = 3
 FIRST_BLOCK_FRAMES = (FRAMES_PER_BLOCK, 8)  # a new video's first block event: frame 3 (LongLive 1.x) or 8 (2.0)
-V2_GROUP = "longlive-2"  # its group needs LongLive 2.0's files (10 GB), written only when it runs
+V2_GROUP = "longlive-2"  # its groups (longlive-2, longlive-2-fp8) need LongLive 2.0's files (10 GB), written only
+# when one of them runs
 PROMPTS = ("a corgi runs along a sunny beach, waves rolling in", "the corgi digs in the sand as seagulls land nearby",
            "sunset: the corgi sits and watches the waves, the sky turning orange")
 FAULT_NODE = '''"""Written by scripts/gpu_e2e.py: makes LongLive's fused norm kernel raise inside every CUDA graph capture. The
@@ -312,6 +313,17 @@ def run_multishot_tiny_decoder(h: Harness, host: ComfyHost, events: Events, resu
     result.ok = result.frames == result.expected_frames
 
 
+def run_multishot_fp8(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """LongLive 2.0's multi-shot workflow with FP8 linears and FP8 self-attention, warm: its first run loads,
+    quantizes and compiles, the second is timed."""
+    changes = {"LongLive_ModelLoader": {"precision": "fp8", "attention": "flash-attn 3 fp8"}}
+    h.queue(host, events, h.graph("longlive2_multishot", **changes), Run(result.group, "fp8 first"), timeout=1800)
+    result.expected_frames = pixel_frames(120, True)
+    h.queue(host, events, h.graph("longlive2_multishot", LongLive_StreamingSampler={"seed": 1}, **changes), result,
+            timeout=1800)
+    result.ok = result.frames == result.expected_frames
+
+
 def run_image_to_video(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
     """LongLive 2.0's image-to-video workflow: ComfyUI's example image, 10 s (64 latent frames in blocks of 8)."""
     result.expected_frames = pixel_frames(64, True)
@@ -474,7 +486,8 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
         *precisions,
         *([] if tiny else [("one-minute-fp8", [], [run_one_minute_fp8], False)]),
         *([] if tiny else [(V2_GROUP, [], [run_multishot, run_multishot_warm, run_multishot_compiled_vae,
-                                           run_multishot_tiny_decoder, run_image_to_video], False)]),
+                                           run_multishot_tiny_decoder, run_image_to_video], False),
+                           (f"{V2_GROUP}-fp8", [], [run_multishot_fp8], False)]),
         ("native-allocator", ["--disable-cuda-malloc"], interactive_runs("native", 2), False),
         *([("two-gpus", [], [run_one_minute_decode_on_gpu1], False)] if not tiny and gpus() > 1 else []),
         *([] if tiny else [("lowvram", ["--lowvram"], interactive_runs("lowvram", 2), False)]),
@@ -547,7 +560,7 @@ def main() -> int:
 
     harness = Harness(args.work, args.tiny, report)
     wanted = set(args.groups.split(",")) if args.groups else None
-    harness.prepare_models(v2=not args.tiny and (wanted is None or V2_GROUP in wanted))
+    harness.prepare_models(v2=not args.tiny and (wanted is None or any(w.startswith(V2_GROUP) for w in wanted)))
     for name, server_args, runs, fault in groups(args.tiny):
         if wanted is None or name in wanted:
             harness.run_group(name, server_args, runs, fault)
