@@ -81,14 +81,15 @@ def check_wan_vae(vae, channels: int | None = None) -> None:
 @torch.inference_mode()
 def stream_decode(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool = False) -> torch.Tensor:
     """samples: raw latents [B, 16, T, h, w] -> images [B * frames, H, W, 3] in [0, 1]; the stream carries on."""
+    mm.load_models_gpu([vae.patcher])
     return stream_decode_on_device(vae, samples, stream, fast).to(vae.output_device).float().flatten(0, 1)
 
 
 @torch.inference_mode()
 def stream_decode_on_device(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool = False) -> torch.Tensor:
     """samples: raw latents [B, 16 or 48, T, h, w] -> images [B, frames, H, W, 3] in [0, 1] on the VAE's device
-    (float32: the values ComfyUI's VAE returns). `fast` compiles the decoder's steady chunks."""
-    mm.load_models_gpu([vae.patcher])
+    (float32: the values ComfyUI's VAE returns), the VAE loaded there by the caller (mm.load_models_gpu). `fast`
+    compiles the decoder's steady chunks."""
     with on_device(vae.device):
         out = stream.decode(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), fast=fast)
     return vae.process_output(out.float()).movedim(1, -1)
