@@ -219,7 +219,7 @@ def test_a_saved_video_restored_in_a_new_one_continues_exactly(tiny_model, tmp_p
     whole, _ = straight.run(15, live=False, hooks=RunHooks(embed_text=embed))
 
     video = new_video(tiny_model)
-    video.schedule(prompts, 9, embed)  # the switch at frame 6 skips frame 3's clean pass: saved pending
+    video.schedule(prompts, 9, embed)  # the last block's clean pass is owed to the next block: saved with it
     first, _ = video.run(9, live=False, hooks=RunHooks(embed_text=embed))
     stream = video.decoder("wan 1234", lambda: DecodeStream(3))
     stream.cache, stream.shape = [torch.ones(1, 2, 2, 3, 3), None, "Rep"], (1, 8, 12)

@@ -134,7 +134,7 @@ class StreamSession:
         self.prompt: torch.Tensor | None = None
         self.pending: dict[int, torch.Tensor] = {}
         self.recent: list[torch.Tensor] = []
-        self._skipped_clean: tuple[torch.Tensor, PassPlan] | None = None
+        self._owed_clean: tuple[torch.Tensor, PassPlan] | None = None
 
     def use_model(self, model: CausalWan, runner: Runner | None = None) -> None:
         """Continues the video with another load of the same weights (a host that reloaded them)."""
@@ -178,12 +178,11 @@ class StreamSession:
             tensors["prompt"] = self.prompt
         tensors.update({f"pending.{frame}": embeds for frame, embeds in self.pending.items()})
         tensors.update({f"recent.{i}": x for i, x in enumerate(self.recent)})
-        if self._skipped_clean is not None:
-            tensors["skipped_clean"] = self._skipped_clean[0]
         if self.cache.sink_keys is not None:
             tensors["cache.sink_keys"] = self.cache.sink_keys
         fields = {"frame": self.frame, "pos": self.pos, "block": self.block, "pending": sorted(self.pending),
-                  "recent": len(self.recent), "sinks_at": self.cache.sinks_at}
+                  "recent": len(self.recent), "sinks_at": self.cache.sinks_at,
+                  "owed_clean": self._owed_clean is not None}  # its latents are the last of `recent`
         return tensors, fields
 
     @torch.inference_mode()
@@ -201,9 +200,9 @@ class StreamSession:
         self.pending = {frame: tensors[f"pending.{frame}"].to(dev) for frame in fields["pending"]}
         self.recent = [tensors[f"recent.{i}"].to(dev) for i in range(fields["recent"])]
         self.frame, self.pos, self.block = fields["frame"], fields["pos"], fields["block"]
-        skipped = tensors.get("skipped_clean")
-        self._skipped_clean = None if skipped is None else (
-            skipped.to(dev), self.plan(self.pos - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK, cache_only=True))
+        owed = fields.get("owed_clean") or "skipped_clean" in tensors  # files saved before it was a field
+        self._owed_clean = (self.recent[-1], self.plan(self.pos - FRAMES_PER_BLOCK, FRAMES_PER_BLOCK, cache_only=True)
+                            ) if owed else None
 
     # --- prompts --------------------------------------------------------------------------------
 
@@ -263,19 +262,19 @@ class StreamSession:
         """Generates the next block, applying a prompt switch scheduled for it first. `between_passes` runs before
         each denoising pass and may raise to stop the block there (an interrupt): the session is then as if the
         block had not begun, but with its prompt switch already applied, and the next call makes the same block (its
-        noise comes from the block index; a pass rewrites only the block's own cache slots)."""
+        noise comes from the block index; a pass rewrites only the block's own cache slots).
+
+        The block's clean pass (its K/V at t = 0) is owed until the next block begins: its latents are returned
+        first, so a decode of them does not wait for that pass, and a recache at the next block (a prompt switch,
+        scheduled or posted meanwhile) rewrites those frames without it."""
         switch = self.pending.get(self.frame)
         self._check_can_generate(switch)
-        self._settle_skipped_clean_pass(recache_follows=switch is not None and self.switch_policy == "recache")
+        self._settle(recache_follows=switch is not None and self.switch_policy == "recache")
         if switch is not None:
             self._switch(self.pending.pop(self.frame))
         plan = self.plan(self.pos, FRAMES_PER_BLOCK)
         x0 = self._denoise(plan, between_passes)
-        clean = dataclasses.replace(plan, cache_only=True)  # the same positions: no second RoPE table or index
-        if self._clean_pass_overwritten():
-            self._skipped_clean = (x0, clean)
-        else:
-            self._pass(x0, self.times[-1], clean)
+        self._owed_clean = (x0, dataclasses.replace(plan, cache_only=True))  # the same positions: no second RoPE table
         self._remember(x0)
         return x0
 
@@ -290,13 +289,13 @@ class StreamSession:
                               f"RoPE table of position mode 'absolute'; reset the session, switch with policy 'reset', "
                               f"or make the video with position mode 'relative' (no limit)")
 
-    def _settle_skipped_clean_pass(self, recache_follows: bool) -> None:
-        """The last block skipped its clean pass for a recache; if that recache is not coming (the
-        schedule changed, or the run stopped), the clean pass runs now, under the prompt it belongs to."""
-        if self._skipped_clean is not None and not recache_follows:
-            x0, plan = self._skipped_clean
+    def _settle(self, recache_follows: bool) -> None:
+        """Runs the last block's owed clean pass, under the prompt it belongs to, unless a recache that rewrites its
+        frames follows (`recache_follows`)."""
+        if self._owed_clean is not None and not recache_follows:
+            x0, plan = self._owed_clean
             self._pass(x0, self.times[-1], plan)
-        self._skipped_clean = None
+        self._owed_clean = None
 
     def _denoise(self, plan: PassPlan, between_passes: Callable[[], None] | None) -> torch.Tensor:
         c, (h, w) = self.cfg.in_dim, self.latent_hw
@@ -311,10 +310,6 @@ class StreamSession:
             if i + 1 < len(sigmas):
                 x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise[i + 1]
         return x0
-
-    def _clean_pass_overwritten(self) -> bool:
-        """A recache right after this block rewrites every frame the clean pass would write."""
-        return self.switch_policy == "recache" and self.frame + FRAMES_PER_BLOCK in self.pending
 
     def _remember(self, x0: torch.Tensor) -> None:
         self.recent.append(x0)
