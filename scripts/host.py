@@ -233,8 +233,18 @@ class Events(_Listener):
 
     def ended(self, prompt_id: str) -> bool:
         """Whether the server said the prompt's last node ran (`executing` with no node)."""
-        return any(kind == "executing" and d.get("node") is None and d.get("prompt_id") == prompt_id
-                   for _, kind, d in list(self.items))
+        return self.end_time(prompt_id) is not None
+
+    def end_time(self, prompt_id: str, wait: float = 0.0) -> float | None:
+        """When that message came (waiting up to `wait` s for it), or None."""
+        deadline = time.time() + wait
+        while True:
+            for t, kind, d in list(self.items):
+                if kind == "executing" and d.get("node") is None and d.get("prompt_id") == prompt_id:
+                    return t
+            if time.time() >= deadline:
+                return None
+            time.sleep(0.02)
 
 
 class FrameWatcher(_Listener):

@@ -19,13 +19,29 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "e2e.json").read_text())
     runs = {r["name"]: r for r in report["runs"]}
-    assert set(runs) == {"live", "capture failure 1", "capture failure 2"}
+    assert set(runs) == {"live", "live warm", "capture failure 1", "capture failure 2"}
     assert all(r["ok"] and r["notes"]["server_alive"] for r in runs.values())
-    live = runs["live"]
-    assert live["frames"] == 4 * 3 * live["blocks"] - 3 and len(live["notes"]["post_to_switch_block_s"]) == 10
-    stream = live["notes"]["stream"]  # the frames WebSocket, as the panel watches it: every frame, in order
-    assert stream["frames"] == live["frames"] and stream["in_order"] and stream["dropped"] == 0
-    assert len(stream["prompt_to_pixel_ms"]) == 10 and None not in stream["prompt_to_pixel_ms"]
-    assert 0 < stream["max_gap_ended_at"]["frame"] < stream["frames"]  # where the longest steady gap was
+    for name in ("live", "live warm"):  # a fresh server's session, then a second session on the warm server
+        live = runs[name]
+        assert live["frames"] == 4 * 3 * live["blocks"] - 3 and len(live["notes"]["post_to_switch_block_s"]) == 10
+        stream = live["notes"]["stream"]  # the frames WebSocket, as the panel watches it: every frame, in order
+        assert stream["frames"] == live["frames"] and stream["in_order"] and stream["dropped"] == 0
+        assert len(stream["prompt_to_pixel_ms"]) == 10 and None not in stream["prompt_to_pixel_ms"]
+        assert 0 < stream["max_gap_ended_at"]["frame"] < stream["frames"]  # where the longest steady gap was
+        assert 0 < live["wall_s"] and sum(live["stages"].values()) <= live["wall_s"] + 0.05
+        assert f"live / {name}, at the viewer: " in done.stdout
     assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
-    assert "| live | live | yes |" in done.stdout and "live / live, at the viewer: " in done.stdout
+    assert "| live | live | yes |" in done.stdout and "| live | live warm | yes |" in done.stdout
+
+
+def test_the_harness_runs_the_interactive_group_with_a_reload_and_an_interrupt(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_e2e.py"), "--tiny", "--groups", "interactive",
+                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = {r["name"]: r for r in json.loads((tmp_path / "out" / "e2e.json").read_text())["runs"]}
+    assert all(r["ok"] for r in runs.values()), {n: (r["frames"], r["expected_frames"], r["error"]) for n, r in runs.items()}
+    assert [runs[f"interactive {i}"]["frames"] for i in (1, 2, 3)] == [81, 84, 84]
+    cut = runs["interrupt"]  # /interrupt after 3 block events: both files hold every frame the session made, once
+    assert cut["notes"]["interrupted_status"] == "error" and cut["notes"]["blocks_before_interrupt"] >= 3
+    assert 0 < cut["notes"]["frames_in_the_interrupted_file"] < cut["frames"] == cut["expected_frames"]
