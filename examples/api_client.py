@@ -57,8 +57,13 @@ def download(server: str, f: dict, folder: pathlib.Path) -> pathlib.Path:
                                     "type": f.get("type", "output")})
     path = (folder / f["filename"]).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(f"{server}/view?{query}", timeout=600) as resp:
-        path.write_bytes(resp.read())
+    try:
+        with urllib.request.urlopen(f"{server}/view?{query}", timeout=600) as resp:
+            path.write_bytes(resp.read())
+    except urllib.error.HTTPError as err:
+        raise SystemExit(f"GET /view of {f.get('subfolder', '')}/{f['filename']}: the server answered {err.code}") from None
+    except urllib.error.URLError as err:
+        raise SystemExit(f"GET /view of {f['filename']}: no answer from {server} ({err.reason})") from None
     return path
 
 
@@ -71,6 +76,18 @@ def queue_and_wait(server: str, graph: dict, timeout: float = 3600) -> dict:
             return entry
         time.sleep(0.5)
     raise TimeoutError(f"prompt {prompt_id} did not finish")
+
+
+def failure(entry: dict, graph: dict) -> str:
+    """What a failed run's history entry says: the node that failed and its error, or that it was interrupted."""
+    messages = dict(entry.get("status", {}).get("messages", []))
+    if "execution_error" in messages:
+        e = messages["execution_error"]
+        kind = e.get("node_type") or graph.get(str(e.get("node_id")), {}).get("class_type")
+        return f"failed in node {e.get('node_id')} ({kind}): {e.get('exception_type')}: {e.get('exception_message')}"
+    if "execution_interrupted" in messages:
+        return f"was interrupted in node {messages['execution_interrupted'].get('node_id')}"
+    return f"failed: {json.dumps(entry.get('status'))[:2000]}"
 
 
 def continuation_graphs(base: dict, prompts: list[str], session_id: str) -> list[dict]:
@@ -100,13 +117,13 @@ def main() -> None:
     parser.add_argument("--session", default="api-demo",
                         help="the session id the runs share; the first run resets it (default %(default)s)")
     parser.add_argument("--download", type=pathlib.Path, default=pathlib.Path("out") / "api_client",
-                        help="where the parts are saved here (default %(default)s)")
+                        help="the folder the parts are saved in (default %(default)s)")
     args = parser.parse_args()
     base = json.loads(args.workflow.read_text())
     for i, graph in enumerate(continuation_graphs(base, args.prompts, args.session), 1):
         entry = queue_and_wait(args.server, graph)
         if entry["status"]["status_str"] != "success":
-            raise SystemExit(f"run {i} failed: {json.dumps(entry['status']['messages'][-1][1])[:2000]}")
+            raise SystemExit(f"run {i} {failure(entry, graph).rstrip()}")
         for out in entry["outputs"].values():
             for f in out.get("images", []):
                 print(f"part {i}: {download(args.server, f, args.download)}")

@@ -11,7 +11,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import BACKENDS, PRECISIONS, load_model, make_fast, resolve_device, resolve_precision
+from ..longlive_core import (BACKENDS, PRECISIONS, ConfigError, load_model, make_fast, resolve_device,
+                             resolve_precision)
 from .state import LongLiveModel, device_error, device_input, first_error
 
 log = logging.getLogger("longlive")
@@ -54,12 +55,7 @@ class ModelLoader(io.ComfyNode):
         if None in (model_name, lora_name, lora_strength, precision, attention):
             return True
         return first_error(
-            model_name in folder_paths.get_filename_list("diffusion_models")
-            or f"model_name: '{model_name}' is not in models/diffusion_models; download models/longlive_base.pt of "
-               f"{LONGLIVE_REPO} there, or pick a listed file",
-            lora_name in (NO_LORA, *folder_paths.get_filename_list("loras"))
-            or f"lora_name: '{lora_name}' is not in models/loras; download models/lora.pt of {LONGLIVE_REPO} there, "
-               f"or choose '{NO_LORA}'",
+            *_listed(model_name, lora_name),
             (isinstance(lora_strength, (int, float)) and math.isfinite(lora_strength) and -4 <= lora_strength <= 4)
             or f"lora_strength: {lora_strength} is not a number from -4 to 4",
             precision in PRECISIONS or f"precision: '{precision}' is not one of {', '.join(PRECISIONS)}",
@@ -70,6 +66,9 @@ class ModelLoader(io.ComfyNode):
     def execute(cls, model_name, lora_name, lora_strength, precision, attention, fast, device=None) -> io.NodeOutput:
         device = resolve_device(device, mm.get_torch_device(), "device")
         resolved = resolve_precision(precision, device)
+        missing = first_error(*_listed(model_name, lora_name))  # names fed by a link skip validate_inputs
+        if missing is not True:
+            raise ConfigError(missing)
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         lora = None if lora_name == NO_LORA else folder_paths.get_full_path_or_raise("loras", lora_name)
         model = load_model(path, lora_path=lora, lora_strength=lora_strength, device=device, precision=resolved)
@@ -86,6 +85,16 @@ class ModelLoader(io.ComfyNode):
                                                            offload_device=mm.unet_offload_device(),
                                                            size=_nbytes(model))
         return io.NodeOutput(wrapper)
+
+
+def _listed(model_name: str, lora_name: str) -> tuple[bool | str, bool | str]:
+    """Whether each file is in its folder, else where to download it."""
+    return (model_name in folder_paths.get_filename_list("diffusion_models")
+            or f"model_name: '{model_name}' is not in models/diffusion_models; download models/longlive_base.pt of "
+               f"{LONGLIVE_REPO} there, or pick a listed file",
+            lora_name in (NO_LORA, *folder_paths.get_filename_list("loras"))
+            or f"lora_name: '{lora_name}' is not in models/loras; download models/lora.pt of {LONGLIVE_REPO} there, "
+               f"or choose '{NO_LORA}'")
 
 
 class Holder(torch.nn.Module):

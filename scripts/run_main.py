@@ -27,6 +27,7 @@ from host import REPO, ComfyHost, Events, error_of, make_tiny_models, output_fil
 from make_workflows import LORA, MODEL, MODEL2, UMT5, VAE
 
 log = logging.getLogger("longlive.main")
+SAMPLER = "LongLive_StreamingSampler"
 REAL_FILES = (f"diffusion_models/{MODEL}", f"loras/{LORA}", f"text_encoders/{UMT5}", f"vae/{VAE}")
 
 
@@ -112,18 +113,21 @@ def serve(host: ComfyHost, graph: dict, base: pathlib.Path) -> int:
 
 
 def follow(host: ComfyHost, events: Events, graph: dict, prompt_id: str, timeout: float = 7200) -> dict:
-    """Waits for the run, printing each node as it starts and each block as it is made (with its speed and how
-    many previews reached the page)."""
-    start, seen, deadline = time.time(), 0, time.time() + timeout
+    """Waits for the run, printing each node as it starts and each block as it is made: how many of the run's blocks
+    are done (ComfyUI's progress events), their speed (the block events) and how many previews reached the page."""
+    start, seen, deadline, block = time.time(), 0, time.time() + timeout, {}
     while time.time() < deadline:
         items = events.since(start)
         for _, kind, data in items[seen:]:
             if kind == "executing" and data.get("node") in graph:
                 log.info("running %s", graph[data["node"]]["class_type"])
             elif kind == "longlive.block":
+                block = data
+            elif kind == "progress" and graph.get(data.get("node"), {}).get("class_type") == SAMPLER and block:
                 previews = sum(k == "preview" for _, k, _ in items)
-                log.info("  latent frame %d: %.0f ms a block (%.1f pixel fps)%s", data["frame"],
-                         data.get("last_block_ms", 0), data.get("fps", 0), f", {previews} previews" if previews else "")
+                log.info("  block %d of %d (latent frame %d): %.0f ms a block (%.1f pixel fps), %s", data["value"],
+                         data["max"], block["frame"], block.get("last_block_ms", 0), block.get("fps", 0),
+                         f"{previews} preview{'' if previews == 1 else 's'}")
         seen = len(items)
         entry = host.get(f"/history/{prompt_id}").get(prompt_id)
         if entry and entry.get("status", {}).get("status_str") in ("success", "error"):

@@ -218,6 +218,22 @@ def test_without_flashattention_auto_falls_back_and_fp8_attention_says_why(monke
         resolve.cache_clear()
 
 
+def test_without_flashattention_3_auto_takes_flashattention_2(monkeypatch, tmp_path):
+    """An RTX 4090 / 3090 user with flash-attn 2 and no FA3 (here a stand-in `flash_attn` package: FA2 builds only
+    for CUDA). `auto` takes FA2 on Hopper and elsewhere; asking for FA3 says what to install."""
+    (tmp_path / "flash_attn.py").write_text("def flash_attn_func(q, k, v):\n    raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    unimportable(monkeypatch, "flash_attn_interface", "fa3_fwd_interface")
+    try:
+        assert resolve("auto", "cuda", True)[0] == "flash-attn 2"
+        assert resolve("auto", "cuda", False)[0] == "flash-attn 2"
+        assert resolve("auto", "cpu", False)[0] == "sdpa"
+        with pytest.raises(BackendUnavailableError, match="'flash-attn 3' is not installed; pip install fa3-fwd"):
+            resolve("flash-attn 3", "cuda", True)
+    finally:
+        resolve.cache_clear()
+
+
 def test_a_capture_failure_says_where_it_was_raised():
     """The cause a failed capture reports ends with the innermost frames (run 83's FP8 capture inside ComfyUI failed
     with only `CUDA driver error: invalid argument` to go on)."""

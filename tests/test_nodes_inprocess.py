@@ -146,6 +146,17 @@ def test_a_vae_for_another_device_is_a_copy_with_its_own_weights(tiny_vae):
         vae_on(tiny_vae, f"cuda:{torch.cuda.device_count()}")
 
 
+def test_a_missing_model_file_fed_by_a_link_says_where_to_get_it(comfy):
+    """ComfyUI skips validate_inputs for an input fed by a link: the loader itself names the file and its source."""
+    load_pack()
+    from longlive_pack.nodes.loader import ModelLoader
+
+    with pytest.raises(ConfigError, match=r"^model_name: 'nowhere\.pt' is not in models/diffusion_models; download "
+                                          r"models/longlive_base\.pt of huggingface\.co/Efficient-Large-Model/"
+                                          r"LongLive-1\.3B there, or pick a listed file$"):
+        ModelLoader.execute("nowhere.pt", "none", 1.0, "bf16", "auto", False)
+
+
 def test_conditioning_schedule(comfy):
     load_pack()
     from longlive_pack.nodes.schedule import ConditioningSchedule

@@ -119,3 +119,14 @@ def test_a_second_copy_of_the_engine_is_refused_and_the_first_keeps_working():
     assert "loaded twice in this process (engine_copy, longlive_core)" in message
     assert "Import the engine once" in message
     assert float(error.split()[-1]) < 1e-5
+
+
+def test_without_chromium_the_browser_test_skips_and_says_why(tmp_path):
+    """Where scripts/test.sh could not install Chromium (not root, no network), the browser test skips with the
+    reason, unless LONGLIVE_REQUIRE_BROWSER (CI) says it must run."""
+    env = {k: v for k, v in os.environ.items() if k != "LONGLIVE_REQUIRE_BROWSER"}
+    env["PATH"] = str(tmp_path)  # no chromium on it
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "tests/test_browser.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 5 and "1 skipped" in done.stdout, done.stdout[-2000:]  # 5: a module skipped, no test
+    assert "no chromium on this machine (scripts/test.sh installs Debian's with apt-get" in done.stdout
