@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from longlive_core.errors import BackendUnavailableError, ConfigError
+from longlive_core.fast.compile import unavailable
 from longlive_core.fast.graphs import where
 from longlive_core.fast.setup import make_fast
 from longlive_core.model.attention import Q_TILE, merge_pad, resolve, wave_split
@@ -200,6 +201,12 @@ def test_without_triton_or_torch_compile_the_fast_path_runs_eager_with_one_line(
                      f"({sys.version.split()[0]})); CUDA graphs still capture where they run"]
     assert not fast.fused and fast.stages == Stages.of(Block)
     torch.testing.assert_close(video(fast, prompt), video(tiny_model, prompt), rtol=0, atol=0)
+
+
+def test_without_triton_torch_compile_is_unavailable_on_cuda_only(monkeypatch):
+    unimportable(monkeypatch, "triton")
+    assert unavailable(torch.device("cuda")) == "the triton package is not installed (torch.compile needs it for CUDA)"
+    assert unavailable(torch.device("cpu")) is None  # inductor's CPU code is C++
 
 
 def test_without_flashattention_auto_falls_back_and_fp8_attention_says_why(monkeypatch):

@@ -9,7 +9,6 @@ size adds variants of the same code, and past the limit dynamo silently runs eag
 from __future__ import annotations
 
 import functools
-import importlib.util
 import sys
 from typing import Callable
 
@@ -35,6 +34,9 @@ def unavailable(device: torch.device) -> str | None:
     """Why torch.compile cannot compile for `device` on this machine (None: it can)."""
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile does not support this Python ({sys.version.split()[0]})"
-    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed (torch.compile needs it for CUDA)"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "the triton package is not installed (torch.compile needs it for CUDA)"
     return None
