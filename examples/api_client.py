@@ -61,7 +61,8 @@ def download(server: str, f: dict, folder: pathlib.Path) -> pathlib.Path:
         with urllib.request.urlopen(f"{server}/view?{query}", timeout=600) as resp:
             path.write_bytes(resp.read())
     except urllib.error.HTTPError as err:
-        raise SystemExit(f"GET /view of {f.get('subfolder', '')}/{f['filename']}: the server answered {err.code}") from None
+        raise SystemExit(f"GET /view of {f.get('subfolder', '')}/{f['filename']}: the server answered "
+                         f"{err.code}") from None
     except urllib.error.URLError as err:
         raise SystemExit(f"GET /view of {f['filename']}: no answer from {server} ({err.reason})") from None
     return path

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -27,8 +29,11 @@ def test_golden_case_matches_every_block(case):
 def test_verify_command_passes_on_golden_and_fails_on_a_changed_case(tmp_path):
     """The README's command as written: its glob also matches golden/README.md, which is skipped with a note."""
     cases = golden_cases()
-    ok = subprocess.run(f"{sys.executable} -m longlive_core.verify {cases[0].parent}/*", shell=True, cwd=REPO,
-                        capture_output=True, text=True)
+    readme = (REPO / "README.md").read_text()
+    (command,) = set(re.findall(r"`(python -m longlive_core\.verify \.\./shared/golden/\*)`", readme))
+    here = os.path.relpath(cases[0].parent, REPO)  # ../shared/golden unless LONGLIVE_GOLDEN points elsewhere
+    ok = subprocess.run(command.replace("python", sys.executable, 1).replace("../shared/golden", here), shell=True,
+                        cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     lines = [json.loads(line) for line in ok.stdout.splitlines()]
     assert [line["passed"] for line in lines] == [True] * len(cases)

@@ -40,7 +40,8 @@ def test_the_harness_runs_the_interactive_group_with_a_reload_and_an_interrupt(t
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = {r["name"]: r for r in json.loads((tmp_path / "out" / "e2e.json").read_text())["runs"]}
-    assert all(r["ok"] for r in runs.values()), {n: (r["frames"], r["expected_frames"], r["error"]) for n, r in runs.items()}
+    assert all(r["ok"] for r in runs.values()), {n: (r["frames"], r["expected_frames"], r["error"])
+                                                 for n, r in runs.items()}
     assert [runs[f"interactive {i}"]["frames"] for i in (1, 2, 3)] == [81, 84, 84]
     cut = runs["interrupt"]  # /interrupt after 3 block events: both files hold every frame the session made, once
     assert cut["notes"]["interrupted_status"] == "error" and cut["notes"]["blocks_before_interrupt"] >= 3
