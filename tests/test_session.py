@@ -49,7 +49,7 @@ def test_set_prompt_between_runs_equals_a_schedule(tiny_model, prompt):
     b = session(tiny_model, seed=2)
     b.set_schedule([(0, prompt), (15, other)])
     whole = run(b, 24)
-    # the scheduled run skips the clean pass before the switch; the recache rewrites it anyway
+    # the switching block skips the owed clean pass of the block before it; the recache rewrites those frames
     torch.testing.assert_close(torch.cat([part1, part2], 1), whole, rtol=1e-5, atol=1e-5)
 
 
@@ -172,8 +172,8 @@ def test_attention_backends():
 
 
 def test_a_switch_that_no_longer_comes_gets_its_clean_pass_back(tiny_model, prompt):
-    """The block before a scheduled recache skips its clean pass; dropping the switch must not leave
-    that block's noisy K/V in the cache."""
+    """A switch with a recache skips the clean pass owed by the block before it; dropping the switch must not
+    leave that block's noisy K/V in the cache."""
     a = session(tiny_model, seed=6)
     a.set_schedule([(0, prompt), (6, prompt.flip(1))])
     first = run(a, 6)

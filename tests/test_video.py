@@ -21,8 +21,8 @@ def finished(decode):
     return lambda latents: (lambda images=decode(latents): images)
 
 
-def new_video(model, policy: str = "recache") -> Video:
-    return Video.open(model, VideoSettings(("tiny",), 1, 96, 64, 9, 3, policy, 0, "v"), fast=False)
+def new_video(model, policy: str = "recache", position_mode: str = "absolute") -> Video:
+    return Video.open(model, VideoSettings(("tiny",), 1, 96, 64, 9, 3, policy, 0, "v", position_mode), fast=False)
 
 
 def test_runs_continue_one_video_as_one_session_makes_it(tiny_model):
@@ -210,15 +210,16 @@ def test_delivered_latents_wait_for_a_decode_that_takes_them(tiny_model):
     assert sum(s.shape[2] for s in video.delivered) <= 256
 
 
-def test_a_saved_video_restored_in_a_new_one_continues_exactly(tiny_model, tmp_path):
+@pytest.mark.parametrize("position_mode", ["absolute", "relative"])
+def test_a_saved_video_restored_in_a_new_one_continues_exactly(tiny_model, tmp_path, position_mode):
     from longlive_core import DecodeStream, restore_video, save_video
 
     prompts = [Prompt(0, "a boy"), Prompt(6, "he runs")]
-    straight = new_video(tiny_model)
+    straight = new_video(tiny_model, position_mode=position_mode)
     straight.schedule(prompts, 15, embed)
     whole, _ = straight.run(15, live=False, hooks=RunHooks(embed_text=embed))
 
-    video = new_video(tiny_model)
+    video = new_video(tiny_model, position_mode=position_mode)
     video.schedule(prompts, 9, embed)  # the last block's clean pass is owed to the next block: saved with it
     first, _ = video.run(9, live=False, hooks=RunHooks(embed_text=embed))
     stream = video.decoder("wan 1234", lambda: DecodeStream(3))
@@ -227,12 +228,46 @@ def test_a_saved_video_restored_in_a_new_one_continues_exactly(tiny_model, tmp_p
     path = tmp_path / "saved.safetensors"
     assert save_video(video, str(path)) == path.stat().st_size
 
-    resumed = new_video(tiny_model)
+    resumed = new_video(tiny_model, position_mode=position_mode)
     restore_video(resumed, str(path))
     assert resumed.session.frame == 9 and resumed.prompt_key == video.prompt_key
     restored = resumed.decoders["wan 1234"]
     assert torch.equal(restored.cache[0], stream.cache[0]) and restored.cache[1:] == [None, "Rep"]
     assert restored.shape == (1, 8, 12) and torch.equal(resumed.delivered[0], video.delivered[0])
+    resumed.schedule([Prompt(0, "he runs")], 6, embed)
+    rest, _ = resumed.run(6, live=False, hooks=RunHooks(embed_text=embed))
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, rtol=0, atol=0)
+
+
+def test_a_save_of_format_1_with_its_skipped_clean_pass_continues_exactly(tiny_model, tmp_path):
+    """Format 1 kept the latents of a block whose clean pass had not run (it skipped it for a recache scheduled next)
+    as a tensor; format 2 marks the owed pass in the session's fields. A format-1 file restores and continues as one
+    straight run."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from longlive_core import restore_video, save_video
+
+    prompts = [Prompt(0, "a boy"), Prompt(6, "he runs")]
+    straight = new_video(tiny_model)
+    straight.schedule(prompts, 15, embed)
+    whole, _ = straight.run(15, live=False, hooks=RunHooks(embed_text=embed))
+    video = new_video(tiny_model)
+    video.schedule(prompts, 9, embed)
+    first, _ = video.run(9, live=False, hooks=RunHooks(embed_text=embed))
+    path = tmp_path / "saved.safetensors"
+    save_video(video, str(path))
+    with safe_open(str(path), "pt") as f:  # written as format 1 wrote it
+        meta, tensors = json.loads(f.metadata()["longlive_video"]), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["session"].pop("owed_clean") is True
+    meta["version"] = 1
+    tensors["session.skipped_clean"] = tensors[f"session.recent.{meta['session']['recent'] - 1}"].clone()
+    save_file(tensors, str(path), metadata={"longlive_video": json.dumps(meta)})
+
+    resumed = new_video(tiny_model)
+    restore_video(resumed, str(path))
     resumed.schedule([Prompt(0, "he runs")], 6, embed)
     rest, _ = resumed.run(6, live=False, hooks=RunHooks(embed_text=embed))
     torch.testing.assert_close(torch.cat([first, rest], 1), whole, rtol=0, atol=0)

@@ -19,7 +19,8 @@ from ..vae.stream22 import Wan22DecodeStream
 from ..vae.tiny import TinyStream
 from .video import Video, VideoSettings
 
-VERSION = 1
+VERSION = 2  # 2: a StreamSession's owed clean pass is a field (format 1 kept a tensor for it); both are read
+READ_VERSIONS = (1, 2)
 META_KEY = "longlive_video"
 _LISTS = ("undelivered", "undelivered_images", "delivered")
 
@@ -92,8 +93,9 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable saved session ({exc}); {fix}") from exc
-    if not isinstance(meta, dict) or meta.get("version") != VERSION:
-        raise ConfigError(f"{path}: not a saved LongLive session of format {VERSION}; {fix}")
+    if not isinstance(meta, dict) or meta.get("version") not in READ_VERSIONS:
+        raise ConfigError(f"{path}: not a saved LongLive session of format {' or '.join(map(str, READ_VERSIONS))}; "
+                          f"{fix}")
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not k.endswith("log_pad")
            and not torch.isfinite(v.float()).all()]
     if bad:

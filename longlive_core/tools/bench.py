@@ -112,7 +112,8 @@ def time_blocks(session, blocks: int, t0: float, keep_latents: bool = True) -> d
 def summarize(name: str, run: dict, reference: torch.Tensor | None, batch: int,
               switch_blocks=SWITCH_BLOCKS, block: int = 3, first_steady: int = 5, switch_offsets=(-1, 0)) -> dict:
     """block: latent frames a block (a steady latent frame is 4 pixel frames); steady blocks from first_steady on but
-    those a switch costs extra (switch_offsets from each switch block: a recache runs in the block before it)."""
+    those a switch changes (switch_offsets from each switch block: the switching block recaches and skips the clean
+    pass the block before it owes)."""
     ms = run["block_ms"]
     near_switch = {b + d for b in switch_blocks for d in switch_offsets}
     steady = statistics.median(m for i, m in enumerate(ms) if i >= first_steady and i not in near_switch)
