@@ -478,12 +478,15 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
     memory = [*interactive_runs("bf16", 2, alone=True), *interactive_runs("fp8", 2, alone=True, **fp8),
               *interactive_runs("bf16_w21", 2, alone=True, **window21),
               *interactive_runs("fp8_w21", 2, alone=True, **fp8, **window21)]
+    other_precisions = [run for precision in ("fp16", "int8 dynamic", "int8 weight-only")
+                        for run in interactive_runs(precision.replace(" ", "_").replace("-", "_"), 2, alone=True,
+                                                    LongLive_ModelLoader={"precision": precision})]
     precisions = [] if tiny else [
         ("precisions", [], [*memory[2:],
                             *interactive_runs("int8_dynamic", 2, LongLive_ModelLoader={"precision": "int8 dynamic"}),
                             *interactive_runs("fa3_fp8", 2, LongLive_ModelLoader={"attention": "flash-attn 3 fp8"}),
                             run_reload], False),
-        ("memory", [], memory, False)]
+        ("memory", [], [*memory, *other_precisions], False)]
     return [
         ("one-minute", [], [run_one_minute, run_one_minute_warm], False),
         ("live", [], [run_live, run_live_warm], False),
