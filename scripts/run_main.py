@@ -56,9 +56,15 @@ def tiny_graph(graph: dict, names: dict, width: int = 96, height: int = 64) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=pathlib.Path, default=pathlib.Path(os.environ.get("LONGLIVE_MODELS", REPO / "models")))
-    parser.add_argument("--workflow", default="longlive_one_minute")
-    parser.add_argument("--output", type=pathlib.Path, default=REPO / "out")
+    models = pathlib.Path(os.environ.get("LONGLIVE_MODELS", REPO / "models"))
+    parser.add_argument("--models", type=pathlib.Path, default=models,
+                        help="a ComfyUI models folder holding the real weights (diffusion_models/, loras/, "
+                             "text_encoders/, vae/; default $LONGLIVE_MODELS or ./models); without them the tiny "
+                             "built-in random model runs")
+    parser.add_argument("--workflow", default="longlive_one_minute",
+                        help="a shipped workflow of workflows/api, without .json (default %(default)s)")
+    parser.add_argument("--output", type=pathlib.Path, default=REPO / "out",
+                        help="ComfyUI's output folder for the saved video (default ./out)")
     parser.add_argument("--serve", action="store_true", help="keep the server up for examples/api_client.py")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -99,3 +99,13 @@ def test_the_api_client_help_documents_its_options_and_parts():
     assert "--session SESSION the session id the runs share; the first run resets it" in text
     assert "consecutive parts of one video" in text and "--serve" in text
     assert not re.search(r"\S {3,}\S", done.stdout.split("positional arguments")[0])  # no run of spaces in the text
+
+
+def test_run_main_help_documents_every_option():
+    done = subprocess.run([sys.executable, "scripts/run_main.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0
+    for option in ("--models MODELS a ComfyUI models folder", "--workflow WORKFLOW a shipped workflow",
+                   "--output OUTPUT ComfyUI's output folder", "--serve keep the server up"):
+        assert option in text, text
