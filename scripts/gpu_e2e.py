@@ -379,7 +379,7 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
     blocks = events.since(start[0], "longlive.block")
     switched = [t for t, _, d in blocks if d.get("switched")]
     result.notes["post_to_switch_block_s"] = [round(s - p, 3) for (p, _), s in zip(posted, switched)]
-    result.notes["stream"] = stream_figures(watcher.frames, posted)
+    result.notes["stream"] = stream_figures(watcher.frames, posted, ended=start[0] + result.wall_s)
     result.expected_frames = pixel_frames(FRAMES_PER_BLOCK * result.blocks, True)
     result.ok = (result.frames == result.expected_frames == result.notes["stream"]["frames"]
                  and len(switched) == len(posted) and result.notes["stream"]["in_order"])
@@ -390,10 +390,10 @@ def run_live_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> N
     run_live(h, host, events, result, session="live_2")
 
 
-def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, str]]) -> dict:
+def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, str]], ended: float) -> dict:
     """The frames at a viewer: count, order, the rate and the longest gap after the first 3 s (steady state; with
-    the frame it ended at and its time from the first frame), and for each posted prompt the time from its POST to
-    the first frame made under it."""
+    the frame it ended at, its time from the first frame, how long before its arrival the server made and sent it,
+    and when the run ended), and for each posted prompt the time from its POST to the first frame made under it."""
     if not frames:
         return {"frames": 0, "in_order": False}
     times = [t for t, _ in frames]
@@ -408,12 +408,20 @@ def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, s
             "dropped": frames[-1][1].get("dropped", 0),
             "fps_steady": round((len(steady) - 1) / (steady[-1] - steady[0]), 2) if len(steady) > 1 else None,
             "max_gap_ms": round(max(gaps) * 1e3) if gaps else None,
-            "max_gap_ended_at": None if longest is None else {
-                "frame": frames[len(times) - len(steady) + longest][1]["frame"],
-                "s_after_first_frame": round(steady[longest] - times[0], 2)},
+            "max_gap_ended_at": None if longest is None else gap_end(frames[len(times) - len(steady) + longest],
+                                                                     times[0], ended),
             "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))] * 1e3) if gaps else None,
             "prompt_to_pixel_ms": latency,
             "prompt_to_pixel_median_ms": statistics.median([x for x in latency if x is not None] or [0])}
+
+
+def gap_end(frame: tuple[float, dict], first: float, ended: float) -> dict:
+    """Where a gap ended: the frame, its arrival from the first frame's, how long before its arrival the server made
+    it and sent it (a frame made long before and sent late: the sending side waited), and the run's end."""
+    arrived, header = frame
+    return {"frame": header["frame"], "s_after_first_frame": round(arrived - first, 2),
+            "made_s_before": round(arrived - header["made_at"], 3), "sent_s_before": round(arrived - header["sent_at"], 3),
+            "run_ended_s_after_first_frame": round(ended - first, 2)}
 
 
 def wait_blocks(events: Events, t0: float, count: int, timeout: float = 300) -> None:

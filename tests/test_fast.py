@@ -189,6 +189,19 @@ def unimportable(monkeypatch, *modules: str) -> None:
     resolve.cache_clear()
 
 
+STAND_IN = "def flash_attn_func(q, k, v):\n    raise NotImplementedError\n"
+
+
+def stand_ins(monkeypatch, folder, **sources: str) -> None:
+    """Importable stand-in modules (name=source) in `folder`, forgotten again after the test."""
+    for name, source in sources.items():
+        (folder / f"{name}.py").write_text(source)
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name))  # restored (or removed) after the test
+        del sys.modules[name]
+    monkeypatch.syspath_prepend(str(folder))
+    resolve.cache_clear()
+
+
 def test_without_triton_or_torch_compile_the_fast_path_runs_eager_with_one_line(tiny_model, prompt, monkeypatch,
                                                                                 caplog):
     unimportable(monkeypatch, "triton")
@@ -228,8 +241,7 @@ def test_without_flashattention_auto_falls_back_and_fp8_attention_says_why(monke
 def test_without_flashattention_3_auto_takes_flashattention_2(monkeypatch, tmp_path):
     """An RTX 4090 / 3090 user with flash-attn 2 and no FA3 (here a stand-in `flash_attn` package: FA2 builds only
     for CUDA). `auto` takes FA2 on Hopper and elsewhere; asking for FA3 says what to install."""
-    (tmp_path / "flash_attn.py").write_text("def flash_attn_func(q, k, v):\n    raise NotImplementedError\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    stand_ins(monkeypatch, tmp_path, flash_attn=STAND_IN)
     unimportable(monkeypatch, "flash_attn_interface", "fa3_fwd_interface")
     try:
         assert resolve("auto", "cuda", True)[0] == "flash-attn 2"
@@ -237,6 +249,28 @@ def test_without_flashattention_3_auto_takes_flashattention_2(monkeypatch, tmp_p
         assert resolve("auto", "cpu", False)[0] == "sdpa"
         with pytest.raises(BackendUnavailableError, match="'flash-attn 3' is not installed; pip install fa3-fwd"):
             resolve("flash-attn 3", "cuda", True)
+    finally:
+        resolve.cache_clear()
+
+
+def test_an_fa3_build_without_float16_is_passed_over_for_fp16(monkeypatch, tmp_path):
+    """The fa3-fwd wheel is built without float16 kernels (its config module says so; run 96's fp16 model failed in
+    it inside ComfyUI). Stand-ins of its interface and config: `auto` takes it for bf16 and passes it over for fp16
+    (to FA2 where installed, else SDPA); asking for it with fp16 says why and what to choose."""
+    stand_ins(monkeypatch, tmp_path, fa3_fwd_interface=STAND_IN, fa3_fwd_config=(
+        "CONFIG = {'build_flags': {'FLASHATTENTION_DISABLE_FP16': True, 'FLASHATTENTION_DISABLE_FP8': False}}\n"))
+    unimportable(monkeypatch, "flash_attn_interface", "flash_attn")
+    try:
+        assert resolve("auto", "cuda", True)[0] == "flash-attn 3"
+        assert resolve("auto", "cuda", True, fp16=True)[0] == "sdpa"
+        with pytest.raises(BackendUnavailableError, match=r"'flash-attn 3': the installed build \(fa3_fwd_interface\) "
+                                                          r"has no float16 kernels; use precision bf16, or attention "
+                                                          r"'auto' or 'sdpa' for fp16"):
+            resolve("flash-attn 3", "cuda", True, fp16=True)
+        stand_ins(monkeypatch, tmp_path, flash_attn=STAND_IN)
+        assert resolve("auto", "cuda", True, fp16=True)[0] == "flash-attn 2"
+        stand_ins(monkeypatch, tmp_path, fa3_fwd_config="CONFIG = {'build_flags': {'FLASHATTENTION_DISABLE_FP16': False}}\n")
+        assert resolve("auto", "cuda", True, fp16=True)[0] == "flash-attn 3"  # a build with float16 kernels
     finally:
         resolve.cache_clear()
 

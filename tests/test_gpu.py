@@ -8,7 +8,7 @@ import torch
 from longlive_core import BackendUnavailableError, ShotSession, SideStream, StreamSession, WanConfig
 from longlive_core.fast.runner import GraphRunner, warm_up
 from longlive_core.fast.setup import make_fast
-from longlive_core.model.attention import cross_attention
+from longlive_core.model.attention import _flash_module, _lacks_fp16, cross_attention
 from longlive_core.model.wan import Block, Stages
 from longlive_core.quant.precision import resolve as resolve_precision
 from longlive_core.tools.synthetic import random_model
@@ -49,6 +49,17 @@ def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     assert len(session.runner.graphs) == 6  # captured before the first block: 4 steps, clean pass, recache
     assert rel(fast, eager) < 2e-2
 
+
+
+def test_an_fp16_model_takes_an_attention_with_float16_kernels():
+    """Precision fp16 with attention `auto` (run 96: the fa3-fwd wheel has no float16 kernels, and the fp16 model
+    failed in it inside ComfyUI)."""
+    model = random_model(CFG, device="cuda", dtype=torch.float16, std=0.05)
+    eager, _ = stream(model, None)
+    fast, session = stream(make_fast(model, attention="auto"), GraphRunner, prepare=True)
+    assert model.attention_backend != "flash-attn 3" or not _lacks_fp16(_flash_module("flash-attn 3"))
+    assert len(session.runner.graphs) == 6
+    assert rel(fast, eager) < 2e-2
 
 
 CFG_V2 = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, text_dim=64, in_dim=48, out_dim=48)

@@ -58,6 +58,19 @@ def _flash_module(name: str):
     return None
 
 
+BUILD_CONFIG = {"flash_attn_interface": "flash_attn_config", "fa3_fwd_interface": "fa3_fwd_config"}  # FA3's build flags
+
+
+def _lacks_fp16(module) -> bool:
+    """Whether a FlashAttention-3 build was made without float16 kernels (FLASHATTENTION_DISABLE_FP16, as the fa3-fwd
+    wheel is): FA3 builds record their flags in a config module beside the interface."""
+    try:
+        flags = importlib.import_module(BUILD_CONFIG[module.__name__]).CONFIG["build_flags"]
+    except (KeyError, ImportError, AttributeError, TypeError):
+        return False
+    return bool(flags.get("FLASHATTENTION_DISABLE_FP16"))
+
+
 Q_TILE = 128  # the queries one FA3 work unit (CTA) takes at head dim 128, in bf16 and in FP8
 
 
@@ -154,8 +167,9 @@ def _is_hopper(device: torch.device) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[str, AttentionFn]:
-    """Maps a backend name to (resolved name, function); `auto` picks the fastest importable one."""
+def resolve(name: str, device_type: str = "cpu", hopper: bool = False, fp16: bool = False) -> tuple[str, AttentionFn]:
+    """Maps a backend name to (resolved name, function); `auto` picks the fastest importable one that runs the
+    model's dtype (`fp16`: float16, which some FA3 builds leave out)."""
     if name not in BACKENDS:
         raise BackendUnavailableError(f"attention backend '{name}' is unknown; choose one of {', '.join(BACKENDS)}")
     if name == "sdpa" or (name == "auto" and device_type != "cuda"):
@@ -163,7 +177,10 @@ def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[
     if name == "auto":
         for candidate in ("flash-attn 3", "flash-attn 2") if hopper else ("flash-attn 2",):
             module = _flash_module(candidate)
-            if module is not None:
+            if module is not None and fp16 and _lacks_fp16(module):
+                log.info("attention: %s (%s) was built without float16 kernels; fp16 takes the next backend",
+                         candidate, module.__name__)
+            elif module is not None:
                 return candidate, _flash(module, candidate == "flash-attn 3")
         return "sdpa", _sdpa_hopper if hopper else _sdpa
     if device_type != "cuda":
@@ -174,12 +191,16 @@ def resolve(name: str, device_type: str = "cpu", hopper: bool = False) -> tuple[
     if module is None:
         pkg = "flash-attn" if name == "flash-attn 2" else "fa3-fwd (PyPI) or flash-attn 3"
         raise BackendUnavailableError(f"attention backend '{name}' is not installed; pip install {pkg}, or use 'auto'")
+    if fp16 and _lacks_fp16(module):
+        raise BackendUnavailableError(f"attention backend '{name}': the installed build ({module.__name__}) has no "
+                                      f"float16 kernels; use precision bf16, or attention 'auto' or 'sdpa' for fp16")
     return name, _flash_fp8(module) if name == FP8 else _flash(module, name == "flash-attn 3")
 
 
-def for_device(name: str, device: torch.device) -> tuple[str, AttentionFn]:
-    """Resolves a backend for the device the model runs on (the loader logs the final choice, once per load)."""
-    resolved, fn = resolve(name, device.type, _is_hopper(device))
+def for_device(name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> tuple[str, AttentionFn]:
+    """Resolves a backend for the device and dtype the model runs in (the loader logs the final choice, once per
+    load)."""
+    resolved, fn = resolve(name, device.type, _is_hopper(device), dtype == torch.float16)
     log.debug("attention backend: %s (asked for %s)", resolved, name)
     return resolved, fn
 
@@ -212,12 +233,14 @@ def _prefix_text(module) -> TextAttentionFn:
     return run
 
 
-def cross_attention(name: str, device: torch.device, fast: bool = False) -> TextAttentionFn:
+def cross_attention(name: str, device: torch.device, fast: bool = False,
+                    dtype: torch.dtype = torch.bfloat16) -> TextAttentionFn:
     """The cross-attention for a backend name. `fast` (the fast path) takes the prefix shortcut where
     the flash module has a length-aware kernel, with the merge compiled into one kernel (graphs hide the
     compiled call's overhead). Otherwise, and in eager use, where the merge's separate ops cost more than
     the skipped keys save (run 15), plain attention over every key."""
-    resolved, fn = resolve("flash-attn 3" if name == FP8 else name, device.type, _is_hopper(device))
+    resolved, fn = resolve("flash-attn 3" if name == FP8 else name, device.type, _is_hopper(device),
+                           dtype == torch.float16)
     module = _flash_module(resolved) if resolved.startswith("flash") else None
     if fast and module is not None and hasattr(module, "flash_attn_with_kvcache"):
         return _prefix_text(module)

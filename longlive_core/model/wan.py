@@ -341,8 +341,8 @@ class CausalWan(nn.Module):
         half = self.dtype in (torch.bfloat16, torch.float16)
         if backend == FP8 and self.dtype == torch.float16:
             raise ConfigError(f"attention '{FP8}' returns bf16 and needs precision bf16 or fp8, not fp16")
-        self.attention_backend, self.attend = for_device(backend if half else "sdpa", self.device)
-        self.cross_attend = cross_attention((cross or backend) if half else "sdpa", self.device, fast)
+        self.attention_backend, self.attend = for_device(backend if half else "sdpa", self.device, self.dtype)
+        self.cross_attend = cross_attention((cross or backend) if half else "sdpa", self.device, fast, self.dtype)
         if self.attention_backend == FP8 and self.blocks[0].self_attn.fp8_scales is None:
             self.set_fp8_scales()
         return self.attention_backend
