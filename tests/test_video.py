@@ -76,6 +76,27 @@ def test_a_live_run_takes_the_newest_posted_prompt_at_the_next_block(tiny_model)
     assert video.prompt_key == Prompt(3, "a dog").key() and not video.live and video.inbox.empty()
 
 
+def test_a_live_run_ends_once_its_viewers_were_sent_its_last_frame(tiny_model):
+    """ComfyUI's prompt worker collects garbage as a run ends, stalling every thread (run 98: 0.3-0.5 s without a
+    frame at the viewer): a live run returns once the video it made has left for its viewers; a viewer's channel that
+    never empties holds it for twice its queued video at most. The lead here: each block's 12 frames leave at 16 fps."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+    leaves = [time.monotonic()]
+
+    def shown(done):
+        leaves.append(max(leaves[-1], time.monotonic()) + 12 / 16)
+
+    def lead():
+        return max(0.0, leaves[-1] - time.monotonic())
+
+    video.run(6, live=True, hooks=RunHooks(embed_text=embed, shown=shown, lead=lead))
+    assert lead() == 0 and len(leaves) == 3
+    stuck = time.monotonic()
+    video.run(3, live=True, hooks=RunHooks(embed_text=embed, lead=lambda: 0.25))
+    assert 0.9 <= time.monotonic() - stuck < 30
+
+
 def test_a_prompt_posted_during_a_live_block_makes_that_block_again_under_it(tiny_model):
     """The block in flight is cut short at its next pass and made again under the posted prompt: the video a run
     with the switch scheduled at that block makes."""

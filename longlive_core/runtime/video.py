@@ -126,7 +126,7 @@ class RunHooks:
     the next block, so the GPU never waits for the host's hand-off. made: after a block is generated (stats are
     current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
     live run, seconds of video made and not yet shown to its viewers (the run waits while that is more than a block
-    takes to make, so it stays about one block ahead). Embeddings are [1 or B, tokens, text_dim]."""
+    takes to make, so it stays about one block ahead, and at its end until it is 0). Embeddings are [1 or B, tokens, text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
     encode: Callable[[str], torch.Tensor] | None = None
@@ -346,6 +346,8 @@ class Video:
                     if live or hooks.decode is None:  # nothing to overlap, or a live block: shown at once
                         waiting, made = None, waiting
                         self._hand_off(made, hooks)
+                if live:
+                    self._play_out(hooks)
             finally:
                 if waiting is not None and len(self.undelivered_images) < len(self.undelivered):
                     self._hand_off(waiting, hooks)  # its frames are made: not lost to an interrupt (nor kept after a reset)
@@ -371,6 +373,18 @@ class Video:
             if hooks.check is not None:
                 hooks.check()
             self.stop.wait(0.005)
+
+    def _play_out(self, hooks: RunHooks) -> None:
+        """A live run ends once its viewers have been sent its last frame: the host may stall every thread as a run
+        ends (ComfyUI's prompt worker collects garbage then: 0.3-0.5 s without a frame at the viewer, run 98). An
+        interrupt ends the wait, and so does twice the time the queued video takes to play (a stuck viewer)."""
+        if hooks.lead is None:
+            return
+        deadline = time.monotonic() + 2 * hooks.lead() + 0.5
+        while hooks.lead() > 0 and time.monotonic() < deadline:
+            if hooks.check is not None:
+                hooks.check()
+            time.sleep(0.005)
 
     def _decode_owed(self, decode: Callable[[torch.Tensor], Callable[[], torch.Tensor | None]] | None) -> None:
         """Decodes the kept blocks without images (an interrupt cut their decode off, or their run decoded nothing):
