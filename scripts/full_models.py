@@ -8,7 +8,8 @@
 - text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors: umt5-xxl in ComfyUI's scaled-FP8 layout (e4m3 linears
   with their scale_weight, bf16 embedding and norms, the `scaled_fp8` marker), keys taken from ComfyUI's own T5
   class, and a small sentencepiece tokenizer trained here on the workflows' prompts under `spiece_model`;
-- vae/wan_2.1_vae.safetensors: a Wan 2.1 VAE of width 96 from ComfyUI's WanVAE class (scripts/tiny_vae.py);
+- vae/wan_2.1_vae.safetensors: a Wan 2.1 VAE of width 96 from ComfyUI's WanVAE class (scripts/tiny_vae.py), and
+  vae_approx/lighttaew2_1.safetensors (Wan 2.1's tiny decoder, ComfyUI's TAEHV);
 - with --v2, LongLive 2.0's: diffusion_models/model_bf16.pt (LongLive-2.0-5B's merged layout, the Wan2.2-TI2V-5B
   shapes, 10 GB in bf16), vae/wan2.2_vae.safetensors (the Wan 2.2 VAE at the full width ComfyUI builds) and
   vae_approx/lighttaew2_2.safetensors (Wan 2.2's tiny decoder, ComfyUI's TAEHV).
@@ -120,11 +121,12 @@ def write_umt5(models: pathlib.Path, device: str) -> None:
 
 
 def write_vae(models: pathlib.Path) -> None:
-    path = models / "vae" / "wan_2.1_vae.safetensors"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_vae.py"), str(path), "96"], check=True,
-                       env=child_env())
+    for path, kind in ((models / "vae" / "wan_2.1_vae.safetensors", "96"),
+                       (models / "vae_approx" / "lighttaew2_1.safetensors", "taew2_1")):
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_vae.py"), str(path), kind], check=True,
+                           env=child_env())
 
 
 def main() -> None:

@@ -355,7 +355,7 @@ def interactive_runs(label: str, count: int, alone: bool = False, **changes) -> 
     return [make(i) for i in range(count)]
 
 
-def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live") -> None:
+def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live", **changes) -> None:
     """The live workflow watched as the panel watches it (the frames WebSocket): prompts posted while it runs, then
     stop. Measures the frames at the client: how many, their rate and gaps in steady state, prompt to pixel. On a
     fresh server the decoder compiles and captures during the first seconds of the stream."""
@@ -372,7 +372,8 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
         wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 4)
         host.request("POST", f"/longlive/sessions/{session}/stop", {})
 
-    graph = h.graph("longlive_live", LongLive_StreamingSampler={"session_id": session})
+    graph = h.graph("longlive_live", **{**changes, "LongLive_StreamingSampler": {
+        "session_id": session, **changes.get("LongLive_StreamingSampler", {})}})
     h.queue(host, events, graph, result, during=steer)
     time.sleep(3)  # the last frames leave the server at 16 fps
     watcher.close()
@@ -390,10 +391,25 @@ def run_live_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> N
     run_live(h, host, events, result, session="live_2")
 
 
+def run_live_keep(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """A live session whose prompts switch without a recache (switch_policy keep: the new prompt's text attention
+    only), on the warm server: what a switch costs at the viewer without the recache."""
+    run_live(h, host, events, result, session="live_keep", LongLive_StreamingSampler={"switch_policy": "keep"})
+
+
+def run_live_fp8_tiny_decoder(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """A live session with FP8 linears and FP8 attention and Wan 2.1's tiny decoder (lighttaew2_1): the fastest
+    switch and decode the pack has, with upstream's recache."""
+    run_live(h, host, events, result, session="live_fast",
+             LongLive_ModelLoader={"precision": "fp8", "attention": "flash-attn 3 fp8"},
+             VAELoader={"vae_name": "lighttaew2_1.safetensors"})
+
+
 def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, str]], ended: float) -> dict:
     """The frames at a viewer: count, order, the rate and the longest gap after the first 3 s (steady state; with
     the frame it ended at, its time from the first frame, how long before its arrival the server made and sent it,
-    and when the run ended), and for each posted prompt the time from its POST to the first frame made under it."""
+    and when the run ended), how long before the run's end the last frame came (a live run ends once its frames are
+    sent), and for each posted prompt the time from its POST to the first frame made under it."""
     if not frames:
         return {"frames": 0, "in_order": False}
     times = [t for t, _ in frames]
@@ -411,6 +427,7 @@ def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, s
             "max_gap_ended_at": None if longest is None else gap_end(frames[len(times) - len(steady) + longest],
                                                                      times[0], ended),
             "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))] * 1e3) if gaps else None,
+            "last_frame_before_end_s": round(ended - times[-1], 3),
             "prompt_to_pixel_ms": latency,
             "prompt_to_pixel_median_ms": statistics.median([x for x in latency if x is not None] or [0])}
 
@@ -497,7 +514,7 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
         ("memory", [], [*memory, *other_precisions], False)]
     return [
         ("one-minute", [], [run_one_minute, run_one_minute_warm], False),
-        ("live", [], [run_live, run_live_warm], False),
+        ("live", [], [run_live, run_live_warm, run_live_keep, *([] if tiny else [run_live_fp8_tiny_decoder])], False),
         ("capture-failure", [], interactive_runs("capture_failure", 2), True),
         ("interactive", [], [*interactive_runs("interactive", 3),
                              *interactive_runs("fast_off", 2, LongLive_ModelLoader={"fast": False}),

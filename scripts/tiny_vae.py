@@ -1,8 +1,9 @@
 """Writes a random-weight Wan VAE .safetensors that ComfyUI's VAELoader accepts: a tiny Wan 2.1 VAE of width DIM,
 (`wan2.2`) the Wan 2.2 VAE, which ComfyUI builds at its full width whatever the file holds (705M weights, 1.4 GB in
-bf16), or (`taew2_2`) Wan 2.2's tiny decoder in lighttaew2_2's format (ComfyUI's TAEHV, 48 latent channels, fp16).
+bf16), or (`taew2_1`, `taew2_2`) Wan 2.1's or 2.2's tiny decoder in lighttaew2_1's / lighttaew2_2's format (ComfyUI's
+TAEHV, 16 or 48 latent channels, fp16).
 
-    python scripts/tiny_vae.py OUT.safetensors [DIM | wan2.2 | taew2_2]
+    python scripts/tiny_vae.py OUT.safetensors [DIM | wan2.2 | taew2_1 | taew2_2]
 
 with ComfyUI on PYTHONPATH (host.child_env).
 """
@@ -24,8 +25,8 @@ if kind == "wan2.2":  # ComfyUI's own config for this VAE (comfy/sd.py)
     model = vae2_2.WanVAE(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                           temperal_downsample=[False, True, True])
     dtype = torch.bfloat16
-elif kind == "taew2_2":
-    model, dtype = TAEHV(latent_channels=48, show_progress_bar=False), torch.float16
+elif kind in ("taew2_1", "taew2_2"):
+    model, dtype = TAEHV(latent_channels=16 if kind == "taew2_1" else 48, show_progress_bar=False), torch.float16
 else:
     model = vae.WanVAE(dim=int(kind), z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                        temperal_downsample=[False, True, True])

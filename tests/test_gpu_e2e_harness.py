@@ -19,15 +19,16 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "e2e.json").read_text())
     runs = {r["name"]: r for r in report["runs"]}
-    assert set(runs) == {"live", "live warm", "capture failure 1", "capture failure 2"}
+    assert set(runs) == {"live", "live warm", "live keep", "capture failure 1", "capture failure 2"}
     assert all(r["ok"] and r["notes"]["server_alive"] for r in runs.values())
-    for name in ("live", "live warm"):  # a fresh server's session, then a second session on the warm server
+    for name in ("live", "live warm", "live keep"):  # a fresh server's session, then two more on the warm server
         live = runs[name]
         assert live["frames"] == 4 * 3 * live["blocks"] - 3 and len(live["notes"]["post_to_switch_block_s"]) == 10
         stream = live["notes"]["stream"]  # the frames WebSocket, as the panel watches it: every frame, in order
         assert stream["frames"] == live["frames"] and stream["in_order"] and stream["dropped"] == 0
         assert len(stream["prompt_to_pixel_ms"]) == 10 and None not in stream["prompt_to_pixel_ms"]
         assert 0 < stream["max_gap_ended_at"]["frame"] < stream["frames"]  # where the longest steady gap was
+        assert stream["last_frame_before_end_s"] > -0.05  # the run ended once its frames were sent (two sockets)
         assert 0 < live["wall_s"] and sum(live["stages"].values()) <= live["wall_s"] + 0.05
         assert f"live / {name}, at the viewer: " in done.stdout
     assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
