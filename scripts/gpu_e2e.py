@@ -437,7 +437,8 @@ def gap_end(frame: tuple[float, dict], first: float, ended: float) -> dict:
     it and sent it (a frame made long before and sent late: the sending side waited), and the run's end."""
     arrived, header = frame
     return {"frame": header["frame"], "s_after_first_frame": round(arrived - first, 2),
-            "made_s_before": round(arrived - header["made_at"], 3), "sent_s_before": round(arrived - header["sent_at"], 3),
+            "made_s_before": round(arrived - header["made_at"], 3),
+            "sent_s_before": round(arrived - header["sent_at"], 3),
             "run_ended_s_after_first_frame": round(ended - first, 2)}
 
 

@@ -269,7 +269,8 @@ def test_an_fa3_build_without_float16_is_passed_over_for_fp16(monkeypatch, tmp_p
             resolve("flash-attn 3", "cuda", True, fp16=True)
         stand_ins(monkeypatch, tmp_path, flash_attn=STAND_IN)
         assert resolve("auto", "cuda", True, fp16=True)[0] == "flash-attn 2"
-        stand_ins(monkeypatch, tmp_path, fa3_fwd_config="CONFIG = {'build_flags': {'FLASHATTENTION_DISABLE_FP16': False}}\n")
+        stand_ins(monkeypatch, tmp_path,
+                  fa3_fwd_config="CONFIG = {'build_flags': {'FLASHATTENTION_DISABLE_FP16': False}}\n")
         assert resolve("auto", "cuda", True, fp16=True)[0] == "flash-attn 3"  # a build with float16 kernels
     finally:
         resolve.cache_clear()

@@ -126,7 +126,8 @@ class RunHooks:
     the next block, so the GPU never waits for the host's hand-off. made: after a block is generated (stats are
     current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
     live run, seconds of video made and not yet shown to its viewers (the run waits while that is more than a block
-    takes to make, so it stays about one block ahead, and at its end until it is 0). Embeddings are [1 or B, tokens, text_dim]."""
+    takes to make, so it stays about one block ahead, and at its end until it is 0). Embeddings are [1 or B, tokens,
+    text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
     encode: Callable[[str], torch.Tensor] | None = None
