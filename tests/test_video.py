@@ -82,16 +82,18 @@ def test_a_live_run_ends_once_its_viewers_were_sent_its_last_frame(tiny_model):
     never empties holds it for twice its queued video at most. The lead here: each block's 12 frames leave at 16 fps."""
     video = new_video(tiny_model)
     video.schedule([Prompt(0, "a boy")], 6, embed)
-    leaves = [time.monotonic()]
+    leaves, taking = [time.monotonic()], []
 
     def shown(done):
         leaves.append(max(leaves[-1], time.monotonic()) + 12 / 16)
 
     def lead():
+        taking.append((len(leaves), video.live))
         return max(0.0, leaves[-1] - time.monotonic())
 
     video.run(6, live=True, hooks=RunHooks(embed_text=embed, shown=shown, lead=lead))
     assert lead() == 0 and len(leaves) == 3
+    assert not any(live for blocks, live in taking if blocks == 3)  # after its last block, no prompt is taken
     stuck = time.monotonic()
     video.run(3, live=True, hooks=RunHooks(embed_text=embed, lead=lambda: 0.25))
     assert 0.9 <= time.monotonic() - stuck < 30
