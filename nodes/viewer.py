@@ -3,9 +3,11 @@ browser tab watching it (WebSocket GET /longlive/sessions/{id}/frames) at the vi
 
 A session's Channel is the one place its frames wait for the viewers. Frames leave it paced at the video's rate
 (16 fps; LongLive 2.0: 24), so a client receives a steady stream; a live run asks the channel how much video is
-queued (`lead_s`) and stays about one block ahead of it. The first frame made under a posted prompt does not wait: it goes at once, with the frames queued
-before it (the panel jumps to it), so a prompt shows as soon as its first block is decoded. A client that reads
-slowly gets frames dropped (its own queue is small) and is told how many; it never slows generation.
+queued (`lead_s`) and stays about one block ahead of it. The frames of a run that is not live leave up to AHEAD_S
+before they play, so a viewer holds a small buffer that rides over the host's pause after the run. The first frame made under a posted prompt does not wait: it goes at once, with
+the frames queued before it (the panel jumps to it), so a prompt shows as soon as its first block is decoded. A
+client that reads slowly gets frames dropped (its own queue is small) and is told how many; it never slows
+generation.
 Message: 4 bytes big-endian header length, the header as JSON, the JPEG.
 """
 
@@ -30,6 +32,9 @@ log = logging.getLogger("longlive")
 
 JPEG_QUALITY = 85
 CLIENT_QUEUE = 32  # frames a client may lag behind before its frames are dropped (2 s)
+AHEAD_S = 0.75  # how long before it plays a frame of a run that is not live leaves: ComfyUI's prompt worker collects
+# garbage after each prompt, holding every thread for 0.3-0.5 s (run 98), while the frames of a run faster than real
+# time still wait to be sent (a live run ends once its frames are sent: longlive_core Video._play_out)
 MAX_WAITING = 30 * FPS  # frames waiting to be sent (a run faster than real time with nobody pacing it): the oldest go
 # one thread JPEG-encodes the frames of every session, in the order they come (no thread a session)
 _ENCODER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="longlive-viewer")
@@ -65,6 +70,8 @@ class Channel:
         self.encoding = 0  # frames handed to the encoder thread, not yet waiting (both threads change it: _lock)
         self._lock = threading.Lock()
         self._pacer: asyncio.Task | None = None
+        self._plays_at = 0.0  # when the next frame plays at the viewers (time.perf_counter; 0: at once)
+        self._ahead_s = 0.0  # how long before it plays a frame leaves (AHEAD_S for a run that is not live)
 
     # --- the generating thread ----------------------------------------------------------------------------
 
@@ -73,6 +80,7 @@ class Channel:
         someone watches or a live run is paced by the channel."""
         if not (self.clients or paced):
             return
+        self._ahead_s = 0.0 if paced else AHEAD_S
         with self._lock:
             self.encoding += frames.shape[0]
         _ENCODER.submit(self._encode, frames, first_frame, posted)
@@ -102,19 +110,20 @@ class Channel:
             self.waiting.popleft()
             for client in self.clients:
                 client.dropped += 1
-        if header["posted_at"] is not None:  # a new prompt's first frame: everything before it goes now
+        if header["posted_at"] is not None:  # a new prompt's first frame: everything before it goes now, and it plays
             while self.waiting:
                 self._send(*self.waiting.popleft())
+            self._plays_at = time.perf_counter() + 1 / self.fps
         if self._pacer is None or self._pacer.done():
             self._pacer = self.loop.create_task(self._pace())
 
     async def _pace(self) -> None:
-        """Sends the waiting frames one every 1/fps seconds (on a fixed clock: no drift), to every client."""
-        due = time.perf_counter()
+        """Sends the waiting frames one every 1/fps seconds, each `_ahead_s` before it plays, to every client. The
+        clock is fixed (no drift): after a pause the frames it held go at once (up to `_ahead_s` of them, or one)."""
         while self.waiting:
             self._send(*self.waiting.popleft())
-            due = max(due + 1 / self.fps, time.perf_counter() - 1 / self.fps)
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            self._plays_at = max(self._plays_at, time.perf_counter()) + 1 / self.fps  # the one sent played no sooner
+            await asyncio.sleep(max(0.0, self._plays_at - self._ahead_s - time.perf_counter()))
 
     def _send(self, header: dict, jpeg: bytes) -> None:
         for client in list(self.clients):

@@ -649,6 +649,21 @@ def test_every_viewer_gets_every_frame_and_one_that_leaves_changes_nothing(host)
 
 
 
+def test_a_run_faster_than_real_time_reaches_its_viewer_ahead_of_playback(host):
+    """Frames leave the channel up to 0.75 s before they play (at 16 fps from the first), so a viewer's buffer rides
+    over the host's pauses: ComfyUI collects garbage after each prompt, 0.3-0.5 s without a frame (run 98)."""
+    watcher = FrameWatcher(host.url, "ahead")
+    entry = run_ok(host, graph_of(host, "longlive_interactive", session_id="ahead", reset=True, length=10.0,
+                                  length_unit="seconds"))
+    written = video_of(host, entry)[0]
+    wait_for(lambda: len(watcher.frames) == written, timeout=60)
+    watcher.close()
+    times = [t for t, _ in watcher.frames]
+    ahead = sorted(times[0] + k / 16 - t for k, t in enumerate(times))  # how long before it plays each frame came
+    assert [h["frame"] for _, h in watcher.frames] == list(range(written))
+    assert ahead[len(ahead) // 2] > 0.5 and ahead[-1] < 0.75 + 0.1
+
+
 def test_a_batch_writes_a_file_a_sample_and_runs_never_overwrite_each_other(host):
     names = []
     for seed in (1, 2):
