@@ -4,10 +4,10 @@ browser tab watching it (WebSocket GET /longlive/sessions/{id}/frames) at the vi
 A session's Channel is the one place its frames wait for the viewers. Frames leave it paced at the video's rate
 (16 fps; LongLive 2.0: 24), so a client receives a steady stream; a live run asks the channel how much video is
 queued (`lead_s`) and stays about one block ahead of it. The frames of a run that is not live leave up to AHEAD_S
-before they play, so a viewer holds a small buffer that rides over the host's pause after the run. The first frame made under a posted prompt does not wait: it goes at once, with
-the frames queued before it (the panel jumps to it), so a prompt shows as soon as its first block is decoded. A
-client that reads slowly gets frames dropped (its own queue is small) and is told how many; it never slows
-generation.
+before they play, so a viewer holds a small buffer that rides over the host's pause after the run. The first frame
+made under a posted prompt does not wait: it goes at once, with the frames queued before it (the panel jumps to
+it), so a prompt shows as soon as its first block is decoded. A client that reads slowly gets frames dropped (its
+own queue is small) and is told how many; it never slows generation.
 Message: 4 bytes big-endian header length, the header as JSON, the JPEG.
 """
 
