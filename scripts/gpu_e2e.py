@@ -34,6 +34,7 @@ from run_main import tiny_graph
 
 log = logging.getLogger("longlive.e2e")
 FRAMES_PER_BLOCK = 3
+FPS = 16  # LongLive 1.x's frame rate: what the panel plays at
 FIRST_BLOCK_FRAMES = (FRAMES_PER_BLOCK, 8)  # a new video's first block event: frame 3 (LongLive 1.x) or 8 (2.0)
 V2_GROUP = "longlive-2"  # its groups (longlive-2, longlive-2-fp8) need LongLive 2.0's files (10 GB), written only
 # when one of them runs
@@ -355,6 +356,29 @@ def interactive_runs(label: str, count: int, alone: bool = False, **changes) -> 
     return [make(i) for i in range(count)]
 
 
+def run_watched(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """A 10 s interactive run watched as the panel watches it: faster than real time, so its frames leave 0.75 s
+    before they play, and the pause ComfyUI takes after the prompt (a garbage collection) should reach no viewer.
+    `ahead_s`: how long before its play time (16 fps from the first frame) each frame came; a frame more than a frame
+    late would have stalled the panel (which starts at its second frame)."""
+    watcher = FrameWatcher(host.url, "e2e_watched")
+    graph = h.graph("longlive_interactive", LongLive_StreamingSampler={"session_id": "e2e_watched", "length": 10.0,
+                                                                      "length_unit": "seconds"})
+    result.expected_frames = pixel_frames(42, True)
+    h.queue(host, events, graph, result)
+    deadline = time.time() + 30
+    while len(watcher.frames) < result.frames and time.time() < deadline:
+        time.sleep(0.1)  # the frames play at 16 fps
+    watcher.close()
+    times = [t for t, _ in watcher.frames]
+    ahead = sorted(times[0] + k / FPS - t for k, t in enumerate(times))
+    result.notes["stream"] = {"frames": len(times), "in_order": [hd["frame"] for _, hd in watcher.frames] == list(
+        range(len(times))), "ahead_s": {"median": round(ahead[len(ahead) // 2], 3) if ahead else None,
+                                        "min": round(ahead[0], 3) if ahead else None},
+        "late_frames": sum(a < -1 / FPS for a in ahead)}
+    result.ok = result.frames == result.expected_frames == len(times) and result.notes["stream"]["in_order"]
+
+
 def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live", **changes) -> None:
     """The live workflow watched as the panel watches it (the frames WebSocket): prompts posted while it runs, then
     stop. Measures the frames at the client: how many, their rate and gaps in steady state, prompt to pixel. On a
@@ -520,7 +544,7 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
         ("interactive", [], [*interactive_runs("interactive", 3),
                              *interactive_runs("fast_off", 2, LongLive_ModelLoader={"fast": False}),
                              *interactive_runs("eager_vae", 2, LongLive_StreamingSampler={"compile_vae": False}),
-                             *([run_reload] if tiny else []), run_interrupt], False),
+                             *([run_reload] if tiny else []), run_interrupt, run_watched], False),
         *precisions,
         *([] if tiny else [("one-minute-fp8", [], [run_one_minute_fp8], False)]),
         *([] if tiny else [(V2_GROUP, [], [run_multishot, run_multishot_warm, run_multishot_compiled_vae,

@@ -47,3 +47,6 @@ def test_the_harness_runs_the_interactive_group_with_a_reload_and_an_interrupt(t
     cut = runs["interrupt"]  # /interrupt after 3 block events: both files hold every frame the session made, once
     assert cut["notes"]["interrupted_status"] == "error" and cut["notes"]["blocks_before_interrupt"] >= 3
     assert 0 < cut["notes"]["frames_in_the_interrupted_file"] < cut["frames"] == cut["expected_frames"]
+    watched = runs["watched"]["notes"]["stream"]  # a run faster than real time: its frames reach the viewer early
+    assert watched["frames"] == runs["watched"]["frames"] == 165 and watched["in_order"]
+    assert watched["ahead_s"]["median"] > 0.5 and watched["late_frames"] == 0
