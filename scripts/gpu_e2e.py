@@ -361,22 +361,21 @@ def run_watched(h: Harness, host: ComfyHost, events: Events, result: Run) -> Non
     before they play, and the pause ComfyUI takes after the prompt (a garbage collection) should reach no viewer.
     `ahead_s`: how long before its play time (16 fps from the first frame) each frame came; a frame more than a frame
     late would have stalled the panel (which starts at its second frame)."""
-    watcher = FrameWatcher(host.url, "e2e_watched")
+    watcher, start = FrameWatcher(host.url, "e2e_watched"), []
     graph = h.graph("longlive_interactive", LongLive_StreamingSampler={"session_id": "e2e_watched", "length": 10.0,
                                                                       "length_unit": "seconds"})
     result.expected_frames = pixel_frames(42, True)
-    h.queue(host, events, graph, result)
+    h.queue(host, events, graph, result, during=start.append)
     deadline = time.time() + 30
     while len(watcher.frames) < result.frames and time.time() < deadline:
         time.sleep(0.1)  # the frames play at 16 fps
     watcher.close()
+    stream = result.notes["stream"] = stream_figures(watcher.frames, [], ended=start[0] + result.wall_s)
     times = [t for t, _ in watcher.frames]
     ahead = sorted(times[0] + k / FPS - t for k, t in enumerate(times))
-    result.notes["stream"] = {"frames": len(times), "in_order": [hd["frame"] for _, hd in watcher.frames] == list(
-        range(len(times))), "ahead_s": {"median": round(ahead[len(ahead) // 2], 3) if ahead else None,
-                                        "min": round(ahead[0], 3) if ahead else None},
-        "late_frames": sum(a < -1 / FPS for a in ahead)}
-    result.ok = result.frames == result.expected_frames == len(times) and result.notes["stream"]["in_order"]
+    stream.update(ahead_s={"median": round(ahead[len(ahead) // 2], 3) if ahead else None,
+                           "min": round(ahead[0], 3) if ahead else None}, late_frames=sum(a < -1 / FPS for a in ahead))
+    result.ok = result.frames == result.expected_frames == stream["frames"] and stream["in_order"]
 
 
 def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live", **changes) -> None:
