@@ -81,14 +81,15 @@ async def delete_all(_request: web.Request) -> web.Response:
     return web.json_response({"deleted": deleted, "kept_live": kept_live, "kept_running": kept_running})
 
 
-def _live_session(request: web.Request):
-    """The named session, or an error response: 404 unknown, 409 not live."""
+def _live_session(request: web.Request, playing_out: bool = False):
+    """The named session, or an error response: 404 unknown, 409 not live (nor, where `playing_out`, sending a live
+    run's last frames)."""
     key = request.match_info["session_id"]
     try:
         video = SESSIONS.get(key)
     except (UnknownSessionError, SessionEvictedError) as err:
         return None, web.json_response({"error": str(err)}, status=404)
-    if not video.live:
+    if not (video.live or playing_out and video.playing_out):
         return None, web.json_response({"error": f"session '{key}' is not generating live; queue the LongLive "
                                                  f"sampler with live on"}, status=409)
     return video, None
@@ -142,7 +143,8 @@ async def post_save(request: web.Request) -> web.Response:
 
 
 async def post_stop(request: web.Request) -> web.Response:
-    video, error = _live_session(request)
+    """Ends the live run after its block in flight; while its last frames are being sent, ends that wait."""
+    video, error = _live_session(request, playing_out=True)
     if error:
         return error
     video.stop.set()

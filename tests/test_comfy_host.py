@@ -334,6 +334,17 @@ def test_live_session_switches_at_the_next_block_and_stops(host):
     assert status == 409 and "not generating live" in body["error"]
 
 
+def test_a_stop_while_a_live_run_sends_its_last_frames_ends_the_run(host):
+    """A live run's last frames leave at the video's rate after its last block (state "ending"); a stop then ends
+    that wait instead of being refused."""
+    graph = graph_of(host, "longlive_live", session_id="ending", reset=True, length=6, length_unit="latent frames")
+    prompt_id = host.queue(graph)
+    wait_for(lambda: (s := live_state(host, "ending")) and s["state"] == "ending")
+    status, body = host.request("POST", "/longlive/sessions/ending/stop")
+    assert status == 200 and body["at_frame"] == 6
+    assert error_of(host.wait(prompt_id)) is None
+    assert live_state(host, "ending")["state"] == "idle"
+
 def test_live_routes_refuse_bad_requests(host):
     run_ok(host, graph_of(host, "longlive_interactive", session_id="idle", reset=True, length=3,
                           length_unit="latent frames"))

@@ -154,6 +154,7 @@ class Video:
         self.decoders: dict[str, Any] = {}  # decoder streams by the decoder's identity
         self.stats = Stats()
         self.live = False  # a live run is generating: posted prompts are taken
+        self.playing_out = False  # a live run's last frames are leaving for its viewers: a stop ends the wait
         self.running = False  # a run is generating (live or not)
         self.busy = threading.Lock()  # held by a run and by a save (runtime/durable.py): one at a time
         self._close_when_done = False
@@ -195,7 +196,8 @@ class Video:
                 "device": str(s.cache.k.device),
                 "video_time": video_time(s.frame, self.family.fps),
                 "settings": dataclasses.asdict(self.settings),
-                "state": "live" if self.live else "idle", "switches": self.switches[-20:],
+                "state": "live" if self.live else "ending" if self.playing_out else "idle",
+                "switches": self.switches[-20:],
                 "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
                 "cache_gib": round(self.nbytes / 2**30, 4), **self.stats.as_dict()}
 
@@ -378,16 +380,20 @@ class Video:
     def _play_out(self, hooks: RunHooks) -> None:
         """A live run ends once its viewers have been sent its last frame: the host may stall every thread as a run
         ends (ComfyUI's prompt worker collects garbage then: 0.3-0.5 s without a frame at the viewer, run 98). An
-        interrupt ends the wait, and so does twice the time the queued video takes to play (a stuck viewer). No prompt
-        is taken meanwhile (one posted now is refused: the run is no longer live)."""
+        interrupt or a stop ends the wait, and so does twice the time the queued video takes to play (a stuck viewer).
+        No prompt is taken meanwhile (one posted now is refused: the run is no longer live)."""
         self.live = False
         if hooks.lead is None:
             return
+        self.playing_out = True
         deadline = time.monotonic() + 2 * hooks.lead() + 0.5
-        while hooks.lead() > 0 and time.monotonic() < deadline:
-            if hooks.check is not None:
-                hooks.check()
-            time.sleep(0.005)
+        try:
+            while not self.stop.is_set() and hooks.lead() > 0 and time.monotonic() < deadline:
+                if hooks.check is not None:
+                    hooks.check()
+                self.stop.wait(0.005)
+        finally:
+            self.playing_out = False
 
     def _decode_owed(self, decode: Callable[[torch.Tensor], Callable[[], torch.Tensor | None]] | None) -> None:
         """Decodes the kept blocks without images (an interrupt cut their decode off, or their run decoded nothing):
