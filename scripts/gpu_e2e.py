@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import statistics
 import subprocess
@@ -371,6 +372,7 @@ def run_watched(h: Harness, host: ComfyHost, events: Events, result: Run) -> Non
         time.sleep(0.1)  # the frames play at 16 fps
     watcher.close()
     stream = result.notes["stream"] = stream_figures(watcher.frames, [], ended=start[0] + result.wall_s)
+    stream["playback"] = playback(watcher.frames)
     times = [t for t, _ in watcher.frames]
     ahead = sorted(times[0] + k / FPS - t for k, t in enumerate(times))
     stream.update(ahead_s={"median": round(ahead[len(ahead) // 2], 3) if ahead else None,
@@ -404,6 +406,7 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
     switched = [t for t, _, d in blocks if d.get("switched")]
     result.notes["post_to_switch_block_s"] = [round(s - p, 3) for (p, _), s in zip(posted, switched)]
     result.notes["stream"] = stream_figures(watcher.frames, posted, ended=start[0] + result.wall_s)
+    result.notes["stream"]["playback"] = playback(watcher.frames)
     result.expected_frames = pixel_frames(FRAMES_PER_BLOCK * result.blocks, True)
     result.ok = (result.frames == result.expected_frames == result.notes["stream"]["frames"]
                  and len(switched) == len(posted) and result.notes["stream"]["in_order"])
@@ -453,6 +456,44 @@ def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, s
             "last_frame_before_end_s": round(ended - times[-1], 3),
             "prompt_to_pixel_ms": latency,
             "prompt_to_pixel_median_ms": statistics.median([x for x in latency if x is not None] or [0])}
+
+
+def panel_buffer() -> tuple[int, int]:
+    """The panel's player's PREBUFFER and MAX_BUFFER, read from web/js/longlive_panel.js (their owner)."""
+    text = (REPO / "web" / "js" / "longlive_panel.js").read_text()
+    return tuple(int(re.search(rf"^const {name} = (\d+);", text, re.M).group(1)) for name in ("PREBUFFER", "MAX_BUFFER"))
+
+
+def playback(frames: list[tuple[float, dict]], fps: float = FPS) -> dict:
+    """What the panel's player shows from these arrivals (web/js/longlive_panel.js, Player.tick): a tick every 1/fps
+    from the first arrival; it plays once PREBUFFER frames wait and again after running dry; a new prompt's first
+    frame drops the frames waiting before it; more than MAX_BUFFER waiting drops the oldest. A stall: the screen
+    held a frame past its time because none was ready, after playing began (the run's end excepted)."""
+    prebuffer, max_buffer = panel_buffer()
+    waiting: list[dict] = []
+    shown = skipped = i = 0
+    playing, stalls, stalled_at, tick = False, [], None, frames[0][0] if frames else 0.0
+    while i < len(frames) or len(waiting) >= (1 if playing else prebuffer):
+        tick += 1 / fps
+        while i < len(frames) and frames[i][0] <= tick:
+            if frames[i][1].get("posted_at"):
+                skipped, waiting = skipped + len(waiting), []
+            waiting.append(frames[i][1])
+            i += 1
+        if not playing and len(waiting) < prebuffer:
+            continue
+        playing = bool(waiting)
+        if not playing:
+            stalled_at = tick if stalled_at is None else stalled_at
+            continue
+        if stalled_at is not None:
+            stalls.append(tick - stalled_at)
+            stalled_at = None
+        skipped += max(0, len(waiting) - max_buffer)
+        waiting = waiting[max(0, len(waiting) - max_buffer) + 1:]
+        shown += 1
+    return {"shown": shown, "skipped": skipped, "never_shown": len(waiting), "stalls": len(stalls),
+            "stalled_ms": round(sum(stalls) * 1e3), "longest_stall_ms": round(max(stalls, default=0) * 1e3)}
 
 
 def gap_end(frame: tuple[float, dict], first: float, ended: float) -> dict:

@@ -11,6 +11,9 @@ import sys
 
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "scripts"))
+from gpu_e2e import playback  # noqa: E402
+
 
 def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_e2e.py"), "--tiny", "--groups",
@@ -30,6 +33,8 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
         assert 0 < stream["max_gap_ended_at"]["frame"] < stream["frames"]  # where the longest steady gap was
         assert stream["last_frame_before_end_s"] > -0.05  # the run ended once its frames were sent (two sockets)
         assert 0 < live["wall_s"] and sum(live["stages"].values()) <= live["wall_s"] + 0.05
+        played = stream["playback"]  # the panel's player on these arrivals: each frame shown, skipped or left
+        assert played["shown"] + played["skipped"] + played["never_shown"] == stream["frames"]
         assert f"live / {name}, at the viewer: " in done.stdout
     assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
     assert "| live | live | yes |" in done.stdout and "| live | live warm | yes |" in done.stdout
@@ -50,3 +55,19 @@ def test_the_harness_runs_the_interactive_group_with_a_reload_and_an_interrupt(t
     watched = runs["watched"]["notes"]["stream"]  # a run faster than real time: its frames reach the viewer early
     assert watched["frames"] == runs["watched"]["frames"] == 165 and watched["in_order"]
     assert watched["ahead_s"]["median"] > 0.5 and watched["late_frames"] == 0
+
+
+def test_the_panel_player_simulation_counts_what_a_viewer_sees():
+    """The harness replays the arrivals through the panel's player (2 frames before playing, 16 fps): frames on
+    time show without a stall; half a second without frames holds the screen that long; a new prompt's first frame
+    drops the frames waiting before it; frames coming faster than they play overflow the 24-frame buffer."""
+    steady = [(k / 16, {"frame": k}) for k in range(100)]
+    assert playback(steady) == {"shown": 100, "skipped": 0, "never_shown": 0, "stalls": 0, "stalled_ms": 0,
+                                "longest_stall_ms": 0}
+    paused = [(t + (0.5 if h["frame"] >= 50 else 0), h) for t, h in steady]
+    assert playback(paused)["stalls"] == 1 and 480 <= playback(paused)["longest_stall_ms"] <= 520
+    early = [(t - (0.2 if h["frame"] == 60 else 0), h) for t, h in steady]
+    switched = [(t, {**h, "posted_at": 1.0} if h["frame"] == 61 else h) for t, h in early]
+    assert playback(switched)["skipped"] == 1 and playback(switched)["shown"] == 99
+    fast = [(k / 32, {"frame": k}) for k in range(100)]
+    assert playback(fast)["skipped"] > 0 and playback(fast)["stalls"] == 0
