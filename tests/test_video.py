@@ -101,19 +101,20 @@ def test_a_live_run_ends_once_its_viewers_were_sent_its_last_frame(tiny_model):
 
 def test_a_stop_while_a_live_run_sends_its_last_frames_ends_that_wait(tiny_model):
     """After its last block a live run waits for its frames to leave (a viewer that never empties: twice its queued
-    video); a stop sent then ends the wait at once, and the run is no longer playing out."""
+    video). The stop that ended the run leaves that wait to its frames; a stop sent during it ends it at once."""
     video = new_video(tiny_model)
-    video.schedule([Prompt(0, "a boy")], 3, embed)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
     asked = []
 
     def lead():
         asked.append(video.playing_out)
-        if video.playing_out:
+        if len(asked) == 5:
             video.stop.set()
         return 0.25
 
-    video.run(3, live=True, hooks=RunHooks(embed_text=embed, lead=lead))
-    assert asked.count(True) == 1 and not video.playing_out and not video.live
+    video.run(6, live=True, hooks=RunHooks(embed_text=embed, lead=lead, made=lambda done: video.stop.set()))
+    assert asked[:1] == [False] and asked[1:] == [True] * 4  # the stop after the first block; the wait's 4 checks
+    assert not video.playing_out and not video.live and video.session.frame == 3
 
 def test_a_prompt_posted_during_a_live_block_makes_that_block_again_under_it(tiny_model):
     """The block in flight is cut short at its next pass and made again under the posted prompt: the video a run

@@ -380,11 +380,13 @@ class Video:
     def _play_out(self, hooks: RunHooks) -> None:
         """A live run ends once its viewers have been sent its last frame: the host may stall every thread as a run
         ends (ComfyUI's prompt worker collects garbage then: 0.3-0.5 s without a frame at the viewer, run 98). An
-        interrupt or a stop ends the wait, and so does twice the time the queued video takes to play (a stuck viewer).
-        No prompt is taken meanwhile (one posted now is refused: the run is no longer live)."""
+        interrupt or a stop sent meanwhile ends the wait (the stop that ended the run does not: its frames still play),
+        and so does twice the time the queued video takes to play (a stuck viewer). No prompt is taken meanwhile (one
+        posted now is refused: the run is no longer live)."""
         self.live = False
         if hooks.lead is None:
             return
+        self.stop.clear()
         self.playing_out = True
         deadline = time.monotonic() + 2 * hooks.lead() + 0.5
         try:
