@@ -461,7 +461,8 @@ def stream_figures(frames: list[tuple[float, dict]], posted: list[tuple[float, s
 def panel_buffer() -> tuple[int, int]:
     """The panel's player's PREBUFFER and MAX_BUFFER, read from web/js/longlive_panel.js (their owner)."""
     text = (REPO / "web" / "js" / "longlive_panel.js").read_text()
-    return tuple(int(re.search(rf"^const {name} = (\d+);", text, re.M).group(1)) for name in ("PREBUFFER", "MAX_BUFFER"))
+    return tuple(int(re.search(rf"^const {name} = (\d+);", text, re.M).group(1))
+                 for name in ("PREBUFFER", "MAX_BUFFER"))
 
 
 def playback(frames: list[tuple[float, dict]], fps: float = FPS) -> dict:

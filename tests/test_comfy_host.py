@@ -345,6 +345,7 @@ def test_a_stop_while_a_live_run_sends_its_last_frames_ends_the_run(host):
     assert error_of(host.wait(prompt_id)) is None
     assert live_state(host, "ending")["state"] == "idle"
 
+
 def test_live_routes_refuse_bad_requests(host):
     run_ok(host, graph_of(host, "longlive_interactive", session_id="idle", reset=True, length=3,
                           length_unit="latent frames"))

@@ -116,6 +116,7 @@ def test_a_stop_while_a_live_run_sends_its_last_frames_ends_that_wait(tiny_model
     assert asked[:1] == [False] and asked[1:] == [True] * 4  # the stop after the first block; the wait's 4 checks
     assert not video.playing_out and not video.live and video.session.frame == 3
 
+
 def test_a_prompt_posted_during_a_live_block_makes_that_block_again_under_it(tiny_model):
     """The block in flight is cut short at its next pass and made again under the posted prompt: the video a run
     with the switch scheduled at that block makes."""
