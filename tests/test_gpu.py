@@ -224,6 +224,28 @@ def test_compiled_vae_decode_replays_steady_chunks_from_a_cuda_graph():
     assert rel(fast.float(), plain.float()) < 2e-2
 
 
+def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound():
+    """cuDNN's benchmark finds take all the workspace the allocator offers (all free memory under cudaMallocAsync):
+    the stream bounds the process's memory fraction while its chunks may meet new convolutions, and puts it back
+    after each call."""
+    from longlive_core.vae.stream import FIND_FLOOR, DecodeStream
+
+    wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
+    vae = random_vae(wan_vae.WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                     temperal_downsample=[False, True, True])
+    seen = []
+    vae.decoder.conv1.register_forward_hook(lambda *_: seen.append(torch.cuda.get_per_process_memory_fraction()))
+    stream, total = DecodeStream(wan_vae.count_conv3d(vae.decoder)), torch.cuda.get_device_properties(0).total_memory
+    bounds = []
+    with torch.inference_mode():
+        for part in torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16).split(3, dim=2):
+            bounds.append((torch.cuda.memory_allocated() + FIND_FLOOR) / total)
+            stream.decode(vae, part, fast=True)
+            assert torch.cuda.get_per_process_memory_fraction() == 1.0
+    assert stream.has_graph
+    assert seen[0] == pytest.approx(bounds[0], rel=1e-3) and seen[1] == pytest.approx(bounds[0], rel=1e-3)
+
+
 def test_compiled_wan22_decode_follows_the_eager_decode():
     """LongLive 2.0's decoder with `fast`: its steady chunks compiled (steady_decode22) and replayed from a CUDA graph;
     the frames follow the eager decode (bf16 rounding, cuDNN's algorithms)."""

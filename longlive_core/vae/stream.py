@@ -15,6 +15,7 @@ GPU the stream captures its compiled chunk as a CUDA graph (SteadyGraph) that wr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import weakref
@@ -31,6 +32,8 @@ from .head import NARROW, causal_conv3d_narrow
 
 log = logging.getLogger(__name__)
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
+FIND_FLOOR = 16 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
+FIND_PER_PIXEL_BYTE = 1024  # and this much per byte of the call's pixels (the decoder peaked near 390 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -50,6 +53,29 @@ def channels_last(decoder) -> None:
             if p.dim() == 5:
                 p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
         _CHANNELS_LAST.add(decoder)
+
+
+@contextlib.contextmanager
+def bounded_finds(x: torch.Tensor, pixel_bytes: int):
+    """cuDNN's benchmark mode times every plan of a convolution it has not seen, with as much workspace as the
+    allocator says it could give. PyTorch's cudaMallocAsync allocator (ComfyUI's default) answers with all free
+    memory, found by mapping it into the pool, and the pool is emptied after each find: a fresh server's first
+    decode took 25 s and 139 GiB on an H200, against 2 s without benchmark mode and 4.6 s under the native
+    allocator, whose fastest plans needed under 1 GiB of workspace. The process's memory fraction bounds that
+    answer while the decode may meet new convolutions: what is allocated, plus the larger of FIND_FLOOR and
+    FIND_PER_PIXEL_BYTE per byte of the call's pixels; the fraction is put back after."""
+    device = x.device
+    before = torch.cuda.get_per_process_memory_fraction(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    bound = (torch.cuda.memory_allocated(device) + max(FIND_FLOOR, FIND_PER_PIXEL_BYTE * pixel_bytes)) / total
+    if bound >= before:
+        yield
+        return
+    torch.cuda.set_per_process_memory_fraction(bound, device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(before, device)
 
 
 def _cast(module) -> bool:
@@ -229,6 +255,7 @@ class DecodeStream:
     name, kind, channels = "Wan 2.1 VAE", "wan", 16
     frames_per_call = FRAMES_PER_CALL
     steady = staticmethod(steady_decode)
+    find_pixels_per_latent = 3 * 4 * 8 * 8  # a latent frame's pixel values: 4 frames, 8x8 pixels a latent, RGB
 
     def __init__(self, slots: int):
         self.cache: list = [None] * slots
@@ -257,7 +284,7 @@ class DecodeStream:
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
         before, pieces, in_place = list(self.cache), [], False
         try:
-            with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+            with self._finds(x, frames_per_call), torch.backends.cudnn.flags(enabled=True, benchmark=True):
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
                     steady = fast and is_steady(self.cache)
                     in_place = in_place or steady
@@ -273,6 +300,15 @@ class DecodeStream:
         out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
         self.timing.add(timer)
         return out
+
+    def _finds(self, x: torch.Tensor, frames_per_call: int):
+        """cuDNN's finds bounded (bounded_finds) on a GPU until the steady chunk replays as a graph, which finds
+        nothing. The Wan 2.2 stream sets `find_pixels_per_latent` to 0: its decoder's need was not measured."""
+        if not x.is_cuda or self.has_graph or not self.find_pixels_per_latent:
+            return contextlib.nullcontext()
+        frames = min(frames_per_call, x.shape[2])
+        pixel_bytes = x.shape[0] * frames * x.shape[3] * x.shape[4] * self.find_pixels_per_latent * x.element_size()
+        return bounded_finds(x, pixel_bytes)
 
     def _chunk(self, decoder, x: torch.Tensor, steady: bool, graphs: bool) -> torch.Tensor:
         """The host's decoder module replaces cache entries (and checks the host's interrupt in its ops), so the

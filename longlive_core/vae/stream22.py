@@ -22,6 +22,7 @@ class Wan22DecodeStream(DecodeStream):
 
     name, kind, channels = "Wan 2.2 VAE", "wan2.2", 48
     frames_per_call = 1
+    find_pixels_per_latent = 0  # cuDNN's finds unbounded: this decoder's memory under a bound was not measured
     steady = staticmethod(steady_decode22)
 
     def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
