@@ -224,28 +224,6 @@ def test_compiled_vae_decode_replays_steady_chunks_from_a_cuda_graph():
     assert rel(fast.float(), plain.float()) < 2e-2
 
 
-def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound():
-    """cuDNN's benchmark finds take all the workspace the allocator offers (all free memory under cudaMallocAsync):
-    the stream bounds the process's memory fraction while its chunks may meet new convolutions, and puts it back
-    after each call."""
-    from longlive_core.vae.stream import FIND_FLOOR, DecodeStream
-
-    wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
-    vae = random_vae(wan_vae.WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                     temperal_downsample=[False, True, True])
-    seen = []
-    vae.decoder.conv1.register_forward_hook(lambda *_: seen.append(torch.cuda.get_per_process_memory_fraction()))
-    stream, total = DecodeStream(wan_vae.count_conv3d(vae.decoder)), torch.cuda.get_device_properties(0).total_memory
-    bounds = []
-    with torch.inference_mode():
-        for part in torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16).split(3, dim=2):
-            bounds.append((torch.cuda.memory_allocated() + FIND_FLOOR) / total)
-            stream.decode(vae, part, fast=True)
-            assert torch.cuda.get_per_process_memory_fraction() == 1.0
-    assert stream.has_graph
-    assert seen[0] == pytest.approx(bounds[0], rel=1e-3) and seen[1] == pytest.approx(bounds[0], rel=1e-3)
-
-
 def test_compiled_wan22_decode_follows_the_eager_decode():
     """LongLive 2.0's decoder with `fast`: its steady chunks compiled (steady_decode22) and replayed from a CUDA graph;
     the frames follow the eager decode (bf16 rounding, cuDNN's algorithms)."""
@@ -361,8 +339,9 @@ def test_a_video_on_the_second_gpu_is_the_video_of_the_first(monkeypatch):
     assert {dev for _, dev in launches} == {0, 1} and all(current == dev for current, dev in launches)
 
 
-def capture_child(allocator: str, *args: str) -> dict:
-    """tests/capture_child.py in a process with the given CUDA allocator; it must end normally."""
+def capture_child(allocator: str, *args: str, script: str = "capture_child.py") -> dict:
+    """tests/capture_child.py (or another script here) in a process with the given CUDA allocator; it must end
+    normally."""
     import json
     import os
     import pathlib
@@ -370,7 +349,7 @@ def capture_child(allocator: str, *args: str) -> dict:
     import sys
 
     env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": f"backend:{allocator}"}
-    child = pathlib.Path(__file__).with_name("capture_child.py")
+    child = pathlib.Path(__file__).with_name(script)
     done = subprocess.run([sys.executable, str(child), *args], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -397,6 +376,22 @@ def test_fp8_graphs_capture_under_either_allocator(allocator):
     result = capture_child(allocator, "--fp8")
     assert result["failed"] is None and result["graphs"] == 6
     assert result["rel"] < 0.2 and result["finite"]
+
+
+@pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
+def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound(allocator):
+    """cuDNN's benchmark finds take all the workspace the allocator offers (under cudaMallocAsync all free memory:
+    139 GiB and 25 s for a fresh server's first decode, run 104). There the stream bounds the process's memory
+    fraction while its chunks may meet new convolutions and puts it back after each call, and the first video's
+    peak stays within the bound; the native allocator (4.6 s, 8.4 GiB) is left alone. Needs ComfyUI's comfy
+    package."""
+    pytest.importorskip("comfy.ldm.wan.vae")
+    result = capture_child(allocator, script="finds_child.py")
+    assert result["allocator"] == allocator and result["graph"]
+    bounded = allocator == "cudaMallocAsync"
+    assert result["seen"] == [pytest.approx(result["bound"], rel=1e-3) if bounded else 1.0] * 2  # the first call
+    assert result["after"] == [1.0] * 5
+    assert result["rise_gib"] <= result["floor_gib"] + 0.01
 
 
 @pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])

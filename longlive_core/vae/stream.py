@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..fast.compile import compiled
-from ..fast.graphs import CaptureError, capture
+from ..fast.graphs import CaptureError, async_allocator, capture
 from ..kernels import ops
 from ..timing import GpuTimer, Spans
 from .head import NARROW, causal_conv3d_narrow
@@ -33,7 +33,7 @@ from .head import NARROW, causal_conv3d_narrow
 log = logging.getLogger(__name__)
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
 FIND_FLOOR = 16 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
-FIND_PER_PIXEL_BYTE = 1024  # and this much per byte of the call's pixels (the decoder peaked near 390 at 480x832)
+FIND_PER_PIXEL_BYTE = 1024  # and this much a byte of the call's pixels (compiled, it held about 400 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -60,12 +60,13 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
     """cuDNN's benchmark mode times every plan of a convolution it has not seen, with as much workspace as the
     allocator says it could give. PyTorch's cudaMallocAsync allocator (ComfyUI's default) answers with all free
     memory, found by mapping it into the pool, and the pool is emptied after each find: a fresh server's first
-    decode took 25 s and 139 GiB on an H200, against 2 s without benchmark mode and 4.6 s under the native
-    allocator, whose fastest plans needed under 1 GiB of workspace. The process's memory fraction bounds that
-    answer while the decode may meet new convolutions: what is allocated, plus the larger of FIND_FLOOR and
-    FIND_PER_PIXEL_BYTE per byte of the call's pixels; the fraction is put back after."""
+    decode took 25 s and 139 GiB on an H200 (run 104), against 2 s without benchmark mode and 4.6 s under the
+    native allocator, whose fastest plans needed under 1 GiB of workspace. The process's memory fraction bounds that
+    answer, and so the finds: what is allocated plus the larger of FIND_FLOOR and FIND_PER_PIXEL_BYTE per byte of
+    the call's pixels. The fraction is put back after, at most 1: with no limit set, cudaMallocAsync reports its
+    unbounded limit as a fraction far above 1, which cannot be set."""
     device = x.device
-    before = torch.cuda.get_per_process_memory_fraction(device)
+    before = min(1.0, torch.cuda.get_per_process_memory_fraction(device))
     total = torch.cuda.get_device_properties(device).total_memory
     bound = (torch.cuda.memory_allocated(device) + max(FIND_FLOOR, FIND_PER_PIXEL_BYTE * pixel_bytes)) / total
     if bound >= before:
@@ -302,9 +303,11 @@ class DecodeStream:
         return out
 
     def _finds(self, x: torch.Tensor, frames_per_call: int):
-        """cuDNN's finds bounded (bounded_finds) on a GPU until the steady chunk replays as a graph, which finds
-        nothing. The Wan 2.2 stream sets `find_pixels_per_latent` to 0: its decoder's need was not measured."""
-        if not x.is_cuda or self.has_graph or not self.find_pixels_per_latent:
+        """cuDNN's finds bounded (bounded_finds) under cudaMallocAsync until the steady chunk replays as a graph,
+        which finds nothing. The native allocator is left alone: its fraction bounds reserved memory, cached blocks
+        included, and its finds were quick. The Wan 2.2 stream sets `find_pixels_per_latent` to 0: its decoder's
+        need under a bound was not measured."""
+        if not x.is_cuda or self.has_graph or not self.find_pixels_per_latent or not async_allocator():
             return contextlib.nullcontext()
         frames = min(frames_per_call, x.shape[2])
         pixel_bytes = x.shape[0] * frames * x.shape[3] * x.shape[4] * self.find_pixels_per_latent * x.element_size()

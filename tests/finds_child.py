@@ -1,0 +1,56 @@
+"""Run by tests/test_gpu.py in a process of its own under the allocator it chooses (PYTORCH_CUDA_ALLOC_CONF):
+
+    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python tests/finds_child.py
+
+A fresh Wan 2.1 decode stream (ComfyUI's decoder module, random weights) decodes its first video compiled, as the
+decode node's `compile` runs it; prints one JSON line: the memory fraction each call of the decoder's first conv
+saw, the bound expected for the first call, the fraction after each call, and how far the peak rose above what
+was allocated before the video.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from longlive_core.vae.stream import FIND_FLOOR, DecodeStream  # noqa: E402
+
+
+def random_vae():
+    from comfy.ldm.wan.vae import WanVAE
+
+    vae = WanVAE(dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True]).to("cuda", torch.bfloat16).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            p.copy_(torch.ones_like(p) if name.endswith("gamma") else torch.randn_like(p) / p[0].numel() ** 0.5)
+    return vae
+
+
+def main() -> None:
+    from comfy.ldm.wan.vae import count_conv3d
+
+    vae = random_vae()
+    seen: list[float] = []
+    vae.decoder.conv1.register_forward_hook(lambda *_: seen.append(torch.cuda.get_per_process_memory_fraction()))
+    stream = DecodeStream(count_conv3d(vae.decoder))
+    z = torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16)
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    after = []
+    with torch.inference_mode():
+        for part in z.split(3, dim=2):
+            stream.decode(vae, part, fast=True)
+            after.append(min(1.0, torch.cuda.get_per_process_memory_fraction()))
+    print(json.dumps({"allocator": torch.cuda.memory.get_allocator_backend(), "seen": seen[:2],
+                      "bound": (start + FIND_FLOOR) / total, "after": after, "graph": stream.has_graph,
+                      "rise_gib": (torch.cuda.max_memory_allocated() - start) / 2**30, "floor_gib": FIND_FLOOR / 2**30}))
+
+
+if __name__ == "__main__":
+    main()
