@@ -33,7 +33,7 @@ from .head import NARROW, causal_conv3d_narrow
 log = logging.getLogger(__name__)
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
 FIND_FLOOR = 16 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
-FIND_PER_PIXEL_BYTE = 1024  # and this much a byte of the call's pixels (compiled, it held about 400 at 480x832)
+FIND_PER_PIXEL_BYTE = 1024  # and this much a byte of a chunk's pixels (compiled, it held about 400 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -57,14 +57,16 @@ def channels_last(decoder) -> None:
 
 @contextlib.contextmanager
 def bounded_finds(x: torch.Tensor, pixel_bytes: int):
-    """cuDNN's benchmark mode times every plan of a convolution it has not seen, with as much workspace as the
-    allocator says it could give. PyTorch's cudaMallocAsync allocator (ComfyUI's default) answers with all free
-    memory, found by mapping it into the pool, and the pool is emptied after each find: a fresh server's first
-    decode took 25 s and 139 GiB on an H200 (run 104), against 2 s without benchmark mode and 4.6 s under the
-    native allocator, whose fastest plans needed under 1 GiB of workspace. The process's memory fraction bounds that
+    """cuDNN's benchmark mode times, for each convolution it has not seen, every plan whose workspace fits what the
+    allocator says it could give. PyTorch's cudaMallocAsync allocator (ComfyUI's default) finds that answer by
+    mapping all free memory into its pool, and the pool is emptied after each find: a fresh server's first decode
+    took 25 s and 139 GiB on an H200 (run 104), against 2 s without benchmark mode and 4.6 s under the native
+    allocator, whose fastest plans needed under 1 GiB of workspace. The process's memory fraction bounds that
     answer, and so the finds: what is allocated plus the larger of FIND_FLOOR and FIND_PER_PIXEL_BYTE per byte of
-    the call's pixels. The fraction is put back after, at most 1: with no limit set, cudaMallocAsync reports its
-    unbounded limit as a fraction far above 1, which cannot be set."""
+    a chunk's pixels (pixel_bytes). Where the allocator already holds more than that (its count includes a graph's
+    allocations, memory_allocated does not), the bound is dropped: the allocator's probe would never end. The
+    fraction is put back after, at most 1: with no limit set, cudaMallocAsync reports its unbounded limit as a
+    fraction far above 1, which cannot be set."""
     device = x.device
     before = min(1.0, torch.cuda.get_per_process_memory_fraction(device))
     total = torch.cuda.get_device_properties(device).total_memory
@@ -74,6 +76,10 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
         return
     torch.cuda.set_per_process_memory_fraction(bound, device)
     try:
+        try:
+            torch.empty(1, dtype=torch.uint8, device=device)
+        except torch.OutOfMemoryError:
+            torch.cuda.set_per_process_memory_fraction(before, device)
         yield
     finally:
         torch.cuda.set_per_process_memory_fraction(before, device)
@@ -303,11 +309,12 @@ class DecodeStream:
         return out
 
     def _finds(self, x: torch.Tensor, frames_per_call: int):
-        """cuDNN's finds bounded (bounded_finds) under cudaMallocAsync until the steady chunk replays as a graph,
-        which finds nothing. The native allocator is left alone: its fraction bounds reserved memory, cached blocks
-        included, and its finds were quick. The Wan 2.2 stream sets `find_pixels_per_latent` to 0: its decoder's
-        need under a bound was not measured."""
-        if not x.is_cuda or self.has_graph or not self.find_pixels_per_latent or not async_allocator():
+        """cuDNN's finds bounded (bounded_finds) under cudaMallocAsync, unless every chunk of this call replays the
+        steady chunk's graph (which finds nothing). The native allocator is left alone: its fraction bounds reserved
+        memory, cached blocks included, and its finds were quick. The Wan 2.2 stream sets `find_pixels_per_latent`
+        to 0: its decoder's need under a bound was not measured."""
+        replays = self.has_graph and self.cache[0] is not None and x.shape[2] % self._graph.x.shape[2] == 0
+        if not x.is_cuda or replays or not self.find_pixels_per_latent or not async_allocator():
             return contextlib.nullcontext()
         frames = min(frames_per_call, x.shape[2])
         pixel_bytes = x.shape[0] * frames * x.shape[3] * x.shape[4] * self.find_pixels_per_latent * x.element_size()
