@@ -32,8 +32,8 @@ from .head import NARROW, causal_conv3d_narrow
 
 log = logging.getLogger(__name__)
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
-FIND_FLOOR = 16 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
-FIND_PER_PIXEL_BYTE = 1024  # and this much a byte of a chunk's pixels (compiled, it held about 400 at 480x832)
+FIND_FLOOR = 2 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
+FIND_PER_PIXEL_BYTE = 512  # and this much a byte of a chunk's pixels (compiled, it held about 370 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -63,7 +63,9 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
     took 25 s and 139 GiB on an H200 (run 104), against 2 s without benchmark mode and 4.6 s under the native
     allocator, whose fastest plans needed under 1 GiB of workspace. The process's memory fraction bounds that
     answer, and so the finds: what is allocated plus the larger of FIND_FLOOR and FIND_PER_PIXEL_BYTE per byte of
-    a chunk's pixels (pixel_bytes). Where the allocator already holds more than that (its count includes a graph's
+    a chunk's pixels (pixel_bytes). The tighter the bound, the fewer plans are timed: at 480x832 (the compiled
+    chunk holds about 10.5 GiB) 15.7 GiB made the first compiled video 7.6 s and 19 GiB 11.7 s (8.4 s without
+    finds), with steady chunks as fast (run 107). Where the allocator already holds more than that (its count includes a graph's
     allocations, memory_allocated does not), the bound is dropped: the allocator's probe would never end. The
     fraction is put back after, at most 1: with no limit set, cudaMallocAsync reports its unbounded limit as a
     fraction far above 1, which cannot be set."""
