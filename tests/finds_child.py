@@ -49,7 +49,8 @@ def main() -> None:
             after.append(min(1.0, torch.cuda.get_per_process_memory_fraction()))
     print(json.dumps({"allocator": torch.cuda.memory.get_allocator_backend(), "seen": seen[:2],
                       "bound": (start + FIND_FLOOR) / total, "after": after, "graph": stream.has_graph,
-                      "rise_gib": (torch.cuda.max_memory_allocated() - start) / 2**30, "floor_gib": FIND_FLOOR / 2**30}))
+                      "rise_gib": (torch.cuda.max_memory_allocated() - start) / 2**30,
+                      "floor_gib": FIND_FLOOR / 2**30}))
 
 
 if __name__ == "__main__":

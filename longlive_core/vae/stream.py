@@ -65,10 +65,10 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
     answer, and so the finds: what is allocated plus the larger of FIND_FLOOR and FIND_PER_PIXEL_BYTE per byte of
     a chunk's pixels (pixel_bytes). The tighter the bound, the fewer plans are timed: at 480x832 (the compiled
     chunk holds about 10.5 GiB) 15.7 GiB made the first compiled video 7.6 s and 19 GiB 11.7 s (8.4 s without
-    finds), with steady chunks as fast (run 107). Where the allocator already holds more than that (its count includes a graph's
-    allocations, memory_allocated does not), the bound is dropped: the allocator's probe would never end. The
-    fraction is put back after, at most 1: with no limit set, cudaMallocAsync reports its unbounded limit as a
-    fraction far above 1, which cannot be set."""
+    finds), with steady chunks as fast (run 107). Where the allocator already holds more than that (its count
+    includes a graph's allocations, memory_allocated does not), the bound is dropped: the allocator's probe would
+    never end. The fraction is put back after, at most 1: with no limit set, cudaMallocAsync reports its unbounded
+    limit as a fraction far above 1, which cannot be set."""
     device = x.device
     before = min(1.0, torch.cuda.get_per_process_memory_fraction(device))
     total = torch.cuda.get_device_properties(device).total_memory
