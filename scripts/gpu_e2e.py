@@ -219,6 +219,7 @@ class Harness:
                 per_class[kind] = per_class.get(kind, 0.0) + t_next - t
         blocks = [d for _, kind, d in items if kind == "longlive.block"]
         result.blocks = len(blocks)
+        result.notes.update(block_gaps([t for t, kind, _ in items if kind == "longlive.block"]))
         created = bool(blocks) and blocks[0].get("frame") in FIRST_BLOCK_FRAMES
         warm = float(blocks[0].get("warm_up_s", 0.0)) if created else 0.0
         sampler = per_class.get("LongLive_StreamingSampler", 0.0)
@@ -497,6 +498,17 @@ def playback(frames: list[tuple[float, dict]], fps: float = FPS) -> dict:
             "stalled_ms": round(sum(stalls) * 1e3), "longest_stall_ms": round(max(stalls, default=0) * 1e3)}
 
 
+def block_gaps(times: list[float], first: int = 5) -> dict:
+    """Seconds between a run's block events (the first after the run's first block): the first few, and the longest
+    with the block event it ended at, counted from 0 (a fresh server's decoder starting, a stall)."""
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if not gaps:
+        return {}
+    longest = max(range(len(gaps)), key=gaps.__getitem__)
+    return {"first_block_gaps_s": [round(g, 3) for g in gaps[:first]],
+            "longest_block_gap": {"block": longest + 1, "s": round(gaps[longest], 3)}}
+
+
 def gap_end(frame: tuple[float, dict], first: float, ended: float) -> dict:
     """Where a gap ended: the frame, its arrival from the first frame's, how long before its arrival the server made
     it and sent it (a frame made long before and sent late: the sending side waited), and the run's end."""
@@ -674,6 +686,9 @@ def main() -> int:
     for r in harness.results:
         if "stream" in r.notes:
             print(f"{r.group} / {r.name}, at the viewer: {json.dumps(r.notes['stream'])}")
+        if "longest_block_gap" in r.notes:
+            print(f"{r.group} / {r.name}, between block events: first {r.notes['first_block_gaps_s']} s, longest "
+                  f"{r.notes['longest_block_gap']['s']} s before block {r.notes['longest_block_gap']['block']}")
     return 0 if harness.results and all(r.ok for r in harness.results) else 1
 
 

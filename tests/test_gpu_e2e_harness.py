@@ -12,7 +12,7 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-from gpu_e2e import playback  # noqa: E402
+from gpu_e2e import block_gaps, playback  # noqa: E402
 
 
 def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_path):
@@ -49,6 +49,9 @@ def test_the_harness_runs_the_interactive_group_with_a_reload_and_an_interrupt(t
     assert all(r["ok"] for r in runs.values()), {n: (r["frames"], r["expected_frames"], r["error"])
                                                  for n, r in runs.items()}
     assert [runs[f"interactive {i}"]["frames"] for i in (1, 2, 3)] == [81, 84, 84]
+    gaps = runs["interactive 2"]["notes"]  # between its 7 block events
+    assert len(gaps["first_block_gaps_s"]) == 5 and 1 <= gaps["longest_block_gap"]["block"] <= 6
+    assert gaps["longest_block_gap"]["s"] >= max(gaps["first_block_gaps_s"]) > 0
     cut = runs["interrupt"]  # /interrupt after 3 block events: both files hold every frame the session made, once
     assert cut["notes"]["interrupted_status"] == "error" and cut["notes"]["blocks_before_interrupt"] >= 3
     assert 0 < cut["notes"]["frames_in_the_interrupted_file"] < cut["frames"] == cut["expected_frames"]
@@ -71,3 +74,9 @@ def test_the_panel_player_simulation_counts_what_a_viewer_sees():
     assert playback(switched)["skipped"] == 1 and playback(switched)["shown"] == 99
     fast = [(k / 32, {"frame": k}) for k in range(100)]
     assert playback(fast)["skipped"] > 0 and playback(fast)["stalls"] == 0
+
+
+def test_block_gaps_name_the_block_after_the_longest_wait():
+    gaps = block_gaps([10.0, 10.2, 16.5, 16.7, 16.9, 17.1, 17.3, 17.5], first=3)
+    assert gaps == {"first_block_gaps_s": [0.2, 6.3, 0.2], "longest_block_gap": {"block": 2, "s": 6.3}}
+    assert block_gaps([10.0]) == {}
