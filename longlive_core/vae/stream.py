@@ -33,7 +33,7 @@ from .head import NARROW, causal_conv3d_narrow
 log = logging.getLogger(__name__)
 FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
 FIND_FLOOR = 2 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
-FIND_PER_PIXEL_BYTE = 512  # and this much a byte of a chunk's pixels (compiled, it held about 370 at 480x832)
+FIND_PER_PIXEL_BYTE = 512  # and this much a byte of a chunk's pixels (compiled, it held about 400 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -64,7 +64,7 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
     allocator, whose fastest plans needed under 1 GiB of workspace. The process's memory fraction bounds that
     answer, and so the finds: what is allocated plus the larger of FIND_FLOOR and FIND_PER_PIXEL_BYTE per byte of
     a chunk's pixels (pixel_bytes). The tighter the bound, the fewer plans are timed: at 480x832 (the compiled
-    chunk holds about 10.5 GiB) 15.7 GiB made the first compiled video 7.6 s and 19 GiB 11.7 s (8.4 s without
+    video peaks at 10.8 GiB) 13.7 GiB made the first compiled video 7.6 s and 17.1 GiB 11.7 s (8.4 s without
     finds), with steady chunks as fast (run 107). Where the allocator already holds more than that (its count
     includes a graph's allocations, memory_allocated does not), the bound is dropped: the allocator's probe would
     never end. The fraction is put back after, at most 1: with no limit set, cudaMallocAsync reports its unbounded
