@@ -1,6 +1,6 @@
 """The GPU end-to-end harness: the shipped workflows through a real ComfyUI server on a CUDA GPU, over HTTP only.
 
-    python scripts/gpu_e2e.py [--groups NAME,...] [--work DIR] [--out DIR]
+    python scripts/gpu_e2e.py [--groups NAME,...] [--work DIR] [--out DIR] [--extra-node FILE]
     python scripts/gpu_e2e.py --tiny               # the same runs on the CPU with tiny models (to work on it)
 
 It writes full-size random-weight files of every model the workflows load (scripts/full_models.py; kept in
@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from host import REPO, ComfyHost, Events, FrameWatcher, child_env, comfy_dir, make_tiny_models, python
 from run_main import tiny_graph
@@ -68,6 +68,13 @@ def _patch(prompt):
 PromptServer.instance.add_on_prompt_handler(_patch)
 NODE_CLASS_MAPPINGS = {}
 '''
+
+
+def add_node(base: pathlib.Path, name: str, source: str) -> None:
+    """A custom node package of one __init__.py in a server's folder."""
+    node = base / "custom_nodes" / name / "__init__.py"
+    node.parent.mkdir(parents=True)
+    node.write_text(source)
 
 
 # --- What a run measured ----------------------------------------------------------------------------------
@@ -120,8 +127,10 @@ class GpuMemory:
 
 
 class Harness:
-    def __init__(self, work: pathlib.Path, tiny: bool, report: Callable[["Harness"], None]):
+    def __init__(self, work: pathlib.Path, tiny: bool, report: Callable[["Harness"], None],
+                 extra_nodes: Sequence[pathlib.Path] = ()):
         self.work, self.tiny, self.memory, self.results, self.logs = work, tiny, GpuMemory(), [], {}
+        self.extra_nodes = extra_nodes  # files each server loads as custom nodes beside the pack (probes)
         self.report = report  # called after every run: a run cut short by a time limit keeps what came before
         self.models = work / ("tiny_models" if tiny else "models")
         self.names: dict = {}
@@ -151,9 +160,9 @@ class Harness:
         (base / "models").parent.mkdir(parents=True, exist_ok=True)
         (base / "models").symlink_to(self.models.resolve(), target_is_directory=True)
         if fault:
-            node = base / "custom_nodes" / "longlive_e2e_fault" / "__init__.py"
-            node.parent.mkdir(parents=True)
-            node.write_text(FAULT_NODE)
+            add_node(base, "longlive_e2e_fault", FAULT_NODE)
+        for path in self.extra_nodes:
+            add_node(base, path.stem, path.read_text())
         cold = not any(pathlib.Path("/tmp").glob("torchinductor_*"))
         log.info("== group %s: ComfyUI %s%s", name, " ".join(server_args) or "(default arguments)",
                  " + injected capture failure" if fault else "")
@@ -661,6 +670,9 @@ def main() -> int:
     parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/longlive_e2e"))
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(os.environ.get("OUT", REPO / "out")))
     parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (to work on the harness)")
+    parser.add_argument("--extra-node", type=pathlib.Path, action="append", default=[], metavar="FILE",
+                        help="a Python file every server loads as one more custom node (a probe of the pack's "
+                             "internals); may repeat")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -673,7 +685,7 @@ def main() -> int:
             "runs": [dataclasses.asdict(r) | {"pixel_fps": round(r.fps, 2)} for r in h.results],
             "server_log_tails": {k: v[-30000:] for k, v in h.logs.items()}}, indent=1))
 
-    harness = Harness(args.work, args.tiny, report)
+    harness = Harness(args.work, args.tiny, report, args.extra_node)
     wanted = set(args.groups.split(",")) if args.groups else None
     harness.prepare_models(v2=not args.tiny and (wanted is None or any(w.startswith(V2_GROUP) for w in wanted)))
     for name, server_args, runs, fault in groups(args.tiny):

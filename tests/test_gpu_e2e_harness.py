@@ -16,10 +16,15 @@ from gpu_e2e import block_gaps, playback  # noqa: E402
 
 
 def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_path):
+    probe = tmp_path / "probe_node.py"  # --extra-node: each server loads it beside the pack
+    probe.write_text("import logging\n\nlogging.getLogger('probe').warning('PROBE NODE LOADED')\n"
+                     "NODE_CLASS_MAPPINGS = {}\n")
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_e2e.py"), "--tiny", "--groups",
-                           "live,capture-failure", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=900)
+                           "live,capture-failure", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                           "--extra-node", str(probe)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for group in ("live", "capture-failure"):
+        assert "PROBE NODE LOADED" in (tmp_path / "work" / f"server_{group}" / "comfy.log").read_text()
     report = json.loads((tmp_path / "out" / "e2e.json").read_text())
     runs = {r["name"]: r for r in report["runs"]}
     assert set(runs) == {"live", "live warm", "live keep", "capture failure 1", "capture failure 2"}
