@@ -18,23 +18,14 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from longlive_core.vae.stream import FIND_FLOOR, DecodeStream  # noqa: E402
-
-
-def random_vae():
-    from comfy.ldm.wan.vae import WanVAE
-
-    vae = WanVAE(dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                 temperal_downsample=[False, True, True]).to("cuda", torch.bfloat16).eval()
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            p.copy_(torch.ones_like(p) if name.endswith("gamma") else torch.randn_like(p) / p[0].numel() ** 0.5)
-    return vae
+from test_gpu import random_vae  # noqa: E402  (this folder is the script's: first on the path)
 
 
 def main() -> None:
-    from comfy.ldm.wan.vae import count_conv3d
+    from comfy.ldm.wan.vae import WanVAE, count_conv3d
 
-    vae = random_vae()
+    vae = random_vae(WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                     temperal_downsample=[False, True, True])
     seen: list[float] = []
     vae.decoder.conv1.register_forward_hook(lambda *_: seen.append(torch.cuda.get_per_process_memory_fraction()))
     stream = DecodeStream(count_conv3d(vae.decoder))
