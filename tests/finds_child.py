@@ -5,7 +5,7 @@
 A fresh Wan 2.1 decode stream (ComfyUI's decoder module, random weights) decodes its first video compiled, as the
 decode node's `compile` runs it; prints one JSON line: the memory fraction each call of the decoder's first conv
 saw, the bound expected for the first call, the fraction after each call, and how far the peak rose above what
-was allocated before the video.
+was allocated before the video; and whether cuDNN's benchmark mode was on in the first two (eager) calls.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ def main() -> None:
     vae = random_vae(WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                      temperal_downsample=[False, True, True])
     seen: list[float] = []
-    vae.decoder.conv1.register_forward_hook(lambda *_: seen.append(torch.cuda.get_per_process_memory_fraction()))
+    benchmark: list[bool] = []
+
+    def record(*_) -> None:
+        seen.append(torch.cuda.get_per_process_memory_fraction())
+        benchmark.append(torch.backends.cudnn.benchmark)
+
+    vae.decoder.conv1.register_forward_hook(record)
     stream = DecodeStream(count_conv3d(vae.decoder))
     z = torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16)
     total = torch.cuda.get_device_properties(0).total_memory
@@ -39,6 +45,7 @@ def main() -> None:
             stream.decode(vae, part, fast=True)
             after.append(min(1.0, torch.cuda.get_per_process_memory_fraction()))
     print(json.dumps({"allocator": torch.cuda.memory.get_allocator_backend(), "seen": seen[:2],
+                      "benchmark": benchmark[:2],
                       "bound": (start + FIND_FLOOR) / total, "after": after, "graph": stream.has_graph,
                       "rise_gib": (torch.cuda.max_memory_allocated() - start) / 2**30,
                       "floor_gib": FIND_FLOOR / 2**30}))

@@ -277,8 +277,9 @@ class DecodeStream:
     def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
                channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
         """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
-        fast: steady chunks through the compiled decoder (the first two calls stay eager), replayed as a CUDA graph
-        where `graphs`; frames_per_call: latent frames a decoder call (None: the stream's own).
+        fast: steady chunks through the compiled decoder (the first two calls stay eager, with cuDNN's heuristic
+        plans: finding the best ones took 5.5 s of a fresh server's first video for two calls, run 107), replayed as a
+        CUDA graph where `graphs`; frames_per_call: latent frames a decoder call (None: the stream's own).
         channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off). An interrupt leaves the stream
         where it was."""
         if z.dim() != 5 or z.shape[1] != self.channels:
@@ -293,11 +294,12 @@ class DecodeStream:
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
         before, pieces, in_place = list(self.cache), [], False
         try:
-            with self._finds(x, frames_per_call), torch.backends.cudnn.flags(enabled=True, benchmark=True):
+            with self._finds(x, frames_per_call):
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
                     steady = fast and is_steady(self.cache)
                     in_place = in_place or steady
-                    pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], steady, graphs))
+                    with torch.backends.cudnn.flags(enabled=True, benchmark=steady or not fast):
+                        pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], steady, graphs))
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
                 self.cache[:] = [None] * len(self.cache)
