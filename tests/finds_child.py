@@ -5,7 +5,8 @@
 A fresh Wan 2.1 decode stream (ComfyUI's decoder module, random weights) decodes its first video compiled, as the
 decode node's `compile` runs it; prints one JSON line: the memory fraction each call of the decoder's first conv
 saw, the bound expected for the first call, the fraction after each call, and how far the peak rose above what
-was allocated before the video; and whether cuDNN's benchmark mode was on in the first two (eager) calls.
+was allocated before the video; whether cuDNN's benchmark mode was on in the first two (eager) calls, and the
+benchmark and deterministic flags the steady (compiled) chunks saw.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from longlive_core.vae import stream as streams  # noqa: E402
 from longlive_core.vae.stream import FIND_FLOOR, DecodeStream  # noqa: E402
 from test_gpu import random_vae  # noqa: E402  (this folder is the script's: first on the path)
 
@@ -34,6 +36,14 @@ def main() -> None:
         benchmark.append(torch.backends.cudnn.benchmark)
 
     vae.decoder.conv1.register_forward_hook(record)
+    steady_flags: list[tuple[bool, bool]] = []
+    compiled = streams.compiled_steady_decode
+
+    def steady(*args, **kwargs):  # the compiled steady chunk, and its capture
+        steady_flags.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic))
+        return compiled(*args, **kwargs)
+
+    streams.compiled_steady_decode = steady
     stream = DecodeStream(count_conv3d(vae.decoder))
     z = torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16)
     total = torch.cuda.get_device_properties(0).total_memory
@@ -45,7 +55,7 @@ def main() -> None:
             stream.decode(vae, part, fast=True)
             after.append(min(1.0, torch.cuda.get_per_process_memory_fraction()))
     print(json.dumps({"allocator": torch.cuda.memory.get_allocator_backend(), "seen": seen[:2],
-                      "benchmark": benchmark[:2],
+                      "benchmark": benchmark[:2], "steady_flags": sorted(set(steady_flags)),
                       "bound": (start + FIND_FLOOR) / total, "after": after, "graph": stream.has_graph,
                       "rise_gib": (torch.cuda.max_memory_allocated() - start) / 2**30,
                       "floor_gib": FIND_FLOOR / 2**30}))

@@ -87,6 +87,15 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
         torch.cuda.set_per_process_memory_fraction(before, device)
 
 
+def _plans(heuristic: bool):
+    """cuDNN's convolution plans: found by timing (benchmark mode), or, for a compiled stream's two eager chunks,
+    its heuristics' (finding theirs took 5.5 s of a fresh server's first video, run 107). Those are marked
+    deterministic: cuDNN's plan cache keys on that flag and not on benchmark mode, so a shape the eager chunks
+    share with the steady ones (the 1x1 shortcuts; every chunk of Wan 2.2's) or with a later eager decode still
+    gets its timed plan there."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=not heuristic, deterministic=heuristic)
+
+
 def _cast(module) -> bool:
     """Whether ComfyUI's ops cast this module's weights when it runs (low VRAM): then only its forward has them."""
     return bool(module.comfy_cast_weights or module.weight_function or module.bias_function)
@@ -278,10 +287,9 @@ class DecodeStream:
                channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
         """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
         fast: steady chunks through the compiled decoder (the first two calls stay eager, with cuDNN's heuristic
-        plans: finding the best ones took 5.5 s of a fresh server's first video for two calls, run 107), replayed as a
-        CUDA graph where `graphs`; frames_per_call: latent frames a decoder call (None: the stream's own).
-        channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off). An interrupt leaves the stream
-        where it was."""
+        plans: _plans), replayed as a CUDA graph where `graphs`; frames_per_call: latent frames a decoder call
+        (None: the stream's own). channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off).
+        An interrupt leaves the stream where it was."""
         if z.dim() != 5 or z.shape[1] != self.channels:
             raise ConfigError(f"the {self.name} decodes latents [B, {self.channels}, T, h, w]; got {list(z.shape)}")
         self.shape = check_shape(self.shape, z)
@@ -298,7 +306,7 @@ class DecodeStream:
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
                     steady = fast and is_steady(self.cache)
                     in_place = in_place or steady
-                    with torch.backends.cudnn.flags(enabled=True, benchmark=steady or not fast):
+                    with _plans(heuristic=fast and not steady):
                         pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], steady, graphs))
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
