@@ -394,6 +394,25 @@ def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound(allocator):
     assert result["rise_gib"] <= result["floor_gib"] * 1.01  # the pool's count and PyTorch's may differ a little
 
 
+def test_a_capture_runs_with_the_cycle_collector_off_and_puts_it_back():
+    """No collection inside a capture (it could free tensors there), and none forced before each one either (a full
+    collection of ComfyUI's heap takes 0.3-0.5 s, six a session)."""
+    import gc
+
+    from longlive_core.fast.graphs import capture
+
+    x, seen = torch.ones(4, device="cuda"), []
+
+    def twice():
+        seen.append(gc.isenabled())
+        return x * 2
+
+    graph, out = capture(twice, x.device, rehearse=True)
+    x.fill_(3)
+    graph.replay()
+    assert seen == [False, False] and gc.isenabled() and out.tolist() == [6.0] * 4
+
+
 @pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
 def test_a_capture_that_fails_leaves_the_process_and_the_session_usable(allocator):
     """A kernel raising inside the capture (as a bug would): the session runs its passes without graphs and
