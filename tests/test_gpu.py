@@ -414,6 +414,15 @@ def test_a_capture_runs_with_the_cycle_collector_off_and_puts_it_back():
 
 
 @pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
+def test_a_cycle_made_inside_a_capture_is_collected_before_it_ends(allocator):
+    """A tensor the capture allocated that only a reference cycle holds: collected inside the capture, so that a
+    collection between the capture and the graph's first run frees nothing of the graph's (under cudaMallocAsync
+    that would abort the process)."""
+    result = capture_child(allocator, script="cycle_child.py")
+    assert result == {"allocator": allocator, "out": [6.0] * 4, "collector_on": True}
+
+
+@pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
 def test_a_capture_that_fails_leaves_the_process_and_the_session_usable(allocator):
     """A kernel raising inside the capture (as a bug would): the session runs its passes without graphs and
     makes the eager path's video; the process ends normally (under cudaMallocAsync, freeing what the failed capture

@@ -75,6 +75,7 @@ def capture(fn: Callable[[], Any], device: torch.device, pool=None, rehearse: bo
                 out = fn()
         except Exception as exc:  # noqa: BLE001 (any failure: the process must outlive it)
             failure = exc
+        gc.collect(0)  # cycles made since the collector went off (all young): their frees are legal only in here
         try:
             graph.capture_end()
             ended = True
@@ -92,9 +93,11 @@ def capture(fn: Callable[[], Any], device: torch.device, pool=None, rehearse: bo
 
 @contextlib.contextmanager
 def _no_collector():
-    """Python's cycle collector off while a graph is captured: tensors it frees must not be freed inside the capture
-    (in any thread). Collecting before each capture instead cost a full collection of the host's heap a graph:
-    inside ComfyUI one takes 0.3-0.5 s (run 98), and a session captures six."""
+    """Python's cycle collector off while a graph is captured, so that it runs at no arbitrary point of it; the
+    capture collects the young generation itself before it ends (a tensor the capture allocated and only a cycle
+    holds, freed after the capture and before the graph's first run, would abort the process under cudaMallocAsync).
+    Collecting everything before each capture instead cost a full collection of the host's heap a graph: inside
+    ComfyUI one takes 0.3-0.5 s (run 98), and a session captures six."""
     was = gc.isenabled()
     gc.disable()
     try:
