@@ -397,6 +397,34 @@ def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound(allocator):
     assert result["rise_gib"] <= result["floor_gib"] + 1 / 16  # the pool's count and PyTorch's differ a little (36 MiB, run 110)
 
 
+def test_a_capture_runs_with_the_cycle_collector_off_and_puts_it_back():
+    """No collection inside a capture (it could free tensors there), and none forced before each one either (a full
+    collection of ComfyUI's heap takes 0.3-0.5 s, six a session)."""
+    import gc
+
+    from longlive_core.fast.graphs import capture
+
+    x, seen = torch.ones(4, device="cuda"), []
+
+    def twice():
+        seen.append(gc.isenabled())
+        return x * 2
+
+    graph, out = capture(twice, x.device, rehearse=True)
+    x.fill_(3)
+    graph.replay()
+    assert seen == [False, False] and gc.isenabled() and out.tolist() == [6.0] * 4
+
+
+@pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
+def test_a_cycle_made_inside_a_capture_is_collected_before_it_ends(allocator):
+    """A tensor the capture allocated that only a reference cycle holds: collected inside the capture, so that a
+    collection between the capture and the graph's first run frees nothing of the graph's (under cudaMallocAsync
+    that would abort the process)."""
+    result = capture_child(allocator, script="cycle_child.py")
+    assert result == {"allocator": allocator, "out": [6.0] * 4, "collector_on": True}
+
+
 @pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
 def test_a_capture_that_fails_leaves_the_process_and_the_session_usable(allocator):
     """A kernel raising inside the capture (as a bug would): the session runs its passes without graphs and
