@@ -394,7 +394,7 @@ def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound(allocator):
     assert result["seen"] == [pytest.approx(result["bound"], rel=1e-3) if bounded else 1.0] * 2  # the first call
     assert result["after"] == [1.0] * 5
     assert result["benchmark"] == [False, False] and result["steady_flags"] == [[True, False]]
-    assert result["rise_gib"] <= result["floor_gib"] + 1 / 16  # the pool's count and PyTorch's differ a little (36 MiB, run 110)
+    assert result["rise_gib"] <= result["floor_gib"] + 1 / 16  # the pool and PyTorch count apart (36 MiB, run 110)
 
 
 def test_a_capture_runs_with_the_cycle_collector_off_and_puts_it_back():
