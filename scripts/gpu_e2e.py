@@ -477,21 +477,22 @@ def panel_buffer() -> tuple[int, int]:
 
 def playback(frames: list[tuple[float, dict]], fps: float = FPS) -> dict:
     """What the panel's player shows from these arrivals (web/js/longlive_panel.js, Player.tick): a tick every 1/fps
-    from the first arrival; it plays once PREBUFFER frames wait and again after running dry; a new prompt's first
-    frame drops the frames waiting before it; more than MAX_BUFFER waiting drops the oldest. A stall: the screen
-    held a frame past its time because none was ready, after playing began (the run's end excepted)."""
+    from the first arrival; it plays once PREBUFFER frames wait (or the first has waited PREBUFFER frame times) and
+    again after running dry; a new prompt's first frame drops the frames waiting before it; more than MAX_BUFFER
+    waiting drops the oldest. A stall: the screen held a frame past its time because none was ready, after playing
+    began (the run's end excepted)."""
     prebuffer, max_buffer = panel_buffer()
-    waiting: list[dict] = []
+    waiting: list[float] = []  # arrival times
     shown = skipped = i = 0
     playing, stalls, stalled_at, tick = False, [], None, frames[0][0] if frames else 0.0
-    while i < len(frames) or len(waiting) >= (1 if playing else prebuffer):
+    while i < len(frames) or waiting:
         tick += 1 / fps
         while i < len(frames) and frames[i][0] <= tick:
             if frames[i][1].get("posted_at"):
                 skipped, waiting = skipped + len(waiting), []
-            waiting.append(frames[i][1])
+            waiting.append(frames[i][0])
             i += 1
-        if not playing and len(waiting) < prebuffer:
+        if not playing and len(waiting) < prebuffer and not (waiting and tick - waiting[0] >= prebuffer / fps):
             continue
         playing = bool(waiting)
         if not playing:
@@ -503,7 +504,7 @@ def playback(frames: list[tuple[float, dict]], fps: float = FPS) -> dict:
         skipped += max(0, len(waiting) - max_buffer)
         waiting = waiting[max(0, len(waiting) - max_buffer) + 1:]
         shown += 1
-    return {"shown": shown, "skipped": skipped, "never_shown": len(waiting), "stalls": len(stalls),
+    return {"shown": shown, "skipped": skipped, "stalls": len(stalls),
             "stalled_ms": round(sum(stalls) * 1e3), "longest_stall_ms": round(max(stalls, default=0) * 1e3)}
 
 

@@ -5,7 +5,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const state = { session: "", frames: 0, switches: [], previews: 0, metadata: false, player: null };
-const PREBUFFER = 2; // frames waited for before playing (network jitter)
+const PREBUFFER = 2; // frames waited for before playing (network jitter), or as many frame times for the first
 const MAX_BUFFER = 24; // more waiting than this: play the newest (the viewer fell behind)
 
 function el(tag, attrs = {}, children = []) {
@@ -132,15 +132,18 @@ class Player {
     if (header.posted_at) { // a new prompt's first frame: show it next (the frames before it are in the file)
       for (const old of this.buffer.splice(0)) old.image.close();
     }
-    this.buffer.push({ header, image });
+    this.buffer.push({ header, image, arrived: now });
     const shown = state.ui.panel.dataset;
     shown.streamFrames = this.count;
     shown.streamOrder = this.order;
     shown.streamLast = header.frame;
   }
 
+  // a frame that waited PREBUFFER frame times plays though fewer wait: a run's last frame is not held back
   tick() {
-    if (!this.playing && this.buffer.length < PREBUFFER) return;
+    const oldest = this.buffer[0];
+    const waited = oldest && performance.now() - oldest.arrived >= (PREBUFFER * 1000) / this.fps;
+    if (!this.playing && this.buffer.length < PREBUFFER && !waited) return;
     this.playing = this.buffer.length > 0;
     if (!this.playing) return;
     while (this.buffer.length > MAX_BUFFER) this.buffer.shift().image.close();
