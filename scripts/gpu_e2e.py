@@ -36,6 +36,7 @@ from run_main import tiny_graph
 log = logging.getLogger("longlive.e2e")
 FRAMES_PER_BLOCK = 3
 FPS = 16  # LongLive 1.x's frame rate: what the panel plays at
+BLOCK_S = 4 * FRAMES_PER_BLOCK / FPS  # a live block's time at the viewer (a live run keeps that pace)
 FIRST_BLOCK_FRAMES = (FRAMES_PER_BLOCK, 8)  # a new video's first block event: frame 3 (LongLive 1.x) or 8 (2.0)
 V2_GROUP = "longlive-2"  # its groups (longlive-2, longlive-2-fp8) need LongLive 2.0's files (10 GB), written only
 # when one of them runs
@@ -391,8 +392,8 @@ def run_watched(h: Harness, host: ComfyHost, events: Events, result: Run) -> Non
 
 
 def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live", **changes) -> None:
-    """The live workflow watched as the panel watches it (the frames WebSocket): prompts posted while it runs, then
-    stop. Measures the frames at the client: how many, their rate and gaps in steady state, prompt to pixel. On a
+    """The live workflow watched as the panel watches it (the frames WebSocket): prompts posted while it runs (each
+    at another moment of a block: post_delays), then stop. Measures the frames at the client: how many, their rate and gaps in steady state, prompt to pixel. On a
     fresh server the decoder compiles and captures during the first seconds of the stream."""
     posted, start = [], []
     watcher = FrameWatcher(host.url, session)
@@ -400,8 +401,10 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
     def steer(t0: float) -> None:
         start.append(t0)
         wait_blocks(events, t0, 12)
-        for text in [*PROMPTS[1:], *PROMPTS] * 2:
+        texts = [*PROMPTS[1:], *PROMPTS] * 2
+        for text, delay in zip(texts, post_delays(len(texts))):
             wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 4)
+            time.sleep(delay)
             posted.append((time.time(), text))
             host.request("POST", f"/longlive/sessions/{session}/prompt", {"text": text})
         wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 4)
@@ -420,6 +423,13 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
     result.expected_frames = pixel_frames(FRAMES_PER_BLOCK * result.blocks, True)
     result.ok = (result.frames == result.expected_frames == result.notes["stream"]["frames"]
                  and len(switched) == len(posted) and result.notes["stream"]["in_order"])
+
+
+def post_delays(count: int) -> list[float]:
+    """Seconds after a block event to post each of `count` prompts: spread evenly over a live block's time, as a user
+    types at any moment of a block (just after a block event a prompt meets that block's decode; runs before 116
+    posted there)."""
+    return [round(BLOCK_S * (k + 0.5) / count, 4) for k in range(count)]
 
 
 def run_live_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:

@@ -12,7 +12,7 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-from gpu_e2e import block_gaps, playback  # noqa: E402
+from gpu_e2e import BLOCK_S, block_gaps, playback, post_delays  # noqa: E402
 
 
 def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_path):
@@ -87,3 +87,12 @@ def test_block_gaps_name_the_block_after_the_longest_wait():
     gaps = block_gaps([10.0, 10.2, 16.5, 16.7, 16.9, 17.1, 17.3, 17.5], first=3)
     assert gaps == {"first_block_gaps_s": [0.2, 6.3, 0.2], "longest_block_gap": {"block": 2, "s": 6.3}}
     assert block_gaps([10.0]) == {}
+
+
+def test_live_prompts_are_posted_across_a_whole_block():
+    """A user types at any moment of a block: the harness's ten prompts come at ten evenly spread points of a live
+    block's 0.75 s after a block event, not all just after it (where each met the block's decode)."""
+    delays = post_delays(10)
+    assert BLOCK_S == 0.75 and len(delays) == 10 and 0 < delays[0] < delays[-1] < BLOCK_S
+    assert all(abs(b - a - BLOCK_S / 10) < 1e-3 for a, b in zip(delays, delays[1:]))
+    assert abs(sum(delays) / 10 - BLOCK_S / 2) < 1e-3
