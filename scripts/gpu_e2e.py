@@ -393,8 +393,9 @@ def run_watched(h: Harness, host: ComfyHost, events: Events, result: Run) -> Non
 
 def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live", **changes) -> None:
     """The live workflow watched as the panel watches it (the frames WebSocket): prompts posted while it runs (each
-    at another moment of a block: post_delays), then stop. Measures the frames at the client: how many, their rate and gaps in steady state, prompt to pixel. On a
-    fresh server the decoder compiles and captures during the first seconds of the stream."""
+    at another moment of a block: post_delays), then stop. Measures the frames at the client: how many, their rate
+    and gaps in steady state, prompt to pixel. On a fresh server the decoder compiles and captures during the first
+    seconds of the stream."""
     posted, start = [], []
     watcher = FrameWatcher(host.url, session)
 
