@@ -5,7 +5,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const state = { session: "", frames: 0, switches: [], previews: 0, metadata: false, player: null };
-const PREBUFFER = 2; // frames waited for before playing (network jitter), or as many frame times for the first
+const PREBUFFER = 2; // frames waited for before playing (network jitter), at most as many frame times
 const MAX_BUFFER = 24; // more waiting than this: play the newest (the viewer fell behind)
 
 function el(tag, attrs = {}, children = []) {
