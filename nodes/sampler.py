@@ -271,8 +271,8 @@ def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder:
               node_id) -> RunHooks:
     """ComfyUI's side of a run: the text encoder, the weights loaded again before a block where the encoder or the
     VAE ran since (ComfyUI may have moved them out for those), its interrupt between passes, the decode of each
-    block to its outputs, the progress bar with a preview, the `longlive.block` event for the page, the live pace
-    (the session's viewers)."""
+    block to its outputs (compiled before the first block), the progress bar with a preview, the `longlive.block`
+    event for the page, the live pace (the session's viewers)."""
     others_ran = [False]
 
     def after_others(fn):
@@ -286,6 +286,11 @@ def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder:
             load(model)
             others_ran[0] = False
 
+    def warm_up() -> bool:
+        warmed = decoder.warm_up()
+        others_ran[0] = others_ran[0] or warmed  # loading the VAE for it may have moved the model out
+        return warmed
+
     def made(done: BlockDone) -> None:
         if decoder is not None:
             decoder.made(done)
@@ -294,7 +299,8 @@ def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder:
     return RunHooks(embed_text=lambda text: text_embeddings(text, model),
                     encode=schedule.encoder and after_others(schedule.encoder), prepare=prepare,
                     check=mm.throw_exception_if_processing_interrupted, decode=decoder and after_others(decoder),
-                    made=made, shown=progress(video, blocks, node_id, decoder), lead=decoder and decoder.lead)
+                    made=made, shown=progress(video, blocks, node_id, decoder), lead=decoder and decoder.lead,
+                    warm_up_decode=decoder and warm_up)
 
 
 def progress(video: Video, blocks: int, node_id, decoder: BlockDecoder | None):

@@ -232,6 +232,7 @@ class Harness:
         result.notes.update(block_gaps([t for t, kind, _ in items if kind == "longlive.block"]))
         created = bool(blocks) and blocks[0].get("frame") in FIRST_BLOCK_FRAMES
         warm = float(blocks[0].get("warm_up_s", 0.0)) if created else 0.0
+        warm += float(blocks[0].get("decoder_warm_up_s", 0.0)) if blocks else 0.0  # the decoder's compile
         sampler = per_class.get("LongLive_StreamingSampler", 0.0)
         result.stages = {k: round(v, 2) for k, v in {
             "load": sum(per_class.get(k, 0.0) for k in ("LongLive_ModelLoader", "CLIPLoader", "VAELoader")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -224,6 +226,27 @@ def test_compiled_vae_decode_replays_steady_chunks_from_a_cuda_graph():
     assert rel(fast.float(), plain.float()) < 2e-2
 
 
+def test_a_decode_warmed_up_before_its_first_block_compiles_nothing_and_replays_a_graph():
+    """The sampler's warm-up on the GPU (bf16, channels-last, cuDNN's finds): afterwards the video's stream compiles
+    nothing at its steady chunks (dynamo's count), captures and replays its graph, and follows the eager decode."""
+    from torch._dynamo.utils import counters
+
+    from longlive_core.vae.stream import DecodeStream
+
+    wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
+    vae = random_vae(wan_vae.WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                     temperal_downsample=[False, True, True])
+    z = torch.randn(1, 16, 12, 16, 20, device="cuda", dtype=torch.bfloat16)  # 16 x 20: no other test's
+    streams = [DecodeStream(wan_vae.count_conv3d(vae.decoder)) for _ in range(2)]
+    before = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        streams[1].warm_up(vae, torch.zeros_like(z[:, :, :3]))
+    warmed = counters["stats"]["unique_graphs"]
+    plain, fast = plain_and_fast(vae, streams, z, 3)
+    assert warmed > before and counters["stats"]["unique_graphs"] == warmed and streams[1].has_graph
+    assert rel(fast.float(), plain.float()) < 2e-2
+
+
 def test_compiled_wan22_decode_follows_the_eager_decode():
     """LongLive 2.0's decoder with `fast`: its steady chunks compiled (steady_decode22) and replayed from a CUDA graph;
     the frames follow the eager decode (bf16 rounding, cuDNN's algorithms)."""
@@ -337,6 +360,41 @@ def test_a_video_on_the_second_gpu_is_the_video_of_the_first(monkeypatch):
         videos.append(latents.to("cuda:0").float())
     assert rel(videos[1], videos[0]) < 1e-2
     assert {dev for _, dev in launches} == {0, 1} and all(current == dev for current, dev in launches)
+
+
+def test_a_prompt_posted_while_a_live_block_runs_on_the_gpu_makes_that_block_again():
+    """A live run launches a block's passes one at a time: a prompt posted while the GPU runs one (here after a
+    0.3 s spin, posted 50 ms into it) cuts the block short before its next pass, and the block is made again under the
+    new prompt: in a block that fills the window (frame 3) and in a steady one (12). The video is the one a schedule
+    with those switches makes, and the blocks made again captured no graph that it did not."""
+    import threading
+    import time
+
+    from longlive_core import PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+
+    model = make_fast(random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05), attention="auto")
+    texts = {3: "a fox in the snow", 12: "a fox asleep by a fire"}
+    hooks = RunHooks(embed_text=lambda text: hashed_embeds(text, CFG.text_dim))
+    scheduled = Video.open(model, VideoSettings(("gpu",), 1, 192, 128, 12, 3, "recache", 3), fast=True)
+    scheduled.schedule([Prompt(0, "a red fox"), *(Prompt(f, t) for f, t in texts.items())], 18, hooks.embed_text)
+    want, _ = scheduled.run(18, live=False, hooks=hooks)
+
+    live = Video.open(model, VideoSettings(("gpu",), 1, 192, 128, 12, 3, "recache", 3, "paced"), fast=True)
+    checks = []
+
+    def check() -> None:  # before each pass
+        frame = live.session.frame
+        checks.append(frame)
+        if frame in texts and checks.count(frame) == 2:  # the block's second pass is next: the GPU spins first
+            torch.cuda._sleep(600_000_000)
+            threading.Timer(0.05, live.post, [PostedPrompt(texts[frame], time.time())]).start()
+
+    live.schedule([Prompt(0, "a red fox")], 18, hooks.embed_text)
+    got, _ = live.run(18, live=True, hooks=dataclasses.replace(hooks, check=check))
+    assert [s["frame"] for s in live.switches] == [3, 12]
+    assert checks.count(3) == checks.count(12) == 2 + 4  # cut before its second pass, then made again
+    assert live.graph_state() == scheduled.graph_state()
+    assert rel(got.float(), want.float()) < 1e-2
 
 
 def capture_child(allocator: str, *args: str, script: str = "capture_child.py") -> dict:

@@ -452,6 +452,70 @@ def test_a_video_reports_the_time_of_the_decodes_done_by_each_block_hand_off(com
     assert stream.timing.take_ms() is None  # the two hand-offs read both decodes; the failed third added none
 
 
+def compiled_graphs() -> int:
+    """Frames torch.compile has compiled in this process so far (dynamo's count)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compiles(comfy, tiny_vae):
+    """compile_vae: the sampler's decoder compiles its steady chunk inside the run before block 0 (once per process,
+    decoder and block shape, counted in the stats); the video's own stream then compiles nothing and gives the plain
+    decoder's frames. A run that continues the video's decode does not warm up again."""
+    load_pack()
+    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    settings = VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0, "warm")  # latents 6 x 10: no other test's
+    video = Video.open(random_model(TINY), settings, fast=False)
+    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 80, 48), keep_images=True, live=False)
+    counts = []
+
+    def warm_up():
+        counts.append(compiled_graphs())
+        warmed = decoder.warm_up()
+        counts.append(compiled_graphs())
+        return warmed
+
+    def embed(text):
+        return hashed_embeds(text, TINY.text_dim)
+
+    hooks = RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up)
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    latents, images = video.run(9, live=False, hooks=hooks)
+    assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
+    assert video.stats.decoder_warm_up_s > 0
+    plain = stream_decode(tiny_vae, raw_latents(latents), new_stream(tiny_vae))
+    torch.testing.assert_close(images, plain, rtol=1e-4, atol=1e-4)
+
+    video.schedule([Prompt(0, "a boy")], 3, embed)
+    video.run(3, live=False, hooks=hooks)  # continues the decode: its stream is under way
+    assert len(counts) == 4 and counts[3] == counts[2] == compiled_graphs() and video.stats.decoder_warm_up_s is None
+
+
+def test_a_warmed_up_wan22_stream_compiles_nothing_and_gives_the_plain_frames(tiny_wan22):
+    from comfy.ldm.wan.vae2_2 import count_conv3d
+
+    from longlive_core.vae.stream22 import Wan22DecodeStream
+
+    z = torch.randn(1, 48, 16, 3, 5, generator=torch.Generator().manual_seed(1))  # 3 x 5: no other test's
+    plain, fast = (Wan22DecodeStream(count_conv3d(tiny_wan22.decoder)) for _ in range(2))
+    with torch.inference_mode():
+        assert not fast.is_warm(tiny_wan22, (1, 48, 8, 3, 5))
+        before = compiled_graphs()
+        fast.warm_up(tiny_wan22, torch.zeros(1, 48, 8, 3, 5))
+        assert compiled_graphs() > before and fast.is_warm(tiny_wan22, (1, 48, 8, 3, 5))
+        assert fast.cache == [None] * len(fast.cache)  # the stream itself is left as it was
+        warmed = compiled_graphs()
+        for part in z.split(8, dim=2):
+            torch.testing.assert_close(fast.decode(tiny_wan22, part, fast=True), plain.decode(tiny_wan22, part),
+                                       rtol=1e-4, atol=1e-4)
+    assert compiled_graphs() == warmed
+
+
 def test_a_full_disk_fails_the_video_file_naming_it(comfy):
     """/dev/full answers every write with ENOSPC: the encoder thread's error reaches the run at its next write or at
     the file's close, naming the file and the fix."""

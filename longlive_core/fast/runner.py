@@ -3,6 +3,7 @@ and warm_up captures the steady ones before a session's first block."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 
@@ -72,6 +73,18 @@ class GraphRunner:
                              rehearse=True)  # a pass rewrites only its own cache slots: running it twice is safe
         log.debug("captured a pass graph: %s frames, %d keys", tuple(x.shape), plan.kv_len)
         return _Graph(graph, static_x, static_plan, out)
+
+    @contextlib.contextmanager
+    def attempt(self):
+        """A block that may stop part way (a live block cut short by a posted prompt) and be made again: the passes
+        it ran are forgotten when it stops, so making it again captures none that would not have been captured (the
+        blocks that fill the window run once)."""
+        seen = set(self.seen)
+        try:
+            yield
+        except BaseException:
+            self.seen = seen
+            raise
 
     def restart(self) -> None:
         """The session starts a new video in the same buffers: its graphs stay; passes seen but not captured (the

@@ -7,6 +7,7 @@ progress. A run that is interrupted keeps its finished blocks (and their decoded
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # a live run starts its next block when less video waits at its viewers than a block's making time + this: the
 # buffer that absorbs a slow block (a switch, a stall) without a gap; a posted prompt's first frame skips it
 PACE_MARGIN_S = 0.5
+PASS_POLL_S = 0.0005  # how often a live block looks whether its last pass is done (or a prompt came)
 MAX_UNDECODED_FRAMES = 256  # latent frames of delivered runs kept for a decode that was interrupted (100 MB at 480x832)
 
 
@@ -87,6 +89,7 @@ class PostedPrompt:
 @dataclasses.dataclass
 class Stats:
     warm_up_s: float | None = None
+    decoder_warm_up_s: float | None = None  # this run compiled the decoder before its first block
     last_block_ms: float | None = None
     last_decode_ms: float | None = None  # the decodes (GPU time) that had finished by the last block's hand-off
     fps: float | None = None
@@ -126,8 +129,9 @@ class RunHooks:
     the next block, so the GPU never waits for the host's hand-off. made: after a block is generated (stats are
     current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
     live run, seconds of video made and not yet shown to its viewers (the run waits while that is more than a block
-    takes to make, so it stays about one block ahead, and at its end until it is 0). Embeddings are [1 or B, tokens,
-    text_dim]."""
+    takes to make, so it stays about one block ahead, and at its end until it is 0); warm_up_decode: before the first
+    block, readies the decode for this video's blocks (compiles it) and returns whether it did anything. Embeddings
+    are [1 or B, tokens, text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
     encode: Callable[[str], torch.Tensor] | None = None
@@ -137,6 +141,7 @@ class RunHooks:
     made: Callable[[BlockDone], None] = _nothing
     shown: Callable[[BlockDone], None] = _nothing
     lead: Callable[[], float] | None = None
+    warm_up_decode: Callable[[], bool] | None = None
 
 
 class Video:
@@ -336,6 +341,7 @@ class Video:
         try:
             try:
                 self._decode_owed(hooks.decode)
+                self._warm_up_decode(hooks)
                 for i in range(blocks):
                     if live and i > 0:
                         self._pace(hooks)
@@ -366,6 +372,18 @@ class Video:
         if hooks.decode is None or not images:
             return latents, None
         return latents, torch.cat(images, dim=1).flatten(0, 1)
+
+    def _warm_up_decode(self, hooks: RunHooks) -> None:
+        """The decode's one-time compile before the first block, so no block waits for it (Stats.decoder_warm_up_s)."""
+        start = time.perf_counter()
+        warmed = hooks.warm_up_decode is not None and hooks.warm_up_decode()
+        self.stats.decoder_warm_up_s = round(time.perf_counter() - start, 2) if warmed else None
+
+    @property
+    def block_shape(self) -> tuple[int, int, int, int, int]:
+        """A block's latents: [B, frames, C, h, w]."""
+        s = self.session
+        return (s.batch, self.family.block, self.family.latent_channels, *s.latent_hw)
 
     def _pace(self, hooks: RunHooks) -> None:
         """A live run waits while its viewers have more video queued than the next block takes to make (a posted
@@ -466,14 +484,18 @@ class Video:
             try:
                 if check is not None:
                     check()
-                if cut_short and not self.inbox.empty():
-                    raise _Superseded
+                if cut_short:
+                    self._until_done_or_posted()
+                    if not self.inbox.empty():
+                        raise _Superseded
             except BaseException as exc:
                 stopped.append(exc)
                 raise
 
+        runner = self.session.runner
         try:
-            return self.session.step_block(between_passes)
+            with runner.attempt() if isinstance(runner, GraphRunner) else contextlib.nullcontext():
+                return self.session.step_block(between_passes)
         except LongLiveError:
             raise  # refused before any work: the session is unchanged
         except Exception:
@@ -481,6 +503,19 @@ class Video:
                 self.reset()
                 log.exception("LongLive block failed; the session was reset")
             raise
+
+    def _until_done_or_posted(self) -> None:
+        """Before a live block's next pass: waits until the GPU has run what is queued, or a prompt is posted (which
+        then cuts the block short). Queued all at once, the passes would leave a prompt posted meanwhile waiting for
+        all of them; a live run is paced by its viewers, so the GPU's short idle while a pass is launched costs no
+        frames."""
+        device = self.session.model.device
+        if device.type != "cuda":
+            return
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(device))
+        while not done.query() and self.inbox.empty():
+            time.sleep(PASS_POLL_S)
 
     def _record(self, ms: float, posted: PostedPrompt | None, frame: int) -> None:
         self.stats.last_block_ms = round(ms, 1)

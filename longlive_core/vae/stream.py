@@ -35,6 +35,7 @@ FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
 FIND_FLOOR = 2 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
 FIND_PER_PIXEL_BYTE = 512  # and this much a byte of a chunk's pixels (compiled, it held about 400 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
+_WARMED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> latents' shapes whose chunk compiled
 
 
 def check_shape(shape: tuple | None, z: torch.Tensor) -> tuple:
@@ -363,6 +364,23 @@ class DecodeStream:
                 return graph(x)
         self._seen = key
         return compiled_steady_decode(decoder, x, self.cache, self.steady)
+
+    def is_warm(self, vae_model, z_shape: tuple) -> bool:
+        """Whether this process has compiled the steady chunk of this decoder for blocks of latents `z_shape`."""
+        return tuple(z_shape) in _WARMED.get(vae_model.decoder, ())
+
+    def warm_up(self, vae_model, z: torch.Tensor) -> None:
+        """Compiles the steady chunk (and runs cuDNN's finds for it) for a video decoded in blocks shaped as `z`
+        [B, C, T, h, w] (raw latents, the VAE's dtype and device), before the video's first block: a scratch stream
+        decodes `z` twice, as a video's first two blocks go, without a CUDA graph, so this stream's first steady
+        chunk finds its code compiled (the same shapes, strides and grad mode: call it under the decodes' mode).
+        This stream is left as it was."""
+        scratch = type(self)(len(self.cache))
+        for _ in range(2):
+            scratch.decode(vae_model, z, fast=True, graphs=False)
+        _WARMED.setdefault(vae_model.decoder, set()).add(tuple(z.shape))
+        log.info("compiled the %s decoder's steady chunk for latents %s before the video's first block", self.name,
+                 tuple(z.shape))
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """The cache (tensors, empty slots and the decoder's 'Rep' marks) and the latents' shape."""
