@@ -1,6 +1,6 @@
 """The GPU end-to-end harness: the shipped workflows through a real ComfyUI server on a CUDA GPU, over HTTP only.
 
-    python scripts/gpu_e2e.py [--groups NAME,...] [--work DIR] [--out DIR] [--extra-node FILE]
+    python scripts/gpu_e2e.py [--groups NAME,...] [--runs NAME,...] [--work DIR] [--out DIR] [--extra-node FILE]
     python scripts/gpu_e2e.py --tiny               # the same runs on the CPU with tiny models (to work on it)
 
 It writes full-size random-weight files of every model the workflows load (scripts/full_models.py; kept in
@@ -680,6 +680,8 @@ def environment() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", help="comma-separated group names (default: all)")
+    parser.add_argument("--runs", help="comma-separated run names of those groups, as the table writes them with _ "
+                                       "for spaces (multishot,multishot_warm; default: all)")
     parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/longlive_e2e"))
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(os.environ.get("OUT", REPO / "out")))
     parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (to work on the harness)")
@@ -700,9 +702,11 @@ def main() -> int:
 
     harness = Harness(args.work, args.tiny, report, args.extra_node)
     wanted = set(args.groups.split(",")) if args.groups else None
+    wanted_runs = {f"run_{name}" for name in args.runs.split(",")} if args.runs else None
     harness.prepare_models(v2=not args.tiny and (wanted is None or any(w.startswith(V2_GROUP) for w in wanted)))
     for name, server_args, runs, fault in groups(args.tiny):
-        if wanted is None or name in wanted:
+        runs = [run for run in runs if wanted_runs is None or run.__name__ in wanted_runs]
+        if (wanted is None or name in wanted) and runs:
             harness.run_group(name, server_args, runs, fault)
     report(harness)
     print(json.dumps(env))

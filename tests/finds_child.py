@@ -1,12 +1,13 @@
 """Run by tests/test_gpu.py in a process of its own under the allocator it chooses (PYTORCH_CUDA_ALLOC_CONF):
 
-    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python tests/finds_child.py
+    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python tests/finds_child.py [wan2.2]
 
-A fresh Wan 2.1 decode stream (ComfyUI's decoder module, random weights) decodes its first video compiled, as the
-decode node's `compile` runs it; prints one JSON line: the memory fraction each call of the decoder's first conv
-saw, the bound expected for the first call, the fraction after each call, and how far the peak rose above what
-was allocated before the video; whether cuDNN's benchmark mode was on in the first two (eager) calls, and the
-benchmark and deterministic flags the steady (compiled) chunks saw.
+A fresh Wan 2.1 decode stream (ComfyUI's decoder module, random weights; with `wan2.2` a Wan 2.2 stream, one latent
+frame a call) decodes its first video compiled, as the decode node's `compile` runs it; prints one JSON line: the
+memory fraction each call of the decoder's first conv saw (at most 1), the bound expected for the first call, the
+fraction after each call, and how far the peak rose above what was allocated before the video; whether cuDNN's
+benchmark mode was on in the first two (eager) calls, and the benchmark and deterministic flags the steady
+(compiled) chunks saw.
 """
 
 from __future__ import annotations
@@ -23,16 +24,31 @@ from longlive_core.vae.stream import FIND_FLOOR, DecodeStream  # noqa: E402
 from test_gpu import random_vae  # noqa: E402  (this folder is the script's: first on the path)
 
 
-def main() -> None:
+def stream_and_latents(family: str) -> tuple:
+    """A random decoder of the family, a fresh stream of it, a video's latents and the latent frames a call."""
+    if family == "wan2.2":
+        from comfy.ldm.wan import vae2_2
+
+        from longlive_core.vae.stream22 import Wan22DecodeStream
+
+        vae = random_vae(vae2_2.WanVAE, dim=32, dec_dim=32, z_dim=48)
+        z = torch.randn(1, 48, 5, 16, 24, device="cuda", dtype=torch.bfloat16)
+        return vae, Wan22DecodeStream(vae2_2.count_conv3d(vae.decoder)), z, 1
     from comfy.ldm.wan.vae import WanVAE, count_conv3d
 
     vae = random_vae(WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                      temperal_downsample=[False, True, True])
+    z = torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16)
+    return vae, DecodeStream(count_conv3d(vae.decoder)), z, 3
+
+
+def main() -> None:
+    vae, stream, z, frames = stream_and_latents(sys.argv[1] if len(sys.argv) > 1 else "wan")
     seen: list[float] = []
     benchmark: list[bool] = []
 
     def record(*_) -> None:
-        seen.append(torch.cuda.get_per_process_memory_fraction())
+        seen.append(min(1.0, torch.cuda.get_per_process_memory_fraction()))  # unbounded cudaMallocAsync: > 1
         benchmark.append(torch.backends.cudnn.benchmark)
 
     vae.decoder.conv1.register_forward_hook(record)
@@ -44,14 +60,12 @@ def main() -> None:
         return compiled(*args, **kwargs)
 
     streams.compiled_steady_decode = steady
-    stream = DecodeStream(count_conv3d(vae.decoder))
-    z = torch.randn(1, 16, 15, 16, 24, device="cuda", dtype=torch.bfloat16)
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
     after = []
     with torch.inference_mode():
-        for part in z.split(3, dim=2):
+        for part in z.split(frames, dim=2):
             stream.decode(vae, part, fast=True)
             after.append(min(1.0, torch.cuda.get_per_process_memory_fraction()))
     print(json.dumps({"allocator": torch.cuda.memory.get_allocator_backend(), "seen": seen[:2],

@@ -455,6 +455,16 @@ def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound(allocator):
     assert result["rise_gib"] <= result["floor_gib"] + 1 / 16  # the pool and PyTorch count apart (36 MiB, run 110)
 
 
+def test_the_wan22_decode_uses_cudnn_heuristic_plans_and_bounds_nothing():
+    """The Wan 2.2 stream finds no plans (at 1280x704 timed plans made no chunk faster and took 117 GiB under
+    cudaMallocAsync, run 122): benchmark mode off in every call, eager and compiled, and no memory bound set."""
+    pytest.importorskip("comfy.ldm.wan.vae2_2")
+    result = capture_child("cudaMallocAsync", "wan2.2", script="finds_child.py")
+    assert result["allocator"] == "cudaMallocAsync" and result["graph"]
+    assert result["seen"] == [1.0, 1.0] and result["after"] == [1.0] * 5
+    assert result["benchmark"] == [False, False] and result["steady_flags"] == [[False, False]]
+
+
 def test_a_capture_runs_with_the_cycle_collector_off_and_puts_it_back():
     """No collection inside a capture (it could free tensors there), and none forced before each one either (a full
     collection of ComfyUI's heap takes 0.3-0.5 s, six a session)."""

@@ -88,12 +88,14 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
         torch.cuda.set_per_process_memory_fraction(before, device)
 
 
-def _plans(heuristic: bool):
+def _plans(heuristic: bool, timed: bool = True):
     """cuDNN's convolution plans: found by timing (benchmark mode), or, for a compiled stream's two eager chunks,
     its heuristics' (finding theirs took 5.5 s of a fresh server's first video, run 107). Those are marked
     deterministic: cuDNN's plan cache keys on that flag and not on benchmark mode, so a shape the eager chunks
-    share with the steady ones (the 1x1 shortcuts; every chunk of Wan 2.2's) or with a later eager decode still
-    gets its timed plan there."""
+    share with the steady ones (the 1x1 shortcuts) or with a later eager decode still gets its timed plan there.
+    `timed` off: the heuristics' plans everywhere, unmarked (a decoder that no find makes faster)."""
+    if not timed:
+        return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False)
     return torch.backends.cudnn.flags(enabled=True, benchmark=not heuristic, deterministic=heuristic)
 
 
@@ -274,6 +276,7 @@ class DecodeStream:
     name, kind, channels = "Wan 2.1 VAE", "wan", 16
     frames_per_call = FRAMES_PER_CALL
     steady = staticmethod(steady_decode)
+    timed_plans = True  # cuDNN's finds for the steady chunks and eager decodes (_plans): steady chunks 23% faster
     find_pixels_per_latent = 3 * 4 * 8 * 8  # a latent frame's pixel values: 4 frames, 8x8 pixels a latent, RGB
 
     def __init__(self, slots: int):
@@ -307,7 +310,7 @@ class DecodeStream:
                 for a, b in zip(starts, starts[1:] + [x.shape[2]]):
                     steady = fast and is_steady(self.cache)
                     in_place = in_place or steady
-                    with _plans(heuristic=fast and not steady):
+                    with _plans(heuristic=fast and not steady, timed=self.timed_plans):
                         pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], steady, graphs))
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
@@ -324,10 +327,9 @@ class DecodeStream:
     def _finds(self, x: torch.Tensor, frames_per_call: int):
         """cuDNN's finds bounded (bounded_finds) under cudaMallocAsync, unless every chunk of this call replays the
         steady chunk's graph (which finds nothing). The native allocator is left alone: its fraction bounds reserved
-        memory, cached blocks included, and its finds were quick. The Wan 2.2 stream sets `find_pixels_per_latent`
-        to 0: its decoder's need under a bound was not measured."""
+        memory, cached blocks included, and its finds were quick. A stream without timed plans finds nothing."""
         replays = self.has_graph and self.cache[0] is not None and x.shape[2] % self._graph.x.shape[2] == 0
-        if not x.is_cuda or replays or not self.find_pixels_per_latent or not async_allocator():
+        if not x.is_cuda or replays or not self.timed_plans or not async_allocator():
             return contextlib.nullcontext()
         frames = min(frames_per_call, x.shape[2])
         pixel_bytes = x.shape[0] * frames * x.shape[3] * x.shape[4] * self.find_pixels_per_latent * x.element_size()

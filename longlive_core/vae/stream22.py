@@ -22,7 +22,9 @@ class Wan22DecodeStream(DecodeStream):
 
     name, kind, channels = "Wan 2.2 VAE", "wan2.2", 48
     frames_per_call = 1
-    find_pixels_per_latent = 0  # cuDNN's finds unbounded: this decoder's memory under a bound was not measured
+    # cuDNN's heuristic plans: at 1280x704 timed ones made no chunk faster (eager 168 ms, compiled 109 either way)
+    # and cost a fresh process's first video 12 s and 117 GiB under cudaMallocAsync (run 122)
+    timed_plans = False
     steady = staticmethod(steady_decode22)
 
     def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
