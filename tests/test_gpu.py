@@ -460,7 +460,7 @@ def test_the_wan22_decode_uses_cudnn_heuristic_plans_and_bounds_nothing():
     cudaMallocAsync, run 122): benchmark mode off in every call, eager and compiled, and no memory bound set."""
     pytest.importorskip("comfy.ldm.wan.vae2_2")
     result = capture_child("cudaMallocAsync", "wan2.2", script="finds_child.py")
-    assert result["allocator"] == "cudaMallocAsync" and result["graph"]
+    assert result["allocator"] == "cudaMallocAsync"
     assert result["seen"] == [1.0, 1.0] and result["after"] == [1.0] * 5
     assert result["benchmark"] == [False, False] and result["steady_flags"] == [[False, False]]
 
