@@ -194,7 +194,9 @@ class _Listener:
     async def _listen(self) -> None:
         import aiohttp
 
-        async with aiohttp.ClientSession() as http, http.ws_connect(self.ws_url, heartbeat=30) as ws:
+        # no heartbeat: a server busy compiling on a CPU may answer a ping after its 15 s, and the client would close
+        # the socket and miss every later message; a server that dies closes it anyway
+        async with aiohttp.ClientSession() as http, http.ws_connect(self.ws_url) as ws:
             self.connected.set()
             while not self.stop.is_set():
                 try:
