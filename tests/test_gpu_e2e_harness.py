@@ -21,14 +21,15 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
                      "NODE_CLASS_MAPPINGS = {}\n")
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_e2e.py"), "--tiny", "--groups",
                            "live,capture-failure", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-                           "--extra-node", str(probe), "--runs", "live,live_warm,live_keep,capture_failure_1"],
+                           "--extra-node", str(probe),
+                           "--runs", "live,live_warm,live_keep,capture_failure_1,capture_failure_2"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for group in ("live", "capture-failure"):
         assert "PROBE NODE LOADED" in (tmp_path / "work" / f"server_{group}" / "comfy.log").read_text()
     report = json.loads((tmp_path / "out" / "e2e.json").read_text())
     runs = {r["name"]: r for r in report["runs"]}
-    assert set(runs) == {"live", "live warm", "live keep", "capture failure 1"}  # --runs left out the second
+    assert set(runs) == {"live", "live warm", "live keep", "capture failure 1", "capture failure 2"}  # --runs' names
     assert all(r["ok"] and r["notes"]["server_alive"] for r in runs.values())
     for name in ("live", "live warm", "live keep"):  # a fresh server's session, then two more on the warm server
         live = runs[name]
@@ -42,7 +43,7 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
         played = stream["playback"]  # the panel's player on these arrivals: each frame shown or skipped
         assert played["shown"] + played["skipped"] == stream["frames"]
         assert f"live / {name}, at the viewer: " in done.stdout
-    assert runs["capture failure 1"]["frames"] == 81
+    assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
     assert "| live | live | yes |" in done.stdout and "| live | live warm | yes |" in done.stdout
 
 
