@@ -496,6 +496,31 @@ def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compi
     assert len(counts) == 4 and counts[3] == counts[2] == compiled_graphs() and video.stats.decoder_warm_up_s is None
 
 
+def test_an_eager_decode_on_the_cpu_is_not_warmed_up(comfy, tiny_vae):
+    """compile_vae off: only a GPU has cuDNN plans to find before the first block, so on the CPU the run warms
+    nothing up (no decode of a scratch video) and says so in its stats."""
+    load_pack()
+    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    video = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0), fast=False)
+    decoder = BlockDecoder(video, tiny_vae, False, Files(video, [], 1, 80, 48), keep_images=False, live=False)
+    calls = []
+
+    def decode(block):
+        calls.append(block.shape[1])
+        return decoder(block)
+
+    def embed(text):
+        return hashed_embeds(text, TINY.text_dim)
+
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+    video.run(6, live=False, hooks=RunHooks(embed_text=embed, decode=decode, warm_up_decode=decoder.warm_up))
+    assert video.stats.decoder_warm_up_s is None and calls == [3, 3]
+    assert not decoder.stream.is_warm(tiny_vae.first_stage_model, (1, 16, 3, 6, 10), fast=False)
+
+
 def test_a_warmed_up_wan22_stream_compiles_nothing_and_gives_the_plain_frames(tiny_wan22):
     from comfy.ldm.wan.vae2_2 import count_conv3d
 

@@ -35,7 +35,7 @@ FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
 FIND_FLOOR = 2 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
 FIND_PER_PIXEL_BYTE = 512  # and this much a byte of a chunk's pixels (compiled, it held about 400 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
-_WARMED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> latents' shapes whose chunk compiled
+_WARMED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> (latents' shape, fast) readied
 
 
 def check_shape(shape: tuple | None, z: torch.Tensor) -> tuple:
@@ -367,22 +367,23 @@ class DecodeStream:
         self._seen = key
         return compiled_steady_decode(decoder, x, self.cache, self.steady)
 
-    def is_warm(self, vae_model, z_shape: tuple) -> bool:
-        """Whether this process has compiled the steady chunk of this decoder for blocks of latents `z_shape`."""
-        return tuple(z_shape) in _WARMED.get(vae_model.decoder, ())
+    def is_warm(self, vae_model, z_shape: tuple, fast: bool = True) -> bool:
+        """Whether this process has readied this decoder (warm_up) for blocks of latents `z_shape`."""
+        return (tuple(z_shape), fast) in _WARMED.get(vae_model.decoder, ())
 
-    def warm_up(self, vae_model, z: torch.Tensor) -> None:
-        """Compiles the steady chunk (and runs cuDNN's finds for it) for a video decoded in blocks shaped as `z`
-        [B, C, T, h, w] (raw latents, the VAE's dtype and device), before the video's first block: a scratch stream
-        decodes `z` twice, as a video's first two blocks go, without a CUDA graph, so this stream's first steady
-        chunk finds its code compiled (the same shapes, strides and grad mode: call it under the decodes' mode).
-        This stream is left as it was."""
+    def warm_up(self, vae_model, z: torch.Tensor, fast: bool = True) -> None:
+        """Readies the decoder for a video decoded in blocks shaped as `z` [B, C, T, h, w] (raw latents, the VAE's
+        dtype and device), before the video's first block: compiles the steady chunk and runs cuDNN's finds for it
+        (fast), or runs the finds of an eager video's chunks (timed plans). A scratch stream decodes `z` twice, as a
+        video's first two blocks go, without a CUDA graph, so this stream's chunks find their code compiled and
+        their plans found (the same shapes, strides and grad mode: call it under the decodes' mode). This stream is
+        left as it was."""
         scratch = type(self)(len(self.cache))
         for _ in range(2):
-            scratch.decode(vae_model, z, fast=True, graphs=False)
-        _WARMED.setdefault(vae_model.decoder, set()).add(tuple(z.shape))
-        log.info("compiled the %s decoder's steady chunk for latents %s before the video's first block", self.name,
-                 tuple(z.shape))
+            scratch.decode(vae_model, z, fast=fast, graphs=False)
+        _WARMED.setdefault(vae_model.decoder, set()).add((tuple(z.shape), fast))
+        log.info("readied the %s decoder (%s) for latents %s before the video's first block", self.name,
+                 "compiled" if fast else "cuDNN's finds", tuple(z.shape))
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """The cache (tensors, empty slots and the decoder's 'Rep' marks) and the latents' shape."""
