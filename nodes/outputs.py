@@ -170,14 +170,15 @@ class BlockDecoder:
 
     @torch.inference_mode()
     def warm_up(self) -> bool:
-        """Readies the Wan decoder before a new video's first block (once per process, decoder, block shape and
-        mode), on the decode's own stream (its memory stays there for the decode): with compile on it compiles the
-        steady chunk (5-8 s at 480x832 on the H200 with warm on-disk caches, 22 s on empty ones); eager on a GPU it
-        runs cuDNN's finds for the video's chunks (2.4 s, run 120). No block then stalls the video for them. Returns
-        whether it loaded the VAE for it."""
+        """Readies the Wan decoder before a run's first block (once per process, decoder, block shape and mode), on
+        the decode's own stream (its memory stays there for the decode): with compile on it compiles the steady chunk
+        (5-8 s at 480x832 on the H200 with warm on-disk caches, 22 s on empty ones); eager on a GPU it runs cuDNN's
+        finds for the video's chunks (2.4 s, run 120). No block then stalls the video for them. A stream under way
+        (continued, or restored from a save after a restart: its cache comes back with the strides it had) uses the
+        same code. Returns whether it loaded the VAE for it."""
         stream = self.stream
-        if not (isinstance(stream, DecodeStream) and stream.cache[0] is None):
-            return False  # a tiny decoder, or a stream under way (restored, continued)
+        if not isinstance(stream, DecodeStream):
+            return False  # a tiny decoder
         if not (self.fast or (stream.timed_plans and self.vae.device.type == "cuda")):
             return False  # eager with nothing to find
         z = raw_latents(torch.zeros(self.video.block_shape, device=self.vae.device, dtype=self.vae.vae_dtype))

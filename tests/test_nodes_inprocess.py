@@ -521,6 +521,79 @@ def test_an_eager_decode_on_the_cpu_is_not_warmed_up(comfy, tiny_vae):
     assert not decoder.stream.is_warm(tiny_vae.first_stage_model, (1, 16, 3, 6, 10), fast=False)
 
 
+def test_a_decode_under_way_is_compiled_before_the_run_and_no_block_compiles(comfy, tiny_vae):
+    """A session's decode stream under way when the run starts (here past its first block, as one restored from a
+    save after a restart: its cache comes back with the strides it had) is readied as a new one is: the steady
+    chunk compiles before block 0, and no block compiles; the frames go on from where the stream was. (A stream
+    whose eager decodes went past its first block holds entries of other strides, and compiles again.)"""
+    load_pack()
+    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    settings = VideoSettings(("tiny",), 1, 112, 48, 9, 3, "recache", 0, "under way")  # latents 6 x 14: no other test's
+    video = Video.open(random_model(TINY), settings, fast=False)
+    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 112, 48), keep_images=True, live=False)
+    plain, vae = new_stream(tiny_vae), tiny_vae.first_stage_model
+    earlier = torch.randn(1, 16, 3, 6, 14, generator=torch.Generator().manual_seed(3))  # the video's first block
+    with torch.inference_mode():
+        for stream in (decoder.stream, plain):  # as a compiled stream decodes it: eagerly, channels-last
+            stream.decode(vae, earlier, channels_last_3d=True)
+    counts = []
+
+    def warm_up():
+        counts.append(compiled_graphs())
+        warmed = decoder.warm_up()
+        counts.append(compiled_graphs())
+        return warmed
+
+    def embed(text):
+        return hashed_embeds(text, TINY.text_dim)
+
+    hooks = RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up)
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    latents, images = video.run(9, live=False, hooks=hooks)
+    assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
+    assert video.stats.decoder_warm_up_s > 0
+    video.schedule([Prompt(0, "a boy")], 3, embed)
+    video.run(3, live=False, hooks=hooks)  # the next run: readied already
+    assert compiled_graphs() == counts[1] and video.stats.decoder_warm_up_s is None
+    torch.testing.assert_close(images, stream_decode(tiny_vae, raw_latents(latents), plain), rtol=1e-4, atol=1e-4)
+
+
+def test_a_restored_compiled_decode_compiles_nothing_more_and_goes_on_with_the_same_frames(tiny_vae):
+    """A session saved and restored (its decoder's cache through export_state / import_state, stored contiguous as
+    runtime/durable.py stores it) comes back with the strides it had, so the steady chunk compiled for the stream
+    serves it too (a cache of other strides would compile again: 5-8 s at 480x832 on the H200), and its frames are
+    those of the stream that was not saved."""
+    from comfy.ldm.wan.vae import count_conv3d
+
+    from longlive_core.vae.stream import DecodeStream
+
+    vae = tiny_vae.first_stage_model
+    z = torch.randn(1, 16, 12, 5, 7, generator=torch.Generator().manual_seed(2))  # 5 x 7: no other test's
+    kept = DecodeStream(count_conv3d(vae.decoder))
+    with torch.inference_mode():
+        for part in z[:, :, :9].split(3, dim=2):
+            kept.decode(vae, part, fast=True)
+        tensors, fields = json_round_trip(kept.export_state())
+        restored = DecodeStream(len(kept.cache))
+        restored.import_state({k: v.contiguous() for k, v in tensors.items()}, fields, torch.device("cpu"))
+        before = compiled_graphs()
+        got, want = (stream.decode(vae, z[:, :, 9:], fast=True) for stream in (restored, kept))
+    assert compiled_graphs() == before
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def json_round_trip(state: tuple) -> tuple:
+    """A stream's export_state as a save holds it: its fields through JSON (the file's metadata)."""
+    import json
+
+    tensors, fields = state
+    return tensors, json.loads(json.dumps(fields))
+
+
 def test_a_warmed_up_wan22_stream_compiles_nothing_and_gives_the_plain_frames(tiny_wan22):
     from comfy.ldm.wan.vae2_2 import count_conv3d
 

@@ -386,12 +386,16 @@ class DecodeStream:
                  "compiled" if fast else "cuDNN's finds", tuple(z.shape))
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """The cache (tensors, empty slots and the decoder's 'Rep' marks) and the latents' shape."""
+        """The cache (tensors, empty slots and the decoder's 'Rep' marks, and each tensor's strides) and the latents'
+        shape."""
         tensors, entries = export_cache(self.cache)
-        return tensors, {"kind": self.kind, "entries": entries, "shape": self.shape}
+        strides = {i: list(t.stride()) for i, t in tensors.items()}
+        return tensors, {"kind": self.kind, "entries": entries, "strides": strides, "shape": self.shape}
 
     def import_state(self, tensors: dict[str, torch.Tensor], fields: dict, device: torch.device) -> None:
-        self.cache = import_cache(tensors, fields["entries"], len(self.cache), device)
+        """The inverse of export_state. The tensors come back with the strides they had (saves before those were
+        kept: contiguous), so the compiled steady chunk's code fits the cache as it fitted the saved stream's."""
+        self.cache = import_cache(tensors, fields["entries"], len(self.cache), device, fields.get("strides", {}))
         self.shape = tuple(fields["shape"]) if fields["shape"] else None
 
     @property
@@ -419,9 +423,31 @@ def export_cache(cache: list) -> tuple[dict[str, torch.Tensor], list[str]]:
     return {str(i): e for i, e in enumerate(cache) if isinstance(e, torch.Tensor)}, entries
 
 
-def import_cache(tensors: dict[str, torch.Tensor], entries: list[str], slots: int, device: torch.device) -> list:
-    """The inverse of export_cache, for a decoder with `slots` entries."""
+def import_cache(tensors: dict[str, torch.Tensor], entries: list[str], slots: int, device: torch.device,
+                 strides: dict[str, list[int]] | None = None) -> list:
+    """The inverse of export_cache, for a decoder with `slots` entries; `strides`: a tensor's by index, where known."""
     if len(entries) != slots:
         raise ValueError(f"{len(entries)} cache entries, the decoder has {slots}")
-    return [tensors[str(i)].to(device) if kind == "tensor" else None if kind == "none" else kind
-            for i, kind in enumerate(entries)]
+    return [_laid_out(tensors[str(i)], (strides or {}).get(str(i)), device) if kind == "tensor"
+            else None if kind == "none" else kind for i, kind in enumerate(entries)]
+
+
+def _laid_out(t: torch.Tensor, strides: list[int] | None, device: torch.device) -> torch.Tensor:
+    """t on `device`, its elements laid out with these strides (a dense layout of its shape), or contiguous."""
+    if strides is None:
+        return t.to(device)
+    if not _dense(t.shape, strides):
+        raise ValueError(f"strides {strides} do not lay out a tensor of shape {list(t.shape)} densely")
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=device).copy_(t)
+
+
+def _dense(shape: torch.Size, strides: list[int]) -> bool:
+    """Whether the strides put each element of a tensor of this shape at its own place, with no gaps."""
+    if len(strides) != len(shape):
+        return False
+    step = 1
+    for size, stride in sorted(zip(shape, strides), key=lambda d: d[1]):
+        if size != 1 and stride != step:
+            return False
+        step *= size
+    return True
