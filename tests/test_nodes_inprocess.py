@@ -459,20 +459,11 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compiles(comfy, tiny_vae):
-    """compile_vae: the sampler's decoder compiles its steady chunk inside the run before block 0 (once per process,
-    decoder and block shape, counted in the stats); the video's own stream then compiles nothing and gives the plain
-    decoder's frames. A run that continues the video's decode does not warm up again."""
-    load_pack()
-    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
-    from longlive_core.tools.synthetic import TINY, random_model
-    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
-    from longlive_pack.nodes.outputs import BlockDecoder, Files
-
-    settings = VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0, "warm")  # latents 6 x 10: no other test's
-    video = Video.open(random_model(TINY), settings, fast=False)
-    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 80, 48), keep_images=True, live=False)
-    counts = []
+def run_counting_compiles(video, decoder, frames: int, counts: list) -> tuple:
+    """A run of `frames` latent frames decoded by `decoder` (a BlockDecoder), adding dynamo's count of compiled
+    frames before and after the decoder's warm-up to `counts`; the run's latents and images."""
+    from longlive_core import Prompt, RunHooks, hashed_embeds
+    from longlive_core.tools.synthetic import TINY
 
     def warm_up():
         counts.append(compiled_graphs())
@@ -483,16 +474,31 @@ def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compi
     def embed(text):
         return hashed_embeds(text, TINY.text_dim)
 
-    hooks = RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up)
-    video.schedule([Prompt(0, "a boy")], 9, embed)
-    latents, images = video.run(9, live=False, hooks=hooks)
+    video.schedule([Prompt(0, "a boy")], frames, embed)
+    return video.run(frames, live=False, hooks=RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up))
+
+
+def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compiles(comfy, tiny_vae):
+    """compile_vae: the sampler's decoder compiles its steady chunk inside the run before block 0 (once per process,
+    decoder and block shape, counted in the stats); the video's own stream then compiles nothing and gives the plain
+    decoder's frames. A run that continues the video's decode does not warm up again."""
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    settings = VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0, "warm")  # latents 6 x 10: no other test's
+    video = Video.open(random_model(TINY), settings, fast=False)
+    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 80, 48), keep_images=True, live=False)
+    counts = []
+    latents, images = run_counting_compiles(video, decoder, 9, counts)
     assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
     assert video.stats.decoder_warm_up_s > 0
     plain = stream_decode(tiny_vae, raw_latents(latents), new_stream(tiny_vae))
     torch.testing.assert_close(images, plain, rtol=1e-4, atol=1e-4)
 
-    video.schedule([Prompt(0, "a boy")], 3, embed)
-    video.run(3, live=False, hooks=hooks)  # continues the decode: its stream is under way
+    run_counting_compiles(video, decoder, 3, counts)  # continues the decode: its stream is under way
     assert len(counts) == 4 and counts[3] == counts[2] == compiled_graphs() and video.stats.decoder_warm_up_s is None
 
 
@@ -500,24 +506,15 @@ def test_an_eager_decode_on_the_cpu_is_not_warmed_up(comfy, tiny_vae):
     """compile_vae off: only a GPU has cuDNN plans to find before the first block, so on the CPU the run warms
     nothing up (no decode of a scratch video) and says so in its stats."""
     load_pack()
-    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core import Video, VideoSettings
     from longlive_core.tools.synthetic import TINY, random_model
     from longlive_pack.nodes.outputs import BlockDecoder, Files
 
     video = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0), fast=False)
     decoder = BlockDecoder(video, tiny_vae, False, Files(video, [], 1, 80, 48), keep_images=False, live=False)
-    calls = []
-
-    def decode(block):
-        calls.append(block.shape[1])
-        return decoder(block)
-
-    def embed(text):
-        return hashed_embeds(text, TINY.text_dim)
-
-    video.schedule([Prompt(0, "a boy")], 6, embed)
-    video.run(6, live=False, hooks=RunHooks(embed_text=embed, decode=decode, warm_up_decode=decoder.warm_up))
-    assert video.stats.decoder_warm_up_s is None and calls == [3, 3]
+    counts = []
+    run_counting_compiles(video, decoder, 6, counts)
+    assert video.stats.decoder_warm_up_s is None and counts[0] == counts[1]
     assert not decoder.stream.is_warm(tiny_vae.first_stage_model, (1, 16, 3, 6, 10), fast=False)
 
 
@@ -527,7 +524,7 @@ def test_a_decode_under_way_is_compiled_before_the_run_and_no_block_compiles(com
     chunk compiles before block 0, and no block compiles; the frames go on from where the stream was. (A stream
     whose eager decodes went past its first block holds entries of other strides, and compiles again.)"""
     load_pack()
-    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core import Video, VideoSettings
     from longlive_core.tools.synthetic import TINY, random_model
     from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
     from longlive_pack.nodes.outputs import BlockDecoder, Files
@@ -541,23 +538,10 @@ def test_a_decode_under_way_is_compiled_before_the_run_and_no_block_compiles(com
         for stream in (decoder.stream, plain):  # as a compiled stream decodes it: eagerly, channels-last
             stream.decode(vae, earlier, channels_last_3d=True)
     counts = []
-
-    def warm_up():
-        counts.append(compiled_graphs())
-        warmed = decoder.warm_up()
-        counts.append(compiled_graphs())
-        return warmed
-
-    def embed(text):
-        return hashed_embeds(text, TINY.text_dim)
-
-    hooks = RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up)
-    video.schedule([Prompt(0, "a boy")], 9, embed)
-    latents, images = video.run(9, live=False, hooks=hooks)
+    latents, images = run_counting_compiles(video, decoder, 9, counts)
     assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
     assert video.stats.decoder_warm_up_s > 0
-    video.schedule([Prompt(0, "a boy")], 3, embed)
-    video.run(3, live=False, hooks=hooks)  # the next run: readied already
+    run_counting_compiles(video, decoder, 3, counts)  # the next run: readied already
     assert compiled_graphs() == counts[1] and video.stats.decoder_warm_up_s is None
     torch.testing.assert_close(images, stream_decode(tiny_vae, raw_latents(latents), plain), rtol=1e-4, atol=1e-4)
 
