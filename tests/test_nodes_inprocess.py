@@ -546,6 +546,25 @@ def test_a_decode_under_way_is_compiled_before_the_run_and_no_block_compiles(com
     torch.testing.assert_close(images, stream_decode(tiny_vae, raw_latents(latents), plain), rtol=1e-4, atol=1e-4)
 
 
+def test_a_compiled_decode_of_another_length_compiles_nothing_more(tiny_vae):
+    """LongLive VAE Decode's `compile` decodes a whole LATENT a call: a video of another length (the same chunk
+    shapes: a 3-frame steady chunk and a 2-frame last one) runs the code compiled for the first, with the frames of
+    the plain decoder."""
+    from comfy.ldm.wan.vae import count_conv3d
+
+    from longlive_core.vae.stream import DecodeStream
+
+    vae = tiny_vae.first_stage_model
+    z = torch.randn(1, 16, 12, 4, 9, generator=torch.Generator().manual_seed(4))  # 4 x 9: no other test's
+    with torch.inference_mode():
+        DecodeStream(count_conv3d(vae.decoder)).decode(vae, z[:, :, :9], fast=True)
+        before = compiled_graphs()
+        got = DecodeStream(count_conv3d(vae.decoder)).decode(vae, z, fast=True)
+        want = DecodeStream(count_conv3d(vae.decoder)).decode(vae, z)
+    assert compiled_graphs() == before
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_a_restored_compiled_decode_compiles_nothing_more_and_goes_on_with_the_same_frames(tiny_vae):
     """A session saved and restored (its decoder's cache through export_state / import_state, stored contiguous as
     runtime/durable.py stores it) comes back with the strides it had, so the steady chunk compiled for the stream

@@ -88,6 +88,13 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
         torch.cuda.set_per_process_memory_fraction(before, device)
 
 
+def _own(x: torch.Tensor, a: int, b: int, layout: torch.memory_format) -> torch.Tensor:
+    """Frames a:b of x [B, C, T, h, w] as a chunk of their own (x itself where that is all of it): its strides, and
+    the cache entries cut from it, are then the same whatever length of video the call decodes, so the compiled
+    steady chunk is compiled once, not again for each length (dynamo guards strides, a batch of 1's too)."""
+    return x if b - a == x.shape[2] else x[:, :, a:b].clone(memory_format=layout)
+
+
 def _plans(heuristic: bool, timed: bool = True):
     """cuDNN's convolution plans: found by timing (benchmark mode), or, for a compiled stream's two eager chunks,
     its heuristics' (finding theirs took 5.5 s of a fresh server's first video, run 107). Those are marked
@@ -299,10 +306,10 @@ class DecodeStream:
         self.shape = check_shape(self.shape, z)
         frames_per_call = frames_per_call or self.frames_per_call
         timer = GpuTimer(z.device)
-        x = vae_model.conv2(z)
+        x, layout = vae_model.conv2(z), torch.contiguous_format
         if channels_last_3d if channels_last_3d is not None else (x.is_cuda or fast):
             channels_last(vae_model.decoder)
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            x, layout = x.contiguous(memory_format=torch.channels_last_3d), torch.channels_last_3d
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
         before, pieces, in_place = list(self.cache), [], False
         try:
@@ -311,7 +318,7 @@ class DecodeStream:
                     steady = fast and is_steady(self.cache)
                     in_place = in_place or steady
                     with _plans(heuristic=fast and not steady, timed=self.timed_plans):
-                        pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], steady, graphs))
+                        pieces.append(self._chunk(vae_model.decoder, _own(x, a, b, layout), steady, graphs))
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
                 self.cache[:] = [None] * len(self.cache)
