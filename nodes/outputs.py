@@ -170,18 +170,23 @@ class BlockDecoder:
 
     @torch.inference_mode()
     def warm_up(self) -> bool:
-        """With compile on, compiles the Wan decoder's steady chunk before a new video's first block (once per process,
-        decoder and block shape), on the decode's own stream (its memory stays there for the decode); the first
-        steady block then does not stall the video for the compile (5-8 s at 480x832 on the H200 with warm on-disk
-        caches, 22 s on empty ones). Returns whether it loaded the VAE for it."""
-        if not (self.fast and isinstance(self.stream, DecodeStream) and self.stream.cache[0] is None):
-            return False  # not compiled, a tiny decoder, or a stream under way (restored, continued)
+        """Readies the Wan decoder before a run's first block (once per process, decoder, block shape and mode), on
+        the decode's own stream (its memory stays there for the decode): with compile on it compiles the steady chunk
+        (5-8 s at 480x832 on the H200 with warm on-disk caches, 22 s on empty ones); eager on a GPU it runs cuDNN's
+        finds for the video's chunks (2.4 s, run 120). No block then stalls the video for them. A stream under way
+        (continued, or restored from a save after a restart: its cache comes back with the strides it had) uses the
+        same code. Returns whether it loaded the VAE for it."""
+        stream = self.stream
+        if not isinstance(stream, DecodeStream):
+            return False  # a tiny decoder
+        if not (self.fast or (stream.timed_plans and self.vae.device.type == "cuda")):
+            return False  # eager with nothing to find
         z = raw_latents(torch.zeros(self.video.block_shape, device=self.vae.device, dtype=self.vae.vae_dtype))
-        if self.stream.is_warm(self.vae.first_stage_model, tuple(z.shape)):
+        if stream.is_warm(self.vae.first_stage_model, tuple(z.shape), self.fast):
             return False
         mm.load_models_gpu([self.vae.patcher])
         with self._lane(z) as (z,), on_device(z.device):
-            self.stream.warm_up(self.vae.first_stage_model, z)
+            stream.warm_up(self.vae.first_stage_model, z, self.fast)
         return True
 
     def _lane(self, block: torch.Tensor):

@@ -247,6 +247,27 @@ def test_a_decode_warmed_up_before_its_first_block_compiles_nothing_and_replays_
     assert rel(fast.float(), plain.float()) < 2e-2
 
 
+def test_an_eager_decode_readied_before_its_first_block_gives_the_frames_of_one_not_readied():
+    """compile_vae off on a GPU: the warm-up decodes a scratch video eagerly (cuDNN's finds for the video's chunks,
+    so no block waits for them: 2.4 s in run 120), marks the decoder ready for that shape and mode only, and leaves
+    the video's own stream as it was: its frames are those of a stream that was not readied."""
+    from longlive_core.vae.stream import DecodeStream
+
+    wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
+    vae = random_vae(wan_vae.WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                     temperal_downsample=[False, True, True])
+    z = torch.randn(1, 16, 9, 16, 28, device="cuda", dtype=torch.bfloat16)  # 16 x 28: no other test's
+    readied, plain = (DecodeStream(wan_vae.count_conv3d(vae.decoder)) for _ in range(2))
+    with torch.inference_mode():
+        readied.warm_up(vae, torch.zeros_like(z[:, :, :3]), fast=False)
+        assert readied.cache == [None] * len(readied.cache)
+        assert readied.is_warm(vae, (1, 16, 3, 16, 28), fast=False)
+        assert not readied.is_warm(vae, (1, 16, 3, 16, 28), fast=True)
+        got = torch.cat([readied.decode(vae, part) for part in z.split(3, dim=2)], 2)
+        want = torch.cat([plain.decode(vae, part) for part in z.split(3, dim=2)], 2)
+    assert rel(got.float(), want.float()) < 1e-3  # the same plans; cuDNN's may differ in their last bits
+
+
 def test_compiled_wan22_decode_follows_the_eager_decode():
     """LongLive 2.0's decoder with `fast`: its steady chunks compiled (steady_decode22) and replayed from a CUDA graph;
     the frames follow the eager decode (bf16 rounding, cuDNN's algorithms)."""

@@ -459,20 +459,11 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compiles(comfy, tiny_vae):
-    """compile_vae: the sampler's decoder compiles its steady chunk inside the run before block 0 (once per process,
-    decoder and block shape, counted in the stats); the video's own stream then compiles nothing and gives the plain
-    decoder's frames. A run that continues the video's decode does not warm up again."""
-    load_pack()
-    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
-    from longlive_core.tools.synthetic import TINY, random_model
-    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
-    from longlive_pack.nodes.outputs import BlockDecoder, Files
-
-    settings = VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0, "warm")  # latents 6 x 10: no other test's
-    video = Video.open(random_model(TINY), settings, fast=False)
-    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 80, 48), keep_images=True, live=False)
-    counts = []
+def run_counting_compiles(video, decoder, frames: int, counts: list) -> tuple:
+    """A run of `frames` latent frames decoded by `decoder` (a BlockDecoder), adding dynamo's count of compiled
+    frames before and after the decoder's warm-up to `counts`; the run's latents and images."""
+    from longlive_core import Prompt, RunHooks, hashed_embeds
+    from longlive_core.tools.synthetic import TINY
 
     def warm_up():
         counts.append(compiled_graphs())
@@ -483,17 +474,127 @@ def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compi
     def embed(text):
         return hashed_embeds(text, TINY.text_dim)
 
-    hooks = RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up)
-    video.schedule([Prompt(0, "a boy")], 9, embed)
-    latents, images = video.run(9, live=False, hooks=hooks)
+    video.schedule([Prompt(0, "a boy")], frames, embed)
+    return video.run(frames, live=False, hooks=RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up))
+
+
+def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compiles(comfy, tiny_vae):
+    """compile_vae: the sampler's decoder compiles its steady chunk inside the run before block 0 (once per process,
+    decoder and block shape, counted in the stats); the video's own stream then compiles nothing and gives the plain
+    decoder's frames. A run that continues the video's decode does not warm up again."""
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    settings = VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0, "warm")  # latents 6 x 10: no other test's
+    video = Video.open(random_model(TINY), settings, fast=False)
+    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 80, 48), keep_images=True, live=False)
+    counts = []
+    latents, images = run_counting_compiles(video, decoder, 9, counts)
     assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
     assert video.stats.decoder_warm_up_s > 0
     plain = stream_decode(tiny_vae, raw_latents(latents), new_stream(tiny_vae))
     torch.testing.assert_close(images, plain, rtol=1e-4, atol=1e-4)
 
-    video.schedule([Prompt(0, "a boy")], 3, embed)
-    video.run(3, live=False, hooks=hooks)  # continues the decode: its stream is under way
+    run_counting_compiles(video, decoder, 3, counts)  # continues the decode: its stream is under way
     assert len(counts) == 4 and counts[3] == counts[2] == compiled_graphs() and video.stats.decoder_warm_up_s is None
+
+
+def test_an_eager_decode_on_the_cpu_is_not_warmed_up(comfy, tiny_vae):
+    """compile_vae off: only a GPU has cuDNN plans to find before the first block, so on the CPU the run warms
+    nothing up (no decode of a scratch video) and says so in its stats."""
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    video = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 80, 48, 9, 3, "recache", 0), fast=False)
+    decoder = BlockDecoder(video, tiny_vae, False, Files(video, [], 1, 80, 48), keep_images=False, live=False)
+    counts = []
+    run_counting_compiles(video, decoder, 6, counts)
+    assert video.stats.decoder_warm_up_s is None and counts[0] == counts[1]
+    assert not decoder.stream.is_warm(tiny_vae.first_stage_model, (1, 16, 3, 6, 10), fast=False)
+
+
+def test_a_decode_under_way_is_compiled_before_the_run_and_no_block_compiles(comfy, tiny_vae):
+    """A session's decode stream under way when the run starts (here past its first block, as one restored from a
+    save after a restart: its cache comes back with the strides it had) is readied as a new one is: the steady
+    chunk compiles before block 0, and no block compiles; the frames go on from where the stream was. (A stream
+    whose eager decodes went past its first block holds entries of other strides, and compiles again.)"""
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    settings = VideoSettings(("tiny",), 1, 112, 48, 9, 3, "recache", 0, "under way")  # latents 6 x 14: no other test's
+    video = Video.open(random_model(TINY), settings, fast=False)
+    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 112, 48), keep_images=True, live=False)
+    plain, vae = new_stream(tiny_vae), tiny_vae.first_stage_model
+    earlier = torch.randn(1, 16, 3, 6, 14, generator=torch.Generator().manual_seed(3))  # the video's first block
+    with torch.inference_mode():
+        for stream in (decoder.stream, plain):  # as a compiled stream decodes it: eagerly, channels-last
+            stream.decode(vae, earlier, channels_last_3d=True)
+    counts = []
+    latents, images = run_counting_compiles(video, decoder, 9, counts)
+    assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
+    assert video.stats.decoder_warm_up_s > 0
+    run_counting_compiles(video, decoder, 3, counts)  # the next run: readied already
+    assert compiled_graphs() == counts[1] and video.stats.decoder_warm_up_s is None
+    torch.testing.assert_close(images, stream_decode(tiny_vae, raw_latents(latents), plain), rtol=1e-4, atol=1e-4)
+
+
+def test_a_compiled_decode_of_another_length_compiles_nothing_more(tiny_vae):
+    """LongLive VAE Decode's `compile` decodes a whole LATENT a call: a video of another length (the same chunk
+    shapes: a 3-frame steady chunk and a 2-frame last one) runs the code compiled for the first, with the frames of
+    the plain decoder."""
+    from comfy.ldm.wan.vae import count_conv3d
+
+    from longlive_core.vae.stream import DecodeStream
+
+    vae = tiny_vae.first_stage_model
+    z = torch.randn(1, 16, 12, 4, 9, generator=torch.Generator().manual_seed(4))  # 4 x 9: no other test's
+    with torch.inference_mode():
+        DecodeStream(count_conv3d(vae.decoder)).decode(vae, z[:, :, :9], fast=True)
+        before = compiled_graphs()
+        got = DecodeStream(count_conv3d(vae.decoder)).decode(vae, z, fast=True)
+        want = DecodeStream(count_conv3d(vae.decoder)).decode(vae, z)
+    assert compiled_graphs() == before
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_restored_compiled_decode_compiles_nothing_more_and_goes_on_with_the_same_frames(tiny_vae):
+    """A session saved and restored (its decoder's cache through export_state / import_state, stored contiguous as
+    runtime/durable.py stores it) comes back with the strides it had, so the steady chunk compiled for the stream
+    serves it too (a cache of other strides would compile again: 5-8 s at 480x832 on the H200), and its frames are
+    those of the stream that was not saved."""
+    from comfy.ldm.wan.vae import count_conv3d
+
+    from longlive_core.vae.stream import DecodeStream
+
+    vae = tiny_vae.first_stage_model
+    z = torch.randn(1, 16, 12, 5, 7, generator=torch.Generator().manual_seed(2))  # 5 x 7: no other test's
+    kept = DecodeStream(count_conv3d(vae.decoder))
+    with torch.inference_mode():
+        for part in z[:, :, :9].split(3, dim=2):
+            kept.decode(vae, part, fast=True)
+        tensors, fields = json_round_trip(kept.export_state())
+        restored = DecodeStream(len(kept.cache))
+        restored.import_state({k: v.contiguous() for k, v in tensors.items()}, fields, torch.device("cpu"))
+        before = compiled_graphs()
+        got, want = (stream.decode(vae, z[:, :, 9:], fast=True) for stream in (restored, kept))
+    assert compiled_graphs() == before
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def json_round_trip(state: tuple) -> tuple:
+    """A stream's export_state as a save holds it: its fields through JSON (the file's metadata)."""
+    import json
+
+    tensors, fields = state
+    return tensors, json.loads(json.dumps(fields))
 
 
 def test_a_warmed_up_wan22_stream_compiles_nothing_and_gives_the_plain_frames(tiny_wan22):

@@ -332,6 +332,38 @@ def test_a_save_that_does_not_fit_is_refused_naming_the_file(tiny_model, tmp_pat
             save_video(video, str(path))
 
 
+def test_a_decoder_cache_keeps_its_strides_through_a_save_and_bad_ones_are_refused_naming_the_file(tiny_model,
+                                                                                                  tmp_path):
+    """A decode stream's cache entries come back from a save laid out as they were (a channels-last entry stays
+    channels-last: the decoder's compiled code fits it); strides that do not lay the entry out are refused."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from longlive_core import DecodeStream, restore_video, save_video
+    from longlive_core.runtime.durable import META_KEY
+
+    video = new_video(tiny_model)
+    entry = torch.randn(1, 4, 2, 3, 5).contiguous(memory_format=torch.channels_last_3d)
+    video.decoder("vae", lambda: DecodeStream(3)).cache[:] = [entry, None, "Rep"]
+    path = tmp_path / "saved.safetensors"
+    save_video(video, str(path))
+    restored = new_video(tiny_model)
+    restore_video(restored, str(path))
+    got = restored.decoders["vae"].cache
+    assert got[0].stride() == entry.stride() and torch.equal(got[0], entry) and got[1:] == [None, "Rep"]
+
+    with safe_open(str(path), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()[META_KEY])
+    meta["decoders"][0]["strides"]["0"] = [1, 1, 1, 1, 1]
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata={META_KEY: json.dumps(meta)})
+    with pytest.raises(ConfigError, match=r"broken.safetensors: its decoder's cache does not fit \(strides \[1, 1, 1, "
+                                          r"1, 1\] do not lay out a tensor of shape \[1, 4, 2, 3, 5\] densely\)"):
+        restore_video(new_video(tiny_model), str(broken))
+
+
 def test_the_session_list_shows_video_time_past_four_minutes():
     from longlive_core.runtime.video import video_time
 

@@ -75,7 +75,12 @@ def restore(video: Video, path: str) -> None:
     video.upcoming = {int(k): v for k, v in meta["upcoming"].items()}
     for name in _LISTS:
         setattr(video, name, [tensors[f"{name}.{i}"] for i in range(meta[name])])
-    video.decoders = {d["key"]: _stream(d, n, tensors, video.session.model.device) for n, d in enumerate(meta["decoders"])}
+    try:
+        video.decoders = {d["key"]: _stream(d, n, tensors, video.session.model.device)
+                          for n, d in enumerate(meta["decoders"])}
+    except ValueError as exc:
+        raise ConfigError(f"{path}: its decoder's cache does not fit ({exc}); delete it, or reset the session to start "
+                          f"a new video") from exc
 
 
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict]:

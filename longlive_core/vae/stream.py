@@ -35,7 +35,7 @@ FRAMES_PER_CALL = 3  # latent frames per decoder call: a LongLive block
 FIND_FLOOR = 2 * 2**30  # bytes: cuDNN's benchmark finds may use at least this much above what is allocated
 FIND_PER_PIXEL_BYTE = 512  # and this much a byte of a chunk's pixels (compiled, it held about 400 at 480x832)
 _CHANNELS_LAST: "weakref.WeakSet" = weakref.WeakSet()
-_WARMED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> latents' shapes whose chunk compiled
+_WARMED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> (latents' shape, fast) readied
 
 
 def check_shape(shape: tuple | None, z: torch.Tensor) -> tuple:
@@ -86,6 +86,13 @@ def bounded_finds(x: torch.Tensor, pixel_bytes: int):
         yield
     finally:
         torch.cuda.set_per_process_memory_fraction(before, device)
+
+
+def _own(x: torch.Tensor, a: int, b: int, layout: torch.memory_format) -> torch.Tensor:
+    """Frames a:b of x [B, C, T, h, w] as a chunk of their own (x itself where that is all of it): its strides, and
+    the cache entries cut from it, are then the same whatever length of video the call decodes, so the compiled
+    steady chunk is compiled once, not again for each length (dynamo guards strides, a batch of 1's too)."""
+    return x if b - a == x.shape[2] else x[:, :, a:b].clone(memory_format=layout)
 
 
 def _plans(heuristic: bool, timed: bool = True):
@@ -299,10 +306,10 @@ class DecodeStream:
         self.shape = check_shape(self.shape, z)
         frames_per_call = frames_per_call or self.frames_per_call
         timer = GpuTimer(z.device)
-        x = vae_model.conv2(z)
+        x, layout = vae_model.conv2(z), torch.contiguous_format
         if channels_last_3d if channels_last_3d is not None else (x.is_cuda or fast):
             channels_last(vae_model.decoder)
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            x, layout = x.contiguous(memory_format=torch.channels_last_3d), torch.channels_last_3d
         starts = sorted({0, *range(1 if self.cache[0] is None else 0, x.shape[2], frames_per_call)})
         before, pieces, in_place = list(self.cache), [], False
         try:
@@ -311,7 +318,7 @@ class DecodeStream:
                     steady = fast and is_steady(self.cache)
                     in_place = in_place or steady
                     with _plans(heuristic=fast and not steady, timed=self.timed_plans):
-                        pieces.append(self._chunk(vae_model.decoder, x[:, :, a:b], steady, graphs))
+                        pieces.append(self._chunk(vae_model.decoder, _own(x, a, b, layout), steady, graphs))
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
                 self.cache[:] = [None] * len(self.cache)
@@ -367,30 +374,35 @@ class DecodeStream:
         self._seen = key
         return compiled_steady_decode(decoder, x, self.cache, self.steady)
 
-    def is_warm(self, vae_model, z_shape: tuple) -> bool:
-        """Whether this process has compiled the steady chunk of this decoder for blocks of latents `z_shape`."""
-        return tuple(z_shape) in _WARMED.get(vae_model.decoder, ())
+    def is_warm(self, vae_model, z_shape: tuple, fast: bool = True) -> bool:
+        """Whether this process has readied this decoder (warm_up) for blocks of latents `z_shape`."""
+        return (tuple(z_shape), fast) in _WARMED.get(vae_model.decoder, ())
 
-    def warm_up(self, vae_model, z: torch.Tensor) -> None:
-        """Compiles the steady chunk (and runs cuDNN's finds for it) for a video decoded in blocks shaped as `z`
-        [B, C, T, h, w] (raw latents, the VAE's dtype and device), before the video's first block: a scratch stream
-        decodes `z` twice, as a video's first two blocks go, without a CUDA graph, so this stream's first steady
-        chunk finds its code compiled (the same shapes, strides and grad mode: call it under the decodes' mode).
-        This stream is left as it was."""
+    def warm_up(self, vae_model, z: torch.Tensor, fast: bool = True) -> None:
+        """Readies the decoder for a video decoded in blocks shaped as `z` [B, C, T, h, w] (raw latents, the VAE's
+        dtype and device), before the video's first block: compiles the steady chunk and runs cuDNN's finds for it
+        (fast), or runs the finds of an eager video's chunks (timed plans). A scratch stream decodes `z` twice, as a
+        video's first two blocks go, without a CUDA graph, so this stream's chunks find their code compiled and
+        their plans found (the same shapes, strides and grad mode: call it under the decodes' mode). This stream is
+        left as it was."""
         scratch = type(self)(len(self.cache))
         for _ in range(2):
-            scratch.decode(vae_model, z, fast=True, graphs=False)
-        _WARMED.setdefault(vae_model.decoder, set()).add(tuple(z.shape))
-        log.info("compiled the %s decoder's steady chunk for latents %s before the video's first block", self.name,
-                 tuple(z.shape))
+            scratch.decode(vae_model, z, fast=fast, graphs=False)
+        _WARMED.setdefault(vae_model.decoder, set()).add((tuple(z.shape), fast))
+        log.info("readied the %s decoder (%s) for latents %s before the video's first block", self.name,
+                 "compiled" if fast else "cuDNN's finds", tuple(z.shape))
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """The cache (tensors, empty slots and the decoder's 'Rep' marks) and the latents' shape."""
+        """The cache (tensors, empty slots and the decoder's 'Rep' marks, and each tensor's strides) and the latents'
+        shape."""
         tensors, entries = export_cache(self.cache)
-        return tensors, {"kind": self.kind, "entries": entries, "shape": self.shape}
+        strides = {i: list(t.stride()) for i, t in tensors.items()}
+        return tensors, {"kind": self.kind, "entries": entries, "strides": strides, "shape": self.shape}
 
     def import_state(self, tensors: dict[str, torch.Tensor], fields: dict, device: torch.device) -> None:
-        self.cache = import_cache(tensors, fields["entries"], len(self.cache), device)
+        """The inverse of export_state. The tensors come back with the strides they had (saves before those were
+        kept: contiguous), so the compiled steady chunk's code fits the cache as it fitted the saved stream's."""
+        self.cache = import_cache(tensors, fields["entries"], len(self.cache), device, fields.get("strides", {}))
         self.shape = tuple(fields["shape"]) if fields["shape"] else None
 
     @property
@@ -418,9 +430,31 @@ def export_cache(cache: list) -> tuple[dict[str, torch.Tensor], list[str]]:
     return {str(i): e for i, e in enumerate(cache) if isinstance(e, torch.Tensor)}, entries
 
 
-def import_cache(tensors: dict[str, torch.Tensor], entries: list[str], slots: int, device: torch.device) -> list:
-    """The inverse of export_cache, for a decoder with `slots` entries."""
+def import_cache(tensors: dict[str, torch.Tensor], entries: list[str], slots: int, device: torch.device,
+                 strides: dict[str, list[int]] | None = None) -> list:
+    """The inverse of export_cache, for a decoder with `slots` entries; `strides`: a tensor's by index, where known."""
     if len(entries) != slots:
         raise ValueError(f"{len(entries)} cache entries, the decoder has {slots}")
-    return [tensors[str(i)].to(device) if kind == "tensor" else None if kind == "none" else kind
-            for i, kind in enumerate(entries)]
+    return [_laid_out(tensors[str(i)], (strides or {}).get(str(i)), device) if kind == "tensor"
+            else None if kind == "none" else kind for i, kind in enumerate(entries)]
+
+
+def _laid_out(t: torch.Tensor, strides: list[int] | None, device: torch.device) -> torch.Tensor:
+    """t on `device`, its elements laid out with these strides (a dense layout of its shape), or contiguous."""
+    if strides is None:
+        return t.to(device)
+    if not _dense(t.shape, strides):
+        raise ValueError(f"strides {strides} do not lay out a tensor of shape {list(t.shape)} densely")
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=device).copy_(t)
+
+
+def _dense(shape: torch.Size, strides: list[int]) -> bool:
+    """Whether the strides put each element of a tensor of this shape at its own place, with no gaps."""
+    if len(strides) != len(shape):
+        return False
+    step = 1
+    for size, stride in sorted(zip(shape, strides), key=lambda d: d[1]):
+        if size != 1 and stride != step:
+            return False
+        step *= size
+    return True
