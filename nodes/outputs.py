@@ -158,6 +158,7 @@ class BlockDecoder:
         self.video, self.vae, self.fast, self.files = video, vae, fast, files
         self.keep_images, self.live = keep_images, live
         self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
+        self.piece = 1 if live and isinstance(self.stream, DecodeStream) else video.family.block  # latent frames a call
         self.stream.move_to(vae.device)  # a session's decode continues where this run decodes
         key = video.settings.session_id
         self.channel = viewer.channel(key) if key else None
@@ -170,7 +171,7 @@ class BlockDecoder:
 
     @torch.inference_mode()
     def warm_up(self) -> bool:
-        """Readies the Wan decoder before a run's first block (once per process, decoder, block shape and mode), on
+        """Readies the Wan decoder before a run's first block (once per process, decoder, piece shape and mode), on
         the decode's own stream (its memory stays there for the decode): with compile on it compiles the steady chunk
         (5-8 s at 480x832 on the H200 with warm on-disk caches, 22 s on empty ones); eager on a GPU it runs cuDNN's
         finds for the video's chunks (2.4 s, run 120). No block then stalls the video for them. A stream under way
@@ -181,7 +182,9 @@ class BlockDecoder:
             return False  # a tiny decoder
         if not (self.fast or (stream.timed_plans and self.vae.device.type == "cuda")):
             return False  # eager with nothing to find
-        z = raw_latents(torch.zeros(self.video.block_shape, device=self.vae.device, dtype=self.vae.vae_dtype))
+        batch, _, channels, h, w = self.video.block_shape
+        z = raw_latents(torch.zeros((batch, self.piece, channels, h, w), device=self.vae.device,
+                                    dtype=self.vae.vae_dtype))
         if stream.is_warm(self.vae.first_stage_model, tuple(z.shape), self.fast):
             return False
         mm.load_models_gpu([self.vae.patcher])
@@ -197,36 +200,48 @@ class BlockDecoder:
         return _LANE.beside(block, reads=itertools.chain(fsm.parameters(), fsm.buffers()))
 
     def __call__(self, block: torch.Tensor) -> Callable[[], torch.Tensor | None]:
-        """Launches the block's decode and its one copy to the host; returns what hands the frames on once they are
+        """Launches the block's decode and its copies to the host; returns what hands the frames on once they are
         there (the run calls it after it has launched the next block). On the generating GPU the decode goes on a
         stream of its own, beside the next block's generation; ComfyUI loads the VAE first, on the generating
-        stream, and weights it frees while the decode runs (unloading the VAE for the generator) wait for it."""
+        stream, and weights it frees while the decode runs (unloading the VAE for the generator) wait for it. A live
+        block decodes with the Wan decoder a latent frame at a time (`piece`), each piece handed on as soon as it is
+        on the host: its first frames reach the viewers after a third of the block's decode."""
         mm.load_models_gpu([self.vae.patcher])
         with self._lane(block) as (block,):
-            images = stream_decode_on_device(self.vae, raw_latents(block), self.stream, self.fast)  # [B, N, H, W, 3]
-            with on_device(images.device):  # the copy and its event on the decoder's stream
-                frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-                if frames.is_cuda:
-                    host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
-                    host.copy_(frames, non_blocking=True)
-                    copied = torch.cuda.Event()
-                    copied.record()
-                else:
-                    host, copied = frames, None
+            z = raw_latents(block)
+            pieces = [self._launch(z[:, :, a:a + self.piece].contiguous()) for a in range(0, z.shape[2], self.piece)]
         start = self.video.decoding_at
 
         def finish() -> torch.Tensor | None:
-            if copied is not None:
-                copied.synchronize()
-            self.files.write(host)
-            if self.channel is not None:
-                self.channel.publish(host[0], 0 if start == 0 else 4 * start - 3, self.posted, paced=self.live)
-            self.posted, self.last_frame = None, host[0, -1]
+            frame = 0 if start == 0 else 4 * start - 3
+            for host, copied, _ in pieces:
+                if copied is not None:
+                    copied.synchronize()
+                self.files.write(host)
+                if self.channel is not None:
+                    self.channel.publish(host[0], frame, self.posted, paced=self.live)
+                self.posted, self.last_frame, frame = None, host[0, -1], frame + host.shape[1]
             if not self.keep_images:
                 return None
+            images = torch.cat([images for *_, images in pieces], dim=1)
             return images.flatten(0, 1).to(mm.intermediate_device()).float()
 
         return finish
+
+    def _launch(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None, torch.Tensor]:
+        """Decodes raw latents z [B, C, T, h, w] on the current stream and launches the copy of its frames to the host,
+        as uint8: (frames on the host [B, N, H, W, 3], the event of their copy (None: on the CPU), images on the
+        VAE's device)."""
+        images = stream_decode_on_device(self.vae, z, self.stream, self.fast)  # [B, N, H, W, 3]
+        with on_device(images.device):  # the copy and its event on the decoder's stream
+            frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+            if not frames.is_cuda:
+                return frames, None, images
+            host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(frames, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        return host, copied, images
 
     def lead(self) -> float:
         return self.channel.lead_s() if self.channel is not None else 0.0

@@ -459,7 +459,7 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def run_counting_compiles(video, decoder, frames: int, counts: list) -> tuple:
+def run_counting_compiles(video, decoder, frames: int, counts: list, live: bool = False) -> tuple:
     """A run of `frames` latent frames decoded by `decoder` (a BlockDecoder), adding dynamo's count of compiled
     frames before and after the decoder's warm-up to `counts`; the run's latents and images."""
     from longlive_core import Prompt, RunHooks, hashed_embeds
@@ -475,7 +475,7 @@ def run_counting_compiles(video, decoder, frames: int, counts: list) -> tuple:
         return hashed_embeds(text, TINY.text_dim)
 
     video.schedule([Prompt(0, "a boy")], frames, embed)
-    return video.run(frames, live=False, hooks=RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up))
+    return video.run(frames, live=live, hooks=RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up))
 
 
 def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compiles(comfy, tiny_vae):
@@ -500,6 +500,42 @@ def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compi
 
     run_counting_compiles(video, decoder, 3, counts)  # continues the decode: its stream is under way
     assert len(counts) == 4 and counts[3] == counts[2] == compiled_graphs() and video.stats.decoder_warm_up_s is None
+
+
+class Published:
+    """A session's viewers as the decoder hands them frames (viewer.Channel.publish, which needs a running server):
+    what it was handed, in order."""
+
+    fps = 16
+
+    def __init__(self):
+        self.calls = []
+
+    def publish(self, frames: torch.Tensor, first_frame: int, posted, paced: bool) -> None:
+        self.calls.append((first_frame, frames.shape[0], paced))
+
+
+def test_a_live_block_is_decoded_and_handed_to_the_viewers_a_latent_frame_at_a_time(comfy, tiny_vae):
+    """With the Wan decoder a live run decodes each block a latent frame at a time and hands each piece on as soon
+    as it is on the host (a prompt's first frames show after a third of its block's decode): the video's first
+    frame, then pieces of 4 frames, in order, each frame once. The pieces' steady chunk is compiled before block 0
+    and no block compiles; the frames are those of the plain decoder."""
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    settings = VideoSettings(("tiny",), 1, 96, 48, 9, 3, "recache", 0, "pieces")  # latents 6 x 12: no other test's
+    video = Video.open(random_model(TINY), settings, fast=False)
+    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 96, 48), keep_images=True, live=True)
+    decoder.channel = Published()
+    counts = []
+    latents, images = run_counting_compiles(video, decoder, 9, counts, live=True)
+    assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
+    assert decoder.channel.calls == [(0, 1, True)] + [(1 + 4 * i, 4, True) for i in range(8)]
+    plain = stream_decode(tiny_vae, raw_latents(latents), new_stream(tiny_vae))
+    torch.testing.assert_close(images, plain, rtol=1e-4, atol=1e-4)
 
 
 def test_an_eager_decode_on_the_cpu_is_not_warmed_up(comfy, tiny_vae):

@@ -381,12 +381,13 @@ class DecodeStream:
     def warm_up(self, vae_model, z: torch.Tensor, fast: bool = True) -> None:
         """Readies the decoder for a video decoded in blocks shaped as `z` [B, C, T, h, w] (raw latents, the VAE's
         dtype and device), before the video's first block: compiles the steady chunk and runs cuDNN's finds for it
-        (fast), or runs the finds of an eager video's chunks (timed plans). A scratch stream decodes `z` twice, as a
-        video's first two blocks go, without a CUDA graph, so this stream's chunks find their code compiled and
-        their plans found (the same shapes, strides and grad mode: call it under the decodes' mode). This stream is
-        left as it was."""
-        scratch = type(self)(len(self.cache))
-        for _ in range(2):
+        (fast), or runs the finds of an eager video's chunks (timed plans). A scratch stream decodes `z` as a video's
+        first blocks go, without a CUDA graph, until one decode began steady (two blocks of 3 latent frames, three of
+        1), so this stream's chunks find their code compiled and their plans found (the same shapes, strides and grad
+        mode: call it under the decodes' mode). This stream is left as it was."""
+        scratch, steady = type(self)(len(self.cache)), False
+        while not steady:
+            steady = is_steady(scratch.cache)
             scratch.decode(vae_model, z, fast=fast, graphs=False)
         _WARMED.setdefault(vae_model.decoder, set()).add((tuple(z.shape), fast))
         log.info("readied the %s decoder (%s) for latents %s before the video's first block", self.name,
