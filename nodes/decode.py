@@ -12,6 +12,7 @@ import copy
 import hashlib
 import logging
 import weakref
+from typing import Callable
 
 import comfy.latent_formats
 import comfy.model_management as mm
@@ -92,6 +93,22 @@ def stream_decode_on_device(vae, samples: torch.Tensor, stream: DecodeStream, fa
     compiles the decoder's steady chunks."""
     with on_device(vae.device):
         out = stream.decode(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), fast=fast)
+    return _images(vae, out)
+
+
+@torch.inference_mode()
+def stream_decode_pieces(vae, samples: torch.Tensor, stream: DecodeStream, fast: bool, frames_per_call: int | None,
+                         each: Callable[[torch.Tensor], None]) -> None:
+    """stream_decode_on_device, handing each decoder call's images [B, frames, H, W, 3] to `each` as soon as that call
+    is launched (frames_per_call: latent frames a call, None: the stream's own); the decode of `samples` goes through
+    whole or not at all (DecodeStream.decode)."""
+    with on_device(vae.device):
+        stream.decode(vae.first_stage_model, samples.to(vae.device, vae.vae_dtype), fast=fast,
+                      frames_per_call=frames_per_call, each=lambda out: each(_images(vae, out)))
+
+
+def _images(vae, out: torch.Tensor) -> torch.Tensor:
+    """A decoder's output [B, 3, frames, H, W] in [-1, 1] -> ComfyUI's images [B, frames, H, W, 3] in [0, 1]."""
     return vae.process_output(out.float()).movedim(1, -1)
 
 

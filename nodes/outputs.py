@@ -18,7 +18,7 @@ import torch
 
 from ..longlive_core import BlockDone, ConfigError, DecodeStream, SideStream, Video, on_device
 from . import viewer
-from .decode import check_wan_vae, new_stream, raw_latents, stream_decode_on_device, vae_on, weights_id
+from .decode import check_wan_vae, new_stream, raw_latents, stream_decode_pieces, vae_on, weights_id
 from .recording import FileSpec, Recording, RecordingError
 
 log = logging.getLogger("longlive")
@@ -158,7 +158,7 @@ class BlockDecoder:
         self.video, self.vae, self.fast, self.files = video, vae, fast, files
         self.keep_images, self.live = keep_images, live
         self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
-        self.piece = 1 if live and isinstance(self.stream, DecodeStream) else video.family.block  # latent frames a call
+        self.piece = 1 if live and isinstance(self.stream, DecodeStream) else None  # latent frames a call (None: 3)
         self.stream.move_to(vae.device)  # a session's decode continues where this run decodes
         key = video.settings.session_id
         self.channel = viewer.channel(key) if key else None
@@ -182,14 +182,12 @@ class BlockDecoder:
             return False  # a tiny decoder
         if not (self.fast or (stream.timed_plans and self.vae.device.type == "cuda")):
             return False  # eager with nothing to find
-        batch, _, channels, h, w = self.video.block_shape
-        z = raw_latents(torch.zeros((batch, self.piece, channels, h, w), device=self.vae.device,
-                                    dtype=self.vae.vae_dtype))
-        if stream.is_warm(self.vae.first_stage_model, tuple(z.shape), self.fast):
+        z = raw_latents(torch.zeros(self.video.block_shape, device=self.vae.device, dtype=self.vae.vae_dtype))
+        if stream.is_warm(self.vae.first_stage_model, tuple(z.shape), self.fast, self.piece):
             return False
         mm.load_models_gpu([self.vae.patcher])
         with self._lane(z) as (z,), on_device(z.device):
-            stream.warm_up(self.vae.first_stage_model, z, self.fast)
+            stream.warm_up(self.vae.first_stage_model, z, self.fast, self.piece)
         return True
 
     def _lane(self, block: torch.Tensor):
@@ -207,9 +205,10 @@ class BlockDecoder:
         block decodes with the Wan decoder a latent frame at a time (`piece`), each piece handed on as soon as it is
         on the host: its first frames reach the viewers after a third of the block's decode."""
         mm.load_models_gpu([self.vae.patcher])
+        pieces = []
         with self._lane(block) as (block,):
-            z = raw_latents(block)
-            pieces = [self._launch(z[:, :, a:a + self.piece].contiguous()) for a in range(0, z.shape[2], self.piece)]
+            stream_decode_pieces(self.vae, raw_latents(block), self.stream, self.fast, self.piece,
+                                 lambda images: pieces.append(self._copy(images)))
         start = self.video.decoding_at
 
         def finish() -> torch.Tensor | None:
@@ -228,11 +227,10 @@ class BlockDecoder:
 
         return finish
 
-    def _launch(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None, torch.Tensor]:
-        """Decodes raw latents z [B, C, T, h, w] on the current stream and launches the copy of its frames to the host,
-        as uint8: (frames on the host [B, N, H, W, 3], the event of their copy (None: on the CPU), images on the
-        VAE's device)."""
-        images = stream_decode_on_device(self.vae, z, self.stream, self.fast)  # [B, N, H, W, 3]
+    @staticmethod
+    def _copy(images: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None, torch.Tensor]:
+        """Launches the copy of decoded images [B, N, H, W, 3] to the host as uint8, on the current stream: (frames on
+        the host, the event of their copy (None: on the CPU), the images)."""
         with on_device(images.device):  # the copy and its event on the decoder's stream
             frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
             if not frames.is_cuda:

@@ -21,7 +21,8 @@ from ..longlive_core import FPS, LongLiveError
 # 832x480 at 173 frames a second on 4 threads (over three times what generation makes) and was the smallest file of
 # the CRF-18 rows; 'ultrafast' is faster and larger, 'faster' and 'medium' slower and no smaller.
 ENCODER = {"codec": "libx264", "preset": "veryfast", "crf": 18, "keyframe_s": 1}
-QUEUE_FRAMES = 512  # frames waiting for the encoder before generation waits for it (about 600 MB at 832x480)
+QUEUE_FRAMES = 512  # frames waiting for the encoder before generation waits for it (about 600 MB at 832x480), counted
+# as writes of a block's 12 frames (a live block's pieces of 4 wait sooner)
 
 
 class RecordingError(LongLiveError):

@@ -509,10 +509,11 @@ class Published:
     fps = 16
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.frames = [], []
 
     def publish(self, frames: torch.Tensor, first_frame: int, posted, paced: bool) -> None:
         self.calls.append((first_frame, frames.shape[0], paced))
+        self.frames.append(frames.clone())
 
 
 def test_a_live_block_is_decoded_and_handed_to_the_viewers_a_latent_frame_at_a_time(comfy, tiny_vae):
@@ -536,6 +537,45 @@ def test_a_live_block_is_decoded_and_handed_to_the_viewers_a_latent_frame_at_a_t
     assert decoder.channel.calls == [(0, 1, True)] + [(1 + 4 * i, 4, True) for i in range(8)]
     plain = stream_decode(tiny_vae, raw_latents(latents), new_stream(tiny_vae))
     torch.testing.assert_close(images, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_a_live_block_interrupted_in_its_second_piece_is_decoded_whole_by_the_next_run(comfy, tiny_vae):
+    """An interrupt inside a live block's second piece (ComfyUI's ops raise it in the decoder) hands on none of that
+    block: its decode goes back to before the block, and the next run decodes the block whole before its own, so the
+    viewers get every frame once, in order, and the frames are those of one plain decode."""
+    load_pack()
+    import comfy.model_management as mm
+
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.decode import new_stream, raw_latents, stream_decode
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+
+    video = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 96, 48, 9, 3, "recache", 0, "cut piece"),
+                       fast=False)
+    decoder = BlockDecoder(video, tiny_vae, False, Files(video, [], 1, 96, 48), keep_images=True, live=True)
+    decoder.channel = Published()
+    calls = []
+
+    def interrupt_in_the_second_piece_of_block_1(module, args):
+        calls.append(1)
+        if len(calls) == 5:  # block 0: calls 1-3, block 1: 4-6
+            mm.interrupt_current_processing(True)  # as POST /interrupt does; the next op raises
+
+    hook = tiny_vae.first_stage_model.decoder.upsamples[1].register_forward_pre_hook(
+        interrupt_in_the_second_piece_of_block_1)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_counting_compiles(video, decoder, 6, [], live=True)
+        latents, images = run_counting_compiles(video, decoder, 3, [], live=True)
+    finally:
+        hook.remove()
+    assert decoder.channel.calls == [(0, 1, True)] + [(1 + 4 * i, 4, True) for i in range(8)]
+    plain = stream_decode(tiny_vae, raw_latents(latents), new_stream(tiny_vae))
+    assert latents.shape[1] == 9
+    torch.testing.assert_close(images, plain, rtol=1e-4, atol=1e-4)
+    shown = torch.cat(decoder.channel.frames).float() / 255
+    torch.testing.assert_close(shown, plain, rtol=0, atol=0.5 / 255 + 1e-6)
 
 
 def test_an_eager_decode_on_the_cpu_is_not_warmed_up(comfy, tiny_vae):

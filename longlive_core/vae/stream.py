@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import weakref
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -295,12 +296,15 @@ class DecodeStream:
         self.timing = Spans()  # each decode call's time (GPU time on CUDA), read by the video's stats
 
     def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
-               channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
+               channels_last_3d: bool | None = None, graphs: bool = True,
+               each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
         fast: steady chunks through the compiled decoder (the first two calls stay eager, with cuDNN's heuristic
         plans: _plans), replayed as a CUDA graph where `graphs`; frames_per_call: latent frames a decoder call
         (None: the stream's own). channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off).
-        An interrupt leaves the stream where it was."""
+        each: called with each call's output as soon as that call is launched (a live block's pieces go on to the
+        viewers from there). A decode that fails, in a call or in `each`, leaves the stream where it was (an interrupt)
+        or starts it over (after a steady chunk): never part way through z."""
         if z.dim() != 5 or z.shape[1] != self.channels:
             raise ConfigError(f"the {self.name} decodes latents [B, {self.channels}, T, h, w]; got {list(z.shape)}")
         self.shape = check_shape(self.shape, z)
@@ -319,6 +323,8 @@ class DecodeStream:
                     in_place = in_place or steady
                     with _plans(heuristic=fast and not steady, timed=self.timed_plans):
                         pieces.append(self._chunk(vae_model.decoder, _own(x, a, b, layout), steady, graphs))
+                    if each is not None:
+                        each(pieces[-1])
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
                 self.cache[:] = [None] * len(self.cache)
@@ -374,24 +380,25 @@ class DecodeStream:
         self._seen = key
         return compiled_steady_decode(decoder, x, self.cache, self.steady)
 
-    def is_warm(self, vae_model, z_shape: tuple, fast: bool = True) -> bool:
+    def is_warm(self, vae_model, z_shape: tuple, fast: bool = True, frames_per_call: int | None = None) -> bool:
         """Whether this process has readied this decoder (warm_up) for blocks of latents `z_shape`."""
-        return (tuple(z_shape), fast) in _WARMED.get(vae_model.decoder, ())
+        key = (tuple(z_shape), fast, frames_per_call or self.frames_per_call)
+        return key in _WARMED.get(vae_model.decoder, ())
 
-    def warm_up(self, vae_model, z: torch.Tensor, fast: bool = True) -> None:
+    def warm_up(self, vae_model, z: torch.Tensor, fast: bool = True, frames_per_call: int | None = None) -> None:
         """Readies the decoder for a video decoded in blocks shaped as `z` [B, C, T, h, w] (raw latents, the VAE's
-        dtype and device), before the video's first block: compiles the steady chunk and runs cuDNN's finds for it
-        (fast), or runs the finds of an eager video's chunks (timed plans). A scratch stream decodes `z` as a video's
-        first blocks go, without a CUDA graph, until one decode began steady (two blocks of 3 latent frames, three of
-        1), so this stream's chunks find their code compiled and their plans found (the same shapes, strides and grad
-        mode: call it under the decodes' mode). This stream is left as it was."""
-        scratch, steady = type(self)(len(self.cache)), False
-        while not steady:
-            steady = is_steady(scratch.cache)
-            scratch.decode(vae_model, z, fast=fast, graphs=False)
-        _WARMED.setdefault(vae_model.decoder, set()).add((tuple(z.shape), fast))
-        log.info("readied the %s decoder (%s) for latents %s before the video's first block", self.name,
-                 "compiled" if fast else "cuDNN's finds", tuple(z.shape))
+        dtype and device), `frames_per_call` latent frames a call, before the video's first block: compiles the
+        steady chunk and runs cuDNN's finds for it (fast), or runs the finds of an eager video's chunks (timed plans).
+        A scratch stream decodes `z` twice, as a video's first two blocks go, without a CUDA graph, so this stream's
+        chunks find their code compiled and their plans found (the same shapes, strides and grad mode: call it under
+        the decodes' mode). This stream is left as it was."""
+        frames_per_call = frames_per_call or self.frames_per_call
+        scratch = type(self)(len(self.cache))
+        for _ in range(2):
+            scratch.decode(vae_model, z, fast=fast, frames_per_call=frames_per_call, graphs=False)
+        _WARMED.setdefault(vae_model.decoder, set()).add((tuple(z.shape), fast, frames_per_call))
+        log.info("readied the %s decoder (%s) for latents %s, %d a call, before the video's first block", self.name,
+                 "compiled" if fast else "cuDNN's finds", tuple(z.shape), frames_per_call)
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """The cache (tensors, empty slots and the decoder's 'Rep' marks, and each tensor's strides) and the latents'

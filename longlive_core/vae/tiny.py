@@ -11,6 +11,8 @@ latent frames; 4T for every later chunk). Wan 2.2's decoder makes 2x2 pixel patc
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -26,13 +28,17 @@ class TinyStream:
         self.shape: tuple | None = None
         self.timing = Spans()  # each decode call's time, as DecodeStream's
 
-    def decode(self, model, z: torch.Tensor, fast: bool = False) -> torch.Tensor:
+    def decode(self, model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
+               each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """As tiny_decode_chunk; an interrupt leaves the memory as it was (its entries are replaced, not written).
-        fast: taken as the VAE streams take it; the tiny decoder has no compiled path."""
+        fast, frames_per_call, each: taken as the VAE streams take them; the tiny decoder has no compiled path and
+        decodes z in one call."""
         self.shape = check_shape(self.shape, z)
         before, timer = dict(self.memory), GpuTimer(z.device)
         try:
             out = tiny_decode_chunk(model, z, self.memory)
+            if each is not None:
+                each(out)
         except BaseException:
             self.memory = before
             raise
