@@ -297,14 +297,14 @@ class DecodeStream:
 
     def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
                channels_last_3d: bool | None = None, graphs: bool = True,
-               each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+               each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor | None:
         """z: [B, 16, T, h, w] raw latents (VAE dtype/device) -> decoder output [B, 3, frames, H, W] in [-1, 1].
         fast: steady chunks through the compiled decoder (the first two calls stay eager, with cuDNN's heuristic
         plans: _plans), replayed as a CUDA graph where `graphs`; frames_per_call: latent frames a decoder call
         (None: the stream's own). channels_last_3d: None = on CUDA or when compiled (the benchmark turns it off).
-        each: called with each call's output as soon as that call is launched (a live block's pieces go on to the
-        viewers from there). A decode that fails, in a call or in `each`, leaves the stream where it was (an interrupt)
-        or starts it over (after a steady chunk): never part way through z."""
+        each: called with each call's output as soon as that call is launched, which is then not kept (nothing is
+        returned): a block's pieces go on to the viewers from there. A decode that fails, in a call or in `each`,
+        leaves the stream where it was (an interrupt) or starts it over (after a steady chunk): never part way."""
         if z.dim() != 5 or z.shape[1] != self.channels:
             raise ConfigError(f"the {self.name} decodes latents [B, {self.channels}, T, h, w]; got {list(z.shape)}")
         self.shape = check_shape(self.shape, z)
@@ -322,9 +322,11 @@ class DecodeStream:
                     steady = fast and is_steady(self.cache)
                     in_place = in_place or steady
                     with _plans(heuristic=fast and not steady, timed=self.timed_plans):
-                        pieces.append(self._chunk(vae_model.decoder, _own(x, a, b, layout), steady, graphs))
-                    if each is not None:
-                        each(pieces[-1])
+                        piece = self._chunk(vae_model.decoder, _own(x, a, b, layout), steady, graphs)
+                    if each is None:
+                        pieces.append(piece)
+                    else:
+                        each(piece)
         except BaseException:
             if in_place:  # a steady chunk wrote the cache in place: it cannot go back, so the decode starts over
                 self.cache[:] = [None] * len(self.cache)
@@ -333,9 +335,10 @@ class DecodeStream:
             else:
                 self.cache[:] = before  # an interrupt: the next decode starts where this one did
             raise
-        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
         self.timing.add(timer)
-        return out
+        if each is not None:
+            return None
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # a steady chunk: no second copy
 
     def _finds(self, x: torch.Tensor, frames_per_call: int):
         """cuDNN's finds bounded (bounded_finds) under cudaMallocAsync, unless every chunk of this call replays the

@@ -8,6 +8,8 @@ The host's decoder module (ComfyUI's `comfy.ldm.wan.vae2_2.WanVAE`: `conv2`, `de
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .stream import DecodeStream, steady_decode22
@@ -28,10 +30,13 @@ class Wan22DecodeStream(DecodeStream):
     steady = staticmethod(steady_decode22)
 
     def decode(self, vae_model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
-               channels_last_3d: bool | None = None, graphs: bool = True) -> torch.Tensor:
+               channels_last_3d: bool | None = None, graphs: bool = True,
+               each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor | None:
         """z: [B, 48, T, h, w] raw latents (the VAE's dtype and device) -> pixels [B, 3, frames, 16h, 16w] in
-        [-1, 1] as the decoder gives them (see DecodeStream.decode)."""
-        return _unpatchify(super().decode(vae_model, z, fast, frames_per_call, channels_last_3d, graphs))
+        [-1, 1] as the decoder gives them, or each call's pixels to `each` (see DecodeStream.decode)."""
+        piece = None if each is None else lambda out: each(_unpatchify(out))
+        out = super().decode(vae_model, z, fast, frames_per_call, channels_last_3d, graphs, piece)
+        return None if out is None else _unpatchify(out)
 
     def _plain(self, decoder, x: torch.Tensor) -> torch.Tensor:
         return decoder(x, feat_cache=self.cache, feat_idx=[0], first_chunk=self.cache[0] is None)

@@ -29,10 +29,10 @@ class TinyStream:
         self.timing = Spans()  # each decode call's time, as DecodeStream's
 
     def decode(self, model, z: torch.Tensor, fast: bool = False, frames_per_call: int | None = None,
-               each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+               each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor | None:
         """As tiny_decode_chunk; an interrupt leaves the memory as it was (its entries are replaced, not written).
-        fast, frames_per_call, each: taken as the VAE streams take them; the tiny decoder has no compiled path and
-        decodes z in one call."""
+        fast, frames_per_call, each: taken as the VAE streams take them (the tiny decoder has no compiled path and
+        decodes z in one call, handed to `each` where given, and then not returned)."""
         self.shape = check_shape(self.shape, z)
         before, timer = dict(self.memory), GpuTimer(z.device)
         try:
@@ -43,7 +43,7 @@ class TinyStream:
             self.memory = before
             raise
         self.timing.add(timer)
-        return out
+        return None if each is not None else out
 
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {str(k): v for k, v in self.memory.items() if isinstance(v, torch.Tensor)}
