@@ -231,8 +231,13 @@ class Harness:
         result.blocks = len(blocks)
         result.notes.update(block_gaps([t for t, kind, _ in items if kind == "longlive.block"]))
         created = bool(blocks) and blocks[0].get("frame") in FIRST_BLOCK_FRAMES
-        warm = float(blocks[0].get("warm_up_s", 0.0)) if created else 0.0
-        warm += float(blocks[0].get("decoder_warm_up_s", 0.0)) if blocks else 0.0  # the decoder's compile
+        split = {"model": float(blocks[0].get("warm_up_s", 0.0)) if created else 0.0,  # its compile and capture
+                 "decoder": float(blocks[0].get("decoder_warm_up_s", 0.0)) if blocks else 0.0}  # compile or finds
+        warm = sum(split.values())
+        if warm:
+            compiling = blocks[0].get("warm_up_compile_s") if created else None  # of the model's: its first round
+            result.notes["compile_capture_s"] = {**{k: round(v, 2) for k, v in split.items()},
+                                                 **({"model_first_round": compiling} if compiling is not None else {})}
         sampler = per_class.get("LongLive_StreamingSampler", 0.0)
         result.stages = {k: round(v, 2) for k, v in {
             "load": sum(per_class.get(k, 0.0) for k in ("LongLive_ModelLoader", "CLIPLoader", "VAELoader")),

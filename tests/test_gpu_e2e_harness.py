@@ -43,6 +43,9 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
         played = stream["playback"]  # the panel's player on these arrivals: each frame shown or skipped
         assert played["shown"] + played["skipped"] == stream["frames"]
         assert f"live / {name}, at the viewer: " in done.stdout
+    split = runs["live"]["notes"]["compile_capture_s"]  # a new session: the model's part and the decoder's (none
+    assert split["model"] > 0 == split["decoder"]  # on the CPU: not compiled), which make up compile + capture
+    assert abs(sum(split.values()) - runs["live"]["stages"]["compile+capture"]) <= 0.02
     assert [runs[f"capture failure {i}"]["frames"] for i in (1, 2)] == [81, 84]
     assert "| live | live | yes |" in done.stdout and "| live | live warm | yes |" in done.stdout
 

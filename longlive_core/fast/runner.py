@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 
 import torch
 
@@ -106,16 +107,17 @@ def pass_key(x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCach
             cache.k.data_ptr(), text.k.data_ptr())
 
 
-def warm_up(session) -> None:
+def warm_up(session) -> float | None:
     """Compiles and captures every steady-state pass (session.warm_up_passes: a StreamSession's 4 steps, clean pass
     and recache, a ShotSession's steps and clean pass, and its image's first block) before the first block, so that
     no later block or switch pays for it. Where compiling or the Triton kernels fail, the model
     drops them (logged with the cause) and the passes are captured from its eager stages; where a capture fails,
-    the session's runner runs without graphs (GraphRunner)."""
+    the session's runner runs without graphs (GraphRunner). Returns the seconds of its first round (each pass run
+    once: where torch.compile compiles), None where it captures nothing."""
     if not isinstance(session.runner, GraphRunner):
-        return
+        return None
     try:
-        _warm_up(session)
+        return _warm_up(session)
     except (LongLiveError, torch.OutOfMemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 (inductor, Triton or a compiler on this machine)
@@ -123,7 +125,7 @@ def warm_up(session) -> None:
                     type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         drop_compiled(session.model)
         session.runner.clear()
-        _warm_up(session)
+        return _warm_up(session)
 
 
 def drop_compiled(model: FastWan) -> None:
@@ -132,16 +134,24 @@ def drop_compiled(model: FastWan) -> None:
     model.set_attention(model.attention_backend)
 
 
-def _warm_up(session) -> None:
+def _warm_up(session) -> float:
     """The dummy passes write garbage K/V at steady positions; the cache is zeroed afterwards, and while the window
-    fills a block only reads slots that earlier blocks wrote."""
+    fills a block only reads slots that earlier blocks wrote. Returns the first round's seconds (host time, its GPU
+    work waited for)."""
     runner = session.runner
+    rounds = []
     try:
         with torch.inference_mode():
             passes = session.warm_up_passes()
             for _ in range(2):  # first call runs (and compiles), second captures
-                for x, time, plan in passes:
-                    runner(x, time, plan, session.cache, session.text)
+                start = time.perf_counter()
+                for x, t, plan in passes:
+                    runner(x, t, plan, session.cache, session.text)
+                if session.model.device.type == "cuda":
+                    torch.cuda.synchronize(session.model.device)
+                rounds.append(time.perf_counter() - start)
     finally:
         session.cache.zero_()
-    log.info("captured %d pass graphs for a %dx%d session", len(runner.graphs), *session.latent_hw)
+    log.info("captured %d pass graphs for a %dx%d session: %.1f s running each pass once (compiling), %.1f s "
+             "capturing", len(runner.graphs), *session.latent_hw, *rounds)
+    return rounds[0]

@@ -89,6 +89,7 @@ class PostedPrompt:
 @dataclasses.dataclass
 class Stats:
     warm_up_s: float | None = None
+    warm_up_compile_s: float | None = None  # of warm_up_s: the first round of passes (torch.compile compiles there)
     decoder_warm_up_s: float | None = None  # this run compiled the decoder before its first block
     last_block_ms: float | None = None
     last_decode_ms: float | None = None  # the decodes (GPU time) that had finished by the last block's hand-off
@@ -177,8 +178,9 @@ class Video:
         start = time.perf_counter()
         video = cls(model, settings, fast, image)
         with on_device(model.device):
-            warm_up(video.session)  # compile + capture now: no later block or switch pays for it
+            compiling = warm_up(video.session)  # compile + capture now: no later block or switch pays for it
         video.stats.warm_up_s = round(time.perf_counter() - start, 2)
+        video.stats.warm_up_compile_s = None if compiling is None else round(compiling, 2)
         return video
 
     # --- what the video holds ---------------------------------------------------------------------------------
