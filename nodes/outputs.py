@@ -158,7 +158,8 @@ class BlockDecoder:
         self.video, self.vae, self.fast, self.files = video, vae, fast, files
         self.keep_images, self.live = keep_images, live
         self.stream = video.decoder(f"sampler {weights_id(vae)}", lambda: new_stream(vae))  # apart from VAE Decode's
-        self.piece = 1 if live and isinstance(self.stream, DecodeStream) else None  # latent frames a call (None: 3)
+        # latent frames a decoder call: a live Wan 2.1 block's one at a time (None: the stream's own, 3 or Wan 2.2's 1)
+        self.piece = 1 if live and isinstance(self.stream, DecodeStream) else None
         self.stream.move_to(vae.device)  # a session's decode continues where this run decodes
         key = video.settings.session_id
         self.channel = viewer.channel(key) if key else None
@@ -208,7 +209,7 @@ class BlockDecoder:
         pieces = []
         with self._lane(block) as (block,):
             stream_decode_pieces(self.vae, raw_latents(block), self.stream, self.fast, self.piece,
-                                 lambda images: pieces.append(self._copy(images)))
+                                 lambda images: pieces.append(self._copy(images, self.keep_images)))
         start = self.video.decoding_at
 
         def finish() -> torch.Tensor | None:
@@ -228,18 +229,19 @@ class BlockDecoder:
         return finish
 
     @staticmethod
-    def _copy(images: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None, torch.Tensor]:
+    def _copy(images: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.cuda.Event | None, torch.Tensor | None]:
         """Launches the copy of decoded images [B, N, H, W, 3] to the host as uint8, on the current stream: (frames on
-        the host, the event of their copy (None: on the CPU), the images)."""
+        the host, the event of their copy (None: on the CPU), the images where `keep`)."""
+        kept = images if keep else None
         with on_device(images.device):  # the copy and its event on the decoder's stream
             frames = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
             if not frames.is_cuda:
-                return frames, None, images
+                return frames, None, kept
             host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
             host.copy_(frames, non_blocking=True)
             copied = torch.cuda.Event()
             copied.record()
-        return host, copied, images
+        return host, copied, kept
 
     def lead(self) -> float:
         return self.channel.lead_s() if self.channel is not None else 0.0

@@ -22,7 +22,7 @@ from ..longlive_core import FPS, LongLiveError
 # the CRF-18 rows; 'ultrafast' is faster and larger, 'faster' and 'medium' slower and no smaller.
 ENCODER = {"codec": "libx264", "preset": "veryfast", "crf": 18, "keyframe_s": 1}
 QUEUE_FRAMES = 512  # frames waiting for the encoder before generation waits for it (about 600 MB at 832x480), counted
-# as writes of a block's 12 frames (a live block's pieces of 4 wait sooner)
+# as writes of a Wan 2.1 block's 12 frames (writes of a latent frame's 4, a live block's or LongLive 2.0's, wait sooner)
 
 
 class RecordingError(LongLiveError):
