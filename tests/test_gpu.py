@@ -53,7 +53,6 @@ def test_compiled_fast_path_with_the_best_attention_as_the_nodes_run_it():
     assert rel(fast, eager) < 2e-2
 
 
-
 def test_the_warm_up_returns_the_time_of_its_compiling_round():
     """warm_up returns the seconds of its first round (each pass run once: where torch.compile compiles), a part of
     the whole warm-up (the rest captures); the sampler's block events carry it as warm_up_compile_s."""
@@ -62,6 +61,7 @@ def test_the_warm_up_returns_the_time_of_its_compiling_round():
     start = time.perf_counter()
     first = warm_up(session)
     assert 0 < first < time.perf_counter() - start and len(session.runner.graphs) == 6
+
 
 def test_an_fp16_model_takes_an_attention_with_float16_kernels():
     """Precision fp16 with attention `auto` (run 96: the fa3-fwd wheel has no float16 kernels, and the fp16 model
