@@ -400,15 +400,17 @@ def run_watched(h: Harness, host: ComfyHost, events: Events, result: Run) -> Non
 def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live", **changes) -> None:
     """The live workflow watched as the panel watches it (the frames WebSocket): prompts posted while it runs (each
     at another moment of a block: post_delays), then stop. Measures the frames at the client: how many, their rate
-    and gaps in steady state, prompt to pixel. On a fresh server the decoder compiles and captures during the first
-    seconds of the stream."""
+    and gaps in steady state, prompt to pixel. Each prompt is a text the server has not encoded yet, as a user types
+    a new one (its umt5 encoding is part of its prompt to pixel; runs up to 126 repeated three texts, and only their
+    first posts encoded). On a fresh server the decoder compiles and captures during the first seconds of the
+    stream."""
     posted, start = [], []
     watcher = FrameWatcher(host.url, session)
 
     def steer(t0: float) -> None:
         start.append(t0)
         wait_blocks(events, t0, 12)
-        texts = [*PROMPTS[1:], *PROMPTS] * 2
+        texts = [f"{PROMPTS[(k + 1) % len(PROMPTS)]} ({session}, prompt {k + 1})" for k in range(10)]
         for text, delay in zip(texts, post_delays(len(texts))):
             wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 4)
             time.sleep(delay)
@@ -425,6 +427,7 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
     blocks = events.since(start[0], "longlive.block")
     switched = [t for t, _, d in blocks if d.get("switched")]
     result.notes["post_to_switch_block_s"] = [round(s - p, 3) for (p, _), s in zip(posted, switched)]
+    result.notes["texts_posted"] = len({text for _, text in posted})  # each one new to the server
     result.notes["stream"] = stream_figures(watcher.frames, posted, ended=start[0] + result.wall_s)
     result.notes["stream"]["playback"] = playback(watcher.frames)
     result.expected_frames = pixel_frames(FRAMES_PER_BLOCK * result.blocks, True)

@@ -34,6 +34,7 @@ def test_the_harness_runs_the_live_workflow_and_an_injected_capture_failure(tmp_
     for name in ("live", "live warm", "live keep"):  # a fresh server's session, then two more on the warm server
         live = runs[name]
         assert live["frames"] == 4 * 3 * live["blocks"] - 3 and len(live["notes"]["post_to_switch_block_s"]) == 10
+        assert live["notes"]["texts_posted"] == 10  # ten texts, each new to the server (its encoding timed too)
         stream = live["notes"]["stream"]  # the frames WebSocket, as the panel watches it: every frame, in order
         assert stream["frames"] == live["frames"] and stream["in_order"] and stream["dropped"] == 0
         assert len(stream["prompt_to_pixel_ms"]) == 10 and None not in stream["prompt_to_pixel_ms"]
