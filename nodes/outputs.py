@@ -223,7 +223,8 @@ class BlockDecoder:
                 self.posted, self.last_frame, frame = None, host[0, -1], frame + host.shape[1]
             if not self.keep_images:
                 return None
-            images = torch.cat([images for *_, images in pieces], dim=1)
+            kept = [images for *_, images in pieces]
+            images = kept[0] if len(kept) == 1 else torch.cat(kept, dim=1)  # a block in one piece: no copy
             return images.flatten(0, 1).to(mm.intermediate_device()).float()
 
         return finish
