@@ -1,5 +1,6 @@
 """HTTP routes (also under /api): GET /longlive/sessions lists sessions, DELETE frees one or all (with their saves),
-POST /longlive/sessions/{id}/prompt and .../stop steer a live session, POST .../save writes one to a file."""
+POST /longlive/sessions/{id}/prompt and .../stop steer a live session (.../typed: a prompt being typed, encoded
+ahead), POST .../save writes one to a file."""
 
 from __future__ import annotations
 
@@ -98,20 +99,9 @@ def _live_session(request: web.Request, playing_out: bool = False):
 async def post_prompt(request: web.Request) -> web.Response:
     """{"text": "...", "blend_blocks": 1, "blend": "linear"}: the live session switches to the text at its
     next block (with its switch policy), or blends into it over blend_blocks blocks (linear or slerp)."""
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
-        return web.json_response({"error": "the body must be JSON: {\"text\": \"a new prompt\"}"}, status=400)
-    text = body.get("text") if isinstance(body, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        return web.json_response({"error": "text: a non-empty string is required"}, status=400)
-    try:
-        check_text(text, "text")
-    except PromptError as err:
-        return web.json_response({"error": str(err)}, status=400)
-    if len(text) > MAX_PROMPT_CHARS:
-        return web.json_response({"error": f"text has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}"},
-                                 status=400)
+    body, text, error = await _text_of(request)
+    if error:
+        return error
     blocks, blend = body.get("blend_blocks", 1), body.get("blend", "linear")
     if type(blocks) is not int or not 1 <= blocks <= MAX_BLEND_BLOCKS or blend not in BLENDS:
         return web.json_response({"error": f"blend_blocks must be an integer from 1 to {MAX_BLEND_BLOCKS} and blend "
@@ -119,8 +109,40 @@ async def post_prompt(request: web.Request) -> web.Response:
     video, error = _live_session(request)
     if error:
         return error
-    frame = video.post(PostedPrompt(text.strip(), time.time(), blocks, blend))
-    return web.json_response({"queued": text.strip(), "at_frame": frame}, status=202)
+    frame = video.post(PostedPrompt(text, time.time(), blocks, blend))
+    return web.json_response({"queued": text, "at_frame": frame}, status=202)
+
+
+async def post_typed(request: web.Request) -> web.Response:
+    """{"text": "..."}: a prompt being typed (the panel sends it as it is typed): the live session encodes it while
+    it waits for its viewers, so that posting it to .../prompt switches without waiting for its encoding."""
+    _body, text, error = await _text_of(request)
+    if error:
+        return error
+    video, error = _live_session(request)
+    if error:
+        return error
+    video.type_ahead(text)
+    return web.json_response({"typed": text}, status=202)
+
+
+async def _text_of(request: web.Request) -> tuple[dict, str, web.Response | None]:
+    """The JSON body and its stripped "text", or an error response (400) saying what is wrong with them."""
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
+        return {}, "", web.json_response({"error": 'the body must be JSON: {"text": "a new prompt"}'}, status=400)
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return {}, "", web.json_response({"error": "text: a non-empty string is required"}, status=400)
+    try:
+        check_text(text, "text")
+    except PromptError as err:
+        return {}, "", web.json_response({"error": str(err)}, status=400)
+    if len(text) > MAX_PROMPT_CHARS:
+        return {}, "", web.json_response({"error": f"text has {len(text)} characters; the limit is "
+                                                   f"{MAX_PROMPT_CHARS}"}, status=400)
+    return body, text.strip(), None
 
 
 async def post_save(request: web.Request) -> web.Response:
@@ -163,6 +185,7 @@ def register(prompt_handler) -> None:
     server.routes.delete("/longlive/sessions")(delete_all)
     server.routes.delete("/longlive/sessions/{session_id}")(delete_session)
     server.routes.post("/longlive/sessions/{session_id}/prompt")(post_prompt)
+    server.routes.post("/longlive/sessions/{session_id}/typed")(post_typed)
     server.routes.post("/longlive/sessions/{session_id}/stop")(post_stop)
     server.routes.post("/longlive/sessions/{session_id}/save")(post_save)
     server.routes.get("/longlive/sessions/{session_id}/frames")(viewer.watch)

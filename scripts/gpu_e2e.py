@@ -37,6 +37,9 @@ log = logging.getLogger("longlive.e2e")
 FRAMES_PER_BLOCK = 3
 FPS = 16  # LongLive 1.x's frame rate: what the panel plays at
 BLOCK_S = 4 * FRAMES_PER_BLOCK / FPS  # a live block's time at the viewer (a live run keeps that pace)
+# a live prompt's text reaches the server as typed (the panel sends it after a 150 ms pause in typing) this long before
+# Enter posts it: a user's pause before Enter (the post pays for what the server has not encoded by then)
+TYPED_BEFORE_ENTER_S = 0.5
 FIRST_BLOCK_FRAMES = (FRAMES_PER_BLOCK, 8)  # a new video's first block event: frame 3 (LongLive 1.x) or 8 (2.0)
 V2_GROUP = "longlive-2"  # its groups (longlive-2, longlive-2-fp8) need LongLive 2.0's files (10 GB), written only
 # when one of them runs
@@ -234,7 +237,7 @@ class Harness:
         split = {"model": float(blocks[0].get("warm_up_s", 0.0)) if created else 0.0,  # its compile and capture
                  "decoder": float(blocks[0].get("decoder_warm_up_s", 0.0)) if blocks else 0.0}  # compile or finds
         warm = sum(split.values())
-        if warm:
+        if created or warm:  # a new session's (on the CPU both parts may round to 0)
             compiling = blocks[0].get("warm_up_compile_s") if created else None  # of the model's: its first round
             result.notes["compile_capture_s"] = {**{k: round(v, 2) for k, v in split.items()},
                                                  **({"model_first_round": compiling} if compiling is not None else {})}
@@ -397,13 +400,15 @@ def run_watched(h: Harness, host: ComfyHost, events: Events, result: Run) -> Non
     result.ok = result.frames == result.expected_frames == stream["frames"] and stream["in_order"]
 
 
-def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live", **changes) -> None:
+def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: str = "live",
+             typed: bool = True, **changes) -> None:
     """The live workflow watched as the panel watches it (the frames WebSocket): prompts posted while it runs (each
     at another moment of a block: post_delays), then stop. Measures the frames at the client: how many, their rate
     and gaps in steady state, prompt to pixel. Each prompt is a text the server has not encoded yet, as a user types
-    a new one (its umt5 encoding is part of its prompt to pixel; runs up to 126 repeated three texts, and only their
-    first posts encoded). On a fresh server the decoder compiles and captures during the first seconds of the
-    stream."""
+    a new one (runs up to 126 repeated three texts, and only their first posts encoded). Where `typed`, each is sent
+    as the panel sends what is typed (.../typed) TYPED_BEFORE_ENTER_S before its post, so the run may encode it
+    while it waits (runs up to 128 did not); else its umt5 encoding is part of its prompt to pixel, as for a client
+    of the HTTP API. On a fresh server the decoder compiles and captures during the first seconds of the stream."""
     posted, start = [], []
     watcher = FrameWatcher(host.url, session)
 
@@ -414,6 +419,9 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
         for text, delay in zip(texts, post_delays(len(texts))):
             wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 4)
             time.sleep(delay)
+            if typed:
+                host.request("POST", f"/longlive/sessions/{session}/typed", {"text": text})
+                time.sleep(TYPED_BEFORE_ENTER_S)
             posted.append((time.time(), text))
             host.request("POST", f"/longlive/sessions/{session}/prompt", {"text": text})
         wait_blocks(events, t0, len(events.since(t0, "longlive.block")) + 4)
@@ -428,6 +436,9 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
     switched = [t for t, _, d in blocks if d.get("switched")]
     result.notes["post_to_switch_block_s"] = [round(s - p, 3) for (p, _), s in zip(posted, switched)]
     result.notes["texts_posted"] = len({text for _, text in posted})  # each one new to the server
+    switches = host.get("/longlive/sessions")["sessions"][session]["switches"][-len(posted):]
+    result.notes["encoded_ahead"] = sum(s["encoded_ahead"] for s in switches)  # of the posts, typed and encoded
+    result.notes["encode_ms"] = [s["encode_ms"] for s in switches if not s["encoded_ahead"]]  # on the way
     result.notes["stream"] = stream_figures(watcher.frames, posted, ended=start[0] + result.wall_s)
     result.notes["stream"]["playback"] = playback(watcher.frames)
     result.expected_frames = pixel_frames(FRAMES_PER_BLOCK * result.blocks, True)
@@ -445,6 +456,12 @@ def post_delays(count: int) -> list[float]:
 def run_live_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
     """The same on the warm server, as a second live session: the row the live targets are read from."""
     run_live(h, host, events, result, session="live_2")
+
+
+def run_live_api(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
+    """The same on the warm server, each new text posted as an HTTP API client posts it, without typing: its umt5
+    encoding on the way to the screen."""
+    run_live(h, host, events, result, session="live_api", typed=False)
 
 
 def run_live_keep(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
@@ -622,7 +639,8 @@ def groups(tiny: bool) -> list[tuple[str, list[str], list[Callable], bool]]:
         ("memory", [], [*memory, *other_precisions], False)]
     return [
         ("one-minute", [], [run_one_minute, run_one_minute_warm], False),
-        ("live", [], [run_live, run_live_warm, run_live_keep, *([] if tiny else [run_live_fp8_tiny_decoder])], False),
+        ("live", [], [run_live, run_live_warm, run_live_api, run_live_keep,
+                      *([] if tiny else [run_live_fp8_tiny_decoder])], False),
         ("capture-failure", [], interactive_runs("capture_failure", 2), True),
         ("interactive", [], [*interactive_runs("interactive", 3),
                              *interactive_runs("fast_off", 2, LongLive_ModelLoader={"fast": False}),

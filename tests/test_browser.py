@@ -74,12 +74,15 @@ def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
     shown = int(page.get_attribute("#longlive-panel", "data-frames"))
     stats = page.inner_text("#longlive-stats")
     assert re.search(r": frame \d+ \(0:0\d\.\d\), [\d.]+ ms/block \([\d.]+ fps made\), decode [\d.]+ ms", stats), stats
-    page.fill("#longlive-prompt", "the boat reaches the harbour")
+    page.type("#longlive-prompt", "the boat reaches the harbour", delay=20)
+    deadline = time.time() + 60  # the panel sends the text once typing pauses; the run encodes it while it waits
+    while time.time() < deadline and live_session(ui_host)["typed_encoded"] != "the boat reaches the harbour":
+        time.sleep(0.05)
     page.press("#longlive-prompt", "Enter")
     page.wait_for_selector(".longlive-switch", timeout=60_000)  # the timeline shows the switch point
 
     (switch,) = live_session(ui_host)["switches"]
-    assert switch["text"] == "the boat reaches the harbour"
+    assert switch["text"] == "the boat reaches the harbour" and switch["encoded_ahead"]
     assert switch["frame"] % 3 == 0 and shown <= switch["frame"] <= shown + 9  # the next block (the page lags a block)
     assert page.inner_text("#longlive-message").startswith("prompt: frame")
 

@@ -315,11 +315,14 @@ def test_live_session_switches_at_the_next_block_and_stops(host):
     graph = graph_of(host, "longlive_live", reset=True, length=900, length_unit="latent frames")
     prompt_id = host.queue(with_latent_output(graph, "test/live"))
     wait_for(lambda: (s := live_state(host)) and s["state"] == "live" and s["frames"] >= 6)
+    # the panel sends the text as it is typed: the run encodes it while it waits for its viewers
+    assert host.request("POST", "/longlive/sessions/live/typed", {"text": " the boat sails out to sea "})[0] == 202
+    wait_for(lambda: live_state(host)["typed_encoded"] == "the boat sails out to sea")
     status, body = host.request("POST", "/longlive/sessions/live/prompt",
                                 {"text": "the boat sails out to sea", "blend_blocks": 2, "blend": "slerp"})
     assert status == 202
     switch = wait_for(lambda: live_state(host)["switches"])[0]
-    assert switch["text"] == "the boat sails out to sea"
+    assert switch["text"] == "the boat sails out to sea" and switch["encoded_ahead"] and switch["encode_ms"] == 0
     assert switch["frame"] in (body["at_frame"], body["at_frame"] + 3)  # the next block boundary
     assert host.request("DELETE", "/longlive/sessions/live")[0] == 409  # stop it first
     assert "live" in host.request("DELETE", "/longlive/sessions")[1]["kept_live"]
@@ -359,6 +362,9 @@ def test_live_routes_refuse_bad_requests(host):
         ("/longlive/sessions/idle/prompt", {"text": "x", "blend_blocks": "2"}, None, 400, "blend_blocks must be"),
         ("/longlive/sessions/idle/prompt", {"text": "x", "blend": "cubic"}, None, 400, "one of linear, slerp"),
         ("/longlive/sessions/idle/prompt", {"text": "a dog"}, None, 409, "not generating live"),
+        ("/longlive/sessions/idle/typed", {"text": "a dog"}, None, 409, "not generating live"),
+        ("/longlive/sessions/idle/typed", {"text": ""}, None, 400, "non-empty string"),
+        ("/longlive/sessions/nope/typed", {"text": "x"}, None, 404, "no session 'nope'"),
         ("/longlive/sessions/idle/stop", None, None, 409, "not generating live"),
         ("/longlive/sessions/nope/stop", None, None, 404, "no session 'nope'"),
     ]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longlive_core import PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
-from longlive_core.errors import ConfigError
+from longlive_core.errors import ConfigError, PromptError
 from longlive_core.tools.synthetic import TINY
 
 
@@ -74,6 +74,63 @@ def test_a_live_run_takes_the_newest_posted_prompt_at_the_next_block(tiny_model)
     assert latents.shape[1] == 9  # stopped after the third block
     assert [s["text"] for s in video.switches] == ["a dog"] and video.switches[0]["frame"] == 3
     assert video.prompt_key == Prompt(3, "a dog").key() and not video.live and video.inbox.empty()
+
+
+def live_with_posts(model, events: dict, encode=embed) -> tuple[Video, torch.Tensor, list]:
+    """A live run of 4 blocks whose viewers, after each block, have 3 checks' worth of video queued (time to spare in
+    the run's wait); `events[block]` acts on the video after that block. Returns the video, its latents and the
+    encoder's calls as (text, frame, whether a post was waiting)."""
+    video = new_video(model)
+    video.schedule([Prompt(0, "a boy")], 15, embed)
+    queued, calls = [0], []
+
+    def made(done):
+        queued[0] = 3
+        events.get(done.index, lambda v: None)(video)
+        if done.index == 3:
+            video.stop.set()
+
+    def lead():
+        queued[0] -= 1
+        return 10.0 if queued[0] >= 0 else 0.0
+
+    def encoder(text):
+        calls.append((text, video.session.frame, not video.inbox.empty()))
+        return encode(text)
+
+    latents, _ = video.run(15, live=True, hooks=RunHooks(embed_text=embed, encode=encoder, made=made, lead=lead))
+    return video, latents, calls
+
+
+def test_a_text_being_typed_is_encoded_while_the_live_run_waits_and_its_post_takes_it(tiny_model):
+    """The viewer's text (type_ahead) is encoded in the run's wait for its viewers, before it is posted; its post
+    switches with those embeddings. A text posted without being typed first is encoded when it is taken. The video is
+    the one the same posts make without typing."""
+    now = time.time()
+    events = {0: lambda v: v.type_ahead("a dog"), 1: lambda v: v.post(PostedPrompt("a dog", now)),
+              2: lambda v: (v.type_ahead("a cat"), v.post(PostedPrompt("a bird", now)))}
+    video, latents, calls = live_with_posts(tiny_model, events)
+    assert calls == [("a dog", 3, False), ("a bird", 9, False)]  # "a cat" was typed, never waited for, never posted
+    assert [(s["frame"], s["text"], s["encoded_ahead"]) for s in video.switches] == [(6, "a dog", True),
+                                                                                     (9, "a bird", False)]
+    assert video.switches[0]["encode_ms"] == 0.0 and video.prompt_key == Prompt(9, "a bird", embed("a bird")).key()
+    untyped = {1: events[1], 2: lambda v: v.post(PostedPrompt("a bird", now))}
+    _, want, calls = live_with_posts(tiny_model, untyped)
+    assert calls == [("a dog", 6, False), ("a bird", 9, False)]
+    torch.testing.assert_close(latents, want, rtol=0, atol=0)
+
+
+def test_a_text_being_typed_that_fails_to_encode_leaves_the_run_going(tiny_model, caplog):
+    def encode(text):
+        if text == "a broken text":
+            raise PromptError("the encoder refuses it")
+        return embed(text)
+
+    events = {0: lambda v: v.type_ahead("a broken text"), 1: lambda v: v.post(PostedPrompt("a dog", time.time()))}
+    video, latents, calls = live_with_posts(tiny_model, events, encode)
+    assert latents.shape[1] == 12 and [s["text"] for s in video.switches] == ["a dog"]
+    assert calls == [("a broken text", 3, False), ("a dog", 6, False)] and video.typed is None
+    assert "encoding the text being typed failed (the encoder refuses it)" in caplog.text
 
 
 def test_a_live_run_ends_once_its_viewers_were_sent_its_last_frame(tiny_model):

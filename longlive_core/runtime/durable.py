@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..vae.stream import DecodeStream
 from ..vae.stream22 import Wan22DecodeStream
 from ..vae.tiny import TinyStream
-from .video import Video, VideoSettings
+from .video import Video, VideoSettings, key_of
 
 VERSION = 2  # 2: a StreamSession's owed clean pass is a field (format 1 kept a tensor for it); both are read
 READ_VERSIONS = (1, 2)
@@ -49,7 +49,7 @@ def _save(video: Video, path: str) -> int:
         tensors.update({f"decoder.{n}.{k}": v for k, v in parts.items()})
         decoders.append({"key": key, **fields})
     meta = {"version": VERSION, "settings": dataclasses.asdict(video.settings), "session": session,
-            "prompt_key": video.prompt_key, "upcoming": {str(k): v for k, v in video.upcoming.items()},
+            "prompt_key": video.prompt_key, "upcoming": {str(k): key_of(v) for k, v in video.upcoming.items()},
             "switches": video.switches, "decoders": decoders, **{name: len(getattr(video, name)) for name in _LISTS}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -71,7 +71,7 @@ def restore(video: Video, path: str) -> None:
     session = {k.removeprefix("session."): v for k, v in tensors.items() if k.startswith("session.")}
     _check_shapes(path, session, video.session.export_state()[0])
     video.session.import_state(session, meta["session"])
-    video.prompt_key, video.switches = meta["prompt_key"], meta["switches"]
+    video.in_force, video.switches = meta["prompt_key"], meta["switches"]
     video.upcoming = {int(k): v for k, v in meta["upcoming"].items()}
     for name in _LISTS:
         setattr(video, name, [tensors[f"{name}.{i}"] for i in range(meta[name])])

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # a live run starts its next block when less video waits at its viewers than a block's making time + this: the
 # buffer that absorbs a slow block (a switch, a stall) without a gap; a posted prompt's first frame skips it
 PACE_MARGIN_S = 0.5
+FIRST_ENCODE_S = 0.25  # a text encoding's time until one is timed (umt5-xxl through ComfyUI: 0.13-0.15 s, run 126)
 PASS_POLL_S = 0.0005  # how often a live block looks whether its last pass is done (or a prompt came)
 MAX_UNDECODED_FRAMES = 256  # latent frames of delivered runs kept for a decode that was interrupted (100 MB at 480x832)
 
@@ -76,6 +77,14 @@ class Prompt:
         return "embeds:" + hashlib.sha256(data).hexdigest()
 
 
+# a prompt's key, or the prompt itself where its key (a hash of its embeddings) is taken only when asked for
+PromptKey = str | Prompt | None
+
+
+def key_of(prompt: PromptKey) -> str | None:
+    return prompt.key() if isinstance(prompt, Prompt) else prompt
+
+
 @dataclasses.dataclass(frozen=True)
 class PostedPrompt:
     """A prompt posted to a live run: it switches at the next block, or blends in over blend_blocks blocks."""
@@ -96,6 +105,7 @@ class Stats:
     fps: float | None = None
     graphs: str | None = None
     last_switch_ms: float | None = None
+    last_encode_ms: float | None = None  # the last posted prompt's text encoding on its way to the screen (0: ahead)
 
     def as_dict(self) -> dict:
         """The figures known so far."""
@@ -152,8 +162,8 @@ class Video:
         self.settings = settings
         self.family = family_of(model)
         self.session = _new_session(self.family, model, settings, fast, image)
-        self.prompt_key: str | None = None  # the prompt in force, to tell whether a new run changes it
-        self.upcoming: dict[int, str] = {}  # frame -> key of the prompt starting there
+        self.in_force: PromptKey = None  # the prompt in force, to tell whether a new run changes it
+        self.upcoming: dict[int, PromptKey] = {}  # frame -> the prompt starting there
         self.undelivered: list[torch.Tensor] = []  # blocks of an interrupted run
         self.undelivered_images: list[torch.Tensor] = []  # and their decoded frames (empty: decoded, not kept)
         self.delivered: list[torch.Tensor] = []  # runs' latents as handed on, until a decode of the video takes them
@@ -171,6 +181,10 @@ class Video:
         self.outputs: dict[str, Any] = {}  # the host's outputs kept across runs (a file it appends to): closed with it
         self.decoding_at = 0  # the latent frame where the block the host decodes starts
         self._block_s = 0.0  # wall time of the last block with its decode and hooks (the live pace)
+        self.typed: str | None = None  # what a live run's viewer is typing: encoded while the run waits (type_ahead)
+        self._typed_embeds: tuple[str, torch.Tensor] | None = None
+        self._encode_s = FIRST_ENCODE_S  # how long the last text encoding took
+        self._ahead = False  # the last posted prompt's text was encoded while it was typed
 
     @classmethod
     def open(cls, model: CausalWan, settings: VideoSettings, fast: bool, image: torch.Tensor | None = None) -> "Video":
@@ -184,6 +198,11 @@ class Video:
         return video
 
     # --- what the video holds ---------------------------------------------------------------------------------
+
+    @property
+    def prompt_key(self) -> str | None:
+        """The key of the prompt in force (Prompt.key)."""
+        return key_of(self.in_force)
 
     @property
     def nbytes(self) -> int:
@@ -205,6 +224,7 @@ class Video:
                 "settings": dataclasses.asdict(self.settings),
                 "state": "live" if self.live else "ending" if self.playing_out else "idle",
                 "switches": self.switches[-20:],
+                "typed_encoded": self._typed_embeds[0][:200] if self._typed_embeds else None,  # ready for its post
                 "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
                 "cache_gib": round(self.nbytes / 2**30, 4), **self.stats.as_dict()}
 
@@ -266,7 +286,7 @@ class Video:
     def reset(self) -> None:
         """A block that failed half way may have written part of the cache: the video starts over."""
         self.session.reset()
-        self.prompt_key = None
+        self.in_force = None
         self.upcoming.clear()
         self.undelivered.clear()
         self.undelivered_images.clear()
@@ -328,6 +348,11 @@ class Video:
         self.inbox.put(prompt)
         return self.session.frame
 
+    def type_ahead(self, text: str) -> None:
+        """A text a live run's viewer is typing: the run encodes it while it waits for its viewers, so that posting it
+        switches without waiting for its encoding."""
+        self.typed = text
+
     def run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Generates a run's blocks (a live run also takes posted prompts between blocks and ends early on stop).
         Returns (latents [B, T, C, h, w] float32, images [B * frames, H, W, 3] sample after sample, or None)."""
@@ -338,6 +363,7 @@ class Video:
         blocks = frames // self.family.block
         _drain(self.inbox)
         self.stop.clear()
+        self.typed = self._typed_embeds = None  # a text typed for another run (another encoder, maybe)
         self.live, self.running = live, True
         waiting: _Made | None = None  # generated, its decode launched, not yet handed to the host
         try:
@@ -389,13 +415,35 @@ class Video:
 
     def _pace(self, hooks: RunHooks) -> None:
         """A live run waits while its viewers have more video queued than the next block takes to make (a posted
-        prompt, a stop or an interrupt ends the wait)."""
+        prompt, a stop or an interrupt ends the wait), and meanwhile encodes the text being typed."""
         if hooks.lead is None:
             return
-        while hooks.lead() > self._block_s + PACE_MARGIN_S and self.inbox.empty() and not self.stop.is_set():
+        while ((spare := hooks.lead() - self._block_s - PACE_MARGIN_S) > 0 and self.inbox.empty()
+               and not self.stop.is_set()):
             if hooks.check is not None:
                 hooks.check()
-            self.stop.wait(0.005)
+            if not self._encode_typed(hooks, spare):
+                self.stop.wait(0.005)
+
+    def _encode_typed(self, hooks: RunHooks, spare: float) -> bool:
+        """Encodes the text being typed where it is new and its encoding fits in the `spare` seconds of the wait (a
+        failure is left to its post, which encodes it again). Returns whether it encoded."""
+        text = self.typed
+        if text is None or spare < self._encode_s or (self._typed_embeds and self._typed_embeds[0] == text):
+            return False
+        try:
+            self._typed_embeds = (text, self._encode(text, hooks))
+        except Exception as err:  # the prompt is not posted yet: its post reports what is wrong with it
+            log.warning("encoding the text being typed failed (%s); it is encoded again when posted", err)
+            self.typed = None
+        return True
+
+    def _encode(self, text: str, hooks: RunHooks) -> torch.Tensor:
+        """A text's embeddings from the host's encoder (without one: `embed_text`), timed."""
+        start = time.perf_counter()
+        embeds = hooks.encode(text) if hooks.encode is not None else hooks.embed_text(text)
+        self._encode_s = time.perf_counter() - start
+        return embeds
 
     def _play_out(self, hooks: RunHooks) -> None:
         """A live run ends once its viewers have been sent its last frame: the host may stall every thread as a run
@@ -444,7 +492,7 @@ class Video:
             timer = GpuTimer(self.session.model.device)
             latents = self._step(hooks.check, cut_short=False)
         timer.stop()
-        self.prompt_key = self.upcoming.pop(started_at, self.prompt_key)  # the prompt now in force
+        self.in_force = self.upcoming.pop(started_at, self.in_force)
         self.undelivered.append(latents.float())
         return _Made(index, blocks, latents, posted, started_at, timer, start)
 
@@ -469,12 +517,16 @@ class Video:
     def _take_posted(self, hooks: RunHooks) -> PostedPrompt | None:
         """Applies the newest prompt posted since the last block (older ones are superseded)."""
         posted = _drain(self.inbox)
-        if posted is not None:
-            frame = self.session.frame
-            prompt = Prompt(frame, posted.text, hooks.encode(posted.text) if hooks.encode else None)
-            embeds = prompt.embeds if prompt.embeds is not None else hooks.embed_text(posted.text)
-            self.session.set_prompt(embeds, blend_blocks=posted.blend_blocks, blend=posted.blend)
-            self.upcoming[frame + self.family.block * (posted.blend_blocks - 1)] = prompt.key()
+        if posted is None:
+            return None
+        frame = self.session.frame
+        self._ahead = self._typed_embeds is not None and self._typed_embeds[0] == posted.text
+        embeds = self._typed_embeds[1] if self._ahead else self._encode(posted.text, hooks)
+        self.stats.last_encode_ms = 0.0 if self._ahead else round(self._encode_s * 1e3, 1)
+        self.session.set_prompt(embeds, blend_blocks=posted.blend_blocks, blend=posted.blend)
+        # the key of encoded embeddings is their hash, taken when it is first asked for (not on the way to the screen)
+        key = Prompt(frame, posted.text, embeds if hooks.encode is not None else None)
+        self.upcoming[frame + self.family.block * (posted.blend_blocks - 1)] = key
         return posted
 
     def _step(self, check: Callable[[], None] | None, cut_short: bool) -> torch.Tensor:
@@ -529,8 +581,8 @@ class Video:
         self.stats.graphs = self.graph_state()
         if posted is not None:
             latency = round((time.time() - posted.posted_at) * 1e3, 1)
-            self.switches.append({"frame": frame, "text": posted.text[:200],
-                                  "prompt_to_block_ms": latency})
+            self.switches.append({"frame": frame, "text": posted.text[:200], "prompt_to_block_ms": latency,
+                                  "encode_ms": self.stats.last_encode_ms, "encoded_ahead": self._ahead})
             self.stats.last_switch_ms = latency
 
 

@@ -1,12 +1,14 @@
 // LongLive panel: the session's video played as it is made (every frame, at the video's rate, from the WebSocket
-// /longlive/sessions/{id}/frames), a prompt box (Enter switches at the next block), stop, stats and a timeline of
-// the switch points of the session that is generating. Runs without a session id show ComfyUI's block previews.
+// /longlive/sessions/{id}/frames), a prompt box (Enter switches at the next block; what is typed is sent ahead, to
+// be encoded before Enter), stop, stats and a timeline of the switch points of the session that is generating. Runs
+// without a session id show ComfyUI's block previews.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const state = { session: "", frames: 0, switches: [], previews: 0, metadata: false, player: null };
 const PREBUFFER = 2; // frames waited for before playing (network jitter), at most as many frame times
 const MAX_BUFFER = 24; // more waiting than this: play the newest (the viewer fell behind)
+const TYPED_PAUSE_MS = 150; // a pause in typing this long sends the text, to be encoded before Enter posts it
 
 function el(tag, attrs = {}, children = []) {
   const node = Object.assign(document.createElement(tag), attrs);
@@ -37,6 +39,11 @@ function buildPanel() {
   Object.assign(preview.style, { width: "100%", minHeight: "40px", background: "#000", imageRendering: "pixelated" });
   Object.assign(screen.style, { width: "100%", background: "#000", display: "none" });
   Object.assign(timeline.style, { position: "relative", height: "10px", background: "#444", borderRadius: "3px" });
+  let typing = null;
+  prompt.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => typed(prompt.value.trim()), TYPED_PAUSE_MS);
+  });
   prompt.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && prompt.value.trim()) {
       const blocks = Math.max(1, Math.min(64, Number(blend.value) || 1));
@@ -49,15 +56,24 @@ function buildPanel() {
   return { panel, preview, screen, playback, stats, timeline, message };
 }
 
+function post(action, body) {
+  return api.fetchApi(`/longlive/sessions/${encodeURIComponent(state.session)}/${action}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+}
+
+// the text so far, while a live session runs: it encodes it while it waits (once a text), and Enter switches sooner
+function typed(text) {
+  if (state.session && text) post("typed", { text }).catch(() => {}); // a head start only: Enter posts it anyway
+}
+
 async function send(action, body) {
   const ui = state.ui;
   if (!state.session) {
     ui.message.textContent = "no session is generating live";
     return false;
   }
-  const response = await api.fetchApi(`/longlive/sessions/${encodeURIComponent(state.session)}/${action}`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+  const response = await post(action, body);
   const answer = await response.json();
   ui.message.textContent = response.ok ? `${action}: frame ${answer.at_frame}` : answer.error;
   return response.ok;
