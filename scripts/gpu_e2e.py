@@ -567,8 +567,15 @@ def gap_end(frame: tuple[float, dict], first: float, ended: float) -> dict:
 
 
 def wait_blocks(events: Events, t0: float, count: int, timeout: float = 300) -> None:
+    """Until `count` block events have come since t0; a run that failed meanwhile is reported at once (run 128
+    waited 300 s for a live run that had run out of memory in its first seconds)."""
     deadline = time.time() + timeout
     while len(events.since(t0, "longlive.block")) < count:
+        failed = events.since(t0, "execution_error")
+        if failed:
+            error = failed[0][2]
+            raise RuntimeError(f"the run failed after {len(events.since(t0, 'longlive.block'))} blocks: "
+                               f"{error.get('exception_type')}: {str(error.get('exception_message'))[:500]}")
         if time.time() > deadline:
             raise TimeoutError(f"fewer than {count} blocks in {timeout} s")
         time.sleep(0.05)

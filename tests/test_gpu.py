@@ -486,6 +486,16 @@ def test_cudnn_finds_of_a_first_decode_run_under_a_memory_bound(allocator):
     assert result["rise_gib"] <= result["floor_gib"] + 1 / 16  # the pool and PyTorch count apart (36 MiB, run 110)
 
 
+def test_a_live_sessions_decode_a_latent_frame_a_call_fits_in_the_finds_bound_of_its_blocks():
+    """A live session decodes a latent frame a call: bounded on one frame's pixels, the compiled steady chunk ran out
+    of memory in the sampler's warm-up (run 128, the shipped live workflow). Full size under cudaMallocAsync: the
+    warm-up and three blocks go through, bounded on a block's pixels."""
+    result = capture_child("cudaMallocAsync", "live", script="finds_child.py")
+    assert result["allocator"] == "cudaMallocAsync"
+    assert result["first_seen"] == pytest.approx(result["bound"], rel=1e-2)
+    assert result["frames"] == [1] + [4] * 8 and result["rise_gib"] < 16  # a video's first latent frame: 1 frame
+
+
 def test_the_wan22_decode_uses_cudnn_heuristic_plans_and_bounds_nothing():
     """The Wan 2.2 stream finds no plans (at 1280x704 timed plans made no chunk faster and took 117 GiB under
     cudaMallocAsync, run 122): benchmark mode off in every call, eager and compiled, and no memory bound set."""

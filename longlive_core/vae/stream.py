@@ -342,12 +342,15 @@ class DecodeStream:
 
     def _finds(self, x: torch.Tensor, frames_per_call: int):
         """cuDNN's finds bounded (bounded_finds) under cudaMallocAsync, unless every chunk of this call replays the
-        steady chunk's graph (which finds nothing). The native allocator is left alone: its fraction bounds reserved
-        memory, cached blocks included, and its finds were quick. A stream without timed plans finds nothing."""
+        steady chunk's graph (which finds nothing). The bound is taken on the stream's own chunk (a block) where a
+        call cuts finer (a live block's latent frames): bounded on one frame's pixels, the compiled chunk itself did
+        not fit (out of memory in a live session's first decode, run 128). The native allocator is left alone: its
+        fraction bounds reserved memory, cached blocks included, and its finds were quick. A stream without timed
+        plans finds nothing."""
         replays = self.has_graph and self.cache[0] is not None and x.shape[2] % self._graph.x.shape[2] == 0
         if not x.is_cuda or replays or not self.timed_plans or not async_allocator():
             return contextlib.nullcontext()
-        frames = min(frames_per_call, x.shape[2])
+        frames = min(max(frames_per_call, self.frames_per_call), x.shape[2])
         pixel_bytes = x.shape[0] * frames * x.shape[3] * x.shape[4] * self.find_pixels_per_latent * x.element_size()
         return bounded_finds(x, pixel_bytes)
 
