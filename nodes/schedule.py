@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from ..longlive_core import V1, Family, Prompt, PromptError, check_starts, parse_schedule_text, parse_start
@@ -14,10 +15,21 @@ CUT_HELP = ("LongLive 2.0: 'cut' after a start ('20s cut: a beach at dusk') star
             "cut)")
 
 
+UNPADDED = "umt5xxl"  # the tokenizer whose padding its encoder masks out and zeroes (Wan's umt5-xxl)
+
+
 def encode(clip, text: str):
-    """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them."""
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-    return cond[0][0]
+    """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them. ComfyUI pads a text's umt5 tokens to
+    512, masks the padding out of attention and zeroes its outputs: the text's own tokens are encoded here and the
+    zeros padded after them, the same embeddings (to float32 rounding) for a fraction of the work (ComfyUI runs umt5
+    in float32: 140 ms a text on an H200 at 512 tokens, run 130). Another tokenizer is encoded as it comes."""
+    tokens = clip.tokenize(text)
+    if list(tokens) != [UNPADDED]:
+        return clip.encode_from_tokens_scheduled(tokens)[0][0]
+    unpadded = clip.tokenize(text, tokenizer_options={f"{UNPADDED}_min_length": 0})
+    embeds = clip.encode_from_tokens_scheduled(unpadded)[0][0]
+    padding = sum(map(len, tokens[UNPADDED])) - embeds.shape[1]
+    return torch.nn.functional.pad(embeds, (0, 0, 0, padding))
 
 
 def cached_encoder(clip):

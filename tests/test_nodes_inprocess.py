@@ -175,6 +175,78 @@ def test_conditioning_schedule(comfy):
             ConditioningSchedule.execute(starts=f"0, {bad}", conditioning_1=conds[0], conditioning_2=conds[1])
 
 
+TINY_UMT5 = {"d_ff": 64, "d_kv": 8, "d_model": 32, "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": True,
+             "layer_norm_epsilon": 1e-6, "model_type": "umt5", "num_heads": 4, "num_layers": 3,
+             "relative_attention_num_buckets": 32, "vocab_size": 256}
+
+
+@pytest.fixture(scope="module")
+def tiny_umt5(comfy):
+    """A CLIP as CLIPLoader (type wan) makes it, from ComfyUI's own umt5 classes (its tokenizer with a small
+    sentencepiece model of umt5's special ids, its T5 with masks and zeroed padding), umt5-xxl's config made tiny,
+    random weights."""
+    import types
+
+    import comfy.sd1_clip
+    import comfy.text_encoders.t5
+    import comfy.text_encoders.wan
+    from full_models import tokenizer_bytes
+
+    class TinyUMT5(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", layer="last", layer_idx=None, dtype=None, model_options={}):
+            super().__init__(device=device, layer=layer, layer_idx=layer_idx, textmodel_json_config=TINY_UMT5,
+                             dtype=dtype, special_tokens={"end": 1, "pad": 0}, model_class=comfy.text_encoders.t5.T5,
+                             enable_attention_masks=True, zero_out_masked=True, model_options=model_options)
+
+    class TinyWanT5(comfy.sd1_clip.SD1ClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+            super().__init__(device=device, dtype=dtype, model_options=model_options, name="umt5xxl",
+                             clip_model=TinyUMT5, **kwargs)
+
+    target = types.SimpleNamespace(params={}, clip=TinyWanT5, tokenizer=comfy.text_encoders.wan.WanT5Tokenizer)
+    clip = comfy.sd.CLIP(target, tokenizer_data={"spiece_model": tokenizer_bytes()},
+                         model_options={"dtype": torch.float32})
+    gen = torch.Generator().manual_seed(0)
+    for name, p in clip.cond_stage_model.named_parameters():
+        p.data = torch.ones_like(p) if "norm" in name else torch.randn(p.shape, generator=gen) * 0.5
+    return clip
+
+
+@pytest.mark.parametrize("text", ["a corgi runs along a sunny beach", "a (corgi:1.4) digs in the (sand:0.7)",
+                                  " ".join(["the quick brown fox jumps over the lazy dog"] * 80)])
+def test_a_prompts_umt5_embeddings_are_the_ones_clip_text_encode_makes(tiny_umt5, text):
+    """The schedule encodes a text's own tokens and pads zeros after them: the embeddings ComfyUI makes of the text
+    padded to 512 tokens (the padding masked out, its outputs zeroed), weighted words and a text past 512 tokens
+    too."""
+    load_pack()
+    from longlive_pack.nodes.schedule import encode
+
+    full = tiny_umt5.encode_from_tokens_scheduled(tiny_umt5.tokenize(text))[0][0]
+    embeds = encode(tiny_umt5, text)
+    assert full.shape[1] == max(512, len(tiny_umt5.tokenize(text)["umt5xxl"][0]))
+    assert_same_embeddings(embeds, full)
+
+
+def assert_same_embeddings(embeds: torch.Tensor, full: torch.Tensor) -> None:
+    """The same shape, zeros at the same tokens (the padding), the rest to float32 rounding (the attention sums
+    over other key counts: 6e-6 of the norm at most here)."""
+    assert embeds.shape == full.shape
+    assert torch.equal(embeds.eq(0).all(-1), full.eq(0).all(-1)) and full.ne(0).any(-1).sum() > 5
+    assert (embeds - full).norm() <= 2e-5 * full.norm()
+
+
+def test_a_prompts_umt5_embeddings_keep_a_min_length_set_on_the_clip(tiny_umt5):
+    """A min_length set on the CLIP (ComfyUI's T5TokenizerOptions node) pads the embeddings to it, as CLIPTextEncode's."""
+    load_pack()
+    from longlive_pack.nodes.schedule import encode
+
+    clip = tiny_umt5.clone()
+    clip.set_tokenizer_option("umt5xxl_min_length", 600)
+    full = clip.encode_from_tokens_scheduled(clip.tokenize("a corgi on the beach"))[0][0]
+    assert full.shape[1] == 600
+    assert_same_embeddings(encode(clip, "a corgi on the beach"), full)
+
+
 def test_sampler_output_is_raw_vae_latent_space(comfy):
     load_pack()
     import comfy.latent_formats
