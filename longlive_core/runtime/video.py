@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # a live run starts its next block when less video waits at its viewers than a block's making time + this: the
 # buffer that absorbs a slow block (a switch, a stall) without a gap; a posted prompt's first frame skips it
 PACE_MARGIN_S = 0.5
-FIRST_ENCODE_S = 0.25  # a text encoding's time until one is timed (umt5-xxl through ComfyUI: 0.13-0.15 s, run 126)
+FIRST_ENCODE_S = 0.1  # a text encoding's time until one is timed (umt5-xxl, the schedule's encode: 42-99 ms, run 132)
 PASS_POLL_S = 0.0005  # how often a live block looks whether its last pass is done (or a prompt came)
 MAX_UNDECODED_FRAMES = 256  # latent frames of delivered runs kept for a decode that was interrupted (100 MB at 480x832)
 
