@@ -71,13 +71,13 @@ def test_live_workflow_switches_prompt_from_the_panel(ui_host, page):
 
     panel = "document.querySelector('#longlive-panel').dataset"
     page.wait_for_function(f"Number({panel}.frames || 0) >= 6 && Number({panel}.streamShown || 0) >= 2", timeout=120_000)
-    shown = int(page.get_attribute("#longlive-panel", "data-frames"))
     stats = page.inner_text("#longlive-stats")
     assert re.search(r": frame \d+ \(0:0\d\.\d\), [\d.]+ ms/block \([\d.]+ fps made\), decode [\d.]+ ms", stats), stats
     page.type("#longlive-prompt", "the boat reaches the harbour", delay=20)
     deadline = time.time() + 60  # the panel sends the text once typing pauses; the run encodes it while it waits
     while time.time() < deadline and live_session(ui_host)["typed_encoded"] != "the boat reaches the harbour":
         time.sleep(0.05)
+    shown = int(page.get_attribute("#longlive-panel", "data-frames"))  # as Enter is pressed (the wait took blocks)
     page.press("#longlive-prompt", "Enter")
     page.wait_for_selector(".longlive-switch", timeout=60_000)  # the timeline shows the switch point
 
