@@ -4,11 +4,10 @@
 
 A fresh Wan 2.1 decode stream (ComfyUI's decoder module, random weights; with `wan2.2` a Wan 2.2 stream, one latent
 frame a call; with `live`, see live_main) decodes its first video compiled, as the decode node's `compile` runs it;
-prints one JSON line: the
-memory fraction each call of the decoder's first conv saw (at most 1), the bound expected for the first call, the
-fraction after each call, and how far the peak rose above what was allocated before the video; whether cuDNN's
-benchmark mode was on in the first two (eager) calls, and the benchmark and deterministic flags the steady
-(compiled) chunks saw.
+prints one JSON line: the memory fraction each call of the decoder's first conv saw (at most 1), the bound expected
+for the first call, the fraction after each call, and how far the peak rose above what was allocated before the
+video; whether cuDNN's benchmark mode was on in the first two (eager) calls, and the benchmark and deterministic flags
+the steady (compiled) chunks saw.
 """
 
 from __future__ import annotations
