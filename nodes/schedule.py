@@ -22,14 +22,21 @@ def encode(clip, text: str):
     """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them. ComfyUI pads a text's umt5 tokens to
     512, masks the padding out of attention and zeroes its outputs: the text's own tokens are encoded here and the
     zeros padded after them, the same embeddings (to float32 rounding) for a fraction of the work (ComfyUI runs umt5
-    in float32: 140 ms a text on an H200 at 512 tokens, run 130). Another tokenizer is encoded as it comes."""
+    in float32: 140 ms a text on an H200 at 512 tokens, run 130). Another encoder is run as it comes."""
     tokens = clip.tokenize(text)
-    if list(tokens) != [UNPADDED]:
+    if list(tokens) != [UNPADDED] or not _masks_padding(clip):
         return clip.encode_from_tokens_scheduled(tokens)[0][0]
     unpadded = clip.tokenize(text, tokenizer_options={f"{UNPADDED}_min_length": 0})
     embeds = clip.encode_from_tokens_scheduled(unpadded)[0][0]
     padding = sum(map(len, tokens[UNPADDED])) - embeds.shape[1]
     return torch.nn.functional.pad(embeds, (0, 0, 0, padding))
+
+
+def _masks_padding(clip) -> bool:
+    """Whether the CLIP's umt5 encoder keeps its padding out of attention and zeroes its outputs (ComfyUI's Wan one)."""
+    model = clip.cond_stage_model
+    encoder = getattr(model, getattr(model, "clip", ""), None)  # SD1ClipModel keeps its one encoder's name in .clip
+    return bool(getattr(encoder, "enable_attention_masks", False) and getattr(encoder, "zero_out_masked", False))
 
 
 def cached_encoder(clip):

@@ -222,8 +222,16 @@ def test_a_prompts_umt5_embeddings_are_the_ones_clip_text_encode_makes(tiny_umt5
     from longlive_pack.nodes.schedule import encode
 
     full = tiny_umt5.encode_from_tokens_scheduled(tiny_umt5.tokenize(text))[0][0]
-    embeds = encode(tiny_umt5, text)
-    assert full.shape[1] == max(512, len(tiny_umt5.tokenize(text)["umt5xxl"][0]))
+    lengths = []  # the tokens each run of the encoder sees
+    t5 = tiny_umt5.cond_stage_model.umt5xxl.transformer
+    hook = t5.register_forward_pre_hook(lambda _, args, kwargs: lengths.append(kwargs["embeds"].shape[1]),
+                                        with_kwargs=True)
+    try:
+        embeds = encode(tiny_umt5, text)
+    finally:
+        hook.remove()
+    own = full.ne(0).any(-1).sum().item()  # the text's tokens and its end token
+    assert full.shape[1] == max(512, len(tiny_umt5.tokenize(text)["umt5xxl"][0])) and lengths[0] == own
     assert_same_embeddings(embeds, full)
 
 
