@@ -170,26 +170,31 @@ class BlockDecoder:
     def made(self, done: BlockDone) -> None:
         self.posted = done.posted
 
-    @torch.inference_mode()
-    def warm_up(self) -> bool:
-        """Readies the Wan decoder before a run's first block (once per process, decoder, piece shape and mode), on
-        the decode's own stream (its memory stays there for the decode): with compile on it compiles the steady chunk
-        (5-8 s at 480x832 on the H200 with warm on-disk caches, 22 s on empty ones); eager on a GPU it runs cuDNN's
-        finds for the video's chunks (2.4 s, run 120). No block then stalls the video for them. A stream under way
-        (continued, or restored from a save after a restart: its cache comes back with the strides it had) uses the
-        same code. Returns whether it loaded the VAE for it."""
-        stream = self.stream
+    def readying(self) -> Callable[[], None] | None:
+        """What readies the Wan decoder before the video's first decode (once per process, decoder, piece shape and
+        mode), with the VAE loaded for it here; None where nothing needs readying. It runs on the decode's own stream
+        (its memory stays there for the decode), on the run's thread or on one of its own (Video.run: in inference
+        mode, as the decodes run). With compile on it compiles the steady chunk (5-8 s at 480x832 on the H200 with
+        warm on-disk caches, 22 s on empty ones); eager on a GPU it runs cuDNN's finds for the video's chunks (2.4 s,
+        run 120). No decode then stalls the video for them. A stream under way (continued, or restored from a save
+        after a restart: its cache comes back with the strides it had) uses the same code."""
+        stream, fsm = self.stream, self.vae.first_stage_model
         if not isinstance(stream, DecodeStream):
-            return False  # a tiny decoder
+            return None  # a tiny decoder
         if not (self.fast or (stream.timed_plans and self.vae.device.type == "cuda")):
-            return False  # eager with nothing to find
-        z = raw_latents(torch.zeros(self.video.block_shape, device=self.vae.device, dtype=self.vae.vae_dtype))
-        if stream.is_warm(self.vae.first_stage_model, tuple(z.shape), self.fast, self.piece):
-            return False
+            return None  # eager with nothing to find
+        b, t, c, h, w = self.video.block_shape
+        if stream.is_warm(fsm, (b, c, t, h, w), self.fast, self.piece):
+            return None
         mm.load_models_gpu([self.vae.patcher])
-        with self._lane(z) as (z,), on_device(z.device):
-            stream.warm_up(self.vae.first_stage_model, z, self.fast, self.piece)
-        return True
+
+        def ready() -> None:
+            with torch.inference_mode():
+                z = raw_latents(torch.zeros(self.video.block_shape, device=self.vae.device, dtype=self.vae.vae_dtype))
+                with self._lane(z) as (z,), on_device(z.device):
+                    stream.warm_up(fsm, z, self.fast, self.piece)
+
+        return ready
 
     def _lane(self, block: torch.Tensor):
         """Where a block decodes: on the generating GPU a stream of its own (the VAE's weights read there)."""

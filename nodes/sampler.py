@@ -176,6 +176,12 @@ def load(model: LongLiveModel) -> None:
     model.refresh_graphs()
 
 
+def fully_loaded(patcher) -> bool:
+    """Whether ComfyUI holds the whole model on its GPU (not unloaded, not partly loaded in low-VRAM mode): a run
+    readies its decoder beside its first blocks only then (the weights stay where they are meanwhile)."""
+    return patcher in mm.loaded_models() and not getattr(patcher.model, "model_lowvram", False)
+
+
 def first_frame_latent(vae, image: torch.Tensor, width: int, height: int, family: Family) -> torch.Tensor:
     """Image-to-video: the IMAGE [B, H, W, C] encoded by the Wan 2.2 VAE -> the engine's latent [B, 1, 48, h, w]."""
     if family is not V2:
@@ -286,10 +292,10 @@ def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder:
             load(model)
             others_ran[0] = False
 
-    def warm_up() -> bool:
-        warmed = decoder.warm_up()
-        others_ran[0] = others_ran[0] or warmed  # loading the VAE for it may have moved the model out
-        return warmed
+    def ready_decode():
+        work = decoder.readying()  # loads the VAE
+        others_ran[0] = others_ran[0] or not fully_loaded(model.patcher)  # ComfyUI moved the model out for it
+        return work
 
     def made(done: BlockDone) -> None:
         if decoder is not None:
@@ -300,7 +306,7 @@ def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder:
                     encode=schedule.encoder and after_others(schedule.encoder), prepare=prepare,
                     check=mm.throw_exception_if_processing_interrupted, decode=decoder and after_others(decoder),
                     made=made, shown=progress(video, blocks, node_id, decoder), lead=decoder and decoder.lead,
-                    warm_up_decode=decoder and warm_up)
+                    ready_decode=decoder and ready_decode, beside=lambda: fully_loaded(model.patcher))
 
 
 def progress(video: Video, blocks: int, node_id, decoder: BlockDecoder | None):

@@ -238,9 +238,11 @@ class Harness:
                  "decoder": float(blocks[0].get("decoder_warm_up_s", 0.0)) if blocks else 0.0}  # compile or finds
         warm = sum(split.values())
         if created or warm:  # a new session's (on the CPU both parts may round to 0)
-            compiling = blocks[0].get("warm_up_compile_s") if created else None  # of the model's: its first round
-            result.notes["compile_capture_s"] = {**{k: round(v, 2) for k, v in split.items()},
-                                                 **({"model_first_round": compiling} if compiling is not None else {})}
+            # of the model's: its first round; the decoder's readying beside the first blocks (the run's wait: decoder)
+            inside = {k: blocks[0][f] for k, f, new in (("model_first_round", "warm_up_compile_s", created),
+                                                        ("decoder_beside", "decoder_beside_s", True))
+                      if new and f in blocks[0]}
+            result.notes["compile_capture_s"] = {**{k: round(v, 2) for k, v in split.items()}, **inside}
         sampler = per_class.get("LongLive_StreamingSampler", 0.0)
         result.stages = {k: round(v, 2) for k, v in {
             "load": sum(per_class.get(k, 0.0) for k in ("LongLive_ModelLoader", "CLIPLoader", "VAELoader")),

@@ -393,6 +393,45 @@ def test_a_video_on_the_second_gpu_is_the_video_of_the_first(monkeypatch):
     assert {dev for _, dev in launches} == {0, 1} and all(current == dev for current, dev in launches)
 
 
+def test_a_runs_decoder_readied_beside_its_blocks_starts_once_they_replay_graphs():
+    """A run that is not live readies its decoder (compiled, cuDNN's finds) on a thread of its own beside its first
+    blocks, started only once a block ran every pass from its CUDA graphs (no compiled code may run on the run's
+    thread while the readying traces a compile: dynamo's check is one for the process, run 136), and decodes the
+    blocks after it, in order: the frames of the eager decode of the video's latents."""
+    from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+    from longlive_core.vae.stream import DecodeStream
+
+    wan_vae = pytest.importorskip("comfy.ldm.wan.vae")
+    vae = random_vae(wan_vae.WanVAE, dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                     temperal_downsample=[False, True, True])
+    model = make_fast(random_model(CFG, device="cuda", dtype=torch.bfloat16, std=0.05), attention="auto")
+    video = Video.open(model, VideoSettings(("gpu",), 1, 160, 128, 12, 3, "recache", 3), fast=True)  # latents 16 x 20
+    stream, started_at = DecodeStream(wan_vae.count_conv3d(vae.decoder)), []
+
+    def raw(latents):
+        return latents.transpose(1, 2).to(torch.bfloat16)
+
+    def work():
+        started_at.append(video.session.runner.eager_runs)
+        with torch.inference_mode():
+            stream.warm_up(vae, torch.zeros(1, 16, 3, 16, 20, device="cuda", dtype=torch.bfloat16))
+
+    def decode(latents):
+        with torch.inference_mode():
+            images = stream.decode(vae, raw(latents), fast=True)
+        return lambda: images.transpose(1, 2).flatten(0, 1)
+
+    hooks = RunHooks(embed_text=lambda text: hashed_embeds(text, CFG.text_dim), decode=decode,
+                     ready_decode=lambda: work)
+    video.schedule([Prompt(0, "a red fox")], 24, hooks.embed_text)
+    latents, images = video.run(24, live=False, hooks=hooks)
+    assert started_at == [video.session.runner.eager_runs] and started_at[0] > 0  # nothing ran eagerly after it
+    assert video.stats.decoder_beside_s > 0
+    with torch.inference_mode():
+        plain = DecodeStream(wan_vae.count_conv3d(vae.decoder)).decode(vae, raw(latents), channels_last_3d=True)
+    assert rel(images.float(), plain.transpose(1, 2).flatten(0, 1).float()) < 2e-2
+
+
 def test_a_prompt_posted_while_a_live_block_runs_on_the_gpu_makes_that_block_again():
     """A live run launches a block's passes one at a time: a prompt posted while the GPU runs one (here after a
     0.3 s spin, posted 50 ms into it) cuts the block short before its next pass, and the block is made again under the

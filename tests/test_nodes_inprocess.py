@@ -541,27 +541,36 @@ def compiled_graphs() -> int:
 
 def run_counting_compiles(video, decoder, frames: int, counts: list, live: bool = False) -> tuple:
     """A run of `frames` latent frames decoded by `decoder` (a BlockDecoder), adding dynamo's count of compiled
-    frames before and after the decoder's warm-up to `counts`; the run's latents and images."""
+    frames before and after the decoder's readying to `counts` (twice the count before, where nothing needed
+    readying); the run's latents and images."""
     from longlive_core import Prompt, RunHooks, hashed_embeds
     from longlive_core.tools.synthetic import TINY
 
-    def warm_up():
+    def ready():
         counts.append(compiled_graphs())
-        warmed = decoder.warm_up()
-        counts.append(compiled_graphs())
-        return warmed
+        work = decoder.readying()
+        if work is None:
+            counts.append(compiled_graphs())
+            return None
+
+        def counted():
+            work()
+            counts.append(compiled_graphs())
+
+        return counted
 
     def embed(text):
         return hashed_embeds(text, TINY.text_dim)
 
     video.schedule([Prompt(0, "a boy")], frames, embed)
-    return video.run(frames, live=live, hooks=RunHooks(embed_text=embed, decode=decoder, warm_up_decode=warm_up))
+    return video.run(frames, live=live, hooks=RunHooks(embed_text=embed, decode=decoder, ready_decode=ready))
 
 
 def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compiles(comfy, tiny_vae):
-    """compile_vae: the sampler's decoder compiles its steady chunk inside the run before block 0 (once per process,
-    decoder and block shape, counted in the stats); the video's own stream then compiles nothing and gives the plain
-    decoder's frames. A run that continues the video's decode does not warm up again."""
+    """compile_vae: the sampler's decoder compiles its steady chunk inside the run, beside the generation of its first
+    blocks and before any is decoded (once per process, decoder and block shape, counted in the stats); the video's
+    own stream then compiles nothing and gives the plain decoder's frames, in order. A run that continues the
+    video's decode does not ready it again."""
     load_pack()
     from longlive_core import Video, VideoSettings
     from longlive_core.tools.synthetic import TINY, random_model
@@ -574,12 +583,40 @@ def test_a_compiled_decode_is_compiled_before_the_first_block_and_no_block_compi
     counts = []
     latents, images = run_counting_compiles(video, decoder, 9, counts)
     assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
-    assert video.stats.decoder_warm_up_s > 0
+    assert video.stats.decoder_beside_s > 0 and video.stats.decoder_warm_up_s >= 0
     plain = stream_decode(tiny_vae, raw_latents(latents), new_stream(tiny_vae))
     torch.testing.assert_close(images, plain, rtol=1e-4, atol=1e-4)
 
     run_counting_compiles(video, decoder, 3, counts)  # continues the decode: its stream is under way
     assert len(counts) == 4 and counts[3] == counts[2] == compiled_graphs() and video.stats.decoder_warm_up_s is None
+
+
+def tiny_wrapper(fast: bool = False):
+    """A tiny model as the loader hands it over, with ComfyUI's ModelPatcher (on the CPU)."""
+    import comfy.model_patcher
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.loader import Holder
+    from longlive_pack.nodes.state import LongLiveModel
+
+    net = random_model(TINY)
+    return LongLiveModel(net, fast=fast, signature=("tiny",),
+                         patcher=comfy.model_patcher.ModelPatcher(Holder(net), load_device=torch.device("cpu"),
+                                                                  offload_device=torch.device("cpu")))
+
+
+def test_a_run_readies_its_decoder_beside_its_blocks_only_while_comfyui_holds_the_whole_model(comfy):
+    """The sampler's RunHooks.beside: true while ComfyUI's model management holds the whole model loaded, false once
+    it has unloaded it (the run then readies the decoder before its first block)."""
+    load_pack()
+    import comfy.model_management as mm
+    from longlive_pack.nodes.sampler import fully_loaded, load
+
+    model = tiny_wrapper()
+    assert not fully_loaded(model.patcher)
+    load(model)
+    assert fully_loaded(model.patcher)
+    mm.unload_all_models()
+    assert not fully_loaded(model.patcher)
 
 
 class Published:
@@ -696,7 +733,7 @@ def test_a_decode_under_way_is_compiled_before_the_run_and_no_block_compiles(com
     counts = []
     latents, images = run_counting_compiles(video, decoder, 9, counts)
     assert counts[1] > counts[0] and compiled_graphs() == counts[1]  # compiled before block 0, nothing after
-    assert video.stats.decoder_warm_up_s > 0
+    assert video.stats.decoder_beside_s > 0
     run_counting_compiles(video, decoder, 3, counts)  # the next run: readied already
     assert compiled_graphs() == counts[1] and video.stats.decoder_warm_up_s is None
     torch.testing.assert_close(images, stream_decode(tiny_vae, raw_latents(latents), plain), rtol=1e-4, atol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -419,6 +420,80 @@ def test_a_decoder_cache_keeps_its_strides_through_a_save_and_bad_ones_are_refus
     with pytest.raises(ConfigError, match=r"broken.safetensors: its decoder's cache does not fit \(strides \[1, 1, 1, "
                                           r"1, 1\] do not lay out a tensor of shape \[1, 4, 2, 3, 5\] densely\)"):
         restore_video(new_video(tiny_model), str(broken))
+
+
+def test_a_run_makes_its_first_blocks_while_its_decoder_is_readied_and_decodes_them_after_in_order(tiny_model, caplog):
+    """A run that is not live readies its decoder on a thread beside its first blocks (RunHooks.ready_decode): no
+    block is decoded before the readying is done, then each is, in order, once; the stats time the readying and
+    the run's wait for it. One that fails is run again on the run's thread, where its error stops the run."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 12, embed)
+    made, events, released = [], [], threading.Event()
+
+    def prepare():  # before each block: the third one lets the readying finish
+        made.append(len(made))
+        if len(made) == 3:
+            released.set()
+
+    def work():
+        assert released.wait(30)
+        time.sleep(0.05)
+        events.append("ready")
+
+    def decode(latents):
+        events.append(len(made))
+        return lambda: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+
+    latents, images = video.run(12, live=False, hooks=RunHooks(embed_text=embed, prepare=prepare, decode=decode,
+                                                              ready_decode=lambda: work))
+    assert events[0] == "ready" and len(events) == 5 and all(n >= 3 for n in events[1:])
+    torch.testing.assert_close(images[..., 0], latents[0, :, :1].repeat_interleave(4, 0))
+    assert video.stats.decoder_beside_s >= 0.05 and video.stats.decoder_warm_up_s >= 0
+
+    def fail():
+        raise RuntimeError("no decoder here")
+
+    video.schedule([Prompt(0, "a boy")], 3, embed)
+    with pytest.raises(RuntimeError, match="no decoder here"):
+        video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode, ready_decode=lambda: fail))
+    assert "readying the decoder beside the blocks failed (RuntimeError: no decoder here)" in caplog.text
+
+
+def test_a_run_whose_host_keeps_no_weights_in_place_readies_its_decoder_before_its_first_block(tiny_model):
+    """RunHooks.beside false (ComfyUI holds the model only partly beside the VAE), or a live run: the readying runs
+    on the run's thread before the first block, timed as the run's wait."""
+    made, seen = [], []
+    decode = finished(lambda latents: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None])
+    for live, beside in ((False, False), (True, True)):
+        video = new_video(tiny_model)
+        video.schedule([Prompt(0, "a boy")], 6, embed)
+        hooks = RunHooks(embed_text=embed, prepare=lambda: made.append(1), beside=lambda: beside, decode=decode,
+                         ready_decode=lambda: lambda: (time.sleep(0.05), seen.append(len(made))))
+        video.run(6, live=live, hooks=hooks)
+        assert seen[-1] == len(made) - 2 and video.stats.decoder_warm_up_s >= 0.05
+        assert video.stats.decoder_beside_s is None
+
+
+def test_a_run_whose_model_calls_compiled_code_at_every_pass_readies_its_decoder_on_its_own_thread(tiny_model):
+    """A session whose every pass calls torch.compile'd code (a FastWan without CUDA graphs) never lets the readying
+    run beside its blocks (a compile traced on another thread makes dynamo refuse such calls, run 136): it runs on
+    the run's thread after the first block, before any decode."""
+    from longlive_core.fast.setup import make_fast
+
+    model = make_fast(tiny_model, compile=False)
+    assert model.calls_compiled and not tiny_model.calls_compiled
+    video = Video.open(model, VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0, "v"), fast=False)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+    made, seen, decoded = [], [], []
+
+    def decode(latents):
+        decoded.append(len(made))
+        return lambda: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+
+    hooks = RunHooks(embed_text=embed, prepare=lambda: made.append(1), decode=decode,
+                     ready_decode=lambda: lambda: seen.append((threading.current_thread(), len(made))))
+    video.run(6, live=False, hooks=hooks)
+    assert seen == [(threading.current_thread(), 1)] and decoded == [1, 2] and video.stats.decoder_beside_s is None
 
 
 def test_the_session_list_shows_video_time_past_four_minutes():

@@ -49,6 +49,7 @@ class GraphRunner:
         self.graphs: dict = {}
         self.pool = torch.cuda.graph_pool_handle()
         self.failed: str | None = None  # why this runner stopped capturing (it then runs every pass eagerly)
+        self.eager_runs = 0  # passes run through the model (not replayed): its compiled code called from this thread
 
     def __call__(self, x: torch.Tensor, time: TimeEmbedding, plan: PassPlan, cache: KVCache, text: TextCache):
         key = pass_key(x, time, plan, cache, text)
@@ -57,7 +58,9 @@ class GraphRunner:
             return graph.replay(x, plan)
         if key not in self.seen or self.failed:
             self.seen.add(key)
+            self.eager_runs += 1
             return self.model(x, time, plan, cache, text)
+        self.eager_runs += 1  # a capture runs the pass first
         try:
             self.graphs[key] = graph = self._capture(x, time, plan, cache, text)
         except CaptureError as exc:

@@ -169,6 +169,10 @@ class FastWan(CausalWan):
     """The eager model's embeddings and head with fused blocks (or, where the Triton kernels cannot run or the
     precision does not fuse, the eager blocks themselves); fast/setup.py sets its attention and compiles its stages."""
 
+    @property
+    def calls_compiled(self) -> bool:
+        return True  # its dense stages and the text attention's merge, where they compile
+
     @classmethod
     def of(cls, eager: CausalWan, fused: bool) -> "FastWan":
         with torch.device("meta"):

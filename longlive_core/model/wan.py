@@ -347,6 +347,12 @@ class CausalWan(nn.Module):
             self.set_fp8_scales()
         return self.attention_backend
 
+    @property
+    def calls_compiled(self) -> bool:
+        """Whether its passes call torch.compile'd code (FP8 self-attention quantizes its inputs in a compiled
+        function): such code must not run while another thread traces a compile (Video.run)."""
+        return self.attention_backend == FP8
+
     def key_steps(self) -> torch.Tensor:
         """[layers, H] float32: the FP8 attention's per-head key steps of every layer (set_fp8_scales)."""
         return torch.stack([block.self_attn.fp8_scales[1] for block in self.blocks])

@@ -99,7 +99,8 @@ class PostedPrompt:
 class Stats:
     warm_up_s: float | None = None
     warm_up_compile_s: float | None = None  # of warm_up_s: the first round of passes (torch.compile compiles there)
-    decoder_warm_up_s: float | None = None  # this run compiled the decoder before its first block
+    decoder_warm_up_s: float | None = None  # this run readied the decoder: the time its blocks waited for that
+    decoder_beside_s: float | None = None  # and the readying's own time, where it ran beside the generation
     last_block_ms: float | None = None
     last_decode_ms: float | None = None  # the decodes (GPU time) that had finished by the last block's hand-off
     fps: float | None = None
@@ -140,9 +141,12 @@ class RunHooks:
     the next block, so the GPU never waits for the host's hand-off. made: after a block is generated (stats are
     current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
     live run, seconds of video made and not yet shown to its viewers (the run waits while that is more than a block
-    takes to make, so it stays about one block ahead, and at its end until it is 0); warm_up_decode: before the first
-    block, readies the decode for this video's blocks (compiles it) and returns whether it did anything. Embeddings
-    are [1 or B, tokens, text_dim]."""
+    takes to make, so it stays about one block ahead, and at its end until it is 0); ready_decode: before the first
+    block, on the run's thread (it may load the decoder's weights), returns what readies the decode for this video's
+    blocks (compiles it, runs cuDNN's finds), or None where nothing needs readying: a live run runs it there, before
+    its first block; another runs it on a thread of its own while its first blocks are generated, and decodes them
+    once it is done, where `beside` says the host's weights stay where they are meanwhile (called after ready_decode).
+    Embeddings are [1 or B, tokens, text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
     encode: Callable[[str], torch.Tensor] | None = None
@@ -152,7 +156,8 @@ class RunHooks:
     made: Callable[[BlockDone], None] = _nothing
     shown: Callable[[BlockDone], None] = _nothing
     lead: Callable[[], float] | None = None
-    warm_up_decode: Callable[[], bool] | None = None
+    ready_decode: Callable[[], Callable[[], None] | None] | None = None
+    beside: Callable[[], bool] = lambda: True
 
 
 class Video:
@@ -181,6 +186,7 @@ class Video:
         self.outputs: dict[str, Any] = {}  # the host's outputs kept across runs (a file it appends to): closed with it
         self.decoding_at = 0  # the latent frame where the block the host decodes starts
         self._block_s = 0.0  # wall time of the last block with its decode and hooks (the live pace)
+        self._waiting: _Made | None = None  # a run's block whose decode is launched, not yet handed to the host
         self.typed: str | None = None  # what a live run's viewer is typing: encoded while the run waits (type_ahead)
         self._typed_embeds: tuple[str, torch.Tensor] | None = None
         self._encode_s = FIRST_ENCODE_S  # how long the last text encoding took
@@ -365,27 +371,38 @@ class Video:
         self.stop.clear()
         self.typed = self._typed_embeds = None  # a text typed for another run (another encoder, maybe)
         self.live, self.running = live, True
-        waiting: _Made | None = None  # generated, its decode launched, not yet handed to the host
+        self._waiting = None
+        readying: _Readying | None = None  # the decoder readied beside the first blocks (not live)
+        backlog: list[_Made] = []  # blocks generated meanwhile, decoded once it is done
         try:
             try:
                 self._decode_owed(hooks.decode)
-                self._warm_up_decode(hooks)
+                readying = self._ready_decode(hooks, live)
                 for i in range(blocks):
                     if live and i > 0:
                         self._pace(hooks)
                         if self.stop.is_set():  # a live run makes at least one block
                             break
-                    made = self._generate(i, blocks, live, hooks)
-                    if waiting is not None:  # while the GPU makes this block
-                        waiting, previous = None, waiting
-                        self._hand_off(previous, hooks)
-                    waiting = self._launch_decode(made, hooks)
-                    if live or hooks.decode is None:  # nothing to overlap, or a live block: shown at once
-                        waiting, made = None, waiting
-                        self._hand_off(made, hooks)
+                    eager_runs = self._eager_runs()
+                    backlog.append(self._generate(i, blocks, live, hooks))
+                    if readying is not None:
+                        if self._still_readying(readying, eager_runs):
+                            continue
+                        readying = None
+                    for made in backlog:
+                        self._pass_on(made, live, hooks)
+                    backlog = []
+                if readying is not None:  # a run shorter than the readying
+                    readying, done = None, readying
+                    done.finish(self.stats)
+                for made in backlog:
+                    self._pass_on(made, live, hooks)
                 if live:
                     self._play_out(hooks)
             finally:
+                if readying is not None:
+                    readying.wait()  # an interrupt: the blocks it held back are decoded by the next run (_decode_owed)
+                waiting, self._waiting = self._waiting, None
                 if waiting is not None and len(self.undelivered_images) < len(self.undelivered):
                     self._hand_off(waiting, hooks)  # its frames are made: not lost to an interrupt (nor kept after a reset)
         finally:
@@ -401,11 +418,62 @@ class Video:
             return latents, None
         return latents, torch.cat(images, dim=1).flatten(0, 1)
 
-    def _warm_up_decode(self, hooks: RunHooks) -> None:
-        """The decode's one-time compile before the first block, so no block waits for it (Stats.decoder_warm_up_s)."""
+    def _ready_decode(self, hooks: RunHooks, live: bool) -> "_Readying | None":
+        """Readies the decode before the first block is decoded (RunHooks.ready_decode), so no block's decode waits
+        for it: a live run here (its first frame waits for it in any case), another on a thread of its own beside the
+        generation of its first blocks where the host allows it (RunHooks.beside): returned, to be started once the
+        blocks replay their CUDA graphs (dynamo's check for a compile being traced is one for the process: compiled
+        code called on this thread while the readying compiles on its own would fail), and finished before the
+        first decode."""
+        self.stats.decoder_warm_up_s = self.stats.decoder_beside_s = None
         start = time.perf_counter()
-        warmed = hooks.warm_up_decode is not None and hooks.warm_up_decode()
-        self.stats.decoder_warm_up_s = round(time.perf_counter() - start, 2) if warmed else None
+        work = hooks.ready_decode() if hooks.ready_decode is not None and hooks.decode is not None else None
+        if work is None:
+            return None
+        if live or not hooks.beside():
+            work()
+            self.stats.decoder_warm_up_s = round(time.perf_counter() - start, 2)
+            return None
+        return _Readying(work, hooks.ready_decode)
+
+    def _eager_runs(self) -> int | None:
+        """Passes run through the model so far rather than from a CUDA graph (GraphRunner.eager_runs): 0 without
+        graphs where the model calls no compiled code; None where the session cannot replay graphs and its compiled
+        code runs at every pass."""
+        runner = self.session.runner
+        if isinstance(runner, GraphRunner):
+            return None if runner.failed else runner.eager_runs
+        return None if self.session.model.calls_compiled else 0
+
+    def _still_readying(self, readying: "_Readying", eager_before: int | None) -> bool:
+        """After a block: starts the readying once a block ran every pass from its CUDA graphs, as every block does
+        once the window is full (no compiled code then runs on this thread while it compiles on its own), or runs
+        it here where the session cannot replay graphs. Returns whether it is still under way (the blocks wait to
+        be decoded); one that is over has set its stats."""
+        if not readying.started:
+            now = self._eager_runs()
+            if now is not None and now == eager_before:
+                readying.start()
+            elif now is None:
+                readying.finish(self.stats)
+                return False
+            return True
+        if not readying.done:
+            return True
+        readying.finish(self.stats)
+        return False
+
+    def _pass_on(self, made: "_Made", live: bool, hooks: RunHooks) -> None:
+        """Launches a block's decode and hands the block before it (_waiting) to the host meanwhile (the GPU decodes
+        this one while the host takes that one's frames); a live block, or one with nothing to decode, is handed on at
+        once."""
+        previous, self._waiting = self._waiting, None
+        if previous is not None:
+            self._hand_off(previous, hooks)
+        self._waiting = self._launch_decode(made, hooks)
+        if live or hooks.decode is None:
+            made, self._waiting = self._waiting, None
+            self._hand_off(made, hooks)
 
     @property
     def block_shape(self) -> tuple[int, int, int, int, int]:
@@ -588,6 +656,56 @@ class Video:
 
 class _Superseded(Exception):
     """A prompt was posted while a live block was made under the old one."""
+
+
+class _Readying:
+    """The decoder's readying (RunHooks.ready_decode's work) on a thread of its own beside a run's blocks. A failure
+    there is logged and the work is run again on the run's thread (finish), where its error stops the run."""
+
+    def __init__(self, work: Callable[[], None], ready_decode: Callable[[], Callable[[], None] | None]):
+        self.work, self.ready_decode = work, ready_decode
+        self.seconds: float | None = None  # its own time
+        self.failed: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def done(self) -> bool:
+        return self.started and not self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="longlive decoder readying", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.work()
+        except Exception as exc:  # noqa: BLE001 (run again on the run's thread, which meets the error)
+            self.failed = exc
+            log.warning("readying the decoder beside the blocks failed (%s: %s); it is readied again before the first "
+                        "decode", type(exc).__name__, exc)
+        self.seconds = time.perf_counter() - start
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self, stats: Stats) -> None:
+        """Waits for it (never started: runs it here; one that failed: runs it again here); the run's wait for it is
+        its decoder_warm_up_s, and where it ran beside the blocks its own time is decoder_beside_s."""
+        start = time.perf_counter()
+        if not self.started:
+            self.work()
+        else:
+            self.wait()
+            if self.failed is not None and (work := self.ready_decode()) is not None:
+                work()
+        stats.decoder_warm_up_s = round(time.perf_counter() - start, 2)
+        stats.decoder_beside_s = round(self.seconds, 2) if self.seconds is not None else None
 
 
 @dataclasses.dataclass
