@@ -237,7 +237,7 @@ class Harness:
         split = {"model": float(blocks[0].get("warm_up_s", 0.0)) if created else 0.0,  # its compile and capture
                  "decoder": float(blocks[0].get("decoder_warm_up_s", 0.0)) if blocks else 0.0}  # compile or finds
         warm = sum(split.values())
-        if created or warm:  # a new session's (on the CPU both parts may round to 0)
+        if created or warm or (blocks and "decoder_beside_s" in blocks[0]):  # a new session's, a readying's
             # of the model's: its first round; the decoder's readying beside the first blocks (the run's wait: decoder)
             inside = {k: blocks[0][f] for k, f, new in (("model_first_round", "warm_up_compile_s", created),
                                                         ("decoder_beside", "decoder_beside_s", True))
@@ -290,8 +290,14 @@ def run_one_minute(h: Harness, host: ComfyHost, events: Events, result: Run, see
 
 def run_one_minute_warm(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
     """The same workflow again on the warm server, with another seed (the same graph would come from ComfyUI's
-    cache): a new video, its graphs captured again."""
+    cache): a new video, its graphs captured again. Where this server's first run went before it, what that run's
+    readying added (`first_run_adds_s`: its sampler's time less this one's): its compile + capture, and the blocks it
+    slowed (the decoder is readied beside them)."""
     run_one_minute(h, host, events, result, seed=1)
+    first = [r for r in h.results if r.group == result.group and r.name == "one minute" and r.ok]
+    if first and result.ok:
+        sampler = [r.stages["compile+capture"] + r.stages["generation"] for r in (first[-1], result)]
+        result.notes["first_run_adds_s"] = round(sampler[0] - sampler[1], 2)
 
 
 def run_one_minute_decode_on_gpu1(h: Harness, host: ComfyHost, events: Events, result: Run) -> None:
@@ -750,6 +756,9 @@ def main() -> int:
     for r in harness.results:
         if "stream" in r.notes:
             print(f"{r.group} / {r.name}, at the viewer: {json.dumps(r.notes['stream'])}")
+        if "first_run_adds_s" in r.notes:
+            print(f"{r.group}: the server's first run's readying added {r.notes['first_run_adds_s']} s (its sampler's "
+                  f"time less the warm run's)")
         if "longest_block_gap" in r.notes:
             print(f"{r.group} / {r.name}, between block events: first {r.notes['first_block_gaps_s']} s, longest "
                   f"{r.notes['longest_block_gap']['s']} s before block {r.notes['longest_block_gap']['block']}")

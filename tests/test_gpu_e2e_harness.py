@@ -74,6 +74,21 @@ def test_the_harness_runs_the_interactive_group_with_a_reload_and_an_interrupt(t
     assert watched["ahead_s"]["median"] > 0.5 and watched["late_frames"] == 0
 
 
+def test_the_harness_runs_the_one_minute_group_and_says_what_the_first_run_added(tmp_path):
+    """The one-minute workflow twice on one server: every frame in each saved video, and what the first run's
+    readying added (its sampler's time less the warm run's: on the CPU without compiling, about nothing)."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_e2e.py"), "--tiny", "--groups", "one-minute",
+                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = {r["name"]: r for r in json.loads((tmp_path / "out" / "e2e.json").read_text())["runs"]}
+    first, warm = runs["one minute"], runs["one minute warm"]
+    assert first["frames"] == warm["frames"] == 957
+    stages = [r["stages"]["compile+capture"] + r["stages"]["generation"] for r in (first, warm)]
+    assert warm["notes"]["first_run_adds_s"] == round(stages[0] - stages[1], 2)
+    assert f"one-minute: the server's first run's readying added {warm['notes']['first_run_adds_s']} s" in done.stdout
+
+
 def test_the_panel_player_simulation_counts_what_a_viewer_sees():
     """The harness replays the arrivals through the panel's player (2 frames before playing, 16 fps): frames on
     time show without a stall; half a second without frames holds the screen that long; a new prompt's first frame

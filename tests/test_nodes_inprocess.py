@@ -604,19 +604,28 @@ def tiny_wrapper(fast: bool = False):
                                                                   offload_device=torch.device("cpu")))
 
 
-def test_a_run_readies_its_decoder_beside_its_blocks_only_while_comfyui_holds_the_whole_model(comfy):
-    """The sampler's RunHooks.beside: true while ComfyUI's model management holds the whole model loaded, false once
-    it has unloaded it (the run then readies the decoder before its first block)."""
+def test_the_samplers_hooks_ready_the_decoder_beside_the_blocks_only_while_comfyui_holds_the_whole_model(comfy,
+                                                                                                    tiny_vae):
+    """The sampler's RunHooks: `beside` true while ComfyUI's model management holds the whole model loaded; where
+    loading the VAE for the readying finds the model unloaded, the run readies it on its own thread and the model
+    is loaded again before the next block."""
     load_pack()
     import comfy.model_management as mm
-    from longlive_pack.nodes.sampler import fully_loaded, load
+    from longlive_core import Video, VideoSettings
+    from longlive_pack.nodes.outputs import BlockDecoder, Files
+    from longlive_pack.nodes.sampler import load, run_hooks
+    from longlive_pack.nodes.state import PromptList
 
     model = tiny_wrapper()
-    assert not fully_loaded(model.patcher)
     load(model)
-    assert fully_loaded(model.patcher)
+    video = Video.open(model.model, VideoSettings(("tiny",), 1, 128, 48, 9, 3, "recache", 0, "hooks"), False)
+    decoder = BlockDecoder(video, tiny_vae, True, Files(video, [], 1, 128, 48), keep_images=True, live=False)
+    hooks = run_hooks(video, model, PromptList([]), decoder, 1, None)
+    assert hooks.ready_decode() is not None and hooks.beside()  # compile_vae: its steady chunk to compile
     mm.unload_all_models()
-    assert not fully_loaded(model.patcher)
+    assert hooks.ready_decode() is not None and not hooks.beside()
+    hooks.prepare()  # before the next block
+    assert hooks.beside()
 
 
 class Published:

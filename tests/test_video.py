@@ -422,10 +422,10 @@ def test_a_decoder_cache_keeps_its_strides_through_a_save_and_bad_ones_are_refus
         restore_video(new_video(tiny_model), str(broken))
 
 
-def test_a_run_makes_its_first_blocks_while_its_decoder_is_readied_and_decodes_them_after_in_order(tiny_model, caplog):
+def test_a_run_makes_its_first_blocks_while_its_decoder_is_readied_and_decodes_them_after_in_order(tiny_model):
     """A run that is not live readies its decoder on a thread beside its first blocks (RunHooks.ready_decode): no
     block is decoded before the readying is done, then each is, in order, once; the stats time the readying and
-    the run's wait for it. One that fails is run again on the run's thread, where its error stops the run."""
+    the run's wait for it. What it raises on its thread stops the run on the run's."""
     video = new_video(tiny_model)
     video.schedule([Prompt(0, "a boy")], 12, embed)
     made, events, released = [], [], threading.Event()
@@ -456,7 +456,43 @@ def test_a_run_makes_its_first_blocks_while_its_decoder_is_readied_and_decodes_t
     video.schedule([Prompt(0, "a boy")], 3, embed)
     with pytest.raises(RuntimeError, match="no decoder here"):
         video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode, ready_decode=lambda: fail))
-    assert "readying the decoder beside the blocks failed (RuntimeError: no decoder here)" in caplog.text
+
+
+def test_an_interrupt_in_the_readying_beside_the_blocks_stops_the_run_and_the_next_decodes_its_blocks(tiny_model):
+    """The host's interrupt raised inside the decoder's readying on its thread (ComfyUI's decoder layers check for
+    it, and clear it as they raise) stops the run on its thread; the blocks it held back are decoded by the next
+    run, each once, in order."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+
+    def interrupted():
+        time.sleep(0.05)
+        raise Stop
+
+    decode = finished(lambda latents: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None])
+    with pytest.raises(Stop):
+        video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode, ready_decode=lambda: interrupted))
+    video.schedule([Prompt(0, "a boy")], 3, embed)
+    latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    assert latents.shape[1] > 3 and images.shape[0] == 4 * latents.shape[1]
+    torch.testing.assert_close(images[..., 0], latents[0, :, :1].repeat_interleave(4, 0))
+
+
+def test_a_block_with_a_prompt_change_waits_for_the_readying_beside_the_blocks(tiny_model):
+    """A prompt change may run passes no CUDA graph holds (compiled code on the run's thread, which may not run while
+    the readying compiles on its own): the block that makes it waits for the readying first."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy"), Prompt(6, "he runs")], 12, embed)
+    events = []
+
+    def work():
+        time.sleep(0.5)
+        events.append("ready")
+
+    decode = finished(lambda latents: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None])
+    video.run(12, live=False, hooks=RunHooks(embed_text=embed, prepare=lambda: events.append(video.session.frame),
+                                             decode=decode, ready_decode=lambda: work))
+    assert events.index("ready") < events.index(6) and video.stats.decoder_warm_up_s > 0
 
 
 def test_a_run_whose_host_keeps_no_weights_in_place_readies_its_decoder_before_its_first_block(tiny_model):

@@ -145,7 +145,8 @@ class RunHooks:
     block, on the run's thread (it may load the decoder's weights), returns what readies the decode for this video's
     blocks (compiles it, runs cuDNN's finds), or None where nothing needs readying: a live run runs it there, before
     its first block; another runs it on a thread of its own while its first blocks are generated, and decodes them
-    once it is done, where `beside` says the host's weights stay where they are meanwhile (called after ready_decode).
+    once it is done, where `beside` says the host's weights stay where they are meanwhile (called after ready_decode);
+    what the readying raises there (the host's interrupt too) is raised on the run's thread once it is done.
     Embeddings are [1 or B, tokens, text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
@@ -383,6 +384,9 @@ class Video:
                         self._pace(hooks)
                         if self.stop.is_set():  # a live run makes at least one block
                             break
+                    if readying is not None and readying.started and self.session.frame in self.upcoming:
+                        readying, done = None, readying  # a prompt change may run passes no graph holds
+                        done.finish(self.stats)
                     eager_runs = self._eager_runs()
                     backlog.append(self._generate(i, blocks, live, hooks))
                     if readying is not None:
@@ -434,7 +438,7 @@ class Video:
             work()
             self.stats.decoder_warm_up_s = round(time.perf_counter() - start, 2)
             return None
-        return _Readying(work, hooks.ready_decode)
+        return _Readying(work, waited=time.perf_counter() - start)  # the decoder's weights loaded for it
 
     def _eager_runs(self) -> int | None:
         """Passes run through the model so far rather than from a CUDA graph (GraphRunner.eager_runs): 0 without
@@ -447,9 +451,10 @@ class Video:
 
     def _still_readying(self, readying: "_Readying", eager_before: int | None) -> bool:
         """After a block: starts the readying once a block ran every pass from its CUDA graphs, as every block does
-        once the window is full (no compiled code then runs on this thread while it compiles on its own), or runs
-        it here where the session cannot replay graphs. Returns whether it is still under way (the blocks wait to
-        be decoded); one that is over has set its stats."""
+        once the window is full (no compiled code then runs on this thread while it compiles on its own, until a
+        prompt change: the run waits for it before such a block), or runs it here where the session cannot replay
+        graphs. Returns whether it is still under way (the blocks wait to be decoded); one that is over has set its
+        stats."""
         if not readying.started:
             now = self._eager_runs()
             if now is not None and now == eager_before:
@@ -659,13 +664,15 @@ class _Superseded(Exception):
 
 
 class _Readying:
-    """The decoder's readying (RunHooks.ready_decode's work) on a thread of its own beside a run's blocks. A failure
-    there is logged and the work is run again on the run's thread (finish), where its error stops the run."""
+    """The decoder's readying (RunHooks.ready_decode's work) on a thread of its own beside a run's blocks. What it
+    raises there (an error, or the host's interrupt, which the host's decoder checks for at each of its layers) is
+    raised on the run's thread when the run waits for it (finish)."""
 
-    def __init__(self, work: Callable[[], None], ready_decode: Callable[[], Callable[[], None] | None]):
-        self.work, self.ready_decode = work, ready_decode
+    def __init__(self, work: Callable[[], None], waited: float = 0.0):
+        self.work = work
+        self.waited = waited  # the run's time on it (loading the decoder's weights for it, waiting for it)
         self.seconds: float | None = None  # its own time
-        self.failed: Exception | None = None
+        self.failed: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -684,10 +691,8 @@ class _Readying:
         start = time.perf_counter()
         try:
             self.work()
-        except Exception as exc:  # noqa: BLE001 (run again on the run's thread, which meets the error)
+        except BaseException as exc:  # noqa: BLE001 (raised on the run's thread by finish)
             self.failed = exc
-            log.warning("readying the decoder beside the blocks failed (%s: %s); it is readied again before the first "
-                        "decode", type(exc).__name__, exc)
         self.seconds = time.perf_counter() - start
 
     def wait(self) -> None:
@@ -695,17 +700,16 @@ class _Readying:
             self._thread.join()
 
     def finish(self, stats: Stats) -> None:
-        """Waits for it (never started: runs it here; one that failed: runs it again here); the run's wait for it is
-        its decoder_warm_up_s, and where it ran beside the blocks its own time is decoder_beside_s."""
+        """Waits for it (never started: runs it here) and raises what it raised; the run's time on it is its
+        decoder_warm_up_s, and where it ran beside the blocks its own time is decoder_beside_s."""
         start = time.perf_counter()
         if not self.started:
             self.work()
-        else:
-            self.wait()
-            if self.failed is not None and (work := self.ready_decode()) is not None:
-                work()
-        stats.decoder_warm_up_s = round(time.perf_counter() - start, 2)
+        self.wait()
+        stats.decoder_warm_up_s = round(self.waited + time.perf_counter() - start, 2)
         stats.decoder_beside_s = round(self.seconds, 2) if self.seconds is not None else None
+        if self.failed is not None:
+            raise self.failed
 
 
 @dataclasses.dataclass
