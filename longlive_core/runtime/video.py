@@ -385,8 +385,8 @@ class Video:
                         if self.stop.is_set():  # a live run makes at least one block
                             break
                     if readying is not None and readying.started and self.session.frame in self.upcoming:
-                        readying, done = None, readying  # a prompt change may run passes no graph holds
-                        done.finish(self.stats)
+                        readying.finish(self.stats)  # a prompt change may run passes no graph holds
+                        readying = None
                     eager_runs = self._eager_runs()
                     backlog.append(self._generate(i, blocks, live, hooks))
                     if readying is not None:
@@ -397,8 +397,7 @@ class Video:
                         self._pass_on(made, live, hooks)
                     backlog = []
                 if readying is not None:  # a run shorter than the readying
-                    readying, done = None, readying
-                    done.finish(self.stats)
+                    readying.finish(self.stats)
                 for made in backlog:
                     self._pass_on(made, live, hooks)
                 if live:
@@ -457,11 +456,11 @@ class Video:
         stats."""
         if not readying.started:
             now = self._eager_runs()
-            if now is not None and now == eager_before:
-                readying.start()
-            elif now is None:
+            if now is None:
                 readying.finish(self.stats)
                 return False
+            if now == eager_before:
+                readying.start()
             return True
         if not readying.done:
             return True
