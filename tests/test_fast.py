@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from longlive_core.errors import BackendUnavailableError, ConfigError
-from longlive_core.fast.compile import unavailable
+from longlive_core.fast.compile import compiled, unavailable
 from longlive_core.fast.graphs import where
 from longlive_core.fast.setup import make_fast
 from longlive_core.model.attention import Q_TILE, merge_pad, resolve, wave_split
@@ -214,6 +214,35 @@ def test_without_triton_or_torch_compile_the_fast_path_runs_eager_with_one_line(
                      f"({sys.version.split()[0]})); CUDA graphs still capture where they run"]
     assert not fast.fused and fast.stages == Stages.of(Block)
     torch.testing.assert_close(video(fast, prompt), video(tiny_model, prompt), rtol=0, atol=0)
+
+
+def test_compiled_calls_run_one_at_a_time_in_a_process():
+    """A compiled function called on one thread while another thread's compiled call runs waits for it (dynamo's
+    check for a compile being traced is one flag for the process: a call beside a compile would fail, run 136)."""
+    import threading
+
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def held(x):
+        y = x + 1
+        inside.set()  # a graph break: runs in Python, inside the compiled call
+        assert release.wait(30)
+        order.append("held")
+        return y * 2
+
+    first = compiled(held, backend="eager")
+    second = compiled(lambda x: x - 1, backend="eager")
+    thread = threading.Thread(target=first, args=(torch.ones(3),))
+    thread.start()
+    assert inside.wait(30)
+    waiting = threading.Thread(target=lambda: order.append(("second", second(torch.ones(3)).tolist())))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive() and order == []  # it waits while the first call runs
+    release.set()
+    thread.join(30)
+    waiting.join(30)
+    assert order == ["held", ("second", [0.0, 0.0, 0.0])]
 
 
 def test_without_triton_torch_compile_is_unavailable_on_cuda_only(monkeypatch):

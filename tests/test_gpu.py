@@ -395,9 +395,10 @@ def test_a_video_on_the_second_gpu_is_the_video_of_the_first(monkeypatch):
 
 def test_a_runs_decoder_readied_beside_its_blocks_starts_once_they_replay_graphs():
     """A run that is not live readies its decoder (compiled, cuDNN's finds) on a thread of its own beside its first
-    blocks, started only once a block ran every pass from its CUDA graphs (no compiled code may run on the run's
-    thread while the readying traces a compile: dynamo's check is one for the process, run 136), and decodes the
-    blocks after it, in order: the frames of the eager decode of the video's latents."""
+    blocks, started only once a block ran every pass from its CUDA graphs (a compiled call on the run's thread would
+    wait for the readying's: they run one at a time, fast/compile.py), and decodes the blocks after it, in order:
+    the frames of the eager decode of the video's latents. A prompt change meanwhile replays the steady recache's
+    graph: it runs nothing eagerly either."""
     from longlive_core import Prompt, RunHooks, Video, VideoSettings, hashed_embeds
     from longlive_core.vae.stream import DecodeStream
 
@@ -423,7 +424,7 @@ def test_a_runs_decoder_readied_beside_its_blocks_starts_once_they_replay_graphs
 
     hooks = RunHooks(embed_text=lambda text: hashed_embeds(text, CFG.text_dim), decode=decode,
                      ready_decode=lambda: work)
-    video.schedule([Prompt(0, "a red fox")], 24, hooks.embed_text)
+    video.schedule([Prompt(0, "a red fox"), Prompt(18, "it runs into the woods")], 24, hooks.embed_text)
     latents, images = video.run(24, live=False, hooks=hooks)
     assert started_at == [video.session.runner.eager_runs] and started_at[0] > 0  # nothing ran eagerly after it
     assert video.stats.decoder_beside_s > 0

@@ -478,23 +478,6 @@ def test_an_interrupt_in_the_readying_beside_the_blocks_stops_the_run_and_the_ne
     torch.testing.assert_close(images[..., 0], latents[0, :, :1].repeat_interleave(4, 0))
 
 
-def test_a_block_with_a_prompt_change_waits_for_the_readying_beside_the_blocks(tiny_model):
-    """A prompt change may run passes no CUDA graph holds (compiled code on the run's thread, which may not run while
-    the readying compiles on its own): the block that makes it waits for the readying first."""
-    video = new_video(tiny_model)
-    video.schedule([Prompt(0, "a boy"), Prompt(6, "he runs")], 12, embed)
-    events = []
-
-    def work():
-        time.sleep(0.5)
-        events.append("ready")
-
-    decode = finished(lambda latents: latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None])
-    video.run(12, live=False, hooks=RunHooks(embed_text=embed, prepare=lambda: events.append(video.session.frame),
-                                             decode=decode, ready_decode=lambda: work))
-    assert events.index("ready") < events.index(6) and video.stats.decoder_warm_up_s > 0
-
-
 def test_a_run_whose_host_keeps_no_weights_in_place_readies_its_decoder_before_its_first_block(tiny_model):
     """RunHooks.beside false (ComfyUI holds the model only partly beside the VAE), or a live run: the readying runs
     on the run's thread before the first block, timed as the run's wait."""

@@ -384,9 +384,6 @@ class Video:
                         self._pace(hooks)
                         if self.stop.is_set():  # a live run makes at least one block
                             break
-                    if readying is not None and readying.started and self.session.frame in self.upcoming:
-                        readying.finish(self.stats)  # a prompt change may run passes no graph holds
-                        readying = None
                     eager_runs = self._eager_runs()
                     backlog.append(self._generate(i, blocks, live, hooks))
                     if readying is not None:
@@ -425,9 +422,8 @@ class Video:
         """Readies the decode before the first block is decoded (RunHooks.ready_decode), so no block's decode waits
         for it: a live run here (its first frame waits for it in any case), another on a thread of its own beside the
         generation of its first blocks where the host allows it (RunHooks.beside): returned, to be started once the
-        blocks replay their CUDA graphs (dynamo's check for a compile being traced is one for the process: compiled
-        code called on this thread while the readying compiles on its own would fail), and finished before the
-        first decode."""
+        blocks replay their CUDA graphs (compiled calls run one at a time in a process, fast/compile.py: a pass that
+        calls compiled code waits while the readying compiles), and finished before the first decode."""
         self.stats.decoder_warm_up_s = self.stats.decoder_beside_s = None
         start = time.perf_counter()
         work = hooks.ready_decode() if hooks.ready_decode is not None and hooks.decode is not None else None
@@ -450,8 +446,8 @@ class Video:
 
     def _still_readying(self, readying: "_Readying", eager_before: int | None) -> bool:
         """After a block: starts the readying once a block ran every pass from its CUDA graphs, as every block does
-        once the window is full (no compiled code then runs on this thread while it compiles on its own, until a
-        prompt change: the run waits for it before such a block), or runs it here where the session cannot replay
+        once the window is full (no compiled code then runs on this thread, where it would wait for the readying's
+        compile: a switch that runs passes no graph holds does), or runs it here where the session cannot replay
         graphs. Returns whether it is still under way (the blocks wait to be decoded); one that is over has set its
         stats."""
         if not readying.started:
