@@ -23,6 +23,7 @@ CUT_HELP = ("LongLive 2.0: 'cut' after a start ('20s cut: a beach at dusk') star
 
 
 UNPADDED = "umt5xxl"  # the tokenizer whose padding its encoder masks out and zeroes (Wan's umt5-xxl)
+_ENGINE_UMT5_FAILED: str | None = None  # why the engine's umt5 encoder failed in this process (then ComfyUI's runs)
 
 
 def encode(clip, text: str):
@@ -44,10 +45,28 @@ def encode(clip, text: str):
 
 def engine_encode(clip, sections: list) -> torch.Tensor | None:
     """The embeddings of one section of umt5 tokens by the engine's encoder (Umt5Encoder: ComfyUI's float32
-    computation, each weight read once as stored instead of cast to float32 first: 40-99 ms a text on an H200 in
-    ComfyUI, runs 131-132), on the tensors ComfyUI loaded. None where ComfyUI's encode would compute something else:
-    weighted or embedding tokens, a layer other than the last, hooks, weights patched as they are used (low-VRAM
-    loading, a LoRA applied at run time), quantized tensor types, or weights on more than one device."""
+    computation, each weight read once as stored instead of cast to float32 first), on the tensors ComfyUI loaded.
+    None where ComfyUI's encode would compute something else (_engine_umt5), or where the engine's failed in this
+    process (Triton on this machine: logged once, then ComfyUI encodes)."""
+    global _ENGINE_UMT5_FAILED
+    umt5 = None if _ENGINE_UMT5_FAILED else _engine_umt5(clip, sections)
+    if umt5 is None:
+        return None
+    ids = torch.tensor([[t[0] for t in sections[0]]], device=umt5.embedding.device)
+    try:
+        return umt5(ids).to(mm.intermediate_device())
+    except Exception as err:  # noqa: BLE001
+        _ENGINE_UMT5_FAILED = f"{type(err).__name__}: {err}"
+        log.warning("the engine's umt5 encoder failed (%s); ComfyUI encodes every text from now on",
+                    _ENGINE_UMT5_FAILED)
+        return None
+
+
+def _engine_umt5(clip, sections: list) -> Umt5Encoder | None:
+    """The engine's umt5 on the CLIP's weights (loaded on ComfyUI's text encoder device here), or None where
+    ComfyUI's encode would compute something else: weighted or embedding tokens, a layer other than the last, hooks,
+    weights patched as they are used (low-VRAM loading, a LoRA applied at run time), quantized tensor types,
+    weights on more than one device."""
     if len(sections) != 1 or not all(isinstance(t[0], numbers.Integral) and t[1] == 1.0 for t in sections[0]):
         return None
     model = clip.cond_stage_model
@@ -60,12 +79,10 @@ def engine_encode(clip, sections: list) -> torch.Tensor | None:
     if not _plain(transformer):
         return None
     try:
-        umt5 = Umt5Encoder(dict(transformer.named_parameters()))
+        return Umt5Encoder(dict(transformer.named_parameters()))
     except CheckpointError as err:
         log.info("the text encoder runs through ComfyUI: %s", err)
         return None
-    ids = torch.tensor([[t[0] for t in sections[0]]], device=umt5.embedding.device)
-    return umt5(ids).to(mm.intermediate_device())
 
 
 def _plain(transformer: torch.nn.Module) -> bool:

@@ -285,6 +285,26 @@ def test_a_umt5_whose_weights_are_patched_as_used_is_encoded_by_comfyui(tiny_umt
     assert_same_embeddings(embeds, full)
 
 
+def test_a_umt5_encoder_that_fails_hands_every_text_to_comfyui(tiny_umt5, monkeypatch, caplog):
+    """The engine's umt5 failing where it runs (Triton on this machine, here made to raise) logs why once and
+    leaves every text, the failed one too, to ComfyUI's encode."""
+    load_pack()
+    import longlive_pack.nodes.schedule as schedule
+
+    def fail(self, ids):
+        raise RuntimeError("PTX does not support bf16 on this GPU")
+
+    monkeypatch.setattr(schedule, "_ENGINE_UMT5_FAILED", None)
+    monkeypatch.setattr(schedule.Umt5Encoder, "__call__", fail)
+    for text in ("a corgi runs along a sunny beach", "a corgi digs in the sand"):
+        full = tiny_umt5.encode_from_tokens_scheduled(tiny_umt5.tokenize(text))[0][0]
+        embeds, lengths = encoded_by_comfyui(tiny_umt5, text)
+        assert lengths == [full.ne(0).any(-1).sum().item()]
+        assert_same_embeddings(embeds, full)
+    failures = [r for r in caplog.records if "umt5 encoder failed" in r.getMessage()]
+    assert len(failures) == 1 and "RuntimeError: PTX does not support bf16" in failures[0].getMessage()
+
+
 def assert_same_embeddings(embeds: torch.Tensor, full: torch.Tensor) -> None:
     """The same shape, zeros at the same tokens (the padding), the rest to float32 rounding (the attention sums
     over other key counts: 6e-6 of the norm at most here)."""

@@ -22,8 +22,10 @@ from ..kernels import ops
 
 BUCKETS, MAX_DISTANCE = 32, 128  # T5's relative position buckets (both directions)
 EPS = 1e-6
-GPU_LAUNCH = (32, 128, 4, 4)  # (weight rows, columns a step, warps, stages) of a program
-STORED = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
+# (x rows, weight rows, columns a step, warps, stages) of a program by the rows (tokens) it takes; not yet tuned
+GPU_LAUNCH = {16: (16, 32, 128, 4, 3), 32: (32, 32, 128, 4, 3), 64: (64, 32, 64, 4, 3)}
+WEIGHT_PARTS = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 1, torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
+STORED = tuple(WEIGHT_PARTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] float32 -> [..., out] float32: (x * scale) @ weight^T, the scale on the input as ComfyUI
         applies it to fewer tokens than the weight has rows."""
-        if not (ops.available(x.device) and x.device == self.weight.device):
+        if not (_kernel_runs(x.device) and x.device == self.weight.device):
             scaled = x if self.scale is None else x * self.scale.to(torch.float32)
             return F.linear(scaled, self.weight.to(torch.float32))
         return _stored_weight_linear(x, self.weight, self.scale)
@@ -83,7 +85,7 @@ class Umt5Encoder:
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        x = F.embedding(ids, self.embedding.to(torch.float32))
+        x = F.embedding(ids, self.embedding).to(torch.float32)
         buckets = position_buckets(ids.shape[1], ids.device)
         for layer in self.layers:
             bias = F.embedding(buckets, layer.position_bias.to(torch.float32)).permute(2, 0, 1).unsqueeze(0)
@@ -147,6 +149,13 @@ def _tensor(state: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     return tensor
 
 
+def _kernel_runs(device: torch.device) -> bool:
+    """Whether the kernel runs there: Triton's (a CUDA GPU with bfloat16 tensor cores, or its interpreter)."""
+    if not ops.available(device):
+        return False
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def _stored_weight_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     from ..kernels.launch import launch  # imports triton: only when the kernel runs
     from .umt5_jit import stored_weight_linear
@@ -154,10 +163,11 @@ def _stored_weight_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Te
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     rows, (cols, width) = x2.shape[0], weight.shape
     y = x2.new_empty(rows, cols)
-    block_n, block_k, warps, stages = GPU_LAUNCH if x.is_cuda else (ops.row_block(cols), ops.row_block(width), 1, 1)
-    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    block_m, block_n, block_k, warps, stages = GPU_LAUNCH[16 if rows <= 16 else 32 if rows <= 32 else 64]
+    if not x.is_cuda:  # the interpreter pays per program
+        block_n, block_k, warps, stages = ops.row_block(cols), ops.row_block(width), 1, 1
     launch(stored_weight_linear, (-(-cols // block_n), -(-rows // block_m)),
            x2, weight.contiguous(), weight if scale is None else scale, y, rows, cols, width,
-           SCALED=scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-           PRECISION="tf32x3" if x.is_cuda else "ieee", num_warps=warps, num_stages=stages)
+           SCALED=scale is not None, W_PARTS=WEIGHT_PARTS[weight.dtype], BLOCK_M=block_m, BLOCK_N=block_n,
+           BLOCK_K=block_k, INTERPRETED=not x.is_cuda, num_warps=warps, num_stages=stages)
     return y.view(*x.shape[:-1], cols)
