@@ -256,23 +256,3 @@ def test_kernels_refuse_cpu_tensors_without_the_interpreter(monkeypatch):
     with pytest.raises(BackendUnavailableError, match="need a CUDA tensor .* use the eager path"):
         kernels.norm_affine(x, x[:, :1], x[:, :1], 1e-6, True)
     assert not kernels.available(torch.device("cpu"))
-
-
-# --- umt5's linears on their stored weights (text/umt5.py) ------------------------------------------------------
-
-
-@pytest.mark.parametrize("stored", [torch.float8_e4m3fn, torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("tokens", [3, 20, 70])
-def test_a_umt5_linear_reads_its_stored_weight_as_comfyui_casts_it(stored, tokens):
-    """(x * scale) @ w^T in float32 from the weight as stored (e4m3 with a scale, or 16-bit), against ComfyUI's
-    cast of the weight to float32; tokens across the program's row tiles (16, 32, 64), sizes off the tile sizes."""
-    from longlive_core.text.umt5 import Linear
-
-    gen = torch.Generator().manual_seed(tokens)
-    x = torch.randn(1, tokens, 200, generator=gen).to(DEVICE)
-    weight = torch.randn(300, 200, generator=gen).to(DEVICE, stored)
-    scale = torch.tensor(0.37, device=DEVICE) if stored == torch.float8_e4m3fn else None
-    want = torch.nn.functional.linear(x if scale is None else x * scale, weight.to(torch.float32))
-    got = Linear(weight, scale)(x)
-    assert got.dtype == torch.float32 and got.shape == (1, tokens, 300)
-    torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-5)
