@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import threading
 import time
 
 import pytest
@@ -219,8 +220,6 @@ def test_without_triton_or_torch_compile_the_fast_path_runs_eager_with_one_line(
 def test_compiled_calls_run_one_at_a_time_in_a_process():
     """A compiled function called on one thread while another thread's compiled call runs waits for it (dynamo's
     check for a compile being traced is one flag for the process: a call beside a compile would fail, run 136)."""
-    import threading
-
     inside, release, order = threading.Event(), threading.Event(), []
 
     def held(x):
