@@ -350,7 +350,8 @@ class CausalWan(nn.Module):
     @property
     def calls_compiled(self) -> bool:
         """Whether its passes call torch.compile'd code (FP8 self-attention quantizes its inputs in a compiled
-        function): such code must not run while another thread traces a compile (Video.run)."""
+        function): such a call waits while another thread's compiled call runs (fast/compile.py), so Video.run
+        readies its decoder beside the blocks only where they replay CUDA graphs."""
         return self.attention_backend == FP8
 
     def key_steps(self) -> torch.Tensor:
