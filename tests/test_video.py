@@ -281,6 +281,35 @@ def test_a_decode_cut_off_by_an_interrupt_is_made_at_the_next_run(tiny_model, cu
     torch.testing.assert_close(images[4 * cut * 3:4 * kept, ..., 0], latents[0, kept - 3:kept, :1].repeat_interleave(4, 0))
 
 
+def test_a_block_whose_frames_failed_to_reach_the_host_is_not_decoded_again(tiny_model):
+    """A failure while a decoded block is handed on (a full disk under its video file) fails the run after the decoder
+    moved past that block: the next run decodes only the blocks never decoded, each once, in order; its images skip
+    the lost block's frames (as its file does)."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    decoded = []
+
+    def decode(latents):
+        decoded.append(latents)
+        images = latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+        calls = len(decoded)
+
+        def finish():
+            if calls == 2:
+                raise OSError(28, "No space left on device")
+            return images
+        return finish
+
+    with pytest.raises(OSError, match="No space left"):
+        video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    assert latents.shape[1] == 12 and len(decoded) == 4
+    for k, block in enumerate(decoded):  # the blocks in order, none twice
+        torch.testing.assert_close(block, latents[:, 3 * k:3 * k + 3], rtol=0, atol=0)
+    kept = torch.cat([latents[:, :3], latents[:, 6:]], dim=1)  # all but the second block
+    torch.testing.assert_close(images[..., 0], kept[0, :, :1].repeat_interleave(4, 0), rtol=0, atol=0)
+
+
 def test_blocks_of_a_run_without_a_decoder_are_decoded_by_the_next_that_has_one(tiny_model):
     video = new_video(tiny_model)
     video.schedule([Prompt(0, "a boy")], 6, embed)

@@ -132,22 +132,23 @@ def _nothing(_done: BlockDone) -> None:
 
 @dataclasses.dataclass
 class RunHooks:
-    """What the host does around a run. encode: the text encoder of posted prompts (None: none connected);
-    embed_text: embeddings of a prompt that has none (raises where that cannot be); prepare: before each block (the
-    host makes sure the weights are where the model runs); check: before each denoising pass (raises to interrupt
-    the run inside a block); decode: launches the decode of block latents and returns what finishes it (None: no
-    decoding); the finisher returns images [B * frames, H, W, 3], or None where the frames went elsewhere (a file, the
-    viewers) and the run returns no images. A run that is not live finishes a block's decode after it has launched
-    the next block, so the GPU never waits for the host's hand-off. made: after a block is generated (stats are
-    current); shown: after it is decoded (progress, preview; may raise to interrupt the run); lead: in a
-    live run, seconds of video made and not yet shown to its viewers (the run waits while that is more than a block
-    takes to make, so it stays about one block ahead, and at its end until it is 0); ready_decode: before the first
-    block, on the run's thread (it may load the decoder's weights), returns what readies the decode for this video's
-    blocks (compiles it, runs cuDNN's finds), or None where nothing needs readying: a live run runs it there, before
-    its first block; another runs it on a thread of its own while its first blocks are generated, and decodes them
-    once it is done, where `beside` says the host's weights stay where they are meanwhile (called after ready_decode);
-    what the readying raises there (the host's interrupt too) is raised on the run's thread once it is done.
-    Embeddings are [1 or B, tokens, text_dim]."""
+    """What the host does around a run. encode: the text encoder of posted prompts (None: none connected); embed_text:
+    embeddings of a prompt that has none (raises where that cannot be); prepare: before each block (the host makes
+    sure the weights are where the model runs); check: before each denoising pass (raises to interrupt the run
+    inside a block); decode: launches the decode of block latents and returns what finishes it (None: no decoding);
+    the finisher returns images [B * frames, H, W, 3], or None where the frames went elsewhere (a file, the viewers)
+    and the run returns no images (nor where it raises, a full disk under a file: the decode went through, so the
+    block is not decoded again and the images skip its frames). A run that is not live finishes a block's decode
+    after it has launched the next block, so the GPU never waits for the host's hand-off. made: after a block is
+    generated (stats are current); shown: after it is decoded (progress, preview; may raise to interrupt the run);
+    lead: in a live run, seconds of video made and not yet shown to its viewers (the run waits while that is more
+    than a block takes to make, so it stays about one block ahead, and at its end until it is 0); ready_decode:
+    before the first block, on the run's thread (it may load the decoder's weights), returns what readies the decode
+    for this video's blocks (compiles it, runs cuDNN's finds), or None where nothing needs readying: a live run runs
+    it there, before its first block; another runs it on a thread of its own while its first blocks are generated,
+    and decodes them once it is done, where `beside` says the host's weights stay where they are meanwhile (called
+    after ready_decode); what the readying raises there (the host's interrupt too) is raised on the run's thread
+    once it is done. Embeddings are [1 or B, tokens, text_dim]."""
 
     embed_text: Callable[[str], torch.Tensor]
     encode: Callable[[str], torch.Tensor] | None = None
@@ -577,7 +578,11 @@ class Video:
         hooks.made(BlockDone(made.index, made.blocks, made.latents, None, made.posted, end))
         images = None
         if made.finish is not None:
-            images = made.finish()
+            try:
+                images = made.finish()
+            except BaseException:  # its decode went through (the decoder moved past it): never decoded again
+                self.undelivered_images.append(_per_sample(None, made.latents))
+                raise
             self.undelivered_images.append(_per_sample(images, made.latents))
         hooks.shown(BlockDone(made.index, made.blocks, made.latents, images, made.posted, end))
         self._block_s = time.perf_counter() - made.start
