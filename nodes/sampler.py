@@ -177,8 +177,9 @@ def load(model: LongLiveModel) -> None:
 
 
 def fully_loaded(patcher) -> bool:
-    """Whether ComfyUI holds the whole model on its GPU (not unloaded, not partly loaded in low-VRAM mode): a run
-    readies its decoder beside its first blocks only then (the weights stay where they are meanwhile)."""
+    """Whether ComfyUI holds the whole model on its GPU (not unloaded, not partly loaded in low-VRAM mode): its weights
+    are where the run's last load left them, so a block needs no load, and a run readies its decoder beside its first
+    blocks only then (the weights stay where they are meanwhile)."""
     return patcher in mm.loaded_models() and not getattr(patcher.model, "model_lowvram", False)
 
 
@@ -275,27 +276,15 @@ def make_room(model: LongLiveModel, settings: VideoSettings) -> None:
 
 def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder: BlockDecoder | None, blocks: int,
               node_id) -> RunHooks:
-    """ComfyUI's side of a run: the text encoder, the weights loaded again before a block where the encoder or the
-    VAE ran since (ComfyUI may have moved them out for those), its interrupt between passes, the decode of each
+    """ComfyUI's side of a run: the text encoder, the weights loaded again before a block where ComfyUI moved some
+    out (for the text encoder or the VAE; its load of a model it holds whole, which did nothing but took the host 10-13
+    ms on the way of each prompt switch in run 113, is skipped), its interrupt between passes, the decode of each
     block to its outputs (compiled before the first block), the progress bar with a preview, the `longlive.block`
     event for the page, the live pace (the session's viewers)."""
-    others_ran = [False]
-
-    def after_others(fn):
-        def run(*args):
-            others_ran[0] = True
-            return fn(*args)
-        return run
 
     def prepare() -> None:
-        if others_ran[0]:
+        if not fully_loaded(model.patcher):
             load(model)
-            others_ran[0] = False
-
-    def ready_decode():
-        work = decoder.readying()  # loads the VAE
-        others_ran[0] = others_ran[0] or not fully_loaded(model.patcher)  # ComfyUI moved the model out for it
-        return work
 
     def made(done: BlockDone) -> None:
         if decoder is not None:
@@ -303,10 +292,10 @@ def run_hooks(video: Video, model: LongLiveModel, schedule: PromptList, decoder:
         send_block_event(video, done)
 
     return RunHooks(embed_text=lambda text: text_embeddings(text, model),
-                    encode=schedule.encoder and after_others(schedule.encoder), prepare=prepare,
-                    check=mm.throw_exception_if_processing_interrupted, decode=decoder and after_others(decoder),
-                    made=made, shown=progress(video, blocks, node_id, decoder), lead=decoder and decoder.lead,
-                    ready_decode=decoder and ready_decode, beside=lambda: fully_loaded(model.patcher))
+                    encode=schedule.encoder, prepare=prepare, check=mm.throw_exception_if_processing_interrupted,
+                    decode=decoder, made=made, shown=progress(video, blocks, node_id, decoder),
+                    lead=decoder and decoder.lead, ready_decode=decoder and decoder.readying,
+                    beside=lambda: fully_loaded(model.patcher))
 
 
 def progress(video: Video, blocks: int, node_id, decoder: BlockDecoder | None):
