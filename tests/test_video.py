@@ -10,6 +10,7 @@ import torch
 
 from longlive_core import PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
 from longlive_core.errors import ConfigError, PromptError
+from longlive_core.runtime.session import prepare_embeds
 from longlive_core.tools.synthetic import TINY
 
 
@@ -259,6 +260,29 @@ def test_a_stop_between_passes_leaves_the_block_to_be_made_again_exactly(tiny_mo
     torch.testing.assert_close(rest, whole, rtol=0, atol=0)  # the kept block, then the two made after the stop
 
 
+def test_a_block_stopped_after_its_prompt_switch_keeps_that_prompt_in_force(tiny_model):
+    """An interrupt inside a block that switched prompts: the session holds the new prompt (the block is made again
+    under it), so the video says so, and a next run that asks for the old prompt switches back to it."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 3, embed)
+    video.run(3, live=False, hooks=RunHooks(embed_text=embed))
+    video.schedule([Prompt(0, "a cat")], 3, embed)
+    passes = []
+
+    def stop_at_the_second_pass():
+        passes.append(1)
+        if len(passes) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        video.run(3, live=False, hooks=RunHooks(embed_text=embed, check=stop_at_the_second_pass))
+    assert video.prompt_key == "text:a cat" and video.session.frame == 3
+    video.schedule([Prompt(0, "a boy")], 3, embed)
+    video.run(3, live=False, hooks=RunHooks(embed_text=embed))
+    torch.testing.assert_close(video.session.prompt, prepare_embeds(embed("a boy"), 1, TINY.text_dim), rtol=0, atol=0)
+    assert video.prompt_key == "text:a boy"
+
+
 @pytest.mark.parametrize("cut", [0, 1])
 def test_a_decode_cut_off_by_an_interrupt_is_made_at_the_next_run(tiny_model, cut):
     video = new_video(tiny_model)
@@ -308,6 +332,39 @@ def test_a_block_whose_frames_failed_to_reach_the_host_is_not_decoded_again(tiny
         torch.testing.assert_close(block, latents[:, 3 * k:3 * k + 3], rtol=0, atol=0)
     kept = torch.cat([latents[:, :3], latents[:, 6:]], dim=1)  # all but the second block
     torch.testing.assert_close(images[..., 0], kept[0, :, :1].repeat_interleave(4, 0), rtol=0, atol=0)
+
+
+def test_an_owed_block_whose_frames_failed_to_reach_the_host_is_not_decoded_again(tiny_model):
+    """A block a run left undecoded is decoded by the next; where handing its frames on fails there (a full disk),
+    the decoder has moved past it: the run after decodes each block once, in order."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+
+    def stop(done):
+        raise Stop
+
+    with pytest.raises(Stop):
+        video.run(6, live=False, hooks=RunHooks(embed_text=embed, shown=stop))  # interrupted, its block undecoded
+    decoded = []
+
+    def decode(latents):
+        decoded.append(latents)
+        images = latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+        calls = len(decoded)
+
+        def finish():
+            if calls == 1:
+                raise OSError(28, "No space left on device")
+            return images
+        return finish
+
+    with pytest.raises(OSError, match="No space left"):
+        video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
+    assert latents.shape[1] == 6 and len(decoded) == 2
+    for k, block in enumerate(decoded):
+        torch.testing.assert_close(block, latents[:, 3 * k:3 * k + 3], rtol=0, atol=0)
+    assert images.shape[0] == 4 * 3  # the lost block's frames are skipped
 
 
 def test_blocks_of_a_run_without_a_decoder_are_decoded_by_the_next_that_has_one(tiny_model):

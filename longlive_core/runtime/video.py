@@ -542,7 +542,7 @@ class Video:
         owed = self.undelivered[len(self.undelivered_images):]
         self.decoding_at = self.session.frame - sum(b.shape[1] for b in owed)
         for latents in owed:
-            self.undelivered_images.append(_per_sample(decode(latents)(), latents))
+            self._keep_images(decode(latents), latents)
             self.decoding_at += latents.shape[1]
 
     def _generate(self, index: int, blocks: int, live: bool, hooks: RunHooks) -> "_Made":
@@ -554,14 +554,18 @@ class Video:
         started_at = self.session.frame
         timer = GpuTimer(self.session.model.device)
         try:
-            latents = self._step(hooks.check, cut_short=live and posted is None and started_at not in self.session.pending)
-        except _Superseded:
-            posted = self._take_posted(hooks)
-            hooks.prepare()
-            timer = GpuTimer(self.session.model.device)
-            latents = self._step(hooks.check, cut_short=False)
+            try:
+                latents = self._step(hooks.check,
+                                     cut_short=live and posted is None and started_at not in self.session.pending)
+            except _Superseded:
+                posted = self._take_posted(hooks)
+                hooks.prepare()
+                timer = GpuTimer(self.session.model.device)
+                latents = self._step(hooks.check, cut_short=False)
+        finally:  # a block stopped between passes keeps the switch it applied: that prompt is in force
+            if started_at not in self.session.pending:
+                self.in_force = self.upcoming.pop(started_at, self.in_force)
         timer.stop()
-        self.in_force = self.upcoming.pop(started_at, self.in_force)
         self.undelivered.append(latents.float())
         return _Made(index, blocks, latents, posted, started_at, timer, start)
 
@@ -576,16 +580,21 @@ class Video:
         self._record(made.timer.ms(), made.posted, made.started_at)
         end = made.started_at + made.latents.shape[1]
         hooks.made(BlockDone(made.index, made.blocks, made.latents, None, made.posted, end))
-        images = None
-        if made.finish is not None:
-            try:
-                images = made.finish()
-            except BaseException:  # its decode went through (the decoder moved past it): never decoded again
-                self.undelivered_images.append(_per_sample(None, made.latents))
-                raise
-            self.undelivered_images.append(_per_sample(images, made.latents))
+        images = None if made.finish is None else self._keep_images(made.finish, made.latents)
         hooks.shown(BlockDone(made.index, made.blocks, made.latents, images, made.posted, end))
         self._block_s = time.perf_counter() - made.start
+
+    def _keep_images(self, finish: Callable[[], torch.Tensor | None], latents: torch.Tensor) -> torch.Tensor | None:
+        """Finishes a launched decode and keeps its images for the run's output. A finisher that raises (a full disk
+        under a video file) leaves the block decoded without images: the decoder moved past it, so it is never
+        decoded again."""
+        try:
+            images = finish()
+        except BaseException:
+            self.undelivered_images.append(_per_sample(None, latents))
+            raise
+        self.undelivered_images.append(_per_sample(images, latents))
+        return images
 
     def _take_posted(self, hooks: RunHooks) -> PostedPrompt | None:
         """Applies the newest prompt posted since the last block (older ones are superseded)."""
