@@ -305,6 +305,22 @@ def test_a_decode_cut_off_by_an_interrupt_is_made_at_the_next_run(tiny_model, cu
     torch.testing.assert_close(images[4 * cut * 3:4 * kept, ..., 0], latents[0, kept - 3:kept, :1].repeat_interleave(4, 0))
 
 
+def full_disk_at(call: int, decoded: list):
+    """A decode hook that records the latents it decodes; the finisher of its `call`-th decode raises as a full disk
+    under a video file does (after the decode went through)."""
+    def decode(latents):
+        decoded.append(latents)
+        images = latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
+        calls = len(decoded)
+
+        def finish():
+            if calls == call:
+                raise OSError(28, "No space left on device")
+            return images
+        return finish
+    return decode
+
+
 def test_a_block_whose_frames_failed_to_reach_the_host_is_not_decoded_again(tiny_model):
     """A failure while a decoded block is handed on (a full disk under its video file) fails the run after the decoder
     moved past that block: the next run decodes only the blocks never decoded, each once, in order; its images skip
@@ -312,18 +328,7 @@ def test_a_block_whose_frames_failed_to_reach_the_host_is_not_decoded_again(tiny
     video = new_video(tiny_model)
     video.schedule([Prompt(0, "a boy")], 9, embed)
     decoded = []
-
-    def decode(latents):
-        decoded.append(latents)
-        images = latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
-        calls = len(decoded)
-
-        def finish():
-            if calls == 2:
-                raise OSError(28, "No space left on device")
-            return images
-        return finish
-
+    decode = full_disk_at(2, decoded)
     with pytest.raises(OSError, match="No space left"):
         video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
     latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
@@ -346,18 +351,7 @@ def test_an_owed_block_whose_frames_failed_to_reach_the_host_is_not_decoded_agai
     with pytest.raises(Stop):
         video.run(6, live=False, hooks=RunHooks(embed_text=embed, shown=stop))  # interrupted, its block undecoded
     decoded = []
-
-    def decode(latents):
-        decoded.append(latents)
-        images = latents[:, :, :1].repeat_interleave(4, 1).flatten(0, 1)[..., None]
-        calls = len(decoded)
-
-        def finish():
-            if calls == 1:
-                raise OSError(28, "No space left on device")
-            return images
-        return finish
-
+    decode = full_disk_at(1, decoded)
     with pytest.raises(OSError, match="No space left"):
         video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
     latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
