@@ -16,7 +16,7 @@ from aiohttp import web
 from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, ConfigError, PostedPrompt, PromptError, SessionEvictedError,
                              UnknownSessionError, check_text, save_video)
 from . import viewer
-from .state import SESSIONS, forget_save, save_path
+from .state import SESSIONS, check_session_id, forget_save, save_path
 
 MAX_PROMPT_CHARS = 2000
 
@@ -52,8 +52,18 @@ def gpu_memory() -> dict | None:
     return {"allocator": torch.cuda.get_allocator_backend(), **figures(), "loaded_models_gib": loaded, **devices}
 
 
+def _session_key(request: web.Request) -> tuple[str, web.Response | None]:
+    """The URL's session id as the nodes name sessions (stripped), or an error response (400) saying what is wrong."""
+    try:
+        return check_session_id(request.match_info["session_id"], "session id"), None
+    except ConfigError as err:
+        return "", web.json_response({"error": str(err)}, status=400)
+
+
 async def delete_session(request: web.Request) -> web.Response:
-    key = request.match_info["session_id"]
+    key, error = _session_key(request)
+    if error:
+        return error
     entry = dict(SESSIONS.items()).get(key)
     if entry is not None and entry.value.live:
         return web.json_response({"error": f"session '{key}' is generating live; stop it first"}, status=409)
@@ -61,10 +71,17 @@ async def delete_session(request: web.Request) -> web.Response:
         return web.json_response({"error": f"session '{key}' is generating; wait for its run to end, or interrupt "
                                            f"it (POST /interrupt: its finished blocks are kept), then delete it"},
                                  status=409)
-    saved = os.path.exists(save_path(key))
-    if not SESSIONS.delete(key) and not saved:
-        return web.json_response({"error": f"no session '{key}'"}, status=404)
-    forget_save(key)
+    if entry is not None and not entry.value.busy.acquire(blocking=False):  # a save, or a run about to start
+        return web.json_response({"error": f"session '{key}' is being saved or is starting a run; delete it once "
+                                           f"that is done"}, status=409)
+    try:
+        saved = os.path.exists(save_path(key))
+        if not SESSIONS.delete(key) and not saved:
+            return web.json_response({"error": f"no session '{key}'"}, status=404)
+        forget_save(key)
+    finally:
+        if entry is not None:
+            entry.value.busy.release()
     return web.json_response({"deleted": key})
 
 
@@ -85,7 +102,9 @@ async def delete_all(_request: web.Request) -> web.Response:
 def _live_session(request: web.Request, playing_out: bool = False):
     """The named session, or an error response: 404 unknown, 409 not live (nor, where `playing_out`, sending a live
     run's last frames)."""
-    key = request.match_info["session_id"]
+    key, error = _session_key(request)
+    if error:
+        return None, error
     try:
         video = SESSIONS.get(key)
     except (UnknownSessionError, SessionEvictedError) as err:
@@ -148,7 +167,9 @@ async def _text_of(request: web.Request) -> tuple[dict, str, web.Response | None
 async def post_save(request: web.Request) -> web.Response:
     """Writes the session to ComfyUI's output folder (longlive_sessions/); after a restart the same session id
     resumes from it. A save lasts until the session is reset or deleted."""
-    key = request.match_info["session_id"]
+    key, error = _session_key(request)
+    if error:
+        return error
     try:
         video = SESSIONS.get(key)
     except (UnknownSessionError, SessionEvictedError) as err:
@@ -170,7 +191,7 @@ async def post_stop(request: web.Request) -> web.Response:
     if error:
         return error
     video.stop.set()
-    return web.json_response({"stopping": request.match_info["session_id"], "at_frame": video.session.frame})
+    return web.json_response({"stopping": _session_key(request)[0], "at_frame": video.session.frame})
 
 
 def register(prompt_handler) -> None:

@@ -26,7 +26,8 @@ import torch
 from aiohttp import WSMsgType, web
 from PIL import Image
 
-from ..longlive_core import FPS, PostedPrompt
+from ..longlive_core import FPS, ConfigError, PostedPrompt
+from .state import check_session_id
 
 log = logging.getLogger("longlive")
 
@@ -163,7 +164,10 @@ def channel(session_id: str) -> Channel | None:
 
 async def watch(request: web.Request) -> web.StreamResponse:
     """GET /longlive/sessions/{id}/frames (WebSocket): the session's frames as they are made, from now on."""
-    key = request.match_info["session_id"]
-    if not key or len(key) > 128:
-        return web.json_response({"error": "session id: 1 to 128 characters"}, status=400)
+    try:
+        key = check_session_id(request.match_info["session_id"], "session id")
+    except ConfigError as err:
+        return web.json_response({"error": str(err)}, status=400)
+    if not key:
+        return web.json_response({"error": "session id: the sampler's session_id is needed"}, status=400)
     return await channel(key).serve(request)

@@ -873,6 +873,39 @@ def test_a_viewer_that_stops_reading_has_its_frames_dropped_and_counted(comfy):
     assert {h["dropped"] for h in headers} == {10}
 
 
+def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_nodes_do(comfy):
+    """DELETE while a save holds the video (it would write the file after the delete forgot it, and the next run would
+    resume the deleted video) is refused; once the save is done it deletes. An id with spaces around it names the
+    session the sampler made of it (stripped)."""
+    import asyncio
+
+    from aiohttp.test_utils import make_mocked_request
+
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.routes import delete_session
+    from longlive_pack.nodes.state import SESSIONS
+
+    def delete(session_id: str) -> tuple[int, dict]:
+        request = make_mocked_request("DELETE", "/longlive/sessions/x", match_info={"session_id": session_id})
+        response = asyncio.run(delete_session(request))
+        return response.status, json.loads(response.text)
+
+    video = Video(random_model(TINY), VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "saving"), fast=False)
+    SESSIONS.put("saving", video, 0)
+    try:
+        with video.busy:  # as a save holds it
+            status, body = delete("saving")
+        assert status == 409 and body["error"] == ("session 'saving' is being saved or is starting a run; delete it "
+                                                   "once that is done")
+        assert delete(" saving ") == (200, {"deleted": "saving"})
+        assert not video.busy.locked()
+        assert delete("saving")[0] == 404
+    finally:
+        SESSIONS.delete("saving")
+
+
 @pytest.fixture
 def tiny_wan22(comfy):
     """ComfyUI's Wan 2.2 VAE module (LongLive 2.0's), narrow, with random weights."""
