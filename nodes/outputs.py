@@ -83,6 +83,7 @@ class Files:
 
     def __init__(self, video: Video, requests: list[SaveRequest], batch: int, width: int, height: int):
         self.video, self.run_files, self.by_node = video, [], {}
+        self.appended: dict[str, str] = {}  # node id -> its files' key in video.outputs
         self.fps = video.family.fps
         named = bool(video.settings.session_id)
         for request in requests:
@@ -95,6 +96,8 @@ class Files:
                     video.outputs[key] = _Kept(recordings)
                 else:
                     self.run_files.extend(recordings)
+            if request.mode == APPEND and named:
+                self.appended[request.node_id] = key
             self.by_node[request.node_id] = recordings
 
     def _open(self, prefix: str, batch: int, width: int, height: int) -> list[Recording]:
@@ -109,30 +112,47 @@ class Files:
         return opened
 
     def write(self, frames: torch.Tensor) -> None:
-        """frames: uint8 [B, N, H, W, 3] on the CPU."""
-        for recordings in self.by_node.values():
-            for recording, sample in zip(recordings, frames):
-                recording.write(sample)
+        """frames: uint8 [B, N, H, W, 3] on the CPU, to every node's files. A file that failed (a full disk) is reported
+        once the others have the frames; a session's appended file that failed is let go, so that its next run starts
+        a new one."""
+        errors = []
+        for node, recordings in self.by_node.items():
+            try:
+                for recording, sample in zip(recordings, frames):
+                    recording.write(sample)
+            except RecordingError as err:
+                errors.append(err)
+                self._let_go(node)
+        if errors:
+            raise errors[0]
+
+    def _let_go(self, node: str) -> None:
+        kept = self.video.outputs.pop(self.appended.pop(node, None), None)
+        if kept is not None:
+            close_all(kept.recordings)  # their error is the one the run reports
 
     def finish(self) -> dict[str, list[FileSpec]]:
         """Finishes the per-run files; returns each Save node's files (what it shows)."""
-        errors = []
-        for recording in self.run_files:
-            try:
-                recording.close()
-            except RecordingError as err:
-                errors.append(err)
+        errors = close_all(self.run_files)
         if errors:
             raise errors[0]
         return {node: [r.spec for r in recordings] for node, recordings in self.by_node.items()}
 
     def abandon(self) -> None:
         """A failed or interrupted run: its per-run files are finished with what they hold (playable)."""
-        for recording in self.run_files:
-            try:
-                recording.close()
-            except RecordingError as err:
-                log.warning("%s", err)
+        for err in close_all(self.run_files):
+            log.warning("%s", err)
+
+
+def close_all(recordings: list[Recording]) -> list[RecordingError]:
+    """Finishes every file, whichever fail; returns their errors."""
+    errors = []
+    for recording in recordings:
+        try:
+            recording.close()
+        except RecordingError as err:
+            errors.append(err)
+    return errors
 
 
 class _Kept:
@@ -142,8 +162,9 @@ class _Kept:
         self.recordings = recordings
 
     def close(self) -> None:
-        for recording in self.recordings:
-            recording.close()
+        errors = close_all(self.recordings)
+        if errors:
+            raise errors[0]
 
 
 class BlockDecoder:

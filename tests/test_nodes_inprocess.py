@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pathlib
 import sys
+import time
 
 import pytest
 import torch
@@ -834,6 +835,53 @@ def test_a_full_disk_fails_the_video_file_naming_it(comfy):
     recording.close()  # the error was reported: closing again is quiet
     with pytest.raises(RecordingError, match="the video file /dev/full is already finished"):
         recording.write(frames)
+
+
+def test_a_sessions_appended_file_that_fails_is_let_go_and_the_other_files_get_the_frames(comfy, tmp_path):
+    """A session appends to a file on a full disk (/dev/full) while a second Save node writes a file per run: the
+    write that meets the error gives the other file its frames, then fails naming the full one, which the session
+    lets go; the session's next run appends to a new file."""
+    load_pack()
+    import folder_paths
+
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.outputs import APPEND, PER_RUN, Files, SaveRequest, _Kept
+    from longlive_pack.nodes.recording import FileSpec, Recording, RecordingError
+
+    video = Video(random_model(TINY), VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "appended"), fast=False)
+    key = "file 6 test/appended"
+    video.outputs[key] = _Kept([Recording(FileSpec("/dev/full", "full.mp4", ""), 96, 64)])
+    requests = [SaveRequest("6", "test/appended", APPEND), SaveRequest("7", "test/per_run", PER_RUN)]
+    frames = torch.randint(0, 255, (1, 12, 64, 96, 3), dtype=torch.uint8)
+    saved = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    try:
+        files = Files(video, requests, 1, 96, 64)
+        written = 0
+        with pytest.raises(RecordingError, match=r"could not write the video file /dev/full"):
+            for _ in range(200):  # the encoder thread meets the error when its buffer first goes to the file
+                written += 1
+                files.write(frames)
+                time.sleep(0.01)
+        assert key not in video.outputs
+        (per_run,) = files.finish()["7"]
+        assert mp4_frame_count(per_run.path) == 12 * written  # the failing write's frames too
+        files = Files(video, requests[:1], 1, 96, 64)
+        files.write(frames)
+        (appended,) = video.outputs[key].recordings
+        assert appended.spec.path.startswith(str(tmp_path))
+        video.close_outputs()
+        assert mp4_frame_count(appended.spec.path) == 12
+    finally:
+        folder_paths.set_output_directory(saved)
+
+
+def mp4_frame_count(path: str) -> int:
+    import av
+
+    with av.open(path) as container:
+        return sum(1 for _ in container.decode(video=0))
 
 
 def test_a_viewer_that_stops_reading_has_its_frames_dropped_and_counted(comfy):
