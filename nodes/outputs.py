@@ -86,19 +86,35 @@ class Files:
         self.appended: dict[str, str] = {}  # node id -> its files' key in video.outputs
         self.fps = video.family.fps
         named = bool(video.settings.session_id)
-        for request in requests:
-            key = f"file {request.node_id} {request.prefix}"
-            if request.mode == APPEND and named and key in video.outputs:
-                recordings = video.outputs[key].recordings
-            else:
-                recordings = self._open(request.prefix, batch, width, height)
-                if request.mode == APPEND and named:
-                    video.outputs[key] = _Kept(recordings)
+        opened: list[Recording] = []
+        try:
+            for request in requests:
+                key = f"file {request.node_id} {request.prefix}"
+                if request.mode == APPEND and named and key in video.outputs:
+                    recordings = video.outputs[key].recordings
                 else:
-                    self.run_files.extend(recordings)
-            if request.mode == APPEND and named:
-                self.appended[request.node_id] = key
-            self.by_node[request.node_id] = recordings
+                    recordings = self._open(request.prefix, batch, width, height)
+                    opened += recordings
+                    if request.mode == APPEND and named:
+                        video.outputs[key] = _Kept(recordings)
+                    else:
+                        self.run_files.extend(recordings)
+                if request.mode == APPEND and named:
+                    self.appended[request.node_id] = key
+                self.by_node[request.node_id] = recordings
+        except BaseException:  # a later node's prefix refused or its file not opened: the run leaves no file behind
+            self._remove(opened)
+            raise
+
+    def _remove(self, opened: list[Recording]) -> None:
+        """Closes and deletes files opened for a run that never began (and forgets the session's new ones)."""
+        outputs = self.video.outputs
+        for key in [k for k, kept in outputs.items() if isinstance(kept, _Kept) and kept.recordings[0] in opened]:
+            del outputs[key]
+        close_all(opened)
+        for recording in opened:
+            with contextlib.suppress(OSError):
+                os.remove(recording.spec.path)
 
     def _open(self, prefix: str, batch: int, width: int, height: int) -> list[Recording]:
         opened = []

@@ -877,6 +877,33 @@ def test_a_sessions_appended_file_that_fails_is_let_go_and_the_other_files_get_t
         folder_paths.set_output_directory(saved)
 
 
+def test_a_save_node_refused_after_another_leaves_no_file_open_or_behind(comfy, tmp_path):
+    """Two LongLive Save Video nodes, the second with a prefix that leaves the output folder: the run is refused
+    naming it, and the file opened for the first (one per run, or the session's appended one) is closed, deleted and
+    forgotten."""
+    import threading
+
+    load_pack()
+    import folder_paths
+
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.outputs import APPEND, PER_RUN, Files, SaveRequest
+
+    video = Video(random_model(TINY), VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "refused"), fast=False)
+    saved = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    try:
+        for mode in (PER_RUN, APPEND):
+            requests = [SaveRequest("6", "test/first", mode), SaveRequest("7", "../outside", PER_RUN)]
+            with pytest.raises(ConfigError, match="filename_prefix '../outside'"):
+                Files(video, requests, 1, 96, 64)
+            assert not [t for t in threading.enumerate() if t.name.startswith("longlive-encode first_")]
+            assert not list(tmp_path.rglob("*.mp4")) and video.outputs == {}
+    finally:
+        folder_paths.set_output_directory(saved)
+
+
 def mp4_frame_count(path: str) -> int:
     import av
 
