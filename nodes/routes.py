@@ -86,16 +86,20 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def delete_all(_request: web.Request) -> web.Response:
-    """Frees every idle session; those generating keep going (stop or interrupt them first)."""
+    """Frees every idle session; those generating keep going (stop or interrupt them first), as do those being saved
+    or starting a run (kept_running)."""
     deleted, kept_live, kept_running = 0, [], []
     for key, entry in SESSIONS.items():
         if entry.value.live:
             kept_live.append(key)
-        elif entry.value.running:
+        elif entry.value.running or not entry.value.busy.acquire(blocking=False):
             kept_running.append(key)
         else:
-            deleted += SESSIONS.delete(key)
-            forget_save(key)
+            try:
+                deleted += SESSIONS.delete(key)
+                forget_save(key)
+            finally:
+                entry.value.busy.release()
     return web.json_response({"deleted": deleted, "kept_live": kept_live, "kept_running": kept_running})
 
 

@@ -950,7 +950,7 @@ def test_a_viewer_that_stops_reading_has_its_frames_dropped_and_counted(comfy):
 
 def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_nodes_do(comfy):
     """DELETE while a save holds the video (it would write the file after the delete forgot it, and the next run would
-    resume the deleted video) is refused; once the save is done it deletes. An id with spaces around it names the
+    resume the deleted video) is refused, and DELETE of all sessions keeps it; once the save is done it deletes. An id with spaces around it names the
     session the sampler made of it (stripped)."""
     import asyncio
 
@@ -959,12 +959,14 @@ def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_node
     load_pack()
     from longlive_core import Video, VideoSettings
     from longlive_core.tools.synthetic import TINY, random_model
-    from longlive_pack.nodes.routes import delete_session
+    from longlive_pack.nodes.routes import delete_all, delete_session
     from longlive_pack.nodes.state import SESSIONS
 
-    def delete(session_id: str) -> tuple[int, dict]:
-        request = make_mocked_request("DELETE", "/longlive/sessions/x", match_info={"session_id": session_id})
-        response = asyncio.run(delete_session(request))
+    def delete(session_id: str | None) -> tuple[int, dict]:
+        """DELETE one session, or (None) all of them."""
+        match = {} if session_id is None else {"session_id": session_id}
+        request = make_mocked_request("DELETE", "/longlive/sessions/x", match_info=match)
+        response = asyncio.run(delete_all(request) if session_id is None else delete_session(request))
         return response.status, json.loads(response.text)
 
     video = Video(random_model(TINY), VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "saving"), fast=False)
@@ -972,6 +974,7 @@ def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_node
     try:
         with video.busy:  # as a save holds it
             status, body = delete("saving")
+            assert delete(None)[1]["kept_running"] == ["saving"]
         assert status == 409 and body["error"] == ("session 'saving' is being saved or is starting a run; delete it "
                                                    "once that is done")
         assert delete(" saving ") == (200, {"deleted": "saving"})
