@@ -87,6 +87,7 @@ class Files:
         self.fps = video.family.fps
         named = bool(video.settings.session_id)
         opened: list[Recording] = []
+        new_keys: list[str] = []  # the session's appended files this run opened
         try:
             for request in requests:
                 key = f"file {request.node_id} {request.prefix}"
@@ -97,25 +98,17 @@ class Files:
                     opened += recordings
                     if request.mode == APPEND and named:
                         video.outputs[key] = _Kept(recordings)
+                        new_keys.append(key)
                     else:
                         self.run_files.extend(recordings)
                 if request.mode == APPEND and named:
                     self.appended[request.node_id] = key
                 self.by_node[request.node_id] = recordings
         except BaseException:  # a later node's prefix refused or its file not opened: the run leaves no file behind
-            self._remove(opened)
+            for key in new_keys:
+                del video.outputs[key]
+            _remove(opened)
             raise
-
-    def _remove(self, opened: list[Recording]) -> None:
-        """Closes and deletes files opened for a run that never began (and forgets the session's new ones)."""
-        outputs = self.video.outputs
-        for key in [k for k, kept in outputs.items() if isinstance(kept, _Kept) and kept.recordings[0] in opened]:
-            del outputs[key]
-        close_all(opened)
-        for recording in opened:
-            with contextlib.suppress(OSError):
-                os.remove(recording.spec.path)
-
     def _open(self, prefix: str, batch: int, width: int, height: int) -> list[Recording]:
         opened = []
         try:
@@ -158,6 +151,14 @@ class Files:
         """A failed or interrupted run: its per-run files are finished with what they hold (playable)."""
         for err in close_all(self.run_files):
             log.warning("%s", err)
+
+
+def _remove(opened: list[Recording]) -> None:
+    """Closes and deletes files opened for a run that never began."""
+    close_all(opened)
+    for recording in opened:
+        with contextlib.suppress(OSError):
+            os.remove(recording.spec.path)
 
 
 def close_all(recordings: list[Recording]) -> list[RecordingError]:

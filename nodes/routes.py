@@ -195,7 +195,7 @@ async def post_stop(request: web.Request) -> web.Response:
     if error:
         return error
     video.stop.set()
-    return web.json_response({"stopping": _session_key(request)[0], "at_frame": video.session.frame})
+    return web.json_response({"stopping": video.settings.session_id, "at_frame": video.session.frame})
 
 
 def register(prompt_handler) -> None:

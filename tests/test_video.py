@@ -321,6 +321,13 @@ def full_disk_at(call: int, decoded: list):
     return decode
 
 
+def assert_decoded_once_in_order(decoded: list, latents: torch.Tensor) -> None:
+    """The decode hook saw each block of `latents` [B, T, ...] once, in order."""
+    assert len(decoded) == latents.shape[1] // 3
+    for k, block in enumerate(decoded):
+        torch.testing.assert_close(block, latents[:, 3 * k:3 * k + 3], rtol=0, atol=0)
+
+
 def test_a_block_whose_frames_failed_to_reach_the_host_is_not_decoded_again(tiny_model):
     """A failure while a decoded block is handed on (a full disk under its video file) fails the run after the decoder
     moved past that block: the next run decodes only the blocks never decoded, each once, in order; its images skip
@@ -332,9 +339,8 @@ def test_a_block_whose_frames_failed_to_reach_the_host_is_not_decoded_again(tiny
     with pytest.raises(OSError, match="No space left"):
         video.run(9, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
     latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
-    assert latents.shape[1] == 12 and len(decoded) == 4
-    for k, block in enumerate(decoded):  # the blocks in order, none twice
-        torch.testing.assert_close(block, latents[:, 3 * k:3 * k + 3], rtol=0, atol=0)
+    assert latents.shape[1] == 12
+    assert_decoded_once_in_order(decoded, latents)
     kept = torch.cat([latents[:, :3], latents[:, 6:]], dim=1)  # all but the second block
     torch.testing.assert_close(images[..., 0], kept[0, :, :1].repeat_interleave(4, 0), rtol=0, atol=0)
 
@@ -355,9 +361,8 @@ def test_an_owed_block_whose_frames_failed_to_reach_the_host_is_not_decoded_agai
     with pytest.raises(OSError, match="No space left"):
         video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
     latents, images = video.run(3, live=False, hooks=RunHooks(embed_text=embed, decode=decode))
-    assert latents.shape[1] == 6 and len(decoded) == 2
-    for k, block in enumerate(decoded):
-        torch.testing.assert_close(block, latents[:, 3 * k:3 * k + 3], rtol=0, atol=0)
+    assert latents.shape[1] == 6
+    assert_decoded_once_in_order(decoded, latents)
     assert images.shape[0] == 4 * 3  # the lost block's frames are skipped
 
 
