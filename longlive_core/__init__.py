@@ -5,7 +5,7 @@ a StreamSession (runtime/session.py) or a named Video that owns a session betwee
 docs/ARCHITECTURE.md says who owns what. This module is the engine's API: the ComfyUI nodes import only from it.
 """
 
-from .errors import BackendUnavailableError, CheckpointError, ConfigError, LongLiveError, PromptError
+from .errors import BackendUnavailableError, CheckpointError, ConfigError, LongLiveError, PromptError, RunEndingError
 from .fast.setup import make_fast
 from .io.checkpoint import export_safetensors, load_model
 from .model.attention import BACKENDS
@@ -31,13 +31,13 @@ from .vae.tiny import TinyStream
 
 __all__ = [
     "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
-    "DEFAULT_DEVICE", "DecodeStream", "DenoisingSchedule", "FAMILIES", "FPS", "FRAMES_PER_BLOCK", "Family",
-    "FastWan", "LongLiveError", "MAX_BLEND_BLOCKS", "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision",
-    "Prompt", "PromptError", "RecordedNoise", "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES", "SeededNoise",
-    "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "ShotSession", "ShotSettings", "SideStream",
-    "StreamSession", "TinyStream", "UniPCTable", "UnknownSessionError", "V1", "V2", "Video", "VideoSettings",
-    "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "device_choices", "export_safetensors",
-    "family_of", "hashed_embeds", "is_cut", "load_model", "make_fast", "on_device", "parse_schedule_text",
-    "parse_start", "resolve_device", "resolve_precision", "restore_video", "save_video", "session_bytes",
-    "unipc_table", "video_time"
+    "DEFAULT_DEVICE", "DecodeStream", "DenoisingSchedule", "FAMILIES", "FPS", "FRAMES_PER_BLOCK", "Family", "FastWan",
+    "LongLiveError", "MAX_BLEND_BLOCKS", "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt",
+    "PromptError", "RecordedNoise", "RunEndingError", "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES",
+    "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "ShotSession", "ShotSettings",
+    "SideStream", "StreamSession", "TinyStream", "UniPCTable", "UnknownSessionError", "V1", "V2", "Video",
+    "VideoSettings", "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "device_choices",
+    "export_safetensors", "family_of", "hashed_embeds", "is_cut", "load_model", "make_fast", "on_device",
+    "parse_schedule_text", "parse_start", "resolve_device", "resolve_precision", "restore_video", "save_video",
+    "session_bytes", "unipc_table", "video_time"
 ]

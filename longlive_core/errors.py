@@ -17,6 +17,10 @@ class PromptError(LongLiveError, ValueError):
     """Prompt embeddings or a prompt schedule do not fit the session."""
 
 
+class RunEndingError(LongLiveError):
+    """A request for a live run that no longer takes it: the run was stopped, or its last block is made."""
+
+
 class BackendUnavailableError(LongLiveError, RuntimeError):
     """An attention backend or precision option was asked for but cannot run here."""
 

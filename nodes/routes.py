@@ -13,8 +13,8 @@ import comfy.model_management as mm
 import torch
 from aiohttp import web
 
-from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, ConfigError, PostedPrompt, PromptError, SessionEvictedError,
-                             UnknownSessionError, check_text, save_video)
+from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, ConfigError, PostedPrompt, PromptError, RunEndingError,
+                             SessionEvictedError, UnknownSessionError, check_text, save_video)
 from . import viewer
 from .state import SESSIONS, check_session_id, forget_save, save_path
 
@@ -61,38 +61,57 @@ def _session_key(request: web.Request) -> tuple[str, web.Response | None]:
 
 
 async def delete_session(request: web.Request) -> web.Response:
+    """Frees a session and its save (off the event loop: closing a session finishes the video files it appends to)."""
     key, error = _session_key(request)
     if error:
         return error
+    status, body = await asyncio.to_thread(_delete_one, key)
+    return web.json_response(body, status=status)
+
+
+def _delete_one(key: str) -> tuple[int, dict]:
     entry = dict(SESSIONS.items()).get(key)
     if entry is not None and entry.value.live:
-        return web.json_response({"error": f"session '{key}' is generating live; stop it first"}, status=409)
+        return 409, {"error": f"session '{key}' is generating live; stop it first"}
     if entry is not None and entry.value.running:
-        return web.json_response({"error": f"session '{key}' is generating; wait for its run to end, or interrupt "
-                                           f"it (POST /interrupt: its finished blocks are kept), then delete it"},
-                                 status=409)
-    if entry is not None and not entry.value.busy.acquire(blocking=False):  # a save, or a run about to start
-        return web.json_response({"error": f"session '{key}' is being saved or is starting a run; delete it once "
-                                           f"that is done"}, status=409)
+        return 409, {"error": f"session '{key}' is generating; wait for its run to end, or interrupt it (POST "
+                              f"/interrupt: its finished blocks are kept), then delete it"}
+    if entry is not None and not _hold_idle(entry.value):
+        return 409, {"error": f"session '{key}' is being saved or is starting a run; delete it once that is done"}
     try:
         saved = os.path.exists(save_path(key))
         if not SESSIONS.delete(key) and not saved:
-            return web.json_response({"error": f"no session '{key}'"}, status=404)
+            return 404, {"error": f"no session '{key}'"}
         forget_save(key)
     finally:
         if entry is not None:
             entry.value.busy.release()
-    return web.json_response({"deleted": key})
+    return 200, {"deleted": key}
+
+
+def _hold_idle(video) -> bool:
+    """Takes the video's `busy` where no save holds it and no sampler run has claimed it (Video.claim: from the
+    video's opening, before its run starts): then no run can start on it until the caller releases it."""
+    if not video.busy.acquire(blocking=False):
+        return False
+    if video.claims:
+        video.busy.release()
+        return False
+    return True
 
 
 async def delete_all(_request: web.Request) -> web.Response:
     """Frees every idle session; those generating keep going (stop or interrupt them first), as do those being saved
-    or starting a run (kept_running)."""
+    or starting a run (kept_running). Off the event loop, as one."""
+    return web.json_response(await asyncio.to_thread(_delete_all))
+
+
+def _delete_all() -> dict:
     deleted, kept_live, kept_running = 0, [], []
     for key, entry in SESSIONS.items():
         if entry.value.live:
             kept_live.append(key)
-        elif entry.value.running or not entry.value.busy.acquire(blocking=False):
+        elif entry.value.running or not _hold_idle(entry.value):
             kept_running.append(key)
         else:
             try:
@@ -100,7 +119,7 @@ async def delete_all(_request: web.Request) -> web.Response:
                 forget_save(key)
             finally:
                 entry.value.busy.release()
-    return web.json_response({"deleted": deleted, "kept_live": kept_live, "kept_running": kept_running})
+    return {"deleted": deleted, "kept_live": kept_live, "kept_running": kept_running}
 
 
 def _live_session(request: web.Request, playing_out: bool = False):
@@ -132,7 +151,10 @@ async def post_prompt(request: web.Request) -> web.Response:
     video, error = _live_session(request)
     if error:
         return error
-    frame = video.post(PostedPrompt(text, time.time(), blocks, blend))
+    try:
+        frame = video.post(PostedPrompt(text, time.time(), blocks, blend))
+    except RunEndingError as err:
+        return web.json_response({"error": str(err)}, status=409)
     return web.json_response({"queued": text, "at_frame": frame}, status=202)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import Callable
 
 import comfy.model_management as mm
 import comfy.utils
@@ -151,22 +152,25 @@ class StreamingSampler(io.ComfyNode):
         if model.model.device.type == "cuda":  # the peak memory the sessions route reports is this run's
             torch.cuda.reset_peak_memory_stats(model.model.device)
         video, note = open_video(model, settings, reset, first)
-        frames = video.fit(frames, live)
-        files = Files(video, requests, batch_size, width, height)
-        try:
-            decoder = None if vae is None else BlockDecoder(video, vae, compile_vae, files,
-                                                            output_taken(graph, node_id, IMAGE_OUTPUT), live,
-                                                            decode_device)
-            hooks = run_hooks(video, model, schedule, decoder, frames // family.block, node_id)
-            video.schedule(schedule.for_family(family), frames, hooks.embed_text)
-            latents, images = video.run(frames, live, hooks)
-        except BaseException:
-            files.abandon()
-            raise
-        written = files.finish()
-        samples = raw_latents(latents).to(mm.intermediate_device())
-        if session_id and vae is None:
-            video.deliver(samples)  # kept until LongLive VAE Decode takes it (an interrupt there keeps it)
+        try:  # claimed: a DELETE of the session waits for the run's end
+            frames = video.fit(frames, live)
+            files = Files(video, requests, batch_size, width, height)
+            try:
+                decoder = None if vae is None else BlockDecoder(video, vae, compile_vae, files,
+                                                                output_taken(graph, node_id, IMAGE_OUTPUT), live,
+                                                                decode_device)
+                hooks = run_hooks(video, model, schedule, decoder, frames // family.block, node_id)
+                video.schedule(schedule.for_family(family), frames, hooks.embed_text)
+                latents, images = video.run(frames, live, hooks)
+            except BaseException:
+                files.abandon()
+                raise
+            written = files.finish()
+            samples = raw_latents(latents).to(mm.intermediate_device())
+            if session_id and vae is None:
+                video.deliver(samples)  # kept until LongLive VAE Decode takes it (an interrupt there keeps it)
+        finally:
+            video.unclaim()
         return io.NodeOutput({"samples": samples}, images, written, ui={"text": [note]})
 
 
@@ -204,8 +208,9 @@ def first_frame_latent(vae, image: torch.Tensor, width: int, height: int, family
 
 def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
                image: torch.Tensor | None = None) -> tuple[Video, str]:
-    """The named video (made outside the registry's lock), or a new unnamed one; and what the node shows about it.
-    image: image-to-video's first-frame latent, which only a new video takes."""
+    """The named video (made outside the registry's lock), or a new unnamed one, claimed for this run (Video.claim:
+    the caller unclaims it); and what the node shows about it. image: image-to-video's first-frame latent, which only
+    a new video takes."""
     key = settings.session_id
 
     saved = save_path(key) if key and not reset else None
@@ -220,14 +225,38 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
         return video
 
     if not key:
-        return unnamed_video(model, settings, make, image), "a new video (no session id)"
+        video = unnamed_video(model, settings, make, image)
+        video.claim()
+        return video, "a new video (no session id)"
     if model.spare is not None:  # a named session needs its room more
         model.spare, spare = None, model.spare
         spare.close()
     if reset:
         SESSIONS.delete(key)
         forget_save(key)
-    video, created = SESSIONS.get_or_create(key, make, lambda v: v.nbytes)
+    video, created = claim_session(key, make)
+    try:
+        return video, _check_session(video, created, model, settings, reset, image)
+    except BaseException:
+        video.unclaim()
+        raise
+
+
+def claim_session(key: str, make: Callable[[], Video]) -> tuple[Video, bool]:
+    """The named video (made where there is none), claimed (Video.claim); one that a DELETE freed as it was claimed
+    is left for a new one. Returns (video, created)."""
+    while True:
+        video, created = SESSIONS.get_or_create(key, make, lambda v: v.nbytes)
+        video.claim()
+        if SESSIONS.holds(key, video):
+            return video, created
+        video.unclaim()
+
+
+def _check_session(video: Video, created: bool, model: LongLiveModel, settings: VideoSettings, reset: bool,
+                   image: torch.Tensor | None) -> str:
+    """Refuses a named video this run cannot continue; takes the model ComfyUI loaded again; what the node shows."""
+    key = settings.session_id
     if image is not None and not created:
         raise ConfigError(f"image: session '{key}' is at latent frame {video.session.frame}; an image starts a new "
                           f"video: turn on reset, use a new session id, or disconnect the image")
@@ -249,7 +278,7 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
     else:
         note = f"session '{key}' {'starts' if created else 'continues'} at latent frame {video.session.frame}"
         log.info("LongLive %s", note)
-    return video, note
+    return note
 
 
 def unnamed_video(model: LongLiveModel, settings: VideoSettings, make, image: torch.Tensor | None = None) -> Video:

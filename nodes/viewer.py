@@ -27,7 +27,7 @@ from aiohttp import WSMsgType, web
 from PIL import Image
 
 from ..longlive_core import FPS, ConfigError, PostedPrompt
-from .state import check_session_id
+from .state import SESSIONS, check_session_id
 
 log = logging.getLogger("longlive")
 
@@ -144,22 +144,44 @@ class Channel:
         finally:
             self.clients.discard(client)
             pump.cancel()
+            _prune()
         return ws
+
+    @property
+    def idle(self) -> bool:
+        """No viewer, and no frame on its way to one."""
+        return not (self.clients or self.waiting or self.encoding)
 
 
 CHANNELS: dict[str, Channel] = {}
+_CHANNELS_LOCK = threading.Lock()  # the sampler's thread and the event loop both make channels
 
 
 def channel(session_id: str) -> Channel | None:
     """The session's channel, made on first use (on ComfyUI's event loop); None outside a server."""
-    if session_id not in CHANNELS:
-        from server import PromptServer
+    with _CHANNELS_LOCK:
+        if session_id not in CHANNELS:
+            from server import PromptServer
 
-        server = getattr(PromptServer, "instance", None)
-        if server is None:
-            return None
-        CHANNELS[session_id] = Channel(session_id, server.loop)
-    return CHANNELS[session_id]
+            server = getattr(PromptServer, "instance", None)
+            if server is None:
+                return None
+            _prune_locked()
+            CHANNELS[session_id] = Channel(session_id, server.loop)
+        return CHANNELS[session_id]
+
+
+def _prune() -> None:
+    with _CHANNELS_LOCK:
+        _prune_locked()
+
+
+def _prune_locked() -> None:
+    """Forgets the idle channels of ids that name no session (a viewer that watched an id and left, a deleted or
+    evicted session): CHANNELS holds the registry's sessions and the ids being watched, not every id ever watched.
+    A session's runs publish to its channel, which stays while the registry holds the session."""
+    for key in [k for k, c in CHANNELS.items() if c.idle and k not in SESSIONS]:
+        del CHANNELS[key]
 
 
 async def watch(request: web.Request) -> web.StreamResponse:

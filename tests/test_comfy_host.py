@@ -327,6 +327,8 @@ def test_live_session_switches_at_the_next_block_and_stops(host):
     assert host.request("DELETE", "/longlive/sessions/live")[0] == 409  # stop it first
     assert "live" in host.request("DELETE", "/longlive/sessions")[1]["kept_live"]
     assert host.request("POST", "/api/longlive/sessions/live/stop")[0] == 200
+    status, body = host.request("POST", "/longlive/sessions/live/prompt", {"text": "after the stop"})
+    assert status == 409 and ("its live run is ending" in body["error"] or "not generating live" in body["error"])
     entry = host.wait(prompt_id)
     assert error_of(entry) is None
     made = live_state(host)["frames"]

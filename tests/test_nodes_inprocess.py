@@ -6,7 +6,9 @@ import dataclasses
 import json
 import pathlib
 import sys
+import threading
 import time
+import types
 
 import pytest
 import torch
@@ -977,11 +979,85 @@ def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_node
             assert delete(None)[1]["kept_running"] == ["saving"]
         assert status == 409 and body["error"] == ("session 'saving' is being saved or is starting a run; delete it "
                                                    "once that is done")
+        video.claim()  # as a sampler run holds it from its opening, before its run starts
+        try:
+            assert delete("saving") == (status, body) and delete(None)[1]["kept_running"] == ["saving"]
+        finally:
+            video.unclaim()
+        closed_on = []
+        video.outputs["file"] = types.SimpleNamespace(close=lambda: closed_on.append(threading.current_thread()))
         assert delete(" saving ") == (200, {"deleted": "saving"})
-        assert not video.busy.locked()
+        assert not video.busy.locked() and closed_on and closed_on[0] is not threading.main_thread()  # not the loop's
         assert delete("saving")[0] == 404
     finally:
         SESSIONS.delete("saving")
+
+
+def test_a_session_deleted_as_a_run_claims_it_is_made_anew_for_the_run(comfy):
+    """The sampler claims its named video (a DELETE then refuses it); a DELETE that freed it just before the claim
+    leaves the run a new video, not the freed one."""
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.sampler import claim_session
+    from longlive_pack.nodes.state import SESSIONS
+
+    settings = VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "claimed")
+    freed = Video(random_model(TINY), settings, fast=False)
+    SESSIONS.put("claimed", freed, 0)
+    claim = freed.claim
+
+    def deleted_first():  # a DELETE between the registry's lookup and the claim
+        SESSIONS.delete("claimed")
+        claim()
+
+    freed.claim = deleted_first
+    made = []
+
+    def make() -> Video:
+        made.append(Video(freed.session.model, settings, fast=False))
+        return made[-1]
+
+    try:
+        video, created = claim_session("claimed", make)
+        assert video is made[0] and created and video.claims == 1 and freed.claims == 0
+        assert SESSIONS.holds("claimed", video)
+    finally:
+        SESSIONS.delete("claimed")
+
+
+def test_the_viewer_forgets_idle_channels_of_ids_that_name_no_session(comfy):
+    """A channel stays while it has a viewer, a frame on its way, or a session of its id; others go, so watching
+    ever new ids does not grow the server's memory."""
+    import asyncio
+
+    load_pack()
+    from longlive_core import Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes import viewer
+    from longlive_pack.nodes.state import SESSIONS
+
+    loop = asyncio.new_event_loop()
+    channels = {key: viewer.Channel(key, loop) for key in ("gone", "watched", "sending", "held")}
+    channels["watched"].clients.add(object())
+    channels["sending"].waiting.append(({}, b"jpeg"))
+    video = Video(random_model(TINY), VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "held"), fast=False)
+    SESSIONS.put("held", video, 0)
+    before = dict(viewer.CHANNELS)
+    try:
+        viewer.CHANNELS.clear()
+        viewer.CHANNELS.update(channels)
+        viewer._prune()
+        assert sorted(viewer.CHANNELS) == ["held", "sending", "watched"]
+        SESSIONS.delete("held")
+        channels["watched"].clients.clear()
+        viewer._prune()
+        assert sorted(viewer.CHANNELS) == ["sending"]
+    finally:
+        SESSIONS.delete("held")
+        viewer.CHANNELS.clear()
+        viewer.CHANNELS.update(before)
+        loop.close()
 
 
 @pytest.fixture

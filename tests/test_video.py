@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from longlive_core import PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
-from longlive_core.errors import ConfigError, PromptError
+from longlive_core.errors import ConfigError, PromptError, RunEndingError
 from longlive_core.runtime.session import prepare_embeds
 from longlive_core.tools.synthetic import TINY
 
@@ -76,6 +76,52 @@ def test_a_live_run_takes_the_newest_posted_prompt_at_the_next_block(tiny_model)
     assert latents.shape[1] == 9  # stopped after the third block
     assert [s["text"] for s in video.switches] == ["a dog"] and video.switches[0]["frame"] == 3
     assert video.prompt_key == Prompt(3, "a dog").key() and not video.live and video.inbox.empty()
+
+
+def test_a_live_run_refuses_posts_once_it_stops_or_its_last_block_is_made(tiny_model):
+    """A post the run would not take is refused (RunEndingError, the route's 409) rather than queued and dropped:
+    after its last block is made, after a stop, and after the run."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+    refused = []
+
+    def post_now(done):
+        with pytest.raises(RunEndingError, match="session 'v': its live run is ending .*queue the sampler again"):
+            video.post(PostedPrompt(f"after block {done.index}", time.time()))
+        refused.append(done.index)
+
+    video.run(6, live=True, hooks=RunHooks(embed_text=embed, made=lambda d: d.index == 1 and post_now(d)))
+    assert refused == [1] and video.switches == []
+
+    def stop_then_post(done):
+        video.stop.set()
+        post_now(done)
+
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    latents, _ = video.run(9, live=True, hooks=RunHooks(embed_text=embed, made=stop_then_post))
+    assert latents.shape[1] == 3 and refused == [1, 0] and video.switches == []
+    with pytest.raises(RunEndingError):
+        video.post(PostedPrompt("after the run", time.time()))
+
+
+def test_a_prompt_posted_as_the_last_pass_is_launched_is_logged_not_kept(tiny_model, caplog):
+    """The one moment a post is taken and not applied: after the last block's last check, before the run closes its
+    posts. The run logs the text it ended without; the next run does not take it."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 6, embed)
+    step = video._step
+
+    def step_then_post(check, cut_short):
+        latents = step(check, cut_short)
+        if video.session.frame == 6:
+            video.post(PostedPrompt("a dog", time.time()))
+        return latents
+
+    video._step = step_then_post
+    video.run(6, live=True, hooks=RunHooks(embed_text=embed))
+    assert video.switches == [] and video.inbox.empty()
+    assert ("the prompt 'a dog' was posted as the live run launched its last pass; the run ended without it"
+            in caplog.text)
 
 
 def live_with_posts(model, events: dict, encode=embed) -> tuple[Video, torch.Tensor, list]:

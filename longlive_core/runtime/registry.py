@@ -115,6 +115,17 @@ class SessionRegistry:
             _close(entry.value)
         return entry is not None
 
+    def __contains__(self, key: str) -> bool:
+        """Whether a value is held, or being made, under `key`."""
+        with self._lock:
+            return key in self._items or key in self._making
+
+    def holds(self, key: str, value: Any) -> bool:
+        """Whether `value` is the one held under `key` (not deleted, evicted or replaced meanwhile)."""
+        with self._lock:
+            entry = self._items.get(key)
+            return entry is not None and entry.value is value
+
     def items(self) -> list[tuple[str, Entry]]:
         with self._lock:
             return list(self._items.items())

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError, LongLiveError, PromptError
+from ..errors import ConfigError, LongLiveError, PromptError, RunEndingError
 from ..fast.runner import GraphRunner, warm_up
 from ..model.config import ROPE_POSITIONS
 from ..model.wan import CausalWan
@@ -182,6 +182,10 @@ class Video:
         self.busy = threading.Lock()  # held by a run and by a save (runtime/durable.py): one at a time
         self._close_when_done = False
         self.inbox: "queue.Queue[PostedPrompt]" = queue.Queue()
+        self.taking_posts = False  # a live run takes posted prompts (until its last block or a stop: _close_posts)
+        self._posts = threading.Lock()  # a post and the run's closing of posts, one at a time
+        self.claims = 0  # host runs holding the video from its opening to their end (claim: a DELETE waits for them)
+        self._claims = threading.Lock()
         self.stop = threading.Event()
         self.switches: list[dict] = []
         self.resumed_from: str | None = None  # the save it was restored from (runtime/durable.py)
@@ -232,7 +236,7 @@ class Video:
                 "settings": dataclasses.asdict(self.settings),
                 "state": "live" if self.live else "ending" if self.playing_out else "idle",
                 "switches": self.switches[-20:],
-                "typed_encoded": self._typed_embeds[0][:200] if self._typed_embeds else None,  # ready for its post
+                "typed_encoded": typed[0][:200] if (typed := self._typed_embeds) else None,  # ready for its post
                 "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
                 "cache_gib": round(self.nbytes / 2**30, 4), **self.stats.as_dict()}
 
@@ -352,9 +356,35 @@ class Video:
             self.session.set_prompt(embeds, at_frame=base + prompt.start, **({"cut": True} if prompt.cut else {}))
 
     def post(self, prompt: PostedPrompt) -> int:
-        """Queues a prompt for the live run's next block; returns the frame it was posted at."""
-        self.inbox.put(prompt)
-        return self.session.frame
+        """Queues a prompt for the live run's next block; returns the frame it was posted at. Refused (RunEndingError)
+        where the run takes no more prompts: it was stopped, or its last block is made."""
+        with self._posts:
+            if not self.taking_posts or self.stop.is_set():
+                raise RunEndingError(f"session '{self.settings.session_id}': its live run is ending (stopped, or its "
+                                     f"last block is made), so the prompt was not queued; queue the sampler again "
+                                     f"with live on to go on with it")
+            self.inbox.put(prompt)
+            return self.session.frame
+
+    def _close_posts(self) -> None:
+        """The run takes no more posted prompts (its last block is made, it stops or fails). A prompt posted as its
+        last block launched its last pass came too late for it: logged, and dropped with any other left."""
+        with self._posts:
+            self.taking_posts = False
+            late = _drain(self.inbox)
+        if late is not None and not self.stop.is_set():
+            log.warning("LongLive session '%s': the prompt '%s' was posted as the live run launched its last pass; the "
+                        "run ended without it", self.settings.session_id, late.text[:200])
+
+    def claim(self) -> None:
+        """A host's run holds the video from its opening to its end (unclaim): a DELETE, which checks `claims` while
+        it holds `busy`, refuses it meanwhile. Waits for a save (busy) to end."""
+        with self.busy, self._claims:
+            self.claims += 1
+
+    def unclaim(self) -> None:
+        with self._claims:
+            self.claims -= 1
 
     def type_ahead(self, text: str) -> None:
         """A text a live run's viewer is typing: the run encodes it while it waits for its viewers, so that posting it
@@ -369,7 +399,9 @@ class Video:
 
     def _run(self, frames: int, live: bool, hooks: RunHooks) -> tuple[torch.Tensor, torch.Tensor | None]:
         blocks = frames // self.family.block
-        _drain(self.inbox)
+        with self._posts:
+            _drain(self.inbox)
+            self.taking_posts = live
         self.stop.clear()
         self.typed = self._typed_embeds = None  # a text typed for another run (another encoder, maybe)
         self.live, self.running = live, True
@@ -387,6 +419,8 @@ class Video:
                             break
                     eager_runs = self._eager_runs()
                     backlog.append(self._generate(i, blocks, live, hooks))
+                    if i == blocks - 1:
+                        self._close_posts()
                     if readying is not None:
                         if self._still_readying(readying, eager_runs):
                             continue
@@ -408,7 +442,7 @@ class Video:
                     self._hand_off(waiting, hooks)  # its frames are made: not lost to an interrupt (nor kept after a reset)
         finally:
             self.live = self.running = False
-            _drain(self.inbox)  # a prompt posted as the run ended belongs to no run
+            self._close_posts()
             if self._close_when_done:
                 self._close_when_done = False
                 self.close()
