@@ -71,6 +71,8 @@ async def delete_session(request: web.Request) -> web.Response:
 
 def _delete_one(key: str) -> tuple[int, dict]:
     entry = dict(SESSIONS.items()).get(key)
+    if entry is None and key in SESSIONS:  # being made by a sampler run
+        return 409, {"error": f"session '{key}' is being saved or is starting a run; delete it once that is done"}
     if entry is not None and entry.value.live:
         return 409, {"error": f"session '{key}' is generating live; stop it first"}
     if entry is not None and entry.value.running:
@@ -80,7 +82,7 @@ def _delete_one(key: str) -> tuple[int, dict]:
         return 409, {"error": f"session '{key}' is being saved or is starting a run; delete it once that is done"}
     try:
         saved = os.path.exists(save_path(key))
-        if not SESSIONS.delete(key) and not saved:
+        if not (entry is not None and SESSIONS.delete(key, only=entry.value)) and not saved:
             return 404, {"error": f"no session '{key}'"}
         forget_save(key)
     finally:
@@ -115,7 +117,7 @@ def _delete_all() -> dict:
             kept_running.append(key)
         else:
             try:
-                deleted += SESSIONS.delete(key)
+                deleted += SESSIONS.delete(key, only=entry.value)
                 forget_save(key)
             finally:
                 entry.value.busy.release()

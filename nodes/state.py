@@ -65,9 +65,11 @@ def save_path(session_id: str) -> str:
 def forget_save(session_id: str) -> None:
     """A save lasts until its session is reset or deleted: then the session's video is gone for good."""
     path = save_path(session_id)
-    if os.path.exists(path):
+    try:
         os.remove(path)
-        log.info("LongLive session '%s': its save %s was removed with it", session_id, path)
+    except FileNotFoundError:  # none, or another DELETE removed it meanwhile
+        return
+    log.info("LongLive session '%s': its save %s was removed with it", session_id, path)
 
 
 def first_error(*checks: bool | str) -> bool | str:

@@ -989,6 +989,18 @@ def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_node
         assert delete(" saving ") == (200, {"deleted": "saving"})
         assert not video.busy.locked() and closed_on and closed_on[0] is not threading.main_thread()  # not the loop's
         assert delete("saving")[0] == 404
+        release, making = threading.Event(), threading.Thread(  # a sampler run making the session
+            target=SESSIONS.get_or_create, args=("saving", lambda: release.wait(10) and video, lambda v: 0))
+        making.start()
+        try:
+            wait_until = time.monotonic() + 10
+            while "saving" not in SESSIONS and time.monotonic() < wait_until:
+                time.sleep(0.01)
+            assert delete("saving") == (409, body)  # not the save file either: the run may be resuming from it
+        finally:
+            release.set()
+            making.join()
+        assert delete("saving") == (200, {"deleted": "saving"})
     finally:
         SESSIONS.delete("saving")
 

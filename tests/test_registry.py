@@ -74,3 +74,13 @@ def test_values_are_closed_when_the_registry_drops_them():
     registry.put("c", c, 1)
     registry.clear()
     assert (a.closed, b.closed, c.closed) == (1, 1, 1)
+
+
+def test_a_delete_of_one_value_keeps_another_put_under_its_key_meanwhile():
+    """DELETE looks a session up, then frees it: a value put under the key in between is not the one it meant."""
+    registry = SessionRegistry(cap_bytes=100)
+    first, second = object(), object()
+    registry.put("a", first, 1)
+    registry.put("a", second, 1)
+    assert not registry.delete("a", only=first) and registry.holds("a", second) and "a" in registry
+    assert registry.delete("a", only=second) and "a" not in registry

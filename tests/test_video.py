@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from longlive_core import PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
+from longlive_core import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings, hashed_embeds
 from longlive_core.errors import ConfigError, PromptError, RunEndingError
 from longlive_core.runtime.session import prepare_embeds
 from longlive_core.tools.synthetic import TINY
@@ -102,6 +102,16 @@ def test_a_live_run_refuses_posts_once_it_stops_or_its_last_block_is_made(tiny_m
     assert latents.shape[1] == 3 and refused == [1, 0] and video.switches == []
     with pytest.raises(RunEndingError):
         video.post(PostedPrompt("after the run", time.time()))
+
+    def while_playing_out():  # the stop that ended the run is cleared as its last frames play
+        if video.playing_out and not video.stop.is_set():
+            post_now(BlockDone(2, 3, None, None, None, 0))
+
+    queued = iter([10.0] * 4 + [0.0] * 100)
+    video.schedule([Prompt(0, "a boy")], 9, embed)
+    video.run(9, live=True, hooks=RunHooks(embed_text=embed, made=lambda d: d.index == 0 and video.stop.set(),
+                                           lead=lambda: next(queued), check=while_playing_out))
+    assert refused[2:3] == [2] and video.switches == []
 
 
 def test_a_prompt_posted_as_the_last_pass_is_launched_is_logged_not_kept(tiny_model, caplog):

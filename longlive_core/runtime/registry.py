@@ -106,9 +106,12 @@ class SessionRegistry:
             self._evicted.add(oldest)
             log.warning("evicted LongLive session '%s' (memory cap %.1f GiB)", oldest, self.cap / 2**30)
 
-    def delete(self, key: str) -> bool:
-        """Frees a session; a later run with the same id starts a new video."""
+    def delete(self, key: str, only: Any = None) -> bool:
+        """Frees a session (where `only` is given, only if it is that value); a later run with the same id starts a
+        new video."""
         with self._lock:
+            if only is not None and not self.holds(key, only):
+                return False
             self._evicted.discard(key)
             entry = self._items.pop(key, None)
         if entry is not None:

@@ -366,15 +366,15 @@ class Video:
             self.inbox.put(prompt)
             return self.session.frame
 
-    def _close_posts(self) -> None:
-        """The run takes no more posted prompts (its last block is made, it stops or fails). A prompt posted as its
-        last block launched its last pass came too late for it: logged, and dropped with any other left."""
+    def _close_posts(self, moment: str) -> None:
+        """The run takes no more posted prompts: its last block is made, it stops, or it fails (`moment`: what the run
+        did as a prompt it then drops was posted). A prompt it did not take is logged, but after a stop."""
         with self._posts:
             self.taking_posts = False
             late = _drain(self.inbox)
         if late is not None and not self.stop.is_set():
-            log.warning("LongLive session '%s': the prompt '%s' was posted as the live run launched its last pass; the "
-                        "run ended without it", self.settings.session_id, late.text[:200])
+            log.warning("LongLive session '%s': the prompt '%s' was posted as the live run %s; the run ended without "
+                        "it", self.settings.session_id, late.text[:200], moment)
 
     def claim(self) -> None:
         """A host's run holds the video from its opening to its end (unclaim): a DELETE, which checks `claims` while
@@ -416,11 +416,12 @@ class Video:
                     if live and i > 0:
                         self._pace(hooks)
                         if self.stop.is_set():  # a live run makes at least one block
+                            self._close_posts("stopped")
                             break
                     eager_runs = self._eager_runs()
                     backlog.append(self._generate(i, blocks, live, hooks))
                     if i == blocks - 1:
-                        self._close_posts()
+                        self._close_posts("launched its last pass")
                     if readying is not None:
                         if self._still_readying(readying, eager_runs):
                             continue
@@ -442,7 +443,7 @@ class Video:
                     self._hand_off(waiting, hooks)  # its frames are made: not lost to an interrupt (nor kept after a reset)
         finally:
             self.live = self.running = False
-            self._close_posts()
+            self._close_posts("was interrupted or failed")
             if self._close_when_done:
                 self._close_when_done = False
                 self.close()
