@@ -26,7 +26,7 @@ from comfy_api.latest import io
 
 from ..longlive_core import (DEFAULT_DEVICE, ConfigError, DecodeStream, TinyStream, Wan22DecodeStream, on_device,
                              resolve_device)
-from .state import SESSIONS, check_session_id, device_error, device_input, first_error, forget_save
+from .state import SESSIONS, check_session_id, claim_session, device_error, device_input, first_error, forget_save
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +271,20 @@ class VAEDecode(io.ComfyNode):
         session_id = check_session_id(session_id)
         if not session_id:
             return io.NodeOutput(draft_decode(z, TinyStream()) if tiny else stream_decode(vae, z, new_stream(vae), compile))
-        video = SESSIONS.get(session_id)
-        key = f"tiny {tiny_decoder_path(z.shape[1])}" if tiny else weights_id(vae)
-        stream = video.decoder(key, TinyStream if tiny else lambda: new_stream(vae))
-        if not tiny:
-            stream.move_to(vae.device)  # a session's decode continues where this run decodes
-        earlier = video.undecoded_before(z)  # runs whose decode was interrupted
-        latents = torch.cat([*earlier, z], dim=2) if earlier else z
-        images = draft_decode(latents, stream) if tiny else stream_decode(vae, latents, stream, compile)
-        video.decoded(z)
+        video, _ = claim_session(session_id)
+        try:  # a DELETE meanwhile is refused (it would close the decoder stream under the decode)
+            key = f"tiny {tiny_decoder_path(z.shape[1])}" if tiny else weights_id(vae)
+            stream = video.decoder(key, TinyStream if tiny else lambda: new_stream(vae))
+            if not tiny:
+                stream.move_to(vae.device)  # a session's decode continues where this run decodes
+            earlier = video.undecoded_before(z)  # runs whose decode was interrupted
+            latents = torch.cat([*earlier, z], dim=2) if earlier else z
+            images = draft_decode(latents, stream) if tiny else stream_decode(vae, latents, stream, compile)
+            video.decoded(z)
+        finally:
+            video.unclaim()
         return io.NodeOutput(images)
+
 
 
 class SessionReset(io.ComfyNode):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Callable
 
 import comfy.model_management as mm
 import comfy.utils
@@ -21,8 +20,8 @@ from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
 from .save import FilesType
 from .schedule import ScheduleType
-from .state import (SESSIONS, LongLiveModel, PromptList, check_session_id, device_error, first_error, forget_save,
-                    save_path)
+from .state import (SESSIONS, LongLiveModel, PromptList, check_session_id, claim_session, device_error, first_error,
+                    forget_save, save_path)
 
 log = logging.getLogger("longlive")
 LENGTH_UNITS = ("seconds", "pixel frames", "latent frames")
@@ -240,17 +239,6 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
     except BaseException:
         video.unclaim()
         raise
-
-
-def claim_session(key: str, make: Callable[[], Video]) -> tuple[Video, bool]:
-    """The named video (made where there is none), claimed (Video.claim); one that a DELETE freed as it was claimed
-    is left for a new one. Returns (video, created)."""
-    while True:
-        video, created = SESSIONS.get_or_create(key, make, lambda v: v.nbytes)
-        video.claim()
-        if SESSIONS.holds(key, video):
-            return video, created
-        video.unclaim()
 
 
 def _check_session(video: Video, created: bool, model: LongLiveModel, settings: VideoSettings, reset: bool,

@@ -62,6 +62,19 @@ def save_path(session_id: str) -> str:
     return os.path.join(folder_paths.get_output_directory(), "longlive_sessions", f"{slug}-{digest}.safetensors")
 
 
+def claim_session(key: str, make: Callable[[], Any] | None = None) -> tuple[Any, bool]:
+    """The named video claimed for a run or a decode (Video.claim: a DELETE or a save then refuses it), made where
+    there is none and `make` is given (else UnknownSessionError). One that a DELETE freed as it was claimed is left
+    for the registry's next. Returns (video, created)."""
+    while True:
+        video, created = (SESSIONS.get(key), False) if make is None else \
+            SESSIONS.get_or_create(key, make, lambda v: v.nbytes)
+        video.claim()
+        if SESSIONS.holds(key, video):
+            return video, created
+        video.unclaim()
+
+
 def forget_save(session_id: str) -> None:
     """A save lasts until its session is reset or deleted: then the session's video is gone for good."""
     path = save_path(session_id)

@@ -430,13 +430,17 @@ def test_tiny_decoder_in_chunks_equals_its_whole_decode(comfy, channels):
 
 
 def test_decode_node_draft_mode_streams_through_the_tiny_decoder(comfy, tiny_vae, tmp_path):
+    """The tiny draft decodes a session's runs as one stream; the session is claimed while it decodes (a DELETE
+    then is refused: it would close the stream under the decode)."""
     load_pack()
     import folder_paths
     from safetensors.torch import save_file
 
     from longlive_core import Video, VideoSettings
     from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes import decode
     from longlive_pack.nodes.decode import VAEDecode
+    from longlive_pack.nodes.routes import _delete_one
     from longlive_pack.nodes.state import SESSIONS
 
     settings = VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "draft-session")
@@ -456,9 +460,20 @@ def test_decode_node_draft_mode_streams_through_the_tiny_decoder(comfy, tiny_vae
         folder_paths.filename_list_cache.clear()
         with torch.inference_mode():
             whole = model.decode(z).clamp(0, 1).movedim(1, -1).flatten(0, 1)
-        runs = [VAEDecode.execute(tiny_vae, {"samples": part}, "draft-session", decoder="tiny draft").result[0]
-                for part in z.split(3, dim=2)]
-        assert [r.shape for r in runs] == [(9, 64, 96, 3), (12, 64, 96, 3)]
+        draft, deletes = decode.draft_decode, []
+
+        def deleted_meanwhile(latents, stream):  # a DELETE of the session while it decodes
+            deletes.append(_delete_one("draft-session")[0])
+            return draft(latents, stream)
+
+        decode.draft_decode = deleted_meanwhile
+        try:
+            runs = [VAEDecode.execute(tiny_vae, {"samples": part}, "draft-session", decoder="tiny draft").result[0]
+                    for part in z.split(3, dim=2)]
+        finally:
+            decode.draft_decode = draft
+        assert [r.shape for r in runs] == [(9, 64, 96, 3), (12, 64, 96, 3)] and deletes == [409, 409]
+        assert SESSIONS.get("draft-session").claims == 0
         torch.testing.assert_close(torch.cat(runs), whole, rtol=1e-5, atol=1e-5)
     finally:
         folder_paths.folder_names_and_paths["vae_approx"] = saved
@@ -1011,7 +1026,7 @@ def test_a_session_deleted_as_a_run_claims_it_is_made_anew_for_the_run(comfy):
     load_pack()
     from longlive_core import Video, VideoSettings
     from longlive_core.tools.synthetic import TINY, random_model
-    from longlive_pack.nodes.sampler import claim_session
+    from longlive_pack.nodes.state import claim_session
     from longlive_pack.nodes.state import SESSIONS
 
     settings = VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, "claimed")

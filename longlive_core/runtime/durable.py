@@ -26,11 +26,14 @@ _LISTS = ("undelivered", "undelivered_images", "delivered")
 
 
 def save(video: Video, path: str) -> int:
-    """Writes the video to `path` (atomically: a file beside it, then renamed), while no run generates it (a run that
-    starts meanwhile waits). Returns the bytes written."""
+    """Writes the video to `path` (atomically: a file beside it, then renamed), while no run generates it or has
+    claimed it (Video.claim: a host's run from its opening, while it schedules; a run that starts meanwhile waits).
+    Returns the bytes written."""
     if not video.busy.acquire(blocking=False):
         raise ConfigError(f"session '{video.settings.session_id}' is generating; save it when its run has ended")
     try:
+        if video.claims:
+            raise ConfigError(f"session '{video.settings.session_id}' is generating; save it when its run has ended")
         return _save(video, path)
     finally:
         video.busy.release()
