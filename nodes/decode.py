@@ -26,7 +26,7 @@ from comfy_api.latest import io
 
 from ..longlive_core import (DEFAULT_DEVICE, ConfigError, DecodeStream, TinyStream, Wan22DecodeStream, on_device,
                              resolve_device)
-from .state import SESSIONS, check_session_id, claim_session, device_error, device_input, first_error, forget_save
+from .state import check_session_id, claim_session, device_error, device_input, first_error, free_session
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,6 @@ class SessionReset(io.ComfyNode):
     @classmethod
     def execute(cls, session_id) -> io.NodeOutput:
         session_id = check_session_id(session_id)
-        freed = SESSIONS.delete(session_id)  # closing the video frees its graphs
-        forget_save(session_id)
+        freed = free_session(session_id)  # closing the video frees its graphs
         text = f"session '{session_id}' {'freed' if freed else 'was not open'}"
         return io.NodeOutput(ui={"text": [text]})

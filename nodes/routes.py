@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 
 import comfy.model_management as mm
@@ -69,25 +68,29 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
+IN_USE = "is in use by a run or a decode, or being saved; delete it once that is done"
+
+
 def _delete_one(key: str) -> tuple[int, dict]:
     entry = dict(SESSIONS.items()).get(key)
-    if entry is None and key in SESSIONS:  # being made by a sampler run
-        return 409, {"error": f"session '{key}' is being saved or is starting a run; delete it once that is done"}
-    if entry is not None and entry.value.live:
+    if entry is None:
+        if key in SESSIONS:  # being made by a sampler run
+            return 409, {"error": f"session '{key}' {IN_USE}"}
+        evicted, saved = SESSIONS.forget_evicted(key), forget_save(key)  # a save: from before a restart
+        return (200, {"deleted": key}) if evicted or saved else (404, {"error": f"no session '{key}'"})
+    if entry.value.live:
         return 409, {"error": f"session '{key}' is generating live; stop it first"}
-    if entry is not None and entry.value.running:
+    if entry.value.running:
         return 409, {"error": f"session '{key}' is generating; wait for its run to end, or interrupt it (POST "
                               f"/interrupt: its finished blocks are kept), then delete it"}
-    if entry is not None and not _hold_idle(entry.value):
-        return 409, {"error": f"session '{key}' is being saved or is starting a run; delete it once that is done"}
+    if not _hold_idle(entry.value):
+        return 409, {"error": f"session '{key}' {IN_USE}"}
     try:
-        saved = os.path.exists(save_path(key))
-        if not (entry is not None and SESSIONS.delete(key, only=entry.value)) and not saved:
-            return 404, {"error": f"no session '{key}'"}
+        if not SESSIONS.delete(key, only=entry.value):  # a run made a new one, or the cap evicted it, meanwhile
+            return 409, {"error": f"session '{key}' changed as it was being deleted; list the sessions and try again"}
         forget_save(key)
     finally:
-        if entry is not None:
-            entry.value.busy.release()
+        entry.value.busy.release()
     return 200, {"deleted": key}
 
 
@@ -117,8 +120,9 @@ def _delete_all() -> dict:
             kept_running.append(key)
         else:
             try:
-                deleted += SESSIONS.delete(key, only=entry.value)
-                forget_save(key)
+                if SESSIONS.delete(key, only=entry.value):
+                    deleted += 1
+                    forget_save(key)
             finally:
                 entry.value.busy.release()
     return {"deleted": deleted, "kept_live": kept_live, "kept_running": kept_running}
@@ -204,7 +208,8 @@ async def post_save(request: web.Request) -> web.Response:
         return web.json_response({"error": str(err)}, status=404)
     path = save_path(key)
     try:
-        size = await asyncio.to_thread(save_video, video, path)  # seconds for a full-size cache: off the event loop
+        size = await asyncio.to_thread(save_video, video, path,  # seconds for a full-size cache: off the event loop
+                                       lambda: SESSIONS.holds(key, video))
     except ConfigError as err:  # a run generates it
         return web.json_response({"error": str(err)}, status=409)
     except OSError as err:

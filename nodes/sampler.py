@@ -20,8 +20,8 @@ from .loader import ModelType
 from .outputs import IMAGE_OUTPUT, BlockDecoder, Files, output_taken, save_requests
 from .save import FilesType
 from .schedule import ScheduleType
-from .state import (SESSIONS, LongLiveModel, PromptList, check_session_id, claim_session, device_error, first_error,
-                    forget_save, save_path)
+from .state import (LongLiveModel, PromptList, check_session_id, claim_session, device_error, first_error,
+                    free_session, save_path)
 
 log = logging.getLogger("longlive")
 LENGTH_UNITS = ("seconds", "pixel frames", "latent frames")
@@ -231,8 +231,7 @@ def open_video(model: LongLiveModel, settings: VideoSettings, reset: bool,
         model.spare, spare = None, model.spare
         spare.close()
     if reset:
-        SESSIONS.delete(key)
-        forget_save(key)
+        free_session(key)
     video, created = claim_session(key, make)
     try:
         return video, _check_session(video, created, model, settings, reset, image)

@@ -75,14 +75,29 @@ def claim_session(key: str, make: Callable[[], Any] | None = None) -> tuple[Any,
         video.unclaim()
 
 
-def forget_save(session_id: str) -> None:
-    """A save lasts until its session is reset or deleted: then the session's video is gone for good."""
+def forget_save(session_id: str) -> bool:
+    """A save lasts until its session is reset or deleted: then the session's video is gone for good. Returns
+    whether there was one."""
     path = save_path(session_id)
     try:
         os.remove(path)
     except FileNotFoundError:  # none, or another DELETE removed it meanwhile
-        return
+        return False
     log.info("LongLive session '%s': its save %s was removed with it", session_id, path)
+    return True
+
+
+def free_session(key: str) -> bool:
+    """Frees a session and its save for a reset, once a save under way is done (it holds the video's `busy`: freed
+    meanwhile, its file would bring the video back). Returns whether a session was held (or evicted)."""
+    entry = dict(SESSIONS.items()).get(key)
+    if entry is None:
+        freed = SESSIONS.forget_evicted(key)
+    else:
+        with entry.value.busy:
+            freed = SESSIONS.delete(key, only=entry.value)
+    forget_save(key)
+    return freed
 
 
 def first_error(*checks: bool | str) -> bool | str:

@@ -130,22 +130,22 @@ class Channel:
         for client in list(self.clients):
             client.offer(header, jpeg)
 
-    async def serve(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=30)
-        await ws.prepare(request)
-        client = Client(ws)
-        self.clients.add(client)
-        await ws.send_str(json.dumps({"session": self.session_id, "fps": self.fps}))
-        pump = asyncio.create_task(client.pump())
+    async def serve(self, request: web.Request, client: Client) -> web.WebSocketResponse:
+        """Sends the frames to a client that `channel` added (it is a viewer from then on: the channel is not idle)."""
+        pump = None
         try:
-            async for message in ws:  # the client sends nothing; this ends when it goes
+            await client.ws.prepare(request)
+            await client.ws.send_str(json.dumps({"session": self.session_id, "fps": self.fps}))
+            pump = asyncio.create_task(client.pump())
+            async for message in client.ws:  # the client sends nothing; this ends when it goes
                 if message.type == WSMsgType.ERROR:
                     break
         finally:
             self.clients.discard(client)
-            pump.cancel()
+            if pump is not None:
+                pump.cancel()
             _prune()
-        return ws
+        return client.ws
 
     @property
     def idle(self) -> bool:
@@ -157,8 +157,9 @@ CHANNELS: dict[str, Channel] = {}
 _CHANNELS_LOCK = threading.Lock()  # the sampler's thread and the event loop both make channels
 
 
-def channel(session_id: str) -> Channel | None:
-    """The session's channel, made on first use (on ComfyUI's event loop); None outside a server."""
+def channel(session_id: str, viewer: Client | None = None) -> Channel | None:
+    """The session's channel, made on first use (on ComfyUI's event loop), with `viewer` added to its clients (under
+    the lock that pruning takes: a new viewer's channel is never pruned); None outside a server."""
     with _CHANNELS_LOCK:
         if session_id not in CHANNELS:
             from server import PromptServer
@@ -168,6 +169,8 @@ def channel(session_id: str) -> Channel | None:
                 return None
             _prune_locked()
             CHANNELS[session_id] = Channel(session_id, server.loop)
+        if viewer is not None:
+            CHANNELS[session_id].clients.add(viewer)
         return CHANNELS[session_id]
 
 
@@ -192,4 +195,5 @@ async def watch(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": str(err)}, status=400)
     if not key:
         return web.json_response({"error": "session id: the sampler's session_id is needed"}, status=400)
-    return await channel(key).serve(request)
+    client = Client(web.WebSocketResponse(heartbeat=30))
+    return await channel(key, client).serve(request, client)

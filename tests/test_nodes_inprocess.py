@@ -992,8 +992,8 @@ def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_node
         with video.busy:  # as a save holds it
             status, body = delete("saving")
             assert delete(None)[1]["kept_running"] == ["saving"]
-        assert status == 409 and body["error"] == ("session 'saving' is being saved or is starting a run; delete it "
-                                                   "once that is done")
+        assert status == 409 and body["error"] == ("session 'saving' is in use by a run or a decode, or being saved; "
+                                                   "delete it once that is done")
         video.claim()  # as a sampler run holds it from its opening, before its run starts
         try:
             assert delete("saving") == (status, body) and delete(None)[1]["kept_running"] == ["saving"]
@@ -1018,6 +1018,66 @@ def test_a_session_being_saved_is_not_deleted_and_routes_take_its_id_as_the_node
         assert delete("saving") == (200, {"deleted": "saving"})
     finally:
         SESSIONS.delete("saving")
+
+
+def test_a_delete_clears_an_evicted_id_and_a_reset_waits_for_a_save_under_way(comfy):
+    """DELETE of an id the memory cap evicted answers 200 and lets a later run start it anew (it kept refusing
+    before); a reset (the sampler's, LongLive Session Reset) frees a session once a save holding it is done, so the
+    save cannot write the freed video back."""
+    import asyncio
+
+    from aiohttp.test_utils import make_mocked_request
+
+    load_pack()
+    from longlive_core import SessionEvictedError, UnknownSessionError, Video, VideoSettings
+    from longlive_core.tools.synthetic import TINY, random_model
+    from longlive_pack.nodes.routes import delete_session
+    from longlive_pack.nodes.state import SESSIONS, free_session
+
+    def video(key: str) -> Video:
+        return Video(random_model(TINY), VideoSettings((), 1, 96, 64, 12, 3, "recache", 0, key), fast=False)
+
+    SESSIONS.put("evicted", video("evicted"), SESSIONS.cap)
+    SESSIONS.put("newer", video("newer"), SESSIONS.cap)  # over the cap: the older one goes
+    try:
+        with pytest.raises(SessionEvictedError):
+            SESSIONS.get("evicted")
+        request = make_mocked_request("DELETE", "/longlive/sessions/x", match_info={"session_id": "evicted"})
+        response = asyncio.run(delete_session(request))
+        assert (response.status, json.loads(response.text)) == (200, {"deleted": "evicted"})
+        with pytest.raises(UnknownSessionError):
+            SESSIONS.get("evicted")
+        saving = SESSIONS.get("newer")
+        saving.busy.acquire()  # a save under way, done in 0.3 s
+        threading.Timer(0.3, saving.busy.release).start()
+        start = time.monotonic()
+        assert free_session("newer") and time.monotonic() - start >= 0.25 and "newer" not in SESSIONS
+    finally:
+        SESSIONS.delete("newer")
+
+
+def test_a_new_viewer_is_a_client_of_its_channel_before_any_prune(comfy, monkeypatch):
+    """channel() adds a new viewer under the lock that pruning takes: a watcher of an id no session has yet (the
+    panel opened before the first run) keeps its channel while it waits for its socket."""
+    import asyncio
+
+    load_pack()
+    import server
+    from longlive_pack.nodes import viewer
+
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(server.PromptServer, "instance", types.SimpleNamespace(loop=loop), raising=False)
+    client = viewer.Client(object())
+    try:
+        made = viewer.channel("not yet", client)
+        viewer._prune()
+        assert viewer.CHANNELS["not yet"] is made and made.clients == {client}
+        made.clients.clear()
+        viewer._prune()
+        assert "not yet" not in viewer.CHANNELS
+    finally:
+        viewer.CHANNELS.pop("not yet", None)
+        loop.close()
 
 
 def test_a_session_deleted_as_a_run_claims_it_is_made_anew_for_the_run(comfy):

@@ -531,11 +531,14 @@ def test_a_save_that_does_not_fit_is_refused_naming_the_file(tiny_model, tmp_pat
             save_video(video, str(path))
     video.claim()  # a host's run from its opening: it schedules before it generates
     try:
-        with pytest.raises(ConfigError, match="is generating; save it when its run has ended"):
+        with pytest.raises(ConfigError, match="is in use by a run or a decode; save it when that has ended"):
             save_video(video, str(path))
     finally:
         video.unclaim()
-    assert save_video(video, str(path)) > 0 and not video.busy.locked()
+    path.unlink()
+    with pytest.raises(ConfigError, match="session 'v' was deleted or reset as the save began; nothing was written"):
+        save_video(video, str(path), held=lambda: False)  # the host freed it before the save took it
+    assert not path.exists() and save_video(video, str(path), held=lambda: True) > 0 and not video.busy.locked()
 
 
 def test_a_decoder_cache_keeps_its_strides_through_a_save_and_bad_ones_are_refused_naming_the_file(tiny_model,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Callable
 
 import torch
 
@@ -25,15 +26,19 @@ META_KEY = "longlive_video"
 _LISTS = ("undelivered", "undelivered_images", "delivered")
 
 
-def save(video: Video, path: str) -> int:
+def save(video: Video, path: str, held: Callable[[], bool] | None = None) -> int:
     """Writes the video to `path` (atomically: a file beside it, then renamed), while no run generates it or has
-    claimed it (Video.claim: a host's run from its opening, while it schedules; a run that starts meanwhile waits).
-    Returns the bytes written."""
+    claimed it (Video.claim: a host's run or decode; a run that starts meanwhile waits), and, where `held` is given,
+    while it says the host still holds the video (a video freed before the save began is not written back). Returns
+    the bytes written."""
+    name = video.settings.session_id
     if not video.busy.acquire(blocking=False):
-        raise ConfigError(f"session '{video.settings.session_id}' is generating; save it when its run has ended")
+        raise ConfigError(f"session '{name}' is generating; save it when its run has ended")
     try:
         if video.claims:
-            raise ConfigError(f"session '{video.settings.session_id}' is generating; save it when its run has ended")
+            raise ConfigError(f"session '{name}' is in use by a run or a decode; save it when that has ended")
+        if held is not None and not held():
+            raise ConfigError(f"session '{name}' was deleted or reset as the save began; nothing was written")
         return _save(video, path)
     finally:
         video.busy.release()

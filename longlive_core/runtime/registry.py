@@ -118,6 +118,13 @@ class SessionRegistry:
             _close(entry.value)
         return entry is not None
 
+    def forget_evicted(self, key: str) -> bool:
+        """Clears an evicted id's mark (a later run with it starts a new video); returns whether it had one."""
+        with self._lock:
+            was = key in self._evicted
+            self._evicted.discard(key)
+            return was
+
     def __contains__(self, key: str) -> bool:
         """Whether a value is held, or being made, under `key`."""
         with self._lock:
