@@ -286,7 +286,6 @@ class VAEDecode(io.ComfyNode):
         return io.NodeOutput(images)
 
 
-
 class SessionReset(io.ComfyNode):
     @classmethod
     def define_schema(cls):

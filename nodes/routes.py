@@ -95,8 +95,8 @@ def _delete_one(key: str) -> tuple[int, dict]:
 
 
 def _hold_idle(video) -> bool:
-    """Takes the video's `busy` where no save holds it and no sampler run has claimed it (Video.claim: from the
-    video's opening, before its run starts): then no run can start on it until the caller releases it."""
+    """Takes the video's `busy` where no save holds it and no run or decode has claimed it (Video.claim: a run from
+    the video's opening, before it generates): then none can start on it until the caller releases it."""
     if not video.busy.acquire(blocking=False):
         return False
     if video.claims:

@@ -151,7 +151,7 @@ class StreamingSampler(io.ComfyNode):
         if model.model.device.type == "cuda":  # the peak memory the sessions route reports is this run's
             torch.cuda.reset_peak_memory_stats(model.model.device)
         video, note = open_video(model, settings, reset, first)
-        try:  # claimed: a DELETE of the session waits for the run's end
+        try:  # claimed: a DELETE or a save of the session is refused until the run's end
             frames = video.fit(frames, live)
             files = Files(video, requests, batch_size, width, height)
             try:

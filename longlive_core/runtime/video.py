@@ -184,7 +184,7 @@ class Video:
         self.inbox: "queue.Queue[PostedPrompt]" = queue.Queue()
         self.taking_posts = False  # a live run takes posted prompts (until its last block or a stop: _close_posts)
         self._posts = threading.Lock()  # a post and the run's closing of posts, one at a time
-        self.claims = 0  # host runs holding the video from its opening to their end (claim: a DELETE waits for them)
+        self.claims = 0  # the host's runs and decodes holding the video (claim: a DELETE or a save refuses it then)
         self._claims = threading.Lock()
         self.stop = threading.Event()
         self.switches: list[dict] = []
@@ -377,8 +377,8 @@ class Video:
                         "it", self.settings.session_id, late.text[:200], moment)
 
     def claim(self) -> None:
-        """A host's run holds the video from its opening to its end (unclaim): a DELETE, which checks `claims` while
-        it holds `busy`, refuses it meanwhile. Waits for a save (busy) to end."""
+        """A host's run (from the video's opening to its end) or decode holds the video until it unclaims it: a DELETE,
+        which checks `claims` while it holds `busy`, and a save refuse it meanwhile. Waits for a save (busy) to end."""
         with self.busy, self._claims:
             self.claims += 1
 
