@@ -45,6 +45,20 @@ def test_runs_continue_one_video_as_one_session_makes_it(tiny_model):
         video.fit(1020, live=False)
 
 
+def test_a_video_says_whether_a_run_generates_it_or_the_host_holds_it(tiny_model):
+    """The sessions route's state: idle, in use while the host holds it (a run from its opening, a decode), generating
+    while a run that is not live makes blocks."""
+    video = new_video(tiny_model)
+    video.schedule([Prompt(0, "a boy")], 3, embed)
+    states = [video.state]
+    video.claim()
+    states.append(video.state)
+    video.run(3, live=False, hooks=RunHooks(embed_text=embed, made=lambda _: states.append(video.describe()["state"])))
+    states.append(video.state)
+    video.unclaim()
+    assert states + [video.state] == ["idle", "in use", "generating", "in use", "idle"]
+
+
 def test_an_interrupted_run_keeps_its_blocks_and_images_for_the_next(tiny_model):
     video = new_video(tiny_model)
     video.schedule([Prompt(0, "a boy")], 12, embed)

@@ -234,11 +234,19 @@ class Video:
                 "device": str(s.cache.k.device),
                 "video_time": video_time(s.frame, self.family.fps),
                 "settings": dataclasses.asdict(self.settings),
-                "state": "live" if self.live else "ending" if self.playing_out else "idle",
+                "state": self.state,
                 "switches": self.switches[-20:],
                 "typed_encoded": typed[0][:200] if (typed := self._typed_embeds) else None,  # ready for its post
                 "undelivered_frames": sum(b.shape[1] for b in self.undelivered),
                 "cache_gib": round(self.nbytes / 2**30, 4), **self.stats.as_dict()}
+
+    @property
+    def state(self) -> str:
+        """live (taking prompts), ending (a live run's last frames leaving), generating (another run), in use (a run
+        or a decode of the host holds it: Video.claim), idle."""
+        if self.live or self.playing_out:
+            return "live" if self.live else "ending"
+        return "generating" if self.running else "in use" if self.claims else "idle"
 
     def decoder(self, key: str, make: Callable[[], Any]) -> Any:
         """The video's decoder stream for a decoder identity (made on first use)."""
