@@ -244,8 +244,10 @@ class Video:
     def state(self) -> str:
         """live (taking prompts), ending (a live run's last frames leaving), generating (another run), in use (a run
         or a decode of the host holds it: Video.claim), idle."""
-        if self.live or self.playing_out:
-            return "live" if self.live else "ending"
+        if self.live:
+            return "live"
+        if self.playing_out:
+            return "ending"
         return "generating" if self.running else "in use" if self.claims else "idle"
 
     def decoder(self, key: str, make: Callable[[], Any]) -> Any:
