@@ -25,6 +25,7 @@ from .runtime.session import (BLENDS, MAX_BLEND_BLOCKS, POSITION_MODES, SWITCH_P
 from .runtime.shots import SCENE_CUT_PREFIX, ShotSession, ShotSettings, is_cut
 from .runtime.unipc import UniPCTable, unipc_table
 from .runtime.video import BlockDone, PostedPrompt, Prompt, RunHooks, Video, VideoSettings, video_time
+from .text.umt5 import GraphedUmt5, Umt5Encoder
 from .vae.stream import DecodeStream
 from .vae.stream22 import Wan22DecodeStream
 from .vae.tiny import TinyStream
@@ -32,11 +33,11 @@ from .vae.tiny import TinyStream
 __all__ = [
     "BACKENDS", "BLENDS", "BackendUnavailableError", "BlockDone", "CausalWan", "CheckpointError", "ConfigError",
     "DEFAULT_DEVICE", "DecodeStream", "DenoisingSchedule", "FAMILIES", "FPS", "FRAMES_PER_BLOCK", "Family", "FastWan",
-    "LongLiveError", "MAX_BLEND_BLOCKS", "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision", "Prompt",
-    "PromptError", "RecordedNoise", "RunEndingError", "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES",
+    "GraphedUmt5", "LongLiveError", "MAX_BLEND_BLOCKS", "POSITION_MODES", "PRECISIONS", "PostedPrompt", "Precision",
+    "Prompt", "PromptError", "RecordedNoise", "RunEndingError", "RunHooks", "SCENE_CUT_PREFIX", "SWITCH_POLICIES",
     "SeededNoise", "SessionEvictedError", "SessionRegistry", "SessionTooLargeError", "ShotSession", "ShotSettings",
-    "SideStream", "StreamSession", "TinyStream", "UniPCTable", "UnknownSessionError", "V1", "V2", "Video",
-    "VideoSettings", "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "device_choices",
+    "SideStream", "StreamSession", "TinyStream", "Umt5Encoder", "UniPCTable", "UnknownSessionError", "V1", "V2",
+    "Video", "VideoSettings", "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "device_choices",
     "export_safetensors", "family_of", "hashed_embeds", "is_cut", "load_model", "make_fast", "on_device",
     "parse_schedule_text", "parse_start", "resolve_device", "resolve_precision", "restore_video", "save_video",
     "session_bytes", "unipc_table", "video_time"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import numbers
+import weakref
+
+import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..longlive_core import V1, Family, Prompt, PromptError, check_starts, parse_schedule_text, parse_start
+from ..longlive_core import (V1, CheckpointError, Family, GraphedUmt5, Prompt, PromptError, Umt5Encoder, check_starts,
+                             parse_schedule_text, parse_start)
 from .state import EMBEDDINGS, PromptList
+
+log = logging.getLogger("longlive")
 
 ScheduleType = io.Custom("LONGLIVE_SCHEDULE")
 MAX_CONDITIONINGS = 6
@@ -16,20 +24,95 @@ CUT_HELP = ("LongLive 2.0: 'cut' after a start ('20s cut: a beach at dusk') star
 
 
 UNPADDED = "umt5xxl"  # the tokenizer whose padding its encoder masks out and zeroes (Wan's umt5-xxl)
+_ENGINE_UMT5_FAILED: str | None = None  # why the engine's umt5 encoder failed in this process (then ComfyUI's runs)
+# ComfyUI's umt5 module -> (its weights' addresses, the engine's encoder on them, or None where it cannot take them)
+_ENGINE_UMT5: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, GraphedUmt5 | None]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def encode(clip, text: str):
     """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them. ComfyUI pads a text's umt5 tokens to
     512, masks the padding out of attention and zeroes its outputs: the text's own tokens are encoded here and the
-    zeros padded after them, the same embeddings (to float32 rounding) for a fraction of the work (ComfyUI runs umt5
-    in float32: 140 ms a text on an H200 at 512 tokens, run 130). Another encoder is run as it comes."""
+    zeros padded after them, the same embeddings (to rounding) for a fraction of the work (ComfyUI runs umt5 in
+    float32: 140 ms a text on an H200 at 512 tokens, run 130), by the engine's umt5 on ComfyUI's weights where it
+    computes what ComfyUI would (engine_encode). Another encoder is run as it comes."""
     tokens = clip.tokenize(text)
     if list(tokens) != [UNPADDED] or not _masks_padding(clip):
         return clip.encode_from_tokens_scheduled(tokens)[0][0]
     unpadded = clip.tokenize(text, tokenizer_options={f"{UNPADDED}_min_length": 0})
-    embeds = clip.encode_from_tokens_scheduled(unpadded)[0][0]
+    embeds = engine_encode(clip, unpadded[UNPADDED])
+    if embeds is None:
+        embeds = clip.encode_from_tokens_scheduled(unpadded)[0][0]
     padding = sum(map(len, tokens[UNPADDED])) - embeds.shape[1]
     return torch.nn.functional.pad(embeds, (0, 0, 0, padding))
+
+
+def engine_encode(clip, sections: list) -> torch.Tensor | None:
+    """The embeddings of one section of umt5 tokens by the engine's encoder (text/umt5.py: ComfyUI's computation to
+    about 2^-17 of each product's inputs, on bfloat16 tensor cores, from CUDA graphs) on the tensors ComfyUI loaded.
+    None where ComfyUI's encode would compute something else or run elsewhere (_engine_umt5), or where the engine's
+    failed in this process (logged once, then ComfyUI encodes)."""
+    global _ENGINE_UMT5_FAILED
+    umt5 = None if _ENGINE_UMT5_FAILED else _engine_umt5(clip, sections)
+    if umt5 is None:
+        return None
+    ids = torch.tensor([[t[0] for t in sections[0]]], device=umt5.device)
+    try:
+        with torch.cuda.device(umt5.device):
+            return umt5(ids).to(mm.intermediate_device())
+    except Exception as err:  # noqa: BLE001  (any failure: ComfyUI's encode is always there)
+        _ENGINE_UMT5_FAILED = f"{type(err).__name__}: {err}"
+        log.warning("the engine's umt5 encoder failed (%s); ComfyUI encodes every text from now on",
+                    _ENGINE_UMT5_FAILED)
+        return None
+
+
+def _engine_umt5(clip, sections: list) -> GraphedUmt5 | None:
+    """The engine's umt5 on the CLIP's weights (loaded on ComfyUI's text encoder device here), kept while they stay
+    where they are; None where ComfyUI's encode would compute something else (weighted or embedding tokens, a layer
+    other than the last, hooks, weights patched as they are used: low-VRAM loading, a LoRA applied at run time), or
+    its weights are not on one GPU with bfloat16 tensor cores, or are stored in another format than e4m3 or
+    bfloat16."""
+    if len(sections) != 1 or not all(isinstance(t[0], numbers.Integral) and t[1] == 1.0 for t in sections[0]):
+        return None
+    model = clip.cond_stage_model
+    encoder = getattr(model, getattr(model, "clip", ""), None)
+    transformer = getattr(encoder, "transformer", None)
+    if (transformer is None or getattr(encoder, "layer", None) != "last" or clip.layer_idx is not None
+            or getattr(clip.patcher, "forced_hooks", None) is not None):
+        return None
+    clip.load_model()
+    if not _plain(transformer):
+        return None
+    params = dict(transformer.named_parameters())
+    device = next(iter(params.values())).device
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return None
+    addresses = tuple(p.data_ptr() for p in params.values())
+    kept = _ENGINE_UMT5.get(transformer)
+    if kept is None or kept[0] != addresses:
+        kept = (addresses, _made_umt5(params))
+        _ENGINE_UMT5[transformer] = kept
+    return kept[1]
+
+
+def _made_umt5(params: dict) -> GraphedUmt5 | None:
+    try:
+        return GraphedUmt5(Umt5Encoder(params))
+    except CheckpointError as err:
+        log.info("the text encoder runs through ComfyUI: %s", err)
+        return None
+
+
+def _plain(transformer: torch.nn.Module) -> bool:
+    """Whether the module's weights are plain tensors on one device, used as they are (no low-VRAM cast or patch
+    function, no bias)."""
+    for module in transformer.modules():
+        if getattr(module, "weight_function", None) or getattr(module, "bias_function", None) \
+                or getattr(module, "bias", None) is not None:
+            return False
+    params = list(transformer.parameters())
+    return len({p.device for p in params}) == 1 and all(type(p.data) is torch.Tensor for p in params)
 
 
 def _masks_padding(clip) -> bool:

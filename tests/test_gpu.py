@@ -609,3 +609,30 @@ def test_a_compile_that_fails_falls_back_to_the_eager_stages():
     assert not fast_model.fused and fast_model.stages == Stages.of(Block)
     assert len(session.runner.graphs) == 6
     assert rel(fast, eager) < 1e-2
+
+
+# --- The engine's umt5 encoder from CUDA graphs (text/umt5.py) ---------------------------------------------------
+
+
+def test_umt5_from_cuda_graphs_encodes_as_the_eager_encoder_in_every_bucket():
+    """GraphedUmt5: each text padded to its bucket, replayed from the bucket's graph (the first call captures the
+    warm buckets, a longer text its own; past the largest bucket it runs eagerly), gives the eager encoder's
+    embeddings of the text alone; e4m3 weights are widened to bfloat16 exactly."""
+    from longlive_core import GraphedUmt5, Umt5Encoder
+    from longlive_core.kernels.ops import widen_e4m3
+    from test_text import tiny_state
+
+    state = {k: v.cuda() for k, v in tiny_state(layers=3, width=64, heads=4, ff=160, std=0.05).items()}
+    weight = state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"]
+    assert torch.equal(widen_e4m3(weight, torch.empty(weight.numel() + 7, dtype=torch.bfloat16, device="cuda")),
+                       weight.to(torch.bfloat16))
+    eager = Umt5Encoder(state)
+    graphed = GraphedUmt5(Umt5Encoder(state))
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for tokens, buckets in [(6, [32, 64, 128]), (40, [32, 64, 128]), (50, [32, 64, 128]), (200, [32, 64, 128, 256]),
+                            (600, [32, 64, 128, 256])]:
+        ids = torch.randint(2, 32, (1, tokens), device="cuda", generator=gen)
+        want = eager(ids)
+        got = graphed(ids)
+        assert sorted(graphed.graphs) == buckets and graphed.failed is None
+        assert got.shape == want.shape and (got - want).norm() <= 1e-5 * want.norm()

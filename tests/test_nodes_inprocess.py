@@ -187,8 +187,11 @@ TINY_UMT5 = {"d_ff": 64, "d_kv": 8, "d_model": 32, "dense_act_fn": "gelu_pytorch
 def tiny_umt5(comfy):
     """A CLIP as CLIPLoader (type wan) makes it, from ComfyUI's own umt5 classes (its tokenizer with a small
     sentencepiece model of umt5's special ids, its T5 with masks and zeroed padding), umt5-xxl's config made tiny,
-    random weights."""
-    import types
+    random float32 weights."""
+    return tiny_umt5_clip({"dtype": torch.float32})
+
+
+def tiny_umt5_clip(model_options: dict, std: float = 0.5):
 
     import comfy.sd1_clip
     import comfy.text_encoders.t5
@@ -207,12 +210,36 @@ def tiny_umt5(comfy):
                              clip_model=TinyUMT5, **kwargs)
 
     target = types.SimpleNamespace(params={}, clip=TinyWanT5, tokenizer=comfy.text_encoders.wan.WanT5Tokenizer)
-    clip = comfy.sd.CLIP(target, tokenizer_data={"spiece_model": tokenizer_bytes()},
-                         model_options={"dtype": torch.float32})
+    clip = comfy.sd.CLIP(target, tokenizer_data={"spiece_model": tokenizer_bytes()}, model_options=model_options)
     gen = torch.Generator().manual_seed(0)
     for name, p in clip.cond_stage_model.named_parameters():
-        p.data = torch.ones_like(p) if "norm" in name else torch.randn(p.shape, generator=gen) * 0.5
+        if name.endswith("scale_weight"):
+            p.data = torch.tensor(0.4)
+        elif p.numel():
+            values = torch.ones(p.shape) if "norm" in name else torch.randn(p.shape, generator=gen) * std
+            p.data = values.to(p.dtype)
     return clip
+
+
+@pytest.mark.parametrize("options", [{"dtype": torch.float32, "scaled_fp8": torch.float8_e4m3fn},
+                                     {"dtype": torch.bfloat16}], ids=["scaled e4m3", "bfloat16"])
+@pytest.mark.parametrize("std", [0.1, 0.5])
+def test_the_engines_umt5_makes_comfyuis_embeddings_on_its_weights(comfy, options, std):
+    """The engine's umt5 (each product's input split in two bfloat16 parts, the weights widened exactly) on the
+    weights ComfyUI loaded from its scaled-FP8 and bfloat16 formats: ComfyUI's float32 embeddings of the text's own
+    tokens, to 2e-5 of their norm with calm weights (std 0.1: 1e-6 and 8e-6 here) and 5e-4 with wild ones (std 0.5:
+    3 layers amplify any rounding; 3e-5 and 3e-4 here, plain bfloat16 products 6%)."""
+    load_pack()
+    from longlive_pack.longlive_core import Umt5Encoder
+
+    clip = tiny_umt5_clip(options, std)
+    tokens = clip.tokenize("a corgi runs along a sunny beach as the waves roll in",
+                           tokenizer_options={"umt5xxl_min_length": 0})
+    full = clip.encode_from_tokens_scheduled(tokens)[0][0]
+    ids = torch.tensor([[t[0] for t in tokens["umt5xxl"][0]]])
+    embeds = Umt5Encoder(dict(clip.cond_stage_model.umt5xxl.transformer.named_parameters()))(ids)
+    assert embeds.shape == full.shape and full.shape[1] > 10
+    assert (embeds - full).norm() <= (2e-5 if std == 0.1 else 5e-4) * full.norm()
 
 
 @pytest.mark.parametrize("text", ["a corgi runs along a sunny beach", "a (corgi:1.4) digs in the (sand:0.7)",

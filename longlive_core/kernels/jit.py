@@ -175,3 +175,10 @@ def text_attention_kernel(q_ptr, r_ptr, w_ptr, k_ptr, v_ptr, used_ptr, pk_ptr, p
         top = new_top
     out = acc / total[:, None]
     tl.store(o_ptr + (row[:, None] * heads + h) * d + dim[None, :], out.to(o_ptr.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def widen(w_ptr, o_ptr, n, BLOCK: tl.constexpr):
+    # a weight as stored (e4m3) widened to bfloat16, exactly (every e4m3 value is a bfloat16 one)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(o_ptr + i, tl.load(w_ptr + i, mask=i < n).to(tl.bfloat16), mask=i < n)

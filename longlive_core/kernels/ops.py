@@ -235,6 +235,22 @@ def _(q, weight, eps, k, v, used, pad_k, pad_v, log_pad):
     return q.new_empty(*q.shape[:2], *k.shape[-2:])
 
 
+# --- e4m3 weights widened to bfloat16 (the engine's umt5, text/umt5.py) --------------------------------------
+
+
+WIDEN_BLOCK = 4096  # values a program
+
+
+def widen_e4m3(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """An e4m3 weight written to `out` (bfloat16, at least as many values) as bfloat16: exact. PyTorch's own cast of
+    an e4m3 tensor runs at about a quarter of the memory's speed on an H200 (14.5 ms for umt5-xxl's 4.6 GB, run
+    148). Returns out's first values in the weight's shape."""
+    check(weight)
+    n = weight.numel()
+    _run("widen", (-(-n // WIDEN_BLOCK),), weight.contiguous(), out, n, BLOCK=WIDEN_BLOCK)
+    return out[:n].view(weight.shape)
+
+
 # --- The kernels ------------------------------------------------------------------------------------
 
 
