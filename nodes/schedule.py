@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 import weakref
 
 import comfy.model_management as mm
@@ -25,10 +26,11 @@ CUT_HELP = ("LongLive 2.0: 'cut' after a start ('20s cut: a beach at dusk') star
 
 UNPADDED = "umt5xxl"  # the tokenizer whose padding its encoder masks out and zeroes (Wan's umt5-xxl)
 _ENGINE_UMT5_FAILED: str | None = None  # why the engine's umt5 encoder failed in this process (then ComfyUI's runs)
-# ComfyUI's umt5 module -> (its weights' addresses, the engine's encoder on them, or None where it cannot take them)
+# ComfyUI's umt5 module -> (its weights' addresses, the graphs of the engine's encoder on them; None where it cannot
+# take them). No weights are kept here: ComfyUI frees the ones it replaces or unloads.
 _ENGINE_UMT5: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, GraphedUmt5 | None]]" = \
     weakref.WeakKeyDictionary()
-
+_ENGINE_LOCK = threading.Lock()  # one engine encode at a time (the graphs and the table above are shared)
 
 def encode(clip, text: str):
     """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them. ComfyUI pads a text's umt5 tokens to
@@ -50,16 +52,23 @@ def encode(clip, text: str):
 def engine_encode(clip, sections: list) -> torch.Tensor | None:
     """The embeddings of one section of umt5 tokens by the engine's encoder (text/umt5.py: ComfyUI's computation to
     about 2^-17 of each product's inputs, on bfloat16 tensor cores, from CUDA graphs) on the tensors ComfyUI loaded.
-    None where ComfyUI's encode would compute something else or run elsewhere (_engine_umt5), or where the engine's
-    failed in this process (logged once, then ComfyUI encodes)."""
+    None where ComfyUI's encode would compute something else or run elsewhere (_engine_umt5), where the GPU is out of
+    memory for it (this time), or where the engine's failed in this process (logged once, then ComfyUI encodes)."""
     global _ENGINE_UMT5_FAILED
-    umt5 = None if _ENGINE_UMT5_FAILED else _engine_umt5(clip, sections)
-    if umt5 is None:
+    if _ENGINE_UMT5_FAILED:
         return None
-    ids = torch.tensor([[t[0] for t in sections[0]]], device=umt5.device)
     try:
-        with torch.cuda.device(umt5.device):
-            return umt5(ids).to(mm.intermediate_device())
+        with _ENGINE_LOCK:
+            engine = _engine_umt5(clip, sections)
+            if engine is None:
+                return None
+            graphed, encoder = engine
+            with torch.cuda.device(graphed.device):
+                ids = torch.tensor([[t[0] for t in sections[0]]], device=graphed.device)
+                return graphed(ids, encoder).to(mm.intermediate_device())
+    except torch.OutOfMemoryError as err:
+        log.warning("the engine's umt5 encoder is out of GPU memory (%s); ComfyUI encodes this text", err)
+        return None
     except Exception as err:  # noqa: BLE001  (any failure: ComfyUI's encode is always there)
         _ENGINE_UMT5_FAILED = f"{type(err).__name__}: {err}"
         log.warning("the engine's umt5 encoder failed (%s); ComfyUI encodes every text from now on",
@@ -67,18 +76,18 @@ def engine_encode(clip, sections: list) -> torch.Tensor | None:
         return None
 
 
-def _engine_umt5(clip, sections: list) -> GraphedUmt5 | None:
-    """The engine's umt5 on the CLIP's weights (loaded on ComfyUI's text encoder device here), kept while they stay
-    where they are; None where ComfyUI's encode would compute something else (weighted or embedding tokens, a layer
-    other than the last, hooks, weights patched as they are used: low-VRAM loading, a LoRA applied at run time), or
-    its weights are not on one GPU with bfloat16 tensor cores, or are stored in another format than e4m3 or
-    bfloat16."""
+def _engine_umt5(clip, sections: list) -> tuple[GraphedUmt5, Umt5Encoder] | None:
+    """The engine's umt5 on the CLIP's weights (loaded on ComfyUI's text encoder device here): its graphs, kept while
+    the weights stay where they are, and an encoder on the weights as they are now; None where ComfyUI's encode would
+    compute something else (weighted or embedding tokens, a layer other than the last, hooks, weights patched as
+    they are used: low-VRAM loading, a LoRA applied at run time), or its weights are not on one GPU with bfloat16
+    tensor cores, or are stored in another format than e4m3 or bfloat16."""
     if len(sections) != 1 or not all(isinstance(t[0], numbers.Integral) and t[1] == 1.0 for t in sections[0]):
         return None
     model = clip.cond_stage_model
-    encoder = getattr(model, getattr(model, "clip", ""), None)
-    transformer = getattr(encoder, "transformer", None)
-    if (transformer is None or getattr(encoder, "layer", None) != "last" or clip.layer_idx is not None
+    text_model = getattr(model, getattr(model, "clip", ""), None)
+    transformer = getattr(text_model, "transformer", None)
+    if (transformer is None or getattr(text_model, "layer", None) != "last" or clip.layer_idx is not None
             or getattr(clip.patcher, "forced_hooks", None) is not None):
         return None
     clip.load_model()
@@ -90,18 +99,22 @@ def _engine_umt5(clip, sections: list) -> GraphedUmt5 | None:
         return None
     addresses = tuple(p.data_ptr() for p in params.values())
     kept = _ENGINE_UMT5.get(transformer)
-    if kept is None or kept[0] != addresses:
-        kept = (addresses, _made_umt5(params))
-        _ENGINE_UMT5[transformer] = kept
-    return kept[1]
-
-
-def _made_umt5(params: dict) -> GraphedUmt5 | None:
+    if kept is not None and kept[0] != addresses:
+        del _ENGINE_UMT5[transformer]  # its graphs and scratch go before new ones are made
+        kept = None
+    if kept is not None and kept[1] is None:
+        return None  # these weights were refused
+    nan_to_num = getattr(transformer, "dtype", torch.float32) not in (torch.float32, torch.float16, torch.bfloat16)
     try:
-        return GraphedUmt5(Umt5Encoder(params))
+        encoder = Umt5Encoder(params, None if kept is None else kept[1].scratch, nan_to_num)
     except CheckpointError as err:
         log.info("the text encoder runs through ComfyUI: %s", err)
+        _ENGINE_UMT5[transformer] = (addresses, None)
         return None
+    if kept is None:
+        kept = (addresses, GraphedUmt5(encoder.scratch))
+        _ENGINE_UMT5[transformer] = kept
+    return kept[1], encoder
 
 
 def _plain(transformer: torch.nn.Module) -> bool:

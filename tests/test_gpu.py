@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
+import weakref
 
 import pytest
 import torch
@@ -627,12 +629,23 @@ def test_umt5_from_cuda_graphs_encodes_as_the_eager_encoder_in_every_bucket():
     assert torch.equal(widen_e4m3(weight, torch.empty(weight.numel() + 7, dtype=torch.bfloat16, device="cuda")),
                        weight.to(torch.bfloat16))
     eager = Umt5Encoder(state)
-    graphed = GraphedUmt5(Umt5Encoder(state))
+    encoder = Umt5Encoder(state)
+    graphed = GraphedUmt5(encoder.scratch)
     gen = torch.Generator(device="cuda").manual_seed(1)
     for tokens, buckets in [(6, [32, 64, 128]), (40, [32, 64, 128]), (50, [32, 64, 128]), (200, [32, 64, 128, 256]),
                             (600, [32, 64, 128, 256])]:
         ids = torch.randint(2, 32, (1, tokens), device="cuda", generator=gen)
         want = eager(ids)
-        got = graphed(ids)
+        got = graphed(ids, encoder)
         assert sorted(graphed.graphs) == buckets and graphed.failed is None
         assert got.shape == want.shape and (got - want).norm() <= 1e-5 * want.norm()
+    state["encoder.final_layer_norm.weight"].mul_(2)  # changed in place: the graphs read the weights as they are
+    ids = torch.randint(2, 32, (1, 20), device="cuda", generator=gen)
+    got, want = graphed(ids, encoder), eager(ids)
+    assert (got - want).norm() <= 1e-5 * want.norm()
+    with pytest.raises(ValueError, match="widens its weights elsewhere"):
+        graphed(ids, Umt5Encoder(state))
+    held = weakref.ref(weight)
+    del state, eager, encoder, weight
+    gc.collect()  # the refused call's traceback
+    assert held() is None and graphed.graphs  # the graphs hold no weights (ComfyUI frees those it unloads)

@@ -58,3 +58,24 @@ def test_weights_the_umt5_encoder_cannot_take_are_refused_by_name(change, messag
     change(state)
     with pytest.raises(CheckpointError, match=message):
         Umt5Encoder(state)
+
+
+def test_nan_token_embeddings_are_zeroed_where_asked_as_comfyuis_fp8_t5_does():
+    """ComfyUI's T5 whose dtype is an FP8 one zeroes the NaNs of its token embeddings (nan_to_num): the encoder does
+    where asked, and a scale stored in another dtype than float32 multiplies as its float32 value."""
+    state = tiny_state()
+    ids = torch.tensor([[3, 5, 7, 1]])
+    clean = Umt5Encoder(state)(ids)
+    state["shared.weight"] = state["shared.weight"].clone()
+    state["shared.weight"][5, 2] = float("nan")
+    zeroed = dict(state, **{"shared.weight": state["shared.weight"].nan_to_num()})
+    assert Umt5Encoder(state)(ids).isnan().all()
+    torch.testing.assert_close(Umt5Encoder(state, nan_to_num=True)(ids), Umt5Encoder(zeroed)(ids), rtol=0, atol=0)
+    assert not torch.equal(Umt5Encoder(state, nan_to_num=True)(ids), clean)
+    halves = {k: v.to(torch.bfloat16) if k.endswith("scale_weight") else v for k, v in state.items()}
+    torch.testing.assert_close(Umt5Encoder(halves, nan_to_num=True)(ids), Umt5Encoder(zeroed)(ids), rtol=0, atol=0)
+
+
+def test_a_scratch_too_small_for_the_widest_weight_is_refused():
+    with pytest.raises(ValueError, match="a scratch of 100 values, and its widest weight holds 128"):
+        Umt5Encoder(tiny_state(), scratch=torch.empty(100, dtype=torch.bfloat16))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -38,8 +39,8 @@ WARM_BUCKETS = 3  # captured at the first encode (texts of up to 128 tokens: mos
 
 @dataclasses.dataclass(frozen=True)
 class Linear:
-    """A bias-free linear as stored: the weight [out, in] (e4m3 or bfloat16), and its float32 scale (a scalar
-    tensor, the scaled-FP8 format's) or None."""
+    """A bias-free linear as stored: the weight [out, in] (e4m3 or bfloat16), and its scale (a scalar tensor, the
+    scaled-FP8 format's, as stored: it multiplies in float32) or None."""
     weight: torch.Tensor
     scale: torch.Tensor | None
 
@@ -87,9 +88,12 @@ class Layer:
 class Umt5Encoder:
     """token ids [1, N] -> float32 [1, N, d] (the last layer, after its final norm). The weights are the host's
     tensors (none copied), looked up by their checkpoint names (T5's: encoder.block.{i}.layer.0.SelfAttention.q.weight,
-    its .scale_weight where scaled, ...); CheckpointError names one it cannot take."""
+    its .scale_weight where scaled, ...); CheckpointError names one it cannot take. scratch: where the weights are
+    widened (a GraphedUmt5's, which its graphs read; None: its own). nan_to_num: the token embeddings' NaNs zeroed,
+    as ComfyUI's T5 does when its dtype is an FP8 one."""
 
-    def __init__(self, state: Mapping[str, torch.Tensor]):
+    def __init__(self, state: Mapping[str, torch.Tensor], scratch: torch.Tensor | None = None,
+                 nan_to_num: bool = False):
         self.embedding = state.get("shared.weight")
         if self.embedding is None:
             raise CheckpointError("umt5: the weights have no shared.weight (not a T5 encoder's weights)")
@@ -102,21 +106,19 @@ class Umt5Encoder:
         self.final_norm = _tensor(state, "encoder.final_layer_norm.weight")
         self.heads = self.layers[0].position_bias.shape[1]
         widest = max(lin.weight.numel() for layer in self.layers for lin in _linears(layer))
-        self.scratch = torch.empty(widest, dtype=torch.bfloat16, device=self.embedding.device)
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every tensor it reads (a graph of it holds their addresses)."""
-        out = [self.embedding, self.final_norm]
-        for layer in self.layers:
-            out += [layer.attention_norm, layer.position_bias, layer.ff_norm]
-            out += [t for lin in _linears(layer) for t in (lin.weight, lin.scale) if t is not None]
-        return out
+        if scratch is not None and scratch.numel() < widest:
+            raise ValueError(f"umt5: a scratch of {scratch.numel()} values, and its widest weight holds {widest}")
+        self.scratch = torch.empty(widest, dtype=torch.bfloat16, device=self.embedding.device) \
+            if scratch is None else scratch
+        self.nan_to_num = nan_to_num
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
         """count: a tensor holding how many of the ids are the text's (the rest padding, masked out of attention);
         None: all."""
         x = F.embedding(ids, self.embedding).to(torch.float32)
+        if self.nan_to_num:
+            x = torch.nan_to_num(x)
         buckets = position_buckets(ids.shape[1], ids.device)
         masked = None if count is None else torch.arange(ids.shape[1], device=ids.device) >= count
         for layer in self.layers:
@@ -142,29 +144,37 @@ class Umt5Encoder:
 class GraphedUmt5:
     """An Umt5Encoder's work replayed from CUDA graphs, one per bucket of token counts (TOKEN_BUCKETS; the buckets up
     to WARM_BUCKETS captured at the first call), on a stream of high priority, ahead of a block's decode that may run
-    beside it (11-13 ms of GPU time a text, run 149; a live run's encodes of posted texts 17-43 ms, run 153). A graph
-    holds the weights' addresses: the caller makes a new one where they moved. Where a capture fails (fast/graphs.py
-    says why), it encodes eagerly from then on; a text past the largest bucket is encoded eagerly."""
+    beside it (11-13 ms of GPU time a text, run 149; a live run's encodes of posted texts 17-43 ms, run 153). It holds
+    no weights: each call passes an encoder on the weights as they are, made with its scratch; a graph reads the
+    weights' addresses, so the caller makes a new one where they moved. Where a capture fails (fast/graphs.py says
+    why), it encodes eagerly from then on; a text past the largest bucket is encoded eagerly. One call at a time (its
+    graphs share their inputs, outputs and scratch)."""
 
-    def __init__(self, encoder: Umt5Encoder):
-        self.encoder = encoder
-        self.device = encoder.embedding.device
+    def __init__(self, scratch: torch.Tensor):
+        self.scratch, self.device = scratch, scratch.device
         self.graphs: dict[int, tuple] = {}  # bucket -> (graph, ids, count, out)
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream(self.device, priority=-1)
         self.failed: str | None = None
+        self._lock = threading.Lock()
 
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, encoder: Umt5Encoder) -> torch.Tensor:
         """ids [1, T] -> float32 [1, T, d]."""
+        if encoder.scratch is not self.scratch:
+            raise ValueError("umt5: the encoder widens its weights elsewhere than this one's graphs read them")
+        with self._lock:
+            return self._encode(ids, encoder)
+
+    def _encode(self, ids: torch.Tensor, encoder: Umt5Encoder) -> torch.Tensor:
         tokens = ids.shape[1]
         bucket = next((b for b in TOKEN_BUCKETS if b >= tokens), None)
         if not self.graphs and self.failed is None:
             for warm in TOKEN_BUCKETS[:WARM_BUCKETS]:
-                self._capture(warm)
+                self._capture(warm, encoder)
         if bucket is not None and bucket not in self.graphs and self.failed is None:
-            self._capture(bucket)
+            self._capture(bucket, encoder)
         if bucket is None or bucket not in self.graphs:
-            return self.encoder(ids)
+            return encoder(ids)
         graph, static_ids, count, out = self.graphs[bucket]
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)  # the ids, and the last call's copy of `out`
@@ -176,14 +186,14 @@ class GraphedUmt5:
         current.wait_stream(self.stream)
         return out[:, :tokens].clone()
 
-    def _capture(self, bucket: int) -> None:
+    def _capture(self, bucket: int, encoder: Umt5Encoder) -> None:
         from ..fast.graphs import CaptureError, capture
 
         ids = torch.zeros(1, bucket, dtype=torch.long, device=self.device)
         count = torch.full((), bucket, dtype=torch.long, device=self.device)
-        self.encoder(ids, count)  # compiles the Triton kernel, sets up cuBLAS
+        encoder(ids, count)  # compiles the Triton kernel, sets up cuBLAS
         try:
-            graph, out = capture(lambda: self.encoder(ids, count), self.device, self.pool)
+            graph, out = capture(lambda: encoder(ids, count), self.device, self.pool)
         except CaptureError as err:
             self.failed = str(err)
             log.warning("the umt5 encoder runs without CUDA graphs: %s", err)
@@ -230,7 +240,7 @@ def _linear(state: Mapping[str, torch.Tensor], name: str) -> Linear:
                               f"{' or '.join(map(str, STORED))} weights (ComfyUI's encoder runs the others)")
     if scale is not None and scale.numel() != 1:
         raise CheckpointError(f"umt5: {name}.scale_weight holds {scale.numel()} values; a scaled weight has one")
-    return Linear(weight, None if scale is None else scale.to(torch.float32))
+    return Linear(weight, scale)
 
 
 def _tensor(state: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
