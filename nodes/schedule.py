@@ -136,8 +136,9 @@ def _masks_padding(clip) -> bool:
 
 
 def cached_encoder(clip):
-    """text -> embeddings with this CLIP, each text encoded once (schedule and live prompts share it)."""
-    return lambda text: EMBEDDINGS.get(clip.cond_stage_model, text, lambda t: encode(clip, t))
+    """text -> embeddings with this CLIP, each text encoded once (schedule and live prompts share it). Kept per CLIP
+    object: its clones share its text model but may encode otherwise (a LoRA's patches, CLIP Set Last Layer)."""
+    return lambda text: EMBEDDINGS.get(clip, text, lambda t: encode(clip, t))
 
 
 class PromptSchedule(io.ComfyNode):

@@ -265,6 +265,21 @@ def test_a_prompts_umt5_embeddings_are_the_ones_clip_text_encode_makes(tiny_umt5
     assert_same_embeddings(embeds, full)
 
 
+def test_a_clip_clone_that_encodes_otherwise_gets_its_own_embeddings(tiny_umt5):
+    """The schedule's cache of embeddings keeps a CLIP's clone apart from it: the clone shares its text model but
+    encodes otherwise (here CLIP Set Last Layer's layer; a LoRA's patches likewise)."""
+    load_pack()
+    from longlive_pack.nodes.schedule import cached_encoder
+
+    text = "a heron lands on a misty pond"
+    clone = tiny_umt5.clone()
+    clone.clip_layer(-2)
+    base, other = cached_encoder(tiny_umt5)(text), cached_encoder(clone)(text)
+    assert_same_embeddings(other, clone.encode_from_tokens_scheduled(clone.tokenize(text))[0][0])
+    assert not torch.allclose(base, other)
+    assert cached_encoder(tiny_umt5)(text) is base  # encoded once
+
+
 def assert_same_embeddings(embeds: torch.Tensor, full: torch.Tensor) -> None:
     """The same shape, zeros at the same tokens (the padding), the rest to float32 rounding (the attention sums
     over other key counts: 6e-6 of the norm at most here)."""
