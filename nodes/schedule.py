@@ -32,6 +32,7 @@ _ENGINE_UMT5: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, GraphedUm
     weakref.WeakKeyDictionary()
 _ENGINE_LOCK = threading.Lock()  # one engine encode at a time (the graphs and the table above are shared)
 
+
 def encode(clip, text: str):
     """umt5 embeddings [1, tokens, 4096] of a text, as CLIPTextEncode makes them. ComfyUI pads a text's umt5 tokens to
     512, masks the padding out of attention and zeroes its outputs: the text's own tokens are encoded here and the
@@ -87,8 +88,10 @@ def _engine_umt5(clip, sections: list) -> tuple[GraphedUmt5, Umt5Encoder] | None
     model = clip.cond_stage_model
     text_model = getattr(model, getattr(model, "clip", ""), None)
     transformer = getattr(text_model, "transformer", None)
-    if (transformer is None or getattr(text_model, "layer", None) != "last" or clip.layer_idx is not None
-            or getattr(clip.patcher, "forced_hooks", None) is not None):
+    if transformer is None or clip.layer_idx is not None or getattr(clip.patcher, "forced_hooks", None) is not None:
+        return None
+    model.reset_clip_options()  # as ComfyUI's encode begins (a clone's last layer is set on the shared model)
+    if getattr(text_model, "layer", None) != "last":
         return None
     clip.load_model()
     if not _plain(transformer):

@@ -62,7 +62,7 @@ def test_weights_the_umt5_encoder_cannot_take_are_refused_by_name(change, messag
 
 def test_nan_token_embeddings_are_zeroed_where_asked_as_comfyuis_fp8_t5_does():
     """ComfyUI's T5 whose dtype is an FP8 one zeroes the NaNs of its token embeddings (nan_to_num): the encoder does
-    where asked, and a scale stored in another dtype than float32 multiplies as its float32 value."""
+    where asked."""
     state = tiny_state()
     ids = torch.tensor([[3, 5, 7, 1]])
     clean = Umt5Encoder(state)(ids)
@@ -72,8 +72,17 @@ def test_nan_token_embeddings_are_zeroed_where_asked_as_comfyuis_fp8_t5_does():
     assert Umt5Encoder(state)(ids).isnan().all()
     torch.testing.assert_close(Umt5Encoder(state, nan_to_num=True)(ids), Umt5Encoder(zeroed)(ids), rtol=0, atol=0)
     assert not torch.equal(Umt5Encoder(state, nan_to_num=True)(ids), clean)
-    halves = {k: v.to(torch.bfloat16) if k.endswith("scale_weight") else v for k, v in state.items()}
-    torch.testing.assert_close(Umt5Encoder(halves, nan_to_num=True)(ids), Umt5Encoder(zeroed)(ids), rtol=0, atol=0)
+
+
+def test_a_scale_stored_in_bfloat16_multiplies_as_its_float32_value():
+    state = tiny_state()
+    halves = {k: torch.tensor(0.3, dtype=torch.bfloat16) if k.endswith("scale_weight") else v
+              for k, v in state.items()}
+    widened = {k: v.float() if k.endswith("scale_weight") else v for k, v in halves.items()}
+    ids = torch.tensor([[3, 5, 7, 1]])
+    got = Umt5Encoder(halves)(ids)
+    assert got.dtype == torch.float32 and not torch.equal(got, Umt5Encoder(state)(ids))
+    torch.testing.assert_close(got, Umt5Encoder(widened)(ids), rtol=0, atol=0)
 
 
 def test_a_scratch_too_small_for_the_widest_weight_is_refused():

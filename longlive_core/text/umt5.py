@@ -168,9 +168,10 @@ class GraphedUmt5:
     def _encode(self, ids: torch.Tensor, encoder: Umt5Encoder) -> torch.Tensor:
         tokens = ids.shape[1]
         bucket = next((b for b in TOKEN_BUCKETS if b >= tokens), None)
-        if not self.graphs and self.failed is None:
+        if not self.graphs:
             for warm in TOKEN_BUCKETS[:WARM_BUCKETS]:
-                self._capture(warm, encoder)
+                if self.failed is None:  # a failed capture ends the warm-up
+                    self._capture(warm, encoder)
         if bucket is not None and bucket not in self.graphs and self.failed is None:
             self._capture(bucket, encoder)
         if bucket is None or bucket not in self.graphs:
@@ -198,6 +199,7 @@ class GraphedUmt5:
             self.failed = str(err)
             log.warning("the umt5 encoder runs without CUDA graphs: %s", err)
             return
+        graph.replay()  # its allocations made real (under cudaMallocAsync, freeing them before would abort)
         self.graphs[bucket] = (graph, ids, count, out)
 
 
