@@ -78,23 +78,11 @@ def engine_encode(clip, sections: list) -> torch.Tensor | None:
 
 
 def _engine_umt5(clip, sections: list) -> tuple[GraphedUmt5, Umt5Encoder] | None:
-    """The engine's umt5 on the CLIP's weights (loaded on ComfyUI's text encoder device here): its graphs, kept while
-    the weights stay where they are, and an encoder on the weights as they are now; None where ComfyUI's encode would
-    compute something else (weighted or embedding tokens, a layer other than the last, hooks, weights patched as
-    they are used: low-VRAM loading, a LoRA applied at run time), or its weights are not on one GPU with bfloat16
-    tensor cores, or are stored in another format than e4m3 or bfloat16."""
-    if len(sections) != 1 or not all(isinstance(t[0], numbers.Integral) and t[1] == 1.0 for t in sections[0]):
-        return None
-    model = clip.cond_stage_model
-    text_model = getattr(model, getattr(model, "clip", ""), None)
-    transformer = getattr(text_model, "transformer", None)
-    if transformer is None or clip.layer_idx is not None or getattr(clip.patcher, "forced_hooks", None) is not None:
-        return None
-    model.reset_clip_options()  # as ComfyUI's encode begins (a clone's last layer is set on the shared model)
-    if getattr(text_model, "layer", None) != "last":
-        return None
-    clip.load_model()
-    if not _plain(transformer):
+    """The engine's umt5 on the CLIP's weights where it takes them (_engine_takes): its graphs, kept while the
+    weights stay where they are, and an encoder on the weights as they are now; None where they are not on one GPU
+    with bfloat16 tensor cores, or are stored in another format than e4m3 or bfloat16."""
+    transformer = _engine_takes(clip, sections)
+    if transformer is None:
         return None
     params = dict(transformer.named_parameters())
     device = next(iter(params.values())).device
@@ -118,6 +106,25 @@ def _engine_umt5(clip, sections: list) -> tuple[GraphedUmt5, Umt5Encoder] | None
         kept = (addresses, GraphedUmt5(encoder.scratch))
         _ENGINE_UMT5[transformer] = kept
     return kept[1], encoder
+
+
+def _engine_takes(clip, sections: list) -> torch.nn.Module | None:
+    """ComfyUI's umt5 module of the CLIP, loaded on its text encoder device here, where the engine's encoder computes
+    what ComfyUI's encode would of these tokens; None where ComfyUI's computes something else: weighted or embedding
+    tokens, a layer other than the last, hooks, weights patched as they are used (low-VRAM loading, a LoRA applied at
+    run time)."""
+    if len(sections) != 1 or not all(isinstance(t[0], numbers.Integral) and t[1] == 1.0 for t in sections[0]):
+        return None
+    model = clip.cond_stage_model
+    text_model = getattr(model, getattr(model, "clip", ""), None)
+    transformer = getattr(text_model, "transformer", None)
+    if transformer is None or clip.layer_idx is not None or getattr(clip.patcher, "forced_hooks", None) is not None:
+        return None
+    model.reset_clip_options()  # as ComfyUI's encode begins (a clone's last layer is set on the shared model)
+    if getattr(text_model, "layer", None) != "last":
+        return None
+    clip.load_model()
+    return transformer if _plain(transformer) else None
 
 
 def _plain(transformer: torch.nn.Module) -> bool:

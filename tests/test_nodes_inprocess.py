@@ -265,6 +265,40 @@ def test_a_prompts_umt5_embeddings_are_the_ones_clip_text_encode_makes(tiny_umt5
     assert_same_embeddings(embeds, full)
 
 
+def test_the_engines_umt5_takes_only_texts_comfyui_would_encode_the_same_way(tiny_umt5):
+    """The schedule hands a text to the engine's umt5 only where ComfyUI's encode computes the same thing: plain
+    tokens of the last layer, no hooks, weights used as stored; a CLIP Set Last Layer clone's encode leaves its
+    layer on the shared text model, which ComfyUI resets before each encode and so does the schedule."""
+    import comfy.hooks
+
+    load_pack()
+    from longlive_pack.nodes.schedule import UNPADDED, _engine_takes
+
+    def sections(clip, text):
+        return clip.tokenize(text, tokenizer_options={f"{UNPADDED}_min_length": 0})[UNPADDED]
+
+    transformer = tiny_umt5.cond_stage_model.umt5xxl.transformer
+    assert _engine_takes(tiny_umt5, sections(tiny_umt5, "a corgi runs along a sunny beach")) is transformer
+    assert _engine_takes(tiny_umt5, sections(tiny_umt5, "a (corgi:1.4) runs")) is None
+    assert _engine_takes(tiny_umt5, sections(tiny_umt5, "a corgi (runs, fast)")) is None  # a weight of 1.1
+    assert _engine_takes(tiny_umt5, [[(torch.zeros(32), 1.0)]]) is None  # an embedding's vector
+    clone = tiny_umt5.clone()
+    clone.clip_layer(-2)
+    assert _engine_takes(clone, sections(clone, "a corgi runs")) is None
+    clone.encode_from_tokens_scheduled(clone.tokenize("a corgi runs"))
+    assert tiny_umt5.cond_stage_model.umt5xxl.layer != "last"  # left there by ComfyUI's encode of the clone
+    assert _engine_takes(tiny_umt5, sections(tiny_umt5, "a corgi runs")) is transformer
+    hooked = tiny_umt5.clone()
+    hooked.patcher.forced_hooks = comfy.hooks.HookGroup()
+    assert _engine_takes(hooked, sections(hooked, "a corgi runs")) is None
+    linear = transformer.encoder.block[0].layer[0].SelfAttention.q
+    linear.weight_function = [lambda weight: weight]  # as ComfyUI's low-VRAM loading patches a weight
+    try:
+        assert _engine_takes(tiny_umt5, sections(tiny_umt5, "a corgi runs")) is None
+    finally:
+        linear.weight_function = []
+
+
 def test_a_clip_clone_that_encodes_otherwise_gets_its_own_embeddings(tiny_umt5):
     """The schedule's cache of embeddings keeps a CLIP's clone apart from it: the clone shares its text model but
     encodes otherwise (here CLIP Set Last Layer's layer; a LoRA's patches likewise)."""
