@@ -650,3 +650,28 @@ def test_umt5_from_cuda_graphs_encodes_as_the_eager_encoder_in_every_bucket():
     del state, eager, encoder, weight
     gc.collect()  # the refused call's traceback
     assert held() is None and graphed.graphs  # the graphs hold no weights (ComfyUI frees those it unloads)
+
+
+@pytest.mark.parametrize("allocator", ["native", "cudaMallocAsync"])
+def test_the_schedule_encodes_with_the_engines_umt5_on_comfyuis_weights_and_falls_back_to_comfyuis(allocator):
+    """tests/umt5_child.py: ComfyUI on the GPU, the schedule's encode of plain texts by the engine's umt5 (ComfyUI's
+    T5 module never runs; graphs captured once and kept) and of a weighted text by ComfyUI's, each to 2e-5 of
+    ComfyUI's embeddings of the padded text; the text encoder unloaded and loaded elsewhere gets new graphs; an
+    out-of-memory leaves that one text to ComfyUI, any other failure every text after it."""
+    result = capture_child(allocator, script="umt5_child.py")
+    steps = result["steps"]
+    assert result["allocator"] == allocator and result["device"].startswith("cuda")
+    for name, s in steps.items():
+        assert s["shape_equal"] and s["rel"] < 2e-5, (name, s)
+        assert s["weights_on"].startswith("cuda"), (name, s)
+    engine = ["plain", "plain_again", "long", "reloaded", "after_out_of_memory"]
+    comfyui = ["weighted", "out_of_memory", "failed", "after_failure"]
+    assert [name for name, s in steps.items() if s["comfyui_runs"] == 0] == engine
+    assert all(steps[name]["comfyui_runs"] == 1 for name in comfyui)
+    assert steps["plain"]["buckets"] == [32, 64, 128] and steps["long"]["buckets"] == [32, 64, 128, 256]
+    assert len({steps[name]["graphed"] for name in ["plain", "plain_again", "long", "weighted"]}) == 1
+    assert steps["reloaded"]["addresses"] != steps["plain"]["addresses"]
+    assert steps["reloaded"]["graphed"] not in (None, steps["plain"]["graphed"])
+    assert steps["reloaded"]["buckets"] == [32, 64, 128] and steps["reloaded"]["kept_addresses_current"]
+    assert steps["out_of_memory"]["failed"] is None and steps["after_out_of_memory"]["failed"] is None
+    assert steps["failed"]["failed"] == steps["after_failure"]["failed"] == "RuntimeError: a bug (a test's)"
