@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -82,6 +83,69 @@ def test_shot_sinks_and_the_window_follow_the_rule():
     assert plain[5] == r((0, 7), (24, 47))
     twice = held_after_each_block(TINY_V2, {2, 5}, 8, ShotSettings())
     assert twice[6] == r((0, 7), (32, 55)) and twice[7] == r((0, 7), (40, 63))  # 16-23 no longer pinned
+
+
+def attended_by_rule(block: int, cuts: set[int], settings: ShotSettings) -> set[int]:
+    """LONGLIVE_V2.md section 7, as written: a block attends to its own frames, the global sink (the first `sink`
+    frames), the shot sink (the first frames of the latest cut block before it, with the multi-shot sink on) and
+    the most recent other earlier frames, as many as fit in `window` frames in all."""
+    s = settings
+    start = block * s.block
+    own = set(range(start, start + s.block))
+    earlier = range(start)
+    sink = {f for f in earlier if f < s.sink}
+    shot = {f for c in [max((c for c in cuts if 0 < c < block), default=None)] if c is not None and s.shot_sink
+            for f in range(c * s.block, c * s.block + min(s.sink, s.block))}
+    others = sorted((f for f in earlier if f not in sink | shot), reverse=True)
+    return own | sink | shot | set(others[:s.window - len(own | sink | shot)])
+
+
+class MaskedShotSession(ShotSession):
+    """Keeps every frame's K/V (a window as long as the video: frame f in slot f, nothing evicted) and masks each
+    pass's keys to the frames attended_by_rule gives its block."""
+
+    def __init__(self, model, *, cuts: set[int], rule: ShotSettings, blocks: int, **kw):
+        self.cuts, self.rule = cuts, rule
+        super().__init__(model, settings=dataclasses.replace(rule, window=blocks * rule.block), **kw)
+
+    def attend(self, q, k, v, scales=None):
+        allowed = attended_by_rule(self.frame // self.rule.block, self.cuts, self.rule)
+        frames = torch.arange(k.shape[1]) // self.frame_tokens
+        mask = torch.tensor([int(f) in allowed for f in frames])
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                               attn_mask=mask[None, None, None, :])
+        return out.transpose(1, 2)
+
+
+def shot_video(session: ShotSession, cuts: set[int], blocks: int, prompts: torch.Tensor) -> torch.Tensor:
+    return torch.cat([session.make_block(prompts[k % len(prompts)][None], cut=k in cuts) for k in range(blocks)], 1)
+
+
+@pytest.mark.parametrize("settings,cuts", [(ShotSettings(), {2}), (ShotSettings(), {2, 5}),
+                                           (ShotSettings(shot_sink=False), {2}),
+                                           (ShotSettings(window=24, sink=8), {3}),
+                                           (ShotSettings(window=24, sink=0), {2})],
+                         ids=["w32 s8 cut 2", "two cuts", "no shot sink", "w24 cut 3", "no sink"])
+def test_the_cache_equals_masked_attention_over_all_frames(settings, cuts):
+    """The ring of cache slots (frames evicted, sinks protected) makes the video that attention over every frame's
+    K/V, masked to the frames section 7 names, makes: scene cuts (a prompt each, the RoPE offset) and shot sinks."""
+    blocks = 8
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)  # weights that make attention pick (2e-5 at 0.02)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 8 * blocks, 48, 4, 6, generator=gen)
+    prompts = torch.randn(3, 512, TINY_V2.text_dim, generator=gen)
+    kw = dict(batch=1, latent_hw=(4, 6), noise=lambda k: noise[:, 8 * k:8 * k + 8])
+    ours = shot_video(ShotSession(model, settings=settings, **kw), cuts, blocks, prompts)
+    reference = MaskedShotSession(model, cuts=cuts, rule=settings, blocks=blocks, **kw)
+    model.attend = reference.attend
+    try:
+        want = shot_video(reference, cuts, blocks, prompts)
+    finally:
+        model.set_attention("sdpa")
+    assert ((ours - want).norm() / want.norm()).item() < 1e-5  # 2e-7 here
+    wider = dataclasses.replace(settings, window=settings.window + 8)  # and the rule matters: more frames, another video
+    other = shot_video(ShotSession(model, settings=wider, **kw), cuts, blocks, prompts)
+    assert ((other - ours).norm() / ours.norm()).item() > 1e-2  # 5e-2 to 1.2e-1 here
 
 
 def test_the_merged_checkpoint_is_the_base_with_its_lora():
