@@ -1,4 +1,4 @@
-"""LongLive Model Loader: a LongLive / Wan2.1 T2V 1.3B file (+ LoRA) -> LONGLIVE_MODEL."""
+"""LongLive Model Loader: a LongLive 1.x or 2.0 file (+ LoRA) -> LONGLIVE_MODEL."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ log = logging.getLogger("longlive")
 ModelType = io.Custom("LONGLIVE_MODEL")
 NO_LORA = "none"
 LONGLIVE_REPO = "huggingface.co/Efficient-Large-Model/LongLive-1.3B"
+LONGLIVE_2_REPO = "huggingface.co/Efficient-Large-Model/LongLive-2.0-5B"
 
 
 class ModelLoader(io.ComfyNode):
@@ -31,7 +32,8 @@ class ModelLoader(io.ComfyNode):
                         "generation; the family is told from the file.",
             inputs=[
                 io.Combo.Input("model_name", options=folder_paths.get_filename_list("diffusion_models"),
-                               tooltip="From models/diffusion_models: longlive_base.pt or a merged .safetensors"),
+                               tooltip="From models/diffusion_models: longlive_base.pt (LongLive 1.x), model_bf16.pt "
+                                       "(LongLive 2.0) or a merged .safetensors"),
                 io.Combo.Input("lora_name", options=[NO_LORA, *folder_paths.get_filename_list("loras")],
                                default=NO_LORA, tooltip="LongLive's lora.pt from models/loras, merged at load"),
                 io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05),
@@ -91,10 +93,11 @@ def _listed(model_name: str, lora_name: str) -> tuple[bool | str, bool | str]:
     """Whether each file is in its folder, else where to download it."""
     return (model_name in folder_paths.get_filename_list("diffusion_models")
             or f"model_name: '{model_name}' is not in models/diffusion_models; download models/longlive_base.pt of "
-               f"{LONGLIVE_REPO} there, or pick a listed file",
+               f"{LONGLIVE_REPO} (LongLive 1.x) or model_bf16.pt of {LONGLIVE_2_REPO} (LongLive 2.0) there, or pick "
+               f"a listed file",
             lora_name in (NO_LORA, *folder_paths.get_filename_list("loras"))
-            or f"lora_name: '{lora_name}' is not in models/loras; download models/lora.pt of {LONGLIVE_REPO} there, "
-               f"or choose '{NO_LORA}'")
+            or f"lora_name: '{lora_name}' is not in models/loras; download models/lora.pt of {LONGLIVE_REPO} there "
+               f"(LongLive 1.x; LongLive-2.0-5B's model_bf16.pt has its LoRA merged), or choose '{NO_LORA}'")
 
 
 class Holder(torch.nn.Module):

@@ -115,19 +115,28 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, tiny_model):
     del sd["blocks.1.ffn.2.bias"]
     sd["blocks.0.extra.weight"] = torch.zeros(1)
     path = _save(tmp_path, sd)
-    with pytest.raises(CheckpointError, match=r"bad.safetensors.*missing \['blocks.1.ffn.2.bias'\].*unexpected \['blocks.0.extra.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: keys do not match the LongLive 1.x \(Wan2.1 T2V "
+                                              r"1.3B\) network: missing \['blocks.1.ffn.2.bias'\].*unexpected "
+                                              r"\['blocks.0.extra.weight'\]"):
         load_model(path, num_heads=2)
 
 
+RUNS_ON = r"LongLive runs on Wan2.1 T2V 1.3B \(LongLive-1.3B\) and Wan2.2 TI2V 5B \(LongLive-2.0-5B\)"
+
+
 @pytest.mark.parametrize("change,family", [
-    (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(5120, 16, 1, 2, 2)), "14B"),
-    (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 36, 1, 2, 2)), "image-to-video"),
-    (lambda sd: sd.__setitem__("img_emb.proj.0.weight", torch.zeros(2)), "image-to-video"),
+    (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(5120, 16, 1, 2, 2)),
+     "a Wan 14B model; " + RUNS_ON),
+    (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 36, 1, 2, 2)),
+     r"a Wan image-to-video model \(Wan2.1 I2V\); " + RUNS_ON),
+    (lambda sd: sd.__setitem__("img_emb.proj.0.weight", torch.zeros(2)), "image-to-video model .*; " + RUNS_ON),
     (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 48, 1, 2, 2)),
-     "takes 48 latent channels and its head makes 16; LongLive 1.x"),
-    (lambda sd: sd.pop("head.modulation"), "not a Wan diffusion model"),
+     r"takes 48 latent channels and its head makes 16; LongLive 1.x \(Wan2.1 T2V 1.3B\) has 16 and 16, "
+     r"LongLive 2.0 \(Wan2.2 TI2V 5B\) 48 and 48"),
+    (lambda sd: sd.pop("head.modulation"), "not a Wan diffusion model .*" + RUNS_ON),
 ])
 def test_other_model_families_are_named(tmp_path, tiny_model, change, family):
+    """A file of another model is refused naming what it is and both families LongLive runs on."""
     sd = dict(tiny_model.state_dict())
     change(sd)
     with pytest.raises(CheckpointError, match=family):

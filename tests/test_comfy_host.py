@@ -464,7 +464,9 @@ def test_a_string_where_a_boolean_is_due_is_refused(host):
 
 @pytest.mark.parametrize("inputs,message", [
     ({"model_name": "nope.pt"}, "model_name: 'nope.pt' is not in models/diffusion_models; download "
-                                "models/longlive_base.pt of huggingface.co/Efficient-Large-Model/LongLive-1.3B there"),
+                                "models/longlive_base.pt of huggingface.co/Efficient-Large-Model/LongLive-1.3B "
+                                "(LongLive 1.x) or model_bf16.pt of "
+                                "huggingface.co/Efficient-Large-Model/LongLive-2.0-5B (LongLive 2.0) there"),
     ({"lora_name": "nope.pt"}, "lora_name: 'nope.pt' is not in models/loras; download models/lora.pt of"),
     ({"lora_strength": float("nan")}, "lora_strength: nan is not a number from -4 to 4"),
     ({"device": ABSENT_GPU}, f"device: {ABSENT_GPU} is not a CUDA device of this machine (its CUDA devices: "),
@@ -826,4 +828,4 @@ def test_a_longlive_2_model_makes_shots_through_the_nodes_as_the_engine_does(hos
     graph["4"]["inputs"].update(local_attn_size=16)
     assert "window 16 cannot hold the global sink (8), the shot sink (8) and a block (8)" in failure(host, graph)
     graph["1"]["inputs"]["lora_name"] = host.names["lora"]
-    assert "the LoRA belongs to another model" in failure(host, graph)
+    assert "the LoRA belongs to another model than the LongLive 2.0 (Wan2.2 TI2V 5B) one loaded" in failure(host, graph)

@@ -207,7 +207,8 @@ def test_a_v1_lora_on_a_v2_model_is_refused(tmp_path):
                                   "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(128, 4)}}
     torch.save(v1_lora, tmp_path / "v1_lora.pt")
     with pytest.raises(CheckpointError, match=r"LoRA for blocks.0.self_attn.q is 128x128 but the weight is \[64, 64\]; "
-                                              r"the LoRA belongs to another model"):
+                                              r"the LoRA belongs to another model than the LongLive 2.0 \(Wan2.2 TI2V "
+                                              r"5B\) one loaded: pick the LoRA made for it"):
         load_model(str(case / "generator_base.pt"), lora_path=str(tmp_path / "v1_lora.pt"), num_heads=2)
 
 
@@ -421,6 +422,29 @@ def test_a_video_runs_shots_from_a_schedule_as_the_session_makes_them_block_by_b
     want = torch.cat([session.make_block(v2_embed(t), cut=k == 2) for k, t in enumerate(texts)], dim=1)
     torch.testing.assert_close(torch.cat([first, second], dim=1), want, rtol=0, atol=0)
     assert torch.equal(first[:, :1], image)
+
+
+def test_a_v2_video_runs_on_past_position_1024_and_there_makes_the_frames_of_lower_positions():
+    """LongLive 2.0 has no end (upstream computes its time angles for any position once a shot has an offset): a
+    named video takes a run past latent frame 1024 in one go. RoPE makes attention depend on position differences
+    only, so a session whose positions all start 1000 later (across 1024) makes the same blocks to rounding."""
+    from longlive_core import Prompt, RunHooks
+
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    video = v2_video(model)
+    frames = 1040
+    assert video.fit(frames, live=False) == frames
+    video.schedule([Prompt(0, "a red fox"), Prompt(1016, "a fox in the snow")], frames, v2_embed)
+    latents, _ = video.run(frames, live=False, hooks=RunHooks(embed_text=v2_embed))
+    assert latents.shape[1] == frames and video.session.pos == frames and torch.isfinite(latents).all()
+
+    def blocks(shot: int) -> torch.Tensor:
+        session = ShotSession(model, batch=1, latent_hw=(4, 6), seed=3)
+        session.shot = shot  # as if after that many cuts: every position moved on by shot * 8
+        return torch.cat([session.make_block(v2_embed("a red fox")) for _ in range(6)], dim=1)
+
+    low, high = blocks(0), blocks(125)  # positions 0-47 and 1000-1047 (the window evicts from block 4 on)
+    assert ((high - low).norm() / low.norm()).item() < 1e-5  # 3e-7 here
 
 
 def test_a_stop_between_passes_of_a_v2_block_leaves_it_to_be_made_again_exactly():

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 WAN_ROOTS = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module", "_orig_mod", "module", "model", "diffusion_model", "base_model", "generator")
 GENERATOR_KEYS = ("generator", "generator_ema", "state_dict", "model")
-LATENT_CHANNELS = (16, 48)  # LongLive 1.x (Wan2.1 T2V 1.3B), LongLive 2.0 (Wan2.2 TI2V 5B)
+FAMILIES = {16: "LongLive 1.x (Wan2.1 T2V 1.3B)", 48: "LongLive 2.0 (Wan2.2 TI2V 5B)"}  # by latent channels
+RUNS_ON = "LongLive runs on Wan2.1 T2V 1.3B (LongLive-1.3B) and Wan2.2 TI2V 5B (LongLive-2.0-5B)"
 
 
 def canonical_key(key: str) -> str:
@@ -120,7 +121,7 @@ def _unwrap(obj, path: str, prefer: str) -> dict[str, torch.Tensor]:
 
 
 def canonical_state_dict(raw: Mapping[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
-    """Renames keys to Wan names and checks that the file is a Wan2.1 text-to-video model."""
+    """Renames keys to Wan names and checks that the file is a model LongLive runs on (FAMILIES)."""
     sd = {canonical_key(k): v for k, v in raw.items()}
     _check_family(sd, path)
     return sd
@@ -130,25 +131,26 @@ def _check_family(sd: Mapping[str, torch.Tensor], path: str) -> None:
     if "head.modulation" not in sd or "patch_embedding.weight" not in sd:
         sample = ", ".join(sorted(sd)[:5])
         raise CheckpointError(f"{path}: not a Wan diffusion model (no head.modulation / patch_embedding; keys "
-                              f"start with {sample}); pick a LongLive or Wan2.1 T2V 1.3B file")
+                              f"start with {sample}); {RUNS_ON}: pick one of their files")
     dim, in_dim = sd["patch_embedding.weight"].shape[:2]
     if any(k.startswith("img_emb.") for k in sd) or in_dim == 36:
-        raise CheckpointError(f"{path}: this is a Wan image-to-video model; LongLive needs the Wan2.1 T2V model")
+        raise CheckpointError(f"{path}: this is a Wan image-to-video model (Wan2.1 I2V); {RUNS_ON} (LongLive 2.0 "
+                              f"makes image-to-video itself)")
     if dim == 5120:
-        raise CheckpointError(f"{path}: this is a Wan 14B model; LongLive-1.3B needs the Wan2.1 T2V 1.3B weights")
+        raise CheckpointError(f"{path}: this is a Wan 14B model; {RUNS_ON}")
     out_dim = sd["head.head.weight"].shape[0] // 4 if "head.head.weight" in sd else in_dim
-    if in_dim not in LATENT_CHANNELS or out_dim != in_dim:
+    if in_dim not in FAMILIES or out_dim != in_dim:
         raise CheckpointError(f"{path}: its patch embedding takes {in_dim} latent channels and its head makes "
-                              f"{out_dim}; LongLive 1.x (Wan2.1 T2V 1.3B) has 16 and 16, LongLive 2.0 (Wan2.2 "
-                              f"TI2V 5B) 48 and 48: the file is not one of these models")
+                              f"{out_dim}; {FAMILIES[16]} has 16 and 16, {FAMILIES[48]} 48 and 48: the file is not "
+                              f"one of these models")
 
 
 def check_keys(model: CausalWan, sd: Mapping[str, torch.Tensor], path: str) -> None:
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: keys do not match the Wan2.1 T2V network: missing {missing[:10]}"
-                              f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+        raise CheckpointError(f"{path}: keys do not match the {FAMILIES[model.cfg.in_dim]} network: missing "
+                              f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
                               f"{' ...' if len(unexpected) > 10 else ''}")
     for key, value in model.state_dict().items():
         if tuple(sd[key].shape) != tuple(value.shape):
@@ -188,8 +190,10 @@ def merge_lora(sd: dict[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tenso
             raise CheckpointError(f"{path}: LoRA targets {module}, which the model does not have")
         weight = sd[key]
         if (b.shape[0], a.shape[1]) != tuple(weight.shape):
+            family = FAMILIES.get(sd["patch_embedding.weight"].shape[1], "this")
             raise CheckpointError(f"{path}: LoRA for {module} is {b.shape[0]}x{a.shape[1]} but the weight is "
-                                  f"{list(weight.shape)}; the LoRA belongs to another model")
+                                  f"{list(weight.shape)}; the LoRA belongs to another model than the {family} one "
+                                  f"loaded: pick the LoRA made for it")
         rank = a.shape[0]
         scale = strength * (rank if alpha is None else alpha) / rank
         sd[key] = (weight.float() + scale * (b.float() @ a.float())).to(weight.dtype)
