@@ -95,9 +95,10 @@ class StreamingSampler(io.ComfyNode):
                                "frame (the video's width x height), encoded with the Wan 2.2 VAE on the vae input; "
                                "only a new video takes it"),
                 io.Combo.Input("position_mode", options=list(POSITION_MODES), default="absolute", optional=True,
-                               tooltip="absolute: upstream's default; a video ends at latent frame 1024 (about 4 "
-                                       "minutes). relative: upstream's infinite-length mode (block-relativistic "
-                                       "RoPE): no end, for live sessions. A session keeps the mode it was made with"),
+                               tooltip="absolute: upstream's default; a LongLive 1.x video ends at latent frame 1024 "
+                                       "(about 4 minutes), a LongLive 2.0 one never. relative (LongLive 1.x): "
+                                       "upstream's infinite-length mode (block-relativistic RoPE): no end, for live "
+                                       "sessions. A session keeps the mode it was made with"),
                 decode_device_input(),
             ],
             outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="IMAGE"),

@@ -278,13 +278,18 @@ class StreamSession:
         self._remember(x0)
         return x0
 
+    @property
+    def end_position(self) -> int | None:
+        """Where the video's time positions end: absolute ones with Wan's RoPE table, relative ones never."""
+        return ROPE_POSITIONS if self.position_mode == "absolute" else None
+
     def _check_can_generate(self, switch: torch.Tensor | None) -> None:
         """Refuses before any work, so that a refused block leaves the session as it was."""
         if self.prompt is None and switch is None:
             raise PromptError("no prompt is set for this session; call set_prompt before generating")
         restarts = switch is not None and self.prompt is not None and self.switch_policy == "reset"
         pos = 0 if restarts else self.pos
-        if self.position_mode == "absolute" and pos + FRAMES_PER_BLOCK > ROPE_POSITIONS:
+        if self.end_position is not None and pos + FRAMES_PER_BLOCK > self.end_position:
             raise ConfigError(f"frame position {pos + FRAMES_PER_BLOCK} exceeds the {ROPE_POSITIONS}-position "
                               f"RoPE table of position mode 'absolute'; reset the session, switch with policy 'reset', "
                               f"or make the video with position mode 'relative' (no limit)")

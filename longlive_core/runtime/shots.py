@@ -75,6 +75,9 @@ class ShotSession:
     runs the passes (fast/runner.GraphRunner: CUDA graphs of the steady ones); the model by default."""
 
     position_mode = "absolute"  # time positions grow with the video (and each shot's offset)
+    # ... with no end: their angles are computed for any position (RopeTable.time), as upstream computes them once a
+    # shot has an offset (its 1024-row table ends only a first shot that long, where upstream fails)
+    end_position = None
 
     def __init__(self, model: CausalWan, *, batch: int, latent_hw: tuple[int, int],
                  noise: Callable[[int], torch.Tensor] | None = None, settings: ShotSettings = ShotSettings(),

@@ -329,11 +329,11 @@ class Video:
     # --- a run ------------------------------------------------------------------------------------------------
 
     def fit(self, frames: int, live: bool) -> int:
-        """In absolute positions a video can run to latent frame 1024 (Wan's RoPE table): a live run stops there,
-        others are refused. Relative positions have no end."""
-        if self.session.position_mode == "relative":
+        """A LongLive 1.x video in absolute positions can run to latent frame 1024 (Wan's RoPE table): a live run
+        stops there, others are refused. Relative positions and LongLive 2.0's have no end."""
+        if self.session.end_position is None:
             return frames
-        room = (ROPE_POSITIONS - self.session.pos) // self.family.block * self.family.block
+        room = (self.session.end_position - self.session.pos) // self.family.block * self.family.block
         if frames <= room:
             return frames
         if live and room > 0:
@@ -342,8 +342,8 @@ class Video:
         minutes = ROPE_POSITIONS * 4 / self.family.fps / 60
         raise ConfigError(f"length: this run needs {frames} latent frames but the session has room for {room} more "
                           f"(the model's RoPE table ends at position {ROPE_POSITIONS}, about {minutes:.0f} minutes); "
-                          f"shorten the run, reset the session, or (LongLive 1.x) make the video with position_mode "
-                          f"'relative' (no limit)")
+                          f"shorten the run, reset the session, or make the video with position_mode 'relative' "
+                          f"(no limit)")
 
     def schedule(self, prompts: list[Prompt], frames: int, embed_text: Callable[[str], torch.Tensor]) -> None:
         """Schedules a run's prompts relative to its first frame; an unchanged first prompt is no switch."""
