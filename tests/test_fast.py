@@ -164,6 +164,14 @@ def test_fp8_attention_keeps_an_fp8_cache_written_once_per_token(prompt):
         session.use_model(random_model(TINY, seed=3, dtype=torch.float32))
 
 
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_longlive_2_queries_fill_whole_waves_so_nothing_is_cut(batch):
+    """LongLive 2.0 at 1280x704: 7040 queries (55 units of 128) x 24 heads = 1320 units a sample, 10 whole waves on an
+    H200's 132 SMs at any batch: one plain FA3 call; at 1280x736 (7360 queries, 58 units) the cut pays."""
+    assert wave_split(batch, 7040, 24, 132) is None
+    assert wave_split(1, 7360, 24, 132) is not None
+
+
 def test_fp8_attention_refuses_an_fp16_model():
     model = random_model(TINY, dtype=torch.float16)
     with pytest.raises(ConfigError, match="'flash-attn 3 fp8' returns bf16 and needs precision bf16 or fp8"):
