@@ -116,6 +116,29 @@ def test_fp8_blocks_stay_close_to_bf16(prompt):
     assert rel(video(quant, prompt), video(ref, prompt)) < 0.1
 
 
+def test_fp8_on_a_longlive_2_model_quantizes_its_blocks_and_keeps_upstreams_bf16_layers():
+    """Upstream's FP8 keeps text_embedding, time_embedding, time_projection and head in bf16: every linear inside the
+    blocks is FP8, those stay bf16 linears, and the video stays close to bf16's."""
+    from longlive_core import ShotSession
+    from longlive_core.tools.synthetic import TINY_V2
+
+    ref = random_model(TINY_V2, dtype=torch.bfloat16, std=0.1)
+    quant = copy.deepcopy(ref)
+    PRECISIONS["fp8"].apply(quant)
+    kept = [m for name in ("text_embedding", "time_embedding", "time_projection", "head")
+            for m in getattr(quant, name).modules() if isinstance(m, torch.nn.Linear)]
+    assert len(kept) == 6 and all(m.weight.dtype == torch.bfloat16 for m in kept)
+    linears = [m for m in quant.blocks.modules() if isinstance(m, (torch.nn.Linear, Float8Linear))]
+    assert len(linears) == 10 * TINY_V2.num_layers and all(isinstance(m, Float8Linear) for m in linears)
+    embeds = torch.randn(1, 512, TINY_V2.text_dim, generator=torch.Generator().manual_seed(0))
+
+    def shots(model):
+        session = ShotSession(model, batch=1, latent_hw=(4, 6), seed=1)
+        return torch.cat([session.make_block(embeds), session.make_block(embeds)], 1)
+
+    assert rel(shots(quant), shots(ref)) < 0.1
+
+
 def test_options_this_machine_cannot_run_are_refused():
     with pytest.raises(BackendUnavailableError, match="'fp8' needs an NVIDIA GPU of compute capability 8.9"):
         resolve("fp8", torch.device("cpu"))
