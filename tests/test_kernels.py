@@ -26,12 +26,13 @@ from longlive_core.vae.head import causal_conv3d_narrow
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16
 CFG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=1, text_dim=64)
+WIDE = WanConfig(dim=3072, ffn_dim=512, num_heads=24, num_layers=1, text_dim=64)  # LongLive 2.0's rows and heads
 B, S, SLOTS = 2, 24, 40
 
 
-def blocks(dtype, seed=0):
+def blocks(dtype, seed=0, cfg=CFG):
     torch.manual_seed(seed)
-    eager = Block(CFG)
+    eager = Block(cfg)
     for p in eager.parameters():
         p.data.normal_(0, 0.5)
     eager = eager.to(DEVICE, dtype)
@@ -44,13 +45,13 @@ def kernels_only(fused: FusedBlock) -> FusedBlock:
     return fused
 
 
-def inputs(dtype, frames=0):
+def inputs(dtype, frames=0, cfg=CFG):
     """frames: a modulation row a frame (image-to-video's first block), in that many frames; 0: a row a sample."""
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(B, S, CFG.dim, generator=gen).to(DEVICE, dtype)
-    mod = torch.randn(B, *([frames] if frames else []), 6, CFG.dim, generator=gen).to(DEVICE)
-    y = torch.randn(B, S, CFG.num_heads, CFG.head_dim, generator=gen).to(DEVICE, dtype)
-    cos, sin = RopeTable(CFG.head_dim, DEVICE).cos_sin(3, 2, 3, 4)  # 2 frames of 3 x 4 tokens
+    x = torch.randn(B, S, cfg.dim, generator=gen).to(DEVICE, dtype)
+    mod = torch.randn(B, *([frames] if frames else []), 6, cfg.dim, generator=gen).to(DEVICE)
+    y = torch.randn(B, S, cfg.num_heads, cfg.head_dim, generator=gen).to(DEVICE, dtype)
+    cos, sin = RopeTable(cfg.head_dim, DEVICE).cos_sin(3, 2, 3, 4)  # 2 frames of 3 x 4 tokens
     index = torch.randperm(SLOTS, generator=gen)[:S].to(DEVICE)
     return x, mod, y, cos, sin, index
 
@@ -69,12 +70,15 @@ def steps_apart(a, b, dtype):
     return ((a - b).abs() - noise).clamp(min=0).div(step).max().item()
 
 
+@pytest.mark.parametrize("cfg", [CFG, pytest.param(WIDE, marks=pytest.mark.skipif(
+    DEVICE == "cpu", reason="Triton's interpreter at dim 3072: GPU only"))], ids=["dim 256", "dim 3072"])
 @pytest.mark.parametrize("frames", [0, 2], ids=["a modulation a sample", "a modulation a frame"])
 @pytest.mark.parametrize("dtype", [torch.float32, HALF])
-def test_fused_stages_compute_what_the_eager_block_computes(dtype, frames):
-    eager, fused = blocks(dtype)
-    x, mod, y, cos, sin, index = inputs(dtype, frames)
-    caches = [torch.zeros(B, SLOTS, CFG.num_heads, CFG.head_dim, device=DEVICE, dtype=dtype) for _ in range(4)]
+def test_fused_stages_compute_what_the_eager_block_computes(dtype, frames, cfg):
+    """Also at LongLive 2.0's width (3072: rows of 3072 in the norms, 24 heads in the RoPE and q/k norms)."""
+    eager, fused = blocks(dtype, cfg=cfg)
+    x, mod, y, cos, sin, index = inputs(dtype, frames, cfg)
+    caches = [torch.zeros(B, SLOTS, cfg.num_heads, cfg.head_dim, device=DEVICE, dtype=dtype) for _ in range(4)]
     carry = (y.flatten(2), mod[..., 5:6, :] * 0.3)  # a previous layer's FFN output and gate
     with torch.no_grad():
         outs = [*eager.self_qkv(x, carry, mod, cos, sin, index, *caches[:2]), caches[0], caches[1],
