@@ -21,13 +21,14 @@ from ..errors import CheckpointError
 from ..model.config import WanConfig
 from ..model.wan import CausalWan
 from ..quant.precision import Precision
+from ..runtime.family import FAMILIES, V1, V2
 
 log = logging.getLogger(__name__)
 
 WAN_ROOTS = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module", "_orig_mod", "module", "model", "diffusion_model", "base_model", "generator")
 GENERATOR_KEYS = ("generator", "generator_ema", "state_dict", "model")
-FAMILIES = {16: "LongLive 1.x (Wan2.1 T2V 1.3B)", 48: "LongLive 2.0 (Wan2.2 TI2V 5B)"}  # by latent channels
+FAMILY_NAMES = {f.latent_channels: f.name for f in FAMILIES}
 RUNS_ON = "LongLive runs on Wan2.1 T2V 1.3B (LongLive-1.3B) and Wan2.2 TI2V 5B (LongLive-2.0-5B)"
 
 
@@ -139,17 +140,17 @@ def _check_family(sd: Mapping[str, torch.Tensor], path: str) -> None:
     if dim == 5120:
         raise CheckpointError(f"{path}: this is a Wan 14B model; {RUNS_ON}")
     out_dim = sd["head.head.weight"].shape[0] // 4 if "head.head.weight" in sd else in_dim
-    if in_dim not in FAMILIES or out_dim != in_dim:
+    if in_dim not in FAMILY_NAMES or out_dim != in_dim:
         raise CheckpointError(f"{path}: its patch embedding takes {in_dim} latent channels and its head makes "
-                              f"{out_dim}; {FAMILIES[16]} has 16 and 16, {FAMILIES[48]} 48 and 48: the file is not "
-                              f"one of these models")
+                              f"{out_dim}; {V1.name} has 16 and 16, {V2.name} 48 and 48: the file is not one of these "
+                              f"models")
 
 
 def check_keys(model: CausalWan, sd: Mapping[str, torch.Tensor], path: str) -> None:
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: keys do not match the {FAMILIES[model.cfg.in_dim]} network: missing "
+        raise CheckpointError(f"{path}: keys do not match the {FAMILY_NAMES[model.cfg.in_dim]} network: missing "
                               f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
                               f"{' ...' if len(unexpected) > 10 else ''}")
     for key, value in model.state_dict().items():
@@ -190,7 +191,7 @@ def merge_lora(sd: dict[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tenso
             raise CheckpointError(f"{path}: LoRA targets {module}, which the model does not have")
         weight = sd[key]
         if (b.shape[0], a.shape[1]) != tuple(weight.shape):
-            family = FAMILIES.get(sd["patch_embedding.weight"].shape[1], "this")
+            family = FAMILY_NAMES.get(sd["patch_embedding.weight"].shape[1], "this")
             raise CheckpointError(f"{path}: LoRA for {module} is {b.shape[0]}x{a.shape[1]} but the weight is "
                                   f"{list(weight.shape)}; the LoRA belongs to another model than the {family} one "
                                   f"loaded: pick the LoRA made for it")
