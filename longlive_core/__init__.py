@@ -14,7 +14,7 @@ from .model.config import WanConfig
 from .model.fused import FastWan
 from .model.wan import CausalWan
 from .quant.precision import PRECISIONS, Precision, resolve as resolve_precision
-from .runtime.prompt_text import FPS, check_starts, check_text, parse_schedule_text, parse_start
+from .runtime.prompt_text import FPS, check_starts, check_text, parse_posted_text, parse_schedule_text, parse_start
 from .runtime.devices import DEFAULT_DEVICE, SideStream, device_choices, on_device, resolve_device
 from .runtime.durable import restore as restore_video, save as save_video
 from .runtime.family import FAMILIES, V1, V2, Family, family_of
@@ -39,6 +39,6 @@ __all__ = [
     "SideStream", "StreamSession", "TinyStream", "Umt5Encoder", "UniPCTable", "UnknownSessionError", "V1", "V2",
     "Video", "VideoSettings", "Wan22DecodeStream", "WanConfig", "check_starts", "check_text", "device_choices",
     "export_safetensors", "family_of", "hashed_embeds", "is_cut", "load_model", "make_fast", "on_device",
-    "parse_schedule_text", "parse_start", "resolve_device", "resolve_precision", "restore_video", "save_video",
-    "session_bytes", "unipc_table", "video_time"
+    "parse_posted_text", "parse_schedule_text", "parse_start", "resolve_device", "resolve_precision", "restore_video",
+    "save_video", "session_bytes", "unipc_table", "video_time"
 ]

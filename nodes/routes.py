@@ -13,7 +13,7 @@ import torch
 from aiohttp import web
 
 from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, ConfigError, PostedPrompt, PromptError, RunEndingError,
-                             SessionEvictedError, UnknownSessionError, check_text, save_video)
+                             SessionEvictedError, UnknownSessionError, check_text, parse_posted_text, save_video)
 from . import viewer
 from .state import SESSIONS, check_session_id, forget_save, save_path
 
@@ -146,10 +146,15 @@ def _live_session(request: web.Request, playing_out: bool = False):
 
 async def post_prompt(request: web.Request) -> web.Response:
     """{"text": "...", "blend_blocks": 1, "blend": "linear"}: the live session switches to the text at its
-    next block (with its switch policy), or blends into it over blend_blocks blocks (linear or slerp)."""
+    next block (with its switch policy), or blends into it over blend_blocks blocks (linear or slerp); LongLive 2.0:
+    a text "cut: ..." starts a new shot there."""
     body, text, error = await _text_of(request)
     if error:
         return error
+    try:
+        text, cut = parse_posted_text(text)
+    except PromptError as err:
+        return web.json_response({"error": str(err)}, status=400)
     blocks, blend = body.get("blend_blocks", 1), body.get("blend", "linear")
     if type(blocks) is not int or not 1 <= blocks <= MAX_BLEND_BLOCKS or blend not in BLENDS:
         return web.json_response({"error": f"blend_blocks must be an integer from 1 to {MAX_BLEND_BLOCKS} and blend "
@@ -158,10 +163,12 @@ async def post_prompt(request: web.Request) -> web.Response:
     if error:
         return error
     try:
-        frame = video.post(PostedPrompt(text, time.time(), blocks, blend))
+        frame = video.post(PostedPrompt(text, time.time(), blocks, blend, cut))
     except RunEndingError as err:
         return web.json_response({"error": str(err)}, status=409)
-    return web.json_response({"queued": text, "at_frame": frame}, status=202)
+    except PromptError as err:
+        return web.json_response({"error": str(err)}, status=400)
+    return web.json_response({"queued": text, "cut": cut, "at_frame": frame}, status=202)
 
 
 async def post_typed(request: web.Request) -> web.Response:
@@ -173,6 +180,10 @@ async def post_typed(request: web.Request) -> web.Response:
     video, error = _live_session(request)
     if error:
         return error
+    try:
+        text, _cut = parse_posted_text(text)  # a cut's text is encoded with its prefix, as its post will be
+    except PromptError:
+        return web.json_response({"typed": text}, status=202)  # 'cut:' typed, nothing after it yet
     video.type_ahead(text)
     return web.json_response({"typed": text}, status=202)
 

@@ -324,6 +324,8 @@ def test_live_session_switches_at_the_next_block_and_stops(host):
     switch = wait_for(lambda: live_state(host)["switches"])[0]
     assert switch["text"] == "the boat sails out to sea" and switch["encoded_ahead"] and switch["encode_ms"] == 0
     assert switch["frame"] in (body["at_frame"], body["at_frame"] + 3)  # the next block boundary
+    status, body = host.request("POST", "/longlive/sessions/live/prompt", {"text": "cut: a city at night"})
+    assert status == 400 and "scene cuts are LongLive 2.0's" in body["error"]
     assert host.request("DELETE", "/longlive/sessions/live")[0] == 409  # stop it first
     assert "live" in host.request("DELETE", "/longlive/sessions")[1]["kept_live"]
     assert host.request("POST", "/api/longlive/sessions/live/stop")[0] == 200
@@ -363,6 +365,7 @@ def test_live_routes_refuse_bad_requests(host):
         ("/longlive/sessions/idle/prompt", {"text": "x", "blend_blocks": 0}, None, 400, "blend_blocks must be"),
         ("/longlive/sessions/idle/prompt", {"text": "x", "blend_blocks": "2"}, None, 400, "blend_blocks must be"),
         ("/longlive/sessions/idle/prompt", {"text": "x", "blend": "cubic"}, None, 400, "one of linear, slerp"),
+        ("/longlive/sessions/idle/prompt", {"text": "cut: "}, None, 400, "'cut:' starts a new shot with the prompt"),
         ("/longlive/sessions/idle/prompt", {"text": "a dog"}, None, 409, "not generating live"),
         ("/longlive/sessions/idle/typed", {"text": "a dog"}, None, 409, "not generating live"),
         ("/longlive/sessions/idle/typed", {"text": ""}, None, 400, "non-empty string"),
@@ -724,6 +727,32 @@ def longlive_2_graph(host) -> dict:
                      local_attn_size=32, sink_size=8, switch_policy="keep", seed=3)
     graph["1"]["inputs"].update(model_name=host.names["model_v2"], lora_name="none")
     return graph
+
+
+def test_a_live_longlive_2_session_takes_a_posted_cut_and_refuses_a_blend(host):
+    """The live workflow on the LongLive 2.0 file: 'cut: ...' posted starts a new shot at the next block (its text
+    with the scene-cut prefix, also where the panel sends it as it is typed), a blend is refused with a 400 while the
+    run goes on, and a stop ends it with every block's latents."""
+    graph = graph_of(host, "longlive_live", session_id="live2", reset=True, length=900, length_unit="latent frames",
+                     local_attn_size=32, sink_size=8, switch_policy="keep", position_mode="absolute")
+    graph["1"]["inputs"].update(model_name=host.names["model_v2"], lora_name="none")
+    graph["4"]["inputs"].pop("vae")
+    del graph["6"]  # LongLive Save Video: nothing decoded
+    prompt_id = host.queue(with_latent_output(graph, "test/live2"))
+    wait_for(lambda: (s := live_state(host, "live2")) and s["state"] == "live" and s["frames"] >= 16)
+    status, body = host.request("POST", "/longlive/sessions/live2/typed", {"text": "cut: a city at night"})
+    assert (status, body["typed"]) == (202, "The scene transitions. a city at night")
+    status, body = host.request("POST", "/longlive/sessions/live2/prompt", {"text": "a fox", "blend_blocks": 2})
+    assert status == 400 and "blend_blocks=2: LongLive 2.0 switches prompts at a block" in body["error"]
+    status, body = host.request("POST", "/longlive/sessions/live2/prompt", {"text": "cut: a city at night"})
+    assert status == 202 and body["cut"] and body["queued"] == "The scene transitions. a city at night"
+    switch = wait_for(lambda: live_state(host, "live2")["switches"])[0]
+    assert switch["cut"] and switch["text"] == body["queued"] and switch["frame"] % 8 == 0
+    assert host.request("POST", "/longlive/sessions/live2/stop")[0] == 200
+    entry = host.wait(prompt_id)
+    assert error_of(entry) is None
+    made = live_state(host, "live2")["frames"]
+    assert made % 8 == 0 and made > switch["frame"] and latents_of(host, entry).shape[2] == made
 
 
 def test_longlive_2_image_to_video_streams_wan_2_2_frames_equal_to_comfys_decode(host):

@@ -14,7 +14,7 @@ from conftest import GOLDEN_V2, REPO, golden_cases
 from longlive_core import (ConfigError, ShotSession, ShotSettings, StreamSession, WanConfig, is_cut, load_model,
                            unipc_table)
 from longlive_core.errors import CheckpointError
-from longlive_core.tools.synthetic import TINY_V2, random_model
+from longlive_core.tools.synthetic import TINY, TINY_V2, random_model
 from longlive_core.tools.verify import TOLERANCE, block_errors, run_v2_case
 
 CASES = golden_cases(GOLDEN_V2)
@@ -474,7 +474,6 @@ def test_a_stop_between_passes_of_a_v2_block_leaves_it_to_be_made_again_exactly(
 
 def test_cuts_and_images_are_refused_where_they_cannot_apply():
     from longlive_core import Prompt, PromptError, RunHooks, Video, VideoSettings, parse_schedule_text
-    from longlive_core.tools.synthetic import TINY
 
     v1 = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0), fast=False)
     with pytest.raises(PromptError, match="scene cuts are LongLive 2.0's"):
@@ -517,6 +516,42 @@ def test_a_prompt_posted_to_a_live_v2_video_switches_at_the_block_it_cuts_short(
     scheduled.schedule([Prompt(0, "a red fox"), Prompt(8, "a fox in the snow")], 24, v2_embed)
     want, _ = scheduled.run(24, live=False, hooks=RunHooks(embed_text=v2_embed))
     torch.testing.assert_close(latents, want, rtol=0, atol=0)
+
+
+def test_a_cut_posted_to_a_live_v2_video_starts_a_shot_as_a_scheduled_cut_does():
+    """'cut: ...' posted to a live run starts a new shot at the block it cuts short, as a schedule's cut there does;
+    posts the family cannot take are refused when posted (a blend in LongLive 2.0, a cut in LongLive 1.x), and the
+    run goes on."""
+    import time
+
+    from longlive_core import (PostedPrompt, Prompt, PromptError, RunHooks, Video, VideoSettings,
+                               parse_posted_text)
+
+    assert parse_posted_text(" Cut : a city at night ") == ("The scene transitions. a city at night", True)
+    assert parse_posted_text("a cut: of the film") == ("a cut: of the film", False)
+    with pytest.raises(PromptError, match="'cut:' starts a new shot with the prompt after it"):
+        parse_posted_text("cut:  ")
+    model = random_model(TINY_V2, dtype=torch.float32, std=0.3)
+    video = v2_video(model)
+    video.schedule([Prompt(0, "a red fox")], 24, v2_embed)
+    text, cut = parse_posted_text("cut: a city at night")
+    posted = []
+
+    def check():  # before each pass: as the second block begins, its first pass is cut short
+        if video.session.frame == 8 and not posted:
+            with pytest.raises(PromptError, match="blend_blocks=2: LongLive 2.0 switches prompts at a block"):
+                video.post(PostedPrompt("a fox in the snow", time.time(), blend_blocks=2))
+            posted.append(video.post(PostedPrompt(text, time.time(), cut=cut)))
+
+    latents, _ = video.run(24, live=True, hooks=RunHooks(embed_text=v2_embed, check=check))
+    assert [s["frame"] for s in video.switches] == [8] and video.session.shot == 1
+    scheduled = v2_video(model)
+    scheduled.schedule([Prompt(0, "a red fox"), Prompt(8, text, cut=True)], 24, v2_embed)
+    want, _ = scheduled.run(24, live=False, hooks=RunHooks(embed_text=v2_embed))
+    torch.testing.assert_close(latents, want, rtol=0, atol=0)
+    v1 = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0), fast=False)
+    with pytest.raises(PromptError, match="scene cuts are LongLive 2.0's; post the text without 'cut:'"):
+        v1.post(PostedPrompt(text, time.time(), cut=True))
 
 
 def test_a_saved_v2_video_resumes_as_if_it_had_been_kept(tmp_path):

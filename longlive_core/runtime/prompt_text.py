@@ -5,6 +5,8 @@
     frame 42: the sun sets         (latent frame; `f42:` also works)
     20s cut: a beach at dusk       (LongLive 2.0: a scene cut, a new shot starts here)
 
+A prompt posted to a live run cuts the same way: 'cut: a beach at dusk'.
+
 Starts are converted to latent frames at the model family's frame rate and rounded to the nearest
 block boundary (LongLive 1.x: 16 fps, blocks of 3 latent frames; 2.0: 24 fps, blocks of 8); every
 rounding is reported so the node can say so. A cut's prompt is encoded with upstream's scene-cut prefix.
@@ -82,6 +84,21 @@ def _segment(start: str, prompt: str, where: str, family: Family) -> TextSegment
     note = f"{where}{label} is latent frame {exact}, rounded to {start} (block boundary)" if start != exact else ""
     cut = match["cut"] is not None
     return TextSegment(start, SCENE_CUT_PREFIX + prompt if cut else prompt, note, cut)
+
+
+_POSTED_CUT = re.compile(r"^\s*cut\s*:\s*", re.IGNORECASE)
+
+
+def parse_posted_text(text: str) -> tuple[str, bool]:
+    """A prompt posted to a live run: 'cut: a city at night' starts a new shot (LongLive 2.0), as 'cut' after a
+    schedule line's start does. Returns the text to encode (a cut's with upstream's scene-cut prefix) and whether it
+    cuts."""
+    match = _POSTED_CUT.match(text)
+    if match is None:
+        return text, False
+    if not text[match.end():].strip():
+        raise PromptError("text: 'cut:' starts a new shot with the prompt after it; write e.g. 'cut: a city at night'")
+    return SCENE_CUT_PREFIX + text[match.end():].strip(), True
 
 
 def check_text(text: str, field: str) -> None:

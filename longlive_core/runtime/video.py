@@ -93,6 +93,7 @@ class PostedPrompt:
     posted_at: float  # time.time()
     blend_blocks: int = 1
     blend: str = "linear"
+    cut: bool = False  # LongLive 2.0: it starts a new shot (its text carries upstream's scene-cut prefix)
 
 
 @dataclasses.dataclass
@@ -367,7 +368,13 @@ class Video:
 
     def post(self, prompt: PostedPrompt) -> int:
         """Queues a prompt for the live run's next block; returns the frame it was posted at. Refused (RunEndingError)
-        where the run takes no more prompts: it was stopped, or its last block is made."""
+        where the run takes no more prompts: it was stopped, or its last block is made; PromptError where the family
+        cannot take it (a cut before LongLive 2.0, a blend in LongLive 2.0)."""
+        if prompt.cut and self.family is not V2:
+            raise PromptError("'cut:' starts a new shot: scene cuts are LongLive 2.0's; post the text without 'cut:'")
+        if prompt.blend_blocks != 1 and self.family is V2:
+            raise PromptError(f"blend_blocks={prompt.blend_blocks}: LongLive 2.0 switches prompts at a block (with "
+                              f"its switch policy); post the prompt without blending")
         with self._posts:
             if not self.taking_posts or self.stop.is_set():
                 raise RunEndingError(f"session '{self.settings.session_id}': its live run is ending (stopped, or its "
@@ -650,9 +657,10 @@ class Video:
         self._ahead = self._typed_embeds is not None and self._typed_embeds[0] == posted.text
         embeds = self._typed_embeds[1] if self._ahead else self._encode(posted.text, hooks)
         self.stats.last_encode_ms = 0.0 if self._ahead else round(self._encode_s * 1e3, 1)
-        self.session.set_prompt(embeds, blend_blocks=posted.blend_blocks, blend=posted.blend)
+        self.session.set_prompt(embeds, blend_blocks=posted.blend_blocks, blend=posted.blend,
+                                **({"cut": True} if posted.cut else {}))
         # the key of encoded embeddings is their hash, taken when it is first asked for (not on the way to the screen)
-        key = Prompt(frame, posted.text, embeds if hooks.encode is not None else None)
+        key = Prompt(frame, posted.text, embeds if hooks.encode is not None else None, cut=posted.cut)
         self.upcoming[frame + self.family.block * (posted.blend_blocks - 1)] = key
         return posted
 
@@ -709,7 +717,8 @@ class Video:
         if posted is not None:
             latency = round((time.time() - posted.posted_at) * 1e3, 1)
             self.switches.append({"frame": frame, "text": posted.text[:200], "prompt_to_block_ms": latency,
-                                  "encode_ms": self.stats.last_encode_ms, "encoded_ahead": self._ahead})
+                                  "encode_ms": self.stats.last_encode_ms, "encoded_ahead": self._ahead,
+                                  "cut": posted.cut})
             self.stats.last_switch_ms = latency
 
 
