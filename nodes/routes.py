@@ -12,7 +12,7 @@ import comfy.model_management as mm
 import torch
 from aiohttp import web
 
-from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, ConfigError, PostedPrompt, PromptError, RunEndingError,
+from ..longlive_core import (BLENDS, MAX_BLEND_BLOCKS, V2, ConfigError, PostedPrompt, PromptError, RunEndingError,
                              SessionEvictedError, UnknownSessionError, check_text, parse_posted_text, save_video)
 from . import viewer
 from .state import SESSIONS, check_session_id, forget_save, save_path
@@ -181,10 +181,11 @@ async def post_typed(request: web.Request) -> web.Response:
     if error:
         return error
     try:
-        text, _cut = parse_posted_text(text)  # a cut's text is encoded with its prefix, as its post will be
+        text, cut = parse_posted_text(text)  # a cut's text is encoded with its prefix, as its post will be
     except PromptError:
         return web.json_response({"typed": text}, status=202)  # 'cut:' typed, nothing after it yet
-    video.type_ahead(text)
+    if not cut or video.family is V2:  # a LongLive 1.x session refuses the cut's post: nothing to encode ahead
+        video.type_ahead(text)
     return web.json_response({"typed": text}, status=202)
 
 

@@ -128,8 +128,8 @@ RUNS_ON = r"LongLive runs on Wan2.1 T2V 1.3B \(LongLive-1.3B\) and Wan2.2 TI2V 5
     (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(5120, 16, 1, 2, 2)),
      "a Wan 14B model; " + RUNS_ON),
     (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 36, 1, 2, 2)),
-     r"a Wan image-to-video model \(Wan2.1 I2V\); " + RUNS_ON),
-    (lambda sd: sd.__setitem__("img_emb.proj.0.weight", torch.zeros(2)), "image-to-video model .*; " + RUNS_ON),
+     r"a Wan image-to-video \(I2V\) model; " + RUNS_ON),
+    (lambda sd: sd.__setitem__("img_emb.proj.0.weight", torch.zeros(2)), r"image-to-video \(I2V\) model; " + RUNS_ON),
     (lambda sd: sd.__setitem__("patch_embedding.weight", torch.zeros(64, 48, 1, 2, 2)),
      r"takes 48 latent channels and its head makes 16; LongLive 1.x \(Wan2.1 T2V 1.3B\) has 16 and 16, "
      r"LongLive 2.0 \(Wan2.2 TI2V 5B\) 48 and 48"),

@@ -730,9 +730,10 @@ def longlive_2_graph(host) -> dict:
 
 
 def test_a_live_longlive_2_session_takes_a_posted_cut_and_refuses_a_blend(host):
-    """The live workflow on the LongLive 2.0 file: 'cut: ...' posted starts a new shot at the next block (its text
-    with the scene-cut prefix, also where the panel sends it as it is typed), a blend is refused with a 400 while the
-    run goes on, and a stop ends it with every block's latents."""
+    """The live workflow on the LongLive 2.0 file (latents only: the Wan 2.2 VAE is slow on the CPU): 'cut: ...'
+    posted starts a new shot at the next block, its text with the scene-cut prefix (the typed route takes the same
+    text; test_v2 encodes a typed cut ahead); a blend is refused with a 400 while the run goes on, and a stop ends it
+    with every block's latents."""
     graph = graph_of(host, "longlive_live", session_id="live2", reset=True, length=900, length_unit="latent frames",
                      local_attn_size=32, sink_size=8, switch_policy="keep", position_mode="absolute")
     graph["1"]["inputs"].update(model_name=host.names["model_v2"], lora_name="none")

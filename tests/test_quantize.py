@@ -118,7 +118,8 @@ def test_fp8_blocks_stay_close_to_bf16(prompt):
 
 def test_fp8_on_a_longlive_2_model_quantizes_its_blocks_and_keeps_upstreams_bf16_layers():
     """Upstream's FP8 keeps text_embedding, time_embedding, time_projection and head in bf16: every linear inside the
-    blocks is FP8, those stay bf16 linears, and the video stays close to bf16's."""
+    blocks is FP8, those stay bf16 linears, and what the network adds to the noise stays within 3% of bf16's (1% here;
+    16% with every block linear zeroed)."""
     from longlive_core import ShotSession
     from longlive_core.tools.synthetic import TINY_V2
 
@@ -132,11 +133,11 @@ def test_fp8_on_a_longlive_2_model_quantizes_its_blocks_and_keeps_upstreams_bf16
     assert len(linears) == 10 * TINY_V2.num_layers and all(isinstance(m, Float8Linear) for m in linears)
     embeds = torch.randn(1, 512, TINY_V2.text_dim, generator=torch.Generator().manual_seed(0))
 
-    def shots(model):
+    def made(model):  # two blocks less their noise
         session = ShotSession(model, batch=1, latent_hw=(4, 6), seed=1)
-        return torch.cat([session.make_block(embeds), session.make_block(embeds)], 1)
+        return torch.cat([session.make_block(embeds) - session.noise(k) for k in range(2)], 1)
 
-    assert rel(shots(quant), shots(ref)) < 0.1
+    assert rel(made(quant), made(ref)) < 0.03
 
 
 def test_options_this_machine_cannot_run_are_refused():

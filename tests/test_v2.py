@@ -40,7 +40,9 @@ def test_unipc_table_is_upstream_sampler():
 def test_the_sampler_follows_the_flow_exactly_where_the_network_predicts_one_x0(steps):
     """A network whose x0 prediction x - sigma v is the same x0 at every step: the flow's ODE then runs on the straight
     line sigma e + (1 - sigma) x0 through the block's noise at sigma_0 and ends at x0, which a UniPC sampler follows
-    exactly. A session's block, with 2, 3 and 4 steps: each step's input on that line, the block at x0."""
+    exactly. A session's block, with 2, 3 and 4 steps: each step's input on that line, the block at x0. (Every
+    velocity is then the same, so this pins the sum of each row of the table, which any consistent sampler gets
+    right; test_unipc_table_is_upstream_sampler and the recorded upstream run pin its coefficients one by one.)"""
     model = random_model(TINY_V2, dtype=torch.float32)
     table = unipc_table(steps)
     gen = torch.Generator().manual_seed(0)
@@ -552,6 +554,42 @@ def test_a_cut_posted_to_a_live_v2_video_starts_a_shot_as_a_scheduled_cut_does()
     v1 = Video.open(random_model(TINY), VideoSettings(("tiny",), 1, 96, 64, 9, 3, "recache", 0), fast=False)
     with pytest.raises(PromptError, match="scene cuts are LongLive 2.0's; post the text without 'cut:'"):
         v1.post(PostedPrompt(text, time.time(), cut=True))
+    with pytest.raises(PromptError, match="the video has no block yet"):
+        v2_video(model).post(PostedPrompt(text, time.time(), cut=True))
+
+
+def test_a_cut_typed_ahead_in_a_live_v2_video_is_encoded_before_its_post():
+    """A cut typed as the panel sends it (the route parses it as the post will: the prefixed text) is encoded while
+    the run waits for its viewers, and its post switches with those embeddings."""
+    import time
+
+    from longlive_core import PostedPrompt, Prompt, RunHooks, parse_posted_text
+
+    model = random_model(TINY_V2, dtype=torch.float32)
+    video = v2_video(model)
+    video.schedule([Prompt(0, "a red fox")], 32, v2_embed)
+    text, cut = parse_posted_text("cut: a city at night")
+    events = {0: lambda: video.type_ahead(text), 1: lambda: video.post(PostedPrompt(text, time.time(), cut=cut)),
+              3: video.stop.set}
+    encoded, queued = [], [0]
+
+    def made(done):  # after each block its viewers have 3 checks' worth of video queued: time to spare
+        queued[0] = 3
+        events.get(done.index, lambda: None)()
+
+    def lead():
+        queued[0] -= 1
+        return 10.0 if queued[0] >= 0 else 0.0
+
+    def encoder(t):
+        encoded.append((t, video.session.frame, not video.inbox.empty()))
+        return v2_embed(t)
+
+    hooks = RunHooks(embed_text=v2_embed, encode=encoder, made=made, lead=lead)
+    video.run(32, live=True, hooks=hooks)
+    assert encoded[0] == (text, 8, False)  # in the wait after block 0, before the post
+    assert [(s["frame"], s["cut"], s["encoded_ahead"]) for s in video.switches] == [(16, True, True)]
+    assert video.session.shot == 1
 
 
 def test_a_saved_v2_video_resumes_as_if_it_had_been_kept(tmp_path):

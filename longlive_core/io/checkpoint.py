@@ -135,8 +135,8 @@ def _check_family(sd: Mapping[str, torch.Tensor], path: str) -> None:
                               f"start with {sample}); {RUNS_ON}: pick one of their files")
     dim, in_dim = sd["patch_embedding.weight"].shape[:2]
     if any(k.startswith("img_emb.") for k in sd) or in_dim == 36:
-        raise CheckpointError(f"{path}: this is a Wan image-to-video model (Wan2.1 I2V); {RUNS_ON} (LongLive 2.0 "
-                              f"makes image-to-video itself)")
+        raise CheckpointError(f"{path}: this is a Wan image-to-video (I2V) model; {RUNS_ON} (LongLive 2.0 makes "
+                              f"image-to-video itself)")
     if dim == 5120:
         raise CheckpointError(f"{path}: this is a Wan 14B model; {RUNS_ON}")
     out_dim = sd["head.head.weight"].shape[0] // 4 if "head.head.weight" in sd else in_dim

@@ -32,8 +32,9 @@ def _inv_freqs(pairs: int, theta: float = 10000.0) -> torch.Tensor:
 
 class RopeTable:
     """Per-axis RoPE angles; head_dim / 2 pairs split between time, height and width. Time angles are computed for
-    the frames asked, in float64 (frame 100,000 rotates as exactly as frame 0; absolute mode stops at 1024 as
-    upstream's table does, relative mode does not stop); height and width come from 1024-row tables."""
+    the frames asked, in float64 (frame 100,000 rotates as exactly as frame 0; a LongLive 1.x session in absolute
+    positions stops at 1024 as upstream's table does: its end_position); height and width come from 1024-row
+    tables."""
 
     def __init__(self, head_dim: int, device=None):
         pairs = head_dim // 2

@@ -372,6 +372,9 @@ class Video:
         cannot take it (a cut before LongLive 2.0, a blend in LongLive 2.0)."""
         if prompt.cut and self.family is not V2:
             raise PromptError("'cut:' starts a new shot: scene cuts are LongLive 2.0's; post the text without 'cut:'")
+        if prompt.cut and self.session.frame == 0:
+            raise PromptError("'cut:' starts a new shot after another, and the video has no block yet (as a schedule's "
+                              "first line cannot be a cut); post the text without 'cut:'")
         if prompt.blend_blocks != 1 and self.family is V2:
             raise PromptError(f"blend_blocks={prompt.blend_blocks}: LongLive 2.0 switches prompts at a block (with "
                               f"its switch policy); post the prompt without blending")
