@@ -563,30 +563,15 @@ def test_a_cut_typed_ahead_in_a_live_v2_video_is_encoded_before_its_post():
     the run waits for its viewers, and its post switches with those embeddings."""
     import time
 
-    from longlive_core import PostedPrompt, Prompt, RunHooks, parse_posted_text
+    from longlive_core import PostedPrompt, Prompt, parse_posted_text
+    from test_video import run_with_viewers
 
     model = random_model(TINY_V2, dtype=torch.float32)
     video = v2_video(model)
     video.schedule([Prompt(0, "a red fox")], 32, v2_embed)
     text, cut = parse_posted_text("cut: a city at night")
-    events = {0: lambda: video.type_ahead(text), 1: lambda: video.post(PostedPrompt(text, time.time(), cut=cut)),
-              3: video.stop.set}
-    encoded, queued = [], [0]
-
-    def made(done):  # after each block its viewers have 3 checks' worth of video queued: time to spare
-        queued[0] = 3
-        events.get(done.index, lambda: None)()
-
-    def lead():
-        queued[0] -= 1
-        return 10.0 if queued[0] >= 0 else 0.0
-
-    def encoder(t):
-        encoded.append((t, video.session.frame, not video.inbox.empty()))
-        return v2_embed(t)
-
-    hooks = RunHooks(embed_text=v2_embed, encode=encoder, made=made, lead=lead)
-    video.run(32, live=True, hooks=hooks)
+    events = {0: lambda v: v.type_ahead(text), 1: lambda v: v.post(PostedPrompt(text, time.time(), cut=cut))}
+    _, encoded = run_with_viewers(video, 32, events, v2_embed, v2_embed)
     assert encoded[0] == (text, 8, False)  # in the wait after block 0, before the post
     assert [(s["frame"], s["cut"], s["encoded_ahead"]) for s in video.switches] == [(16, True, True)]
     assert video.session.shot == 1

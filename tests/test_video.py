@@ -149,11 +149,16 @@ def test_a_prompt_posted_as_the_last_pass_is_launched_is_logged_not_kept(tiny_mo
 
 
 def live_with_posts(model, events: dict, encode=embed) -> tuple[Video, torch.Tensor, list]:
-    """A live run of 4 blocks whose viewers, after each block, have 3 checks' worth of video queued (time to spare in
-    the run's wait); `events[block]` acts on the video after that block. Returns the video, its latents and the
-    encoder's calls as (text, frame, whether a post was waiting)."""
     video = new_video(model)
     video.schedule([Prompt(0, "a boy")], 15, embed)
+    latents, calls = run_with_viewers(video, 15, events, embed, encode)
+    return video, latents, calls
+
+
+def run_with_viewers(video: Video, frames: int, events: dict, embed_text, encode) -> tuple[torch.Tensor, list]:
+    """A live run of 4 blocks whose viewers, after each block, have 3 checks' worth of video queued (time to spare in
+    the run's wait); `events[block]` acts on the video after that block. Returns its latents and the encoder's calls
+    as (text, frame, whether a post was waiting)."""
     queued, calls = [0], []
 
     def made(done):
@@ -170,8 +175,9 @@ def live_with_posts(model, events: dict, encode=embed) -> tuple[Video, torch.Ten
         calls.append((text, video.session.frame, not video.inbox.empty()))
         return encode(text)
 
-    latents, _ = video.run(15, live=True, hooks=RunHooks(embed_text=embed, encode=encoder, made=made, lead=lead))
-    return video, latents, calls
+    latents, _ = video.run(frames, live=True, hooks=RunHooks(embed_text=embed_text, encode=encoder, made=made,
+                                                              lead=lead))
+    return latents, calls
 
 
 def test_a_text_being_typed_is_encoded_while_the_live_run_waits_and_its_post_takes_it(tiny_model):
