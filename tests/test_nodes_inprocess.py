@@ -156,7 +156,9 @@ def test_a_missing_model_file_fed_by_a_link_says_where_to_get_it(comfy):
 
     with pytest.raises(ConfigError, match=r"^model_name: 'nowhere\.pt' is not in models/diffusion_models; download "
                                           r"models/longlive_base\.pt of huggingface\.co/Efficient-Large-Model/"
-                                          r"LongLive-1\.3B there, or pick a listed file$"):
+                                          r"LongLive-1\.3B \(LongLive 1\.x\) or model_bf16\.pt of "
+                                          r"huggingface\.co/Efficient-Large-Model/LongLive-2\.0-5B \(LongLive 2\.0\) "
+                                          r"there, or pick a listed file$"):
         ModelLoader.execute("nowhere.pt", "none", 1.0, "bf16", "auto", False)
 
 
