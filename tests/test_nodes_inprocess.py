@@ -162,6 +162,20 @@ def test_a_missing_model_file_fed_by_a_link_says_where_to_get_it(comfy):
         ModelLoader.execute("nowhere.pt", "none", 1.0, "bf16", "auto", False)
 
 
+@pytest.mark.parametrize("workflow", sorted((REPO / "workflows" / "api").glob("*.json")), ids=lambda p: p.stem)
+def test_no_shipped_workflow_asks_the_sampler_for_its_whole_video_as_image(comfy, workflow):
+    """The sampler keeps its decoded frames as IMAGE (the whole video in memory) only when a node takes that output
+    (output_taken, read from the queued graph): no shipped workflow does; a node added on it does."""
+    load_pack()
+    from longlive_pack.nodes.outputs import output_taken
+
+    graph = json.loads(workflow.read_text())
+    (sampler,) = [key for key, node in graph.items() if node["class_type"] == "LongLive_StreamingSampler"]
+    assert not output_taken(graph, sampler, 1)
+    graph["99"] = {"class_type": "PreviewImage", "inputs": {"images": [sampler, 1]}}
+    assert output_taken(graph, sampler, 1)
+
+
 def test_conditioning_schedule(comfy):
     load_pack()
     from longlive_pack.nodes.schedule import ConditioningSchedule
