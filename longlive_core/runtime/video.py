@@ -369,7 +369,7 @@ class Video:
     def post(self, prompt: PostedPrompt) -> int:
         """Queues a prompt for the live run's next block; returns the frame it was posted at. Refused (RunEndingError)
         where the run takes no more prompts: it was stopped, or its last block is made; PromptError where the family
-        cannot take it (a cut before LongLive 2.0, a blend in LongLive 2.0)."""
+        cannot take it (a cut in LongLive 1.x or before the video's first block, a blend in LongLive 2.0)."""
         if prompt.cut and self.family is not V2:
             raise PromptError("'cut:' starts a new shot: scene cuts are LongLive 2.0's; post the text without 'cut:'")
         if prompt.cut and self.session.frame == 0:
