@@ -414,10 +414,10 @@ def run_live(h: Harness, host: ComfyHost, events: Events, result: Run, session: 
     at another moment of a block: post_delays), then stop. Measures the frames at the client: how many, their rate
     and gaps in steady state, prompt to pixel. Each prompt is a text the server has not encoded yet, as a user types
     a new one (runs up to 126 repeated three texts, and only their first posts encoded), in plain words (up to run
-    151 each ended in "(session, prompt k)", which ComfyUI's tokenizer reads as a weight of 1.1). Where `typed`, each is sent
-    as the panel sends what is typed (.../typed) TYPED_BEFORE_ENTER_S before its post, so the run may encode it
-    while it waits (runs up to 128 did not); else its umt5 encoding is part of its prompt to pixel, as for a client
-    of the HTTP API. On a fresh server the decoder compiles and captures during the first seconds of the stream."""
+    151 each ended in "(session, prompt k)", which ComfyUI's tokenizer reads as a weight of 1.1). Where `typed`, each
+    is sent as the panel sends what is typed (.../typed) TYPED_BEFORE_ENTER_S before its post, so the run may encode
+    it while it waits (runs up to 128 did not); else its umt5 encoding is part of its prompt to pixel, as for a
+    client of the HTTP API. On a fresh server the decoder compiles and captures during the first seconds of the stream."""
     posted, start = [], []
     watcher = FrameWatcher(host.url, session)
 

@@ -172,7 +172,7 @@ def test_the_cache_equals_masked_attention_over_all_frames(settings, cuts):
     finally:
         model.set_attention("sdpa")
     assert ((ours - want).norm() / want.norm()).item() < 1e-5  # 2e-7 here
-    wider = dataclasses.replace(settings, window=settings.window + 8)  # and the rule matters: more frames, another video
+    wider = dataclasses.replace(settings, window=settings.window + 8)  # the rule matters: more frames, another video
     other = shot_video(ShotSession(model, settings=wider, **kw), cuts, blocks, prompts)
     assert ((other - ours).norm() / ours.norm()).item() > 1e-2  # 5e-2 to 1.2e-1 here
 
